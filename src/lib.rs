@@ -1,0 +1,27 @@
+//! hearth: a per-user singleton daemon that desktop apps, CLIs and scripts
+//! share over one Unix socket.
+//!
+//! - [`protocol`]: the wire contract (frames, handshake, one request and one
+//!   response enum per channel, error codes).
+//! - [`client`]: an async client, a blocking wrapper, and
+//!   [`ensure_daemon_running`](client::ensure_daemon_running), which a desktop
+//!   app calls at launch.
+//! - `daemon` (feature `daemon`): the server.
+//!
+//! A desktop app depends on the light client only:
+//! `hearth = { version = "0.1", default-features = false, features = ["client"] }`.
+
+#[cfg(feature = "client")]
+pub mod client;
+#[cfg(feature = "client")]
+pub mod connection;
+#[cfg(feature = "daemon")]
+pub mod daemon;
+#[cfg(feature = "client")]
+pub mod paths;
+#[cfg(feature = "client")]
+pub mod protocol;
+#[cfg(feature = "client")]
+pub mod time;
+#[cfg(feature = "daemon")]
+pub mod units;

@@ -1,0 +1,137 @@
+//! Stable error codes and the error object that carries them on the wire.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+macro_rules! error_codes {
+    ($( $(#[$doc:meta])* $variant:ident => $code:literal, )+) => {
+        /// A stable, snake_case error code. Codes are never renamed or reused;
+        /// a client matches on them. A code this library does not know (from
+        /// a newer daemon) decodes as [`ErrorCode::Other`].
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum ErrorCode {
+            $( $(#[$doc])* $variant, )+
+            /// A code this version of the library does not know.
+            Other(String),
+        }
+
+        impl ErrorCode {
+            /// Every code this library knows, in documentation order.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)+];
+
+            /// The wire form of the code.
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $(ErrorCode::$variant => $code,)+
+                    ErrorCode::Other(code) => code,
+                }
+            }
+
+            /// Parses a wire code; unknown codes become [`ErrorCode::Other`].
+            pub fn from_code(code: &str) -> ErrorCode {
+                match code {
+                    $($code => ErrorCode::$variant,)+
+                    other => ErrorCode::Other(other.to_owned()),
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    // Connection and handshake.
+    /// The first frame was not a valid handshake object.
+    InvalidHandshake => "invalid_handshake",
+    /// The handshake asked for a protocol version this daemon does not speak.
+    UnsupportedProtocol => "unsupported_protocol",
+    /// The handshake named a channel that does not exist.
+    UnknownChannel => "unknown_channel",
+    /// The channel exists but this daemon does not serve it (disabled, or its
+    /// service failed to start; `status` says why).
+    ChannelUnavailable => "channel_unavailable",
+    /// No complete handshake arrived within the handshake deadline.
+    HandshakeTimeout => "handshake_timeout",
+    /// The daemon is at its connection limit; try again later.
+    TooManyConnections => "too_many_connections",
+    /// The peer runs as a different user than the daemon.
+    PermissionDenied => "permission_denied",
+    /// The daemon is shutting down and takes no new work.
+    ShuttingDown => "shutting_down",
+    /// A frame's length prefix exceeds the maximum frame size.
+    FrameTooLarge => "frame_too_large",
+    /// The connection was idle for longer than the idle timeout.
+    IdleTimeout => "idle_timeout",
+    // Requests.
+    /// A frame was not valid UTF-8 JSON (or nested too deeply).
+    MalformedJson => "malformed_json",
+    /// The request's `type` is not a request of this channel.
+    UnknownRequest => "unknown_request",
+    /// The request is well-formed JSON of a known type, but its fields are
+    /// missing, of the wrong type, or out of range.
+    InvalidRequest => "invalid_request",
+    /// The daemon failed in a way that is not the request's fault; the log has details.
+    Internal => "internal",
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let code = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Ok(ErrorCode::from_code(&code))
+    }
+}
+
+/// The error object: `{"code": "...", "message": "..."}`. Inside a response it
+/// appears as `{"type": "error", "code": ..., "message": ...}`; in a refused
+/// handshake as `{"ok": false, "error": {...}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message} ({code})")]
+pub struct WireError {
+    /// The stable code a client matches on.
+    pub code: ErrorCode,
+    /// Human text: what went wrong and, where useful, what to do.
+    pub message: String,
+}
+
+impl WireError {
+    /// An error with a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_roundtrip_and_are_snake_case() {
+        for code in ErrorCode::ALL {
+            let s = code.as_str();
+            assert!(s.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{s}");
+            assert_eq!(&ErrorCode::from_code(s), code);
+            let json = serde_json::to_string(code).unwrap();
+            assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), *code);
+        }
+    }
+
+    #[test]
+    fn unknown_codes_are_kept() {
+        let code: ErrorCode = serde_json::from_str(r#""from_the_future""#).unwrap();
+        assert_eq!(code, ErrorCode::Other("from_the_future".into()));
+        assert_eq!(serde_json::to_string(&code).unwrap(), r#""from_the_future""#);
+    }
+}

@@ -1,0 +1,186 @@
+//! The `status` channel: liveness, health and a graceful stop.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::WireError;
+use super::handshake::Channel;
+use super::{ChannelProtocol, Request, Response};
+
+/// The `status` channel.
+#[derive(Debug)]
+pub struct StatusChannel;
+
+impl ChannelProtocol for StatusChannel {
+    const CHANNEL: Channel = Channel::Status;
+    type Request = StatusRequest;
+    type Response = StatusResponse;
+}
+
+/// A request on the `status` channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StatusRequest {
+    /// Is the daemon answering? → `pong`.
+    Ping,
+    /// Health, identity, connections, limits and per-service summaries → `status`.
+    Status,
+    /// Stop gracefully → `shutting_down`, then the daemon stops accepting,
+    /// lets in-flight requests finish within its grace period, and exits.
+    Shutdown {
+        /// Why; written to the daemon's log.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+}
+
+impl Request for StatusRequest {
+    const TYPES: &'static [&'static str] = &["ping", "status", "shutdown"];
+}
+
+/// A response on the `status` channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StatusResponse {
+    /// The answer to `ping`.
+    Pong,
+    /// The answer to `status`.
+    Status(Box<StatusReport>),
+    /// The answer to `shutdown`: the daemon is stopping.
+    ShuttingDown {
+        /// How long in-flight work may take before the daemon stops anyway.
+        grace_ms: u64,
+    },
+    /// The request failed; the connection stays usable.
+    Error(WireError),
+}
+
+impl Response for StatusResponse {
+    fn from_error(error: WireError) -> Self {
+        StatusResponse::Error(error)
+    }
+    fn into_result(self) -> Result<Self, WireError> {
+        match self {
+            StatusResponse::Error(e) => Err(e),
+            other => Ok(other),
+        }
+    }
+}
+
+/// What `status` reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The daemon's process id.
+    pub pid: u32,
+    /// The daemon's semver version.
+    pub version: String,
+    /// The protocol version it speaks.
+    pub protocol: u32,
+    /// Milliseconds since the daemon started.
+    pub uptime_ms: u64,
+    /// When the daemon started, RFC 3339 in UTC.
+    pub started_at: String,
+    /// The socket it listens on.
+    pub socket: PathBuf,
+    /// Its state directory.
+    pub state_dir: PathBuf,
+    /// Connection counters.
+    pub connections: ConnectionStats,
+    /// The channels this daemon serves.
+    pub channels: Vec<Channel>,
+    /// Overall health, with the reasons for anything short of healthy.
+    pub health: Health,
+    /// The limits in force.
+    pub limits: Limits,
+    /// One summary per service that runs.
+    pub services: ServiceSummaries,
+}
+
+/// Connection counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionStats {
+    /// Connections open now (this one included).
+    pub active: u64,
+    /// Connections accepted since start.
+    pub total: u64,
+    /// Connections refused because `max_connections` were open.
+    pub refused_busy: u64,
+    /// Connections refused because the peer ran as another user.
+    pub refused_peer: u64,
+}
+
+/// The limits a client must respect (all configurable on the daemon).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Largest frame payload after the handshake, in bytes.
+    pub max_frame: u64,
+    /// Largest frame payload before the handshake completes.
+    pub handshake_max_frame: u64,
+    /// Time allowed from accept to a complete handshake.
+    pub handshake_timeout_ms: u64,
+    /// Connections served at once; more are refused with `too_many_connections`.
+    pub max_connections: u64,
+    /// A connection with no request for this long is closed (`idle_timeout`).
+    pub connection_idle_timeout_ms: u64,
+    /// A response the peer does not read within this long closes the connection.
+    pub write_timeout_ms: u64,
+    /// Time in-flight requests get to finish at shutdown.
+    pub shutdown_grace_ms: u64,
+}
+
+/// Overall health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// The worst state among the reasons; `healthy` when there are none.
+    pub state: HealthState,
+    /// Everything that is not right, most severe first.
+    pub reasons: Vec<HealthReason>,
+}
+
+impl Health {
+    /// Health derived from a set of reasons.
+    pub fn from_reasons(mut reasons: Vec<HealthReason>) -> Self {
+        reasons.sort_by_key(|r| std::cmp::Reverse(r.severity));
+        let state = reasons.first().map_or(HealthState::Healthy, |r| r.severity);
+        Health { state, reasons }
+    }
+}
+
+/// How well the daemon is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthState {
+    /// Everything works.
+    Healthy,
+    /// It serves, but something needs attention (a failing pool, a backlog).
+    Degraded,
+    /// A service cannot do its job.
+    Unhealthy,
+}
+
+impl HealthState {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Healthy => "healthy",
+            HealthState::Degraded => "degraded",
+            HealthState::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// One reason the daemon is not fully healthy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthReason {
+    /// A stable snake_case code (listed in proto-docs).
+    pub code: String,
+    /// How bad it is.
+    pub severity: HealthState,
+    /// Human text.
+    pub message: String,
+}
+
+/// Per-service summaries; a service that does not run is absent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSummaries {}
