@@ -1,0 +1,93 @@
+//! A thin blocking wrapper for programs without an async runtime.
+//!
+//! Each wrapper owns a current-thread tokio runtime and drives the async
+//! client on it; there is one copy of the protocol code.
+//!
+//! ```no_run
+//! use hearth::client::blocking;
+//! use hearth::client::EnsureOptions;
+//! use hearth::paths::Paths;
+//!
+//! let paths = Paths::resolve(None, None)?;
+//! blocking::ensure_daemon_running(&EnsureOptions::new(paths.clone()))?;
+//! let mut client = blocking::StatusClient::connect(paths.socket())?;
+//! let report = client.status()?;
+//! println!("hearthd {} is {}", report.version, report.health.state.as_str());
+//! # Ok::<(), hearth::client::ClientError>(())
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::runtime::{Builder, Runtime};
+
+use super::{ClientError, ConnectOptions, EnsureOptions, Ensured};
+use crate::protocol::ChannelProtocol;
+use crate::protocol::handshake::DaemonIdent;
+use crate::protocol::status::{StatusChannel, StatusReport};
+
+fn runtime() -> Result<Runtime, ClientError> {
+    Builder::new_current_thread().enable_all().build().map_err(ClientError::Runtime)
+}
+
+/// [`super::ensure_daemon_running`], blocking.
+pub fn ensure_daemon_running(options: &EnsureOptions) -> Result<Ensured, ClientError> {
+    runtime()?.block_on(super::ensure_daemon_running(options))
+}
+
+/// A blocking client of one channel.
+#[derive(Debug)]
+pub struct Client<C: ChannelProtocol> {
+    runtime: Runtime,
+    inner: super::Client<C>,
+}
+
+/// A blocking client of the `status` channel.
+pub type StatusClient = Client<StatusChannel>;
+
+impl<C: ChannelProtocol> Client<C> {
+    /// Connects to `socket` with default options.
+    pub fn connect(socket: impl AsRef<Path>) -> Result<Self, ClientError> {
+        Self::connect_with(&ConnectOptions::new(socket.as_ref()))
+    }
+
+    /// Connects with `options`.
+    pub fn connect_with(options: &ConnectOptions) -> Result<Self, ClientError> {
+        let runtime = runtime()?;
+        let inner = runtime.block_on(super::Client::connect_with(options))?;
+        Ok(Self { runtime, inner })
+    }
+
+    /// The daemon that accepted the handshake.
+    pub fn daemon(&self) -> &DaemonIdent {
+        self.inner.daemon()
+    }
+
+    /// Sends one request and reads its response.
+    pub fn request(&mut self, request: &C::Request) -> Result<C::Response, ClientError> {
+        self.runtime.block_on(self.inner.request(request))
+    }
+
+    /// Runs any async client call to completion, e.g.
+    /// `client.call(async |c| c.ping().await)`.
+    pub fn call<T>(&mut self, f: impl AsyncFnOnce(&mut super::Client<C>) -> T) -> T {
+        self.runtime.block_on(f(&mut self.inner))
+    }
+}
+
+impl Client<StatusChannel> {
+    /// `ping` → `pong`.
+    pub fn ping(&mut self) -> Result<(), ClientError> {
+        self.runtime.block_on(self.inner.ping())
+    }
+
+    /// The daemon's status report.
+    pub fn status(&mut self) -> Result<StatusReport, ClientError> {
+        self.runtime.block_on(self.inner.status())
+    }
+
+    /// Asks the daemon to stop gracefully; returns its grace period.
+    pub fn shutdown(&mut self, reason: Option<String>) -> Result<Duration, ClientError> {
+        self.runtime.block_on(self.inner.shutdown(reason))
+    }
+}

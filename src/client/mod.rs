@@ -1,0 +1,293 @@
+//! The client: connect, handshake, typed requests.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), hearth::client::ClientError> {
+//! use hearth::client::{ensure_daemon_running, EnsureOptions, StatusClient};
+//! use hearth::paths::Paths;
+//!
+//! let paths = Paths::resolve(None, None)?;
+//! ensure_daemon_running(&EnsureOptions::new(paths.clone())).await?;
+//! let mut client = StatusClient::connect(paths.socket()).await?;
+//! client.ping().await?;
+//! # Ok(()) }
+//! ```
+
+use std::io;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::net::UnixStream;
+
+use crate::connection::Connection;
+use crate::paths::{PathError, check_socket_path};
+use crate::protocol::frame::{DEFAULT_MAX_FRAME, FrameError};
+use crate::protocol::handshake::{Accepted, DaemonIdent, Handshake, HandshakeReply};
+use crate::protocol::status::{StatusChannel, StatusReport, StatusRequest, StatusResponse};
+use crate::protocol::{ChannelProtocol, ErrorCode, Response, WireError};
+
+pub mod blocking;
+mod ensure;
+
+pub use ensure::{ENV_DAEMON_BIN, EnsureOptions, Ensured, ReplacePolicy, ensure_daemon_running, find_daemon_binary};
+
+/// This library's `client` string in handshakes.
+pub const DEFAULT_CLIENT_NAME: &str = concat!("hearth-client/", env!("CARGO_PKG_VERSION"));
+
+/// Everything that can go wrong talking to the daemon. Each condition a caller
+/// may branch on has its own variant.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Nothing listens on the socket (it is missing, or stale).
+    #[error("no daemon is running at {socket:?} ({source})")]
+    NotRunning {
+        /// The socket tried.
+        socket: PathBuf,
+        /// What connect said.
+        #[source]
+        source: io::Error,
+    },
+    /// The socket exists but cannot be connected to (e.g. permissions).
+    #[error("cannot connect to {socket:?}: {source}")]
+    Connect {
+        /// The socket tried.
+        socket: PathBuf,
+        /// What connect said.
+        #[source]
+        source: io::Error,
+    },
+    /// A path is unusable (e.g. the socket path is too long).
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// The daemon refused the handshake.
+    #[error("the daemon refused the connection: {error}")]
+    Refused {
+        /// Why.
+        error: WireError,
+        /// Who refused, when the daemon said.
+        daemon: Option<DaemonIdent>,
+    },
+    /// A request failed; the connection is still usable.
+    #[error("{0}")]
+    Daemon(WireError),
+    /// No answer within the deadline.
+    #[error("timed out after {after:?} waiting for {what}")]
+    Timeout {
+        /// What was awaited.
+        what: &'static str,
+        /// How long.
+        after: Duration,
+    },
+    /// The daemon closed the connection before answering.
+    #[error("the daemon closed the connection")]
+    Closed,
+    /// Framing failed (including a frame over the limit).
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The daemon answered something this client cannot understand.
+    #[error("unexpected answer from the daemon: {0}")]
+    Protocol(String),
+    /// `hearthd` could not be found.
+    #[error("cannot find the hearthd binary (looked at: {searched}); set HEARTH_DAEMON_BIN")]
+    DaemonBinaryNotFound {
+        /// The places searched, comma-separated.
+        searched: String,
+    },
+    /// `hearthd` could not be executed.
+    #[error("cannot run {bin:?}: {source}")]
+    Spawn {
+        /// The binary.
+        bin: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The blocking client could not create its runtime.
+    #[error("cannot create the client's runtime: {0}")]
+    Runtime(#[source] io::Error),
+    /// `hearthd` ran but could not start; `code` and `message` are its own.
+    #[error("hearthd could not start: {message} ({code})")]
+    StartFailed {
+        /// The daemon's startup error code.
+        code: String,
+        /// The daemon's own explanation.
+        message: String,
+    },
+}
+
+impl ClientError {
+    /// The daemon's error code, for errors the daemon sent.
+    pub fn code(&self) -> Option<&ErrorCode> {
+        match self {
+            ClientError::Refused { error, .. } | ClientError::Daemon(error) => Some(&error.code),
+            _ => None,
+        }
+    }
+
+    /// True when no daemon answers on the socket.
+    pub fn is_not_running(&self) -> bool {
+        matches!(self, ClientError::NotRunning { .. })
+    }
+}
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// The daemon's socket.
+    pub socket: PathBuf,
+    /// `<name>/<version>` sent in the handshake.
+    pub client_name: String,
+    /// Deadline for connect plus handshake.
+    pub timeout: Duration,
+}
+
+impl ConnectOptions {
+    /// Defaults for `socket`: this library's name, a 5 s deadline.
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self { socket: socket.into(), client_name: DEFAULT_CLIENT_NAME.into(), timeout: Duration::from_secs(5) }
+    }
+
+    /// Sets the client name sent in the handshake.
+    pub fn client_name(mut self, name: impl Into<String>) -> Self {
+        self.client_name = name.into();
+        self
+    }
+
+    /// Sets the connect + handshake deadline.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+/// A handshaked connection to one channel.
+#[derive(Debug)]
+pub struct Client<C: ChannelProtocol> {
+    conn: Connection,
+    accepted: Accepted,
+    _channel: PhantomData<C>,
+}
+
+/// A client of the `status` channel.
+pub type StatusClient = Client<StatusChannel>;
+
+impl<C: ChannelProtocol> Client<C> {
+    /// Connects to `socket` with default options.
+    pub async fn connect(socket: impl AsRef<Path>) -> Result<Self, ClientError> {
+        Self::connect_with(&ConnectOptions::new(socket.as_ref())).await
+    }
+
+    /// Connects and completes the handshake within `options.timeout`.
+    pub async fn connect_with(options: &ConnectOptions) -> Result<Self, ClientError> {
+        let work = Self::connect_inner(options);
+        match tokio::time::timeout(options.timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Timeout { what: "connect and handshake", after: options.timeout }),
+        }
+    }
+
+    async fn connect_inner(options: &ConnectOptions) -> Result<Self, ClientError> {
+        check_socket_path(&options.socket)?;
+        let stream = UnixStream::connect(&options.socket).await.map_err(|source| {
+            let socket = options.socket.clone();
+            match source.kind() {
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                    ClientError::NotRunning { socket, source }
+                }
+                _ => ClientError::Connect { socket, source },
+            }
+        })?;
+        let mut conn = Connection::new(stream, DEFAULT_MAX_FRAME);
+        let handshake = Handshake::new(C::CHANNEL, Some(options.client_name.clone()));
+        conn.write_json(&handshake).await.map_err(closed_on_reset)?;
+        let frame = conn.read_frame().await.map_err(closed_on_reset)?.ok_or(ClientError::Closed)?;
+        let reply: HandshakeReply = serde_json::from_slice(&frame)
+            .map_err(|e| ClientError::Protocol(format!("bad handshake reply: {e}")))?;
+        match reply {
+            HandshakeReply::Accepted(accepted) => {
+                conn.set_max_frame(usize::try_from(accepted.max_frame).unwrap_or(usize::MAX));
+                Ok(Client { conn, accepted, _channel: PhantomData })
+            }
+            HandshakeReply::Refused(r) => Err(ClientError::Refused { error: r.error, daemon: r.daemon }),
+        }
+    }
+
+    /// The daemon that accepted the handshake.
+    pub fn daemon(&self) -> &DaemonIdent {
+        &self.accepted.daemon
+    }
+
+    /// The largest frame the daemon accepts on this connection.
+    pub fn max_frame(&self) -> u64 {
+        self.accepted.max_frame
+    }
+
+    /// Sends one request and reads its response; an `error` response becomes
+    /// [`ClientError::Daemon`].
+    pub async fn request(&mut self, request: &C::Request) -> Result<C::Response, ClientError> {
+        self.send(request).await?;
+        self.recv().await
+    }
+
+    /// Sends one request without waiting (for streamed exchanges).
+    pub async fn send(&mut self, request: &C::Request) -> Result<(), ClientError> {
+        self.conn.write_json(request).await.map_err(closed_on_reset)
+    }
+
+    /// Reads the next response; an `error` response becomes [`ClientError::Daemon`].
+    pub async fn recv(&mut self) -> Result<C::Response, ClientError> {
+        let frame = self.conn.read_frame().await.map_err(closed_on_reset)?.ok_or(ClientError::Closed)?;
+        let response: C::Response = serde_json::from_slice(&frame)
+            .map_err(|e| ClientError::Protocol(format!("cannot decode response: {e}")))?;
+        response.into_result().map_err(ClientError::Daemon)
+    }
+
+    /// The framed connection, for channels that stream raw frames.
+    pub fn connection(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+}
+
+/// A reset or broken pipe from the daemon means it closed the connection.
+fn closed_on_reset(e: FrameError) -> ClientError {
+    match &e {
+        FrameError::Io(io)
+            if matches!(io.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) =>
+        {
+            ClientError::Closed
+        }
+        _ => ClientError::Frame(e),
+    }
+}
+
+fn unexpected<T: std::fmt::Debug>(what: &str, got: T) -> ClientError {
+    ClientError::Protocol(format!("expected {what}, got {got:?}"))
+}
+
+impl Client<StatusChannel> {
+    /// `ping` → `pong`.
+    pub async fn ping(&mut self) -> Result<(), ClientError> {
+        match self.request(&StatusRequest::Ping).await? {
+            StatusResponse::Pong => Ok(()),
+            other => Err(unexpected("pong", other)),
+        }
+    }
+
+    /// The daemon's status report.
+    pub async fn status(&mut self) -> Result<StatusReport, ClientError> {
+        match self.request(&StatusRequest::Status).await? {
+            StatusResponse::Status(report) => Ok(*report),
+            other => Err(unexpected("status", other)),
+        }
+    }
+
+    /// Asks the daemon to stop gracefully; returns its grace period. The
+    /// daemon is still running when this returns.
+    pub async fn shutdown(&mut self, reason: Option<String>) -> Result<Duration, ClientError> {
+        match self.request(&StatusRequest::Shutdown { reason }).await? {
+            StatusResponse::ShuttingDown { grace_ms } => Ok(Duration::from_millis(grace_ms)),
+            other => Err(unexpected("shutting_down", other)),
+        }
+    }
+}
