@@ -1,0 +1,209 @@
+//! `hearthd`: the hearth daemon. Runs in the foreground; `--detach` forks it
+//! into the background and returns once it is ready.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use hearth::daemon::config::Override;
+use hearth::daemon::detach::{self, Forked, Reporter};
+use hearth::daemon::{Config, Daemon, Instance, StartupError, logging};
+use hearth::paths::Paths;
+use hearth::protocol::info::LaunchReport;
+use hearth::units::{ByteSize, HumanDuration};
+
+/// The hearth daemon: one per user, serving the status, pool, queue and blob
+/// channels on a Unix socket.
+///
+/// Settings come from flags, then environment variables, then
+/// <state-dir>/config.toml, then defaults; `--print-config` shows the result.
+/// Logs go to stderr in the foreground and to <state-dir>/daemon.log when
+/// detached; HEARTH_LOG (or RUST_LOG) sets the filter, e.g. HEARTH_LOG=debug.
+///
+/// Exit status: 0 after a clean stop, 1 when it cannot start, 3 when another
+/// hearthd already runs for the state directory.
+#[derive(Debug, Parser)]
+#[command(name = "hearthd", version, max_term_width = 100)]
+struct Args {
+    /// State directory [default: $XDG_STATE_HOME/hearth, else ~/.local/state/hearth]
+    #[arg(long, env = "HEARTH_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
+    /// Socket path [default: <state-dir>/hearth.sock]
+    #[arg(long, env = "HEARTH_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+
+    /// Settings file [default: <state-dir>/config.toml, optional]
+    #[arg(long, env = "HEARTH_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Fork into the background; print one JSON launch report line on stdout
+    /// once the daemon is ready (or could not start), and exit.
+    #[arg(long)]
+    detach: bool,
+
+    /// With --detach: how long to wait for the daemon to report.
+    #[arg(long, value_name = "DURATION", default_value = "30s", requires = "detach")]
+    ready_timeout: HumanDuration,
+
+    /// Print the resolved settings as config.toml and exit.
+    #[arg(long)]
+    print_config: bool,
+
+    #[command(flatten)]
+    server: ServerFlags,
+}
+
+/// Limits (each also a `[server]` key in config.toml).
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Limits")]
+struct ServerFlags {
+    /// Largest frame after the handshake [default: 16MiB]
+    #[arg(long, env = "HEARTH_MAX_FRAME", value_name = "SIZE")]
+    max_frame: Option<ByteSize>,
+    /// Largest frame before the handshake [default: 4KiB]
+    #[arg(long, env = "HEARTH_HANDSHAKE_MAX_FRAME", value_name = "SIZE")]
+    handshake_max_frame: Option<ByteSize>,
+    /// Time allowed for the handshake [default: 5s]
+    #[arg(long, env = "HEARTH_HANDSHAKE_TIMEOUT", value_name = "DURATION")]
+    handshake_timeout: Option<HumanDuration>,
+    /// Connections served at once [default: 1024]
+    #[arg(long, env = "HEARTH_MAX_CONNECTIONS", value_name = "N")]
+    max_connections: Option<u64>,
+    /// Close a connection idle this long [default: 10m]
+    #[arg(long, env = "HEARTH_CONNECTION_IDLE_TIMEOUT", value_name = "DURATION")]
+    connection_idle_timeout: Option<HumanDuration>,
+    /// Close a connection that does not read a response this long [default: 30s]
+    #[arg(long, env = "HEARTH_WRITE_TIMEOUT", value_name = "DURATION")]
+    write_timeout: Option<HumanDuration>,
+    /// Time in-flight requests get at shutdown [default: 10s]
+    #[arg(long, env = "HEARTH_SHUTDOWN_GRACE", value_name = "DURATION")]
+    shutdown_grace: Option<HumanDuration>,
+}
+
+impl ServerFlags {
+    fn overrides(&self) -> Vec<Override> {
+        let mut out = Vec::new();
+        let mut put = |key, value: Option<String>| {
+            if let Some(value) = value {
+                out.push(Override { key, value });
+            }
+        };
+        let s = |v: &Option<HumanDuration>| v.map(|d| d.to_string());
+        put("server.max_frame", self.max_frame.map(|b| b.0.to_string()));
+        put("server.handshake_max_frame", self.handshake_max_frame.map(|b| b.0.to_string()));
+        put("server.handshake_timeout", s(&self.handshake_timeout));
+        put("server.max_connections", self.max_connections.map(|n| n.to_string()));
+        put("server.connection_idle_timeout", s(&self.connection_idle_timeout));
+        put("server.write_timeout", s(&self.write_timeout));
+        put("server.shutdown_grace", s(&self.shutdown_grace));
+        out
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let paths = match Paths::resolve(args.state_dir.clone(), args.socket.clone()) {
+        Ok(paths) => paths,
+        Err(e) => return fail(args.detach, "state_dir_unusable", &e.to_string()),
+    };
+    let (config_file, required) = match &args.config {
+        Some(file) => (file.clone(), true),
+        None => (paths.config_file(), false),
+    };
+    let config = match Config::load(&config_file, required, &args.server.overrides()) {
+        Ok(config) => config,
+        Err(e) => return fail(args.detach, "config_invalid", &e.to_string()),
+    };
+    if args.print_config {
+        println!("# state_dir = {:?}", paths.state_dir());
+        println!("# socket = {:?}", paths.socket());
+        println!("# config file = {config_file:?}");
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+
+    let mut reporter = if args.detach {
+        match detach::fork(args.ready_timeout.0) {
+            Ok(Forked::Parent(status)) => return ExitCode::from(status),
+            Ok(Forked::Child(reporter)) => reporter,
+            Err(e) => return fail(true, "startup_failed", &format!("cannot fork: {e}")),
+        }
+    } else {
+        Reporter::foreground()
+    };
+
+    match start_and_run(paths, config, &mut reporter, args.detach) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let report = match e {
+                StartupError::AlreadyRunning { pid } => LaunchReport::AlreadyRunning { pid },
+                _ => LaunchReport::Failed { code: e.code().into(), message: e.to_string() },
+            };
+            tracing::error!("{e}");
+            eprintln!("hearthd: {e}");
+            reporter.report(&report);
+            ExitCode::from(detach::exit_status(&report))
+        }
+    }
+}
+
+fn start_and_run(paths: Paths, config: Config, reporter: &mut Reporter, detached: bool) -> Result<(), StartupError> {
+    // The lock comes first: a second daemon leaves before touching anything
+    // of the first one, its log included.
+    let log_file = paths.log_file();
+    let mut instance = Instance::acquire(paths)?;
+    if detached {
+        logging::redirect_stdio_to(&log_file)
+            .map_err(|e| StartupError::Other(format!("cannot open {log_file:?}: {e}")))?;
+    }
+    let _log = logging::init(&config.log.filter);
+    // Bound before any thread starts: binding adjusts the process umask.
+    let listener = instance.bind()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("hearthd")
+        .build()
+        .map_err(|e| StartupError::Other(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async {
+        // Handlers first, so that a SIGTERM during start-up still stops cleanly.
+        let stop = stop_signal().map_err(|e| StartupError::Other(format!("cannot install signal handlers: {e}")))?;
+        let daemon = Daemon::start(instance, listener, config).await?;
+        let info = daemon.info();
+        reporter.report(&LaunchReport::Ready {
+            pid: info.pid,
+            version: info.version.clone(),
+            socket: info.socket.clone(),
+        });
+        daemon.run_until(stop).await;
+        Ok::<(), StartupError>(())
+    })?;
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+fn stop_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+    })
+}
+
+/// Reports a failure that happened before the daemon could start.
+fn fail(detach: bool, code: &str, message: &str) -> ExitCode {
+    let report = LaunchReport::Failed { code: code.into(), message: message.into() };
+    if detach {
+        if let Ok(line) = serde_json::to_string(&report) {
+            println!("{line}");
+        }
+    }
+    eprintln!("hearthd: {message} ({code})");
+    ExitCode::from(detach::exit_status(&report))
+}

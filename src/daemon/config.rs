@@ -1,0 +1,238 @@
+//! Settings: flags over environment over `config.toml` over defaults.
+//!
+//! Every setting has a dotted key (`server.max_frame`). The file is read as a
+//! TOML table; flag and environment values are applied on top of it as
+//! overrides of those keys; the result is checked against the typed [`Config`]
+//! (unknown keys are errors, so a typo is never silently ignored).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::frame::DEFAULT_MAX_FRAME;
+use crate::units::{ByteSize, HumanDuration};
+
+/// A configuration problem, with the file or key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file exists but cannot be read.
+    #[error("cannot read {path:?}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a value has the wrong type or an unknown key.
+    #[error("invalid configuration in {origin}: {message}")]
+    Invalid {
+        /// The file, or "flags and environment".
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// All daemon settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Connection handling and limits.
+    pub server: ServerConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Connection handling and its limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Largest frame payload after the handshake.
+    pub max_frame: ByteSize,
+    /// Largest frame payload before the handshake completes.
+    pub handshake_max_frame: ByteSize,
+    /// Time from accept to a complete handshake.
+    pub handshake_timeout: HumanDuration,
+    /// Connections served at once (lowered at start-up to fit the open-file limit).
+    pub max_connections: u64,
+    /// A connection with no request for this long is closed.
+    pub connection_idle_timeout: HumanDuration,
+    /// A response the peer does not read within this long closes the connection.
+    pub write_timeout: HumanDuration,
+    /// Time in-flight requests get to finish at shutdown.
+    pub shutdown_grace: HumanDuration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_frame: ByteSize(DEFAULT_MAX_FRAME as u64),
+            handshake_max_frame: ByteSize(4096),
+            handshake_timeout: HumanDuration(Duration::from_secs(5)),
+            max_connections: 1024,
+            connection_idle_timeout: HumanDuration(Duration::from_secs(600)),
+            write_timeout: HumanDuration(Duration::from_secs(30)),
+            shutdown_grace: HumanDuration(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `hearth=debug`, ...); `HEARTH_LOG` or `RUST_LOG` override it.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { filter: "info".into() }
+    }
+}
+
+/// One override of a dotted key, from a flag or an environment variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    /// The dotted key, e.g. `server.max_frame`.
+    pub key: &'static str,
+    /// The value as typed; numbers and booleans are recognised.
+    pub value: String,
+}
+
+impl Config {
+    /// Loads `file` (a missing file is fine unless `required`), applies
+    /// `overrides`, and validates the result.
+    pub fn load(file: &Path, required: bool, overrides: &[Override]) -> Result<Config, ConfigError> {
+        let mut table = match std::fs::read_to_string(file) {
+            Ok(text) => text.parse::<toml::Table>().map_err(|e| ConfigError::Invalid {
+                origin: file.display().to_string(),
+                message: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => toml::Table::new(),
+            Err(source) => return Err(ConfigError::Read { path: file.to_owned(), source }),
+        };
+        let file_config = Self::from_table(table.clone(), &file.display().to_string())?;
+        if overrides.is_empty() {
+            return Ok(file_config);
+        }
+        for o in overrides {
+            set_dotted(&mut table, o.key, &o.value);
+        }
+        Self::from_table(table, "flags and environment")
+    }
+
+    fn from_table(table: toml::Table, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid { origin: origin.into(), message: e.to_string() })?;
+        config.validate().map_err(|message| ConfigError::Invalid { origin: origin.into(), message })?;
+        Ok(config)
+    }
+
+    /// Checks ranges that types alone cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        let s = &self.server;
+        if s.max_frame.0 < 1024 || s.max_frame.0 > u64::from(u32::MAX) {
+            return Err(format!("server.max_frame must be between 1KiB and 4GiB-1, not {}", s.max_frame));
+        }
+        if s.handshake_max_frame.0 < 256 || s.handshake_max_frame > s.max_frame {
+            return Err(format!(
+                "server.handshake_max_frame must be at least 256 bytes and at most server.max_frame, not {}",
+                s.handshake_max_frame
+            ));
+        }
+        if s.max_connections == 0 {
+            return Err("server.max_connections must be at least 1".into());
+        }
+        for (key, d) in [
+            ("server.handshake_timeout", s.handshake_timeout),
+            ("server.connection_idle_timeout", s.connection_idle_timeout),
+            ("server.write_timeout", s.write_timeout),
+        ] {
+            if d.0.is_zero() {
+                return Err(format!("{key} must be longer than 0s"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The configuration as a `config.toml` document.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+/// Sets `a.b.c = value` in `table`, creating tables on the way. The value is
+/// read as a TOML integer, float or boolean when it is one, else as a string.
+fn set_dotted(table: &mut toml::Table, key: &str, value: &str) {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let leaf = parts.pop().unwrap_or(key);
+    let mut current = table;
+    for part in parts {
+        let entry = current.entry(part).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        let toml::Value::Table(next) = entry else { unreachable!("just made a table") };
+        current = next;
+    }
+    let parsed = if let Ok(i) = value.parse::<i64>() {
+        toml::Value::Integer(i)
+    } else if let Ok(b) = value.parse::<bool>() {
+        toml::Value::Boolean(b)
+    } else {
+        toml::Value::String(value.to_owned())
+    };
+    current.insert(leaf.to_owned(), parsed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "[server]\nmax_connections = 7\nconnection_idle_timeout = \"1m\"\n");
+        let config = Config::load(&file, true, &[]).unwrap();
+        assert_eq!(config.server.max_connections, 7);
+        assert_eq!(config.server.connection_idle_timeout.0, Duration::from_secs(60));
+        assert_eq!(config.server.write_timeout, ServerConfig::default().write_timeout);
+
+        let over = [Override { key: "server.max_connections", value: "9".into() }];
+        let config = Config::load(&file, true, &over).unwrap();
+        assert_eq!(config.server.max_connections, 9);
+        assert_eq!(config.server.connection_idle_timeout.0, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "[server]\nmax_conections = 7\n");
+        let err = Config::load(&file, true, &[]).unwrap_err().to_string();
+        assert!(err.contains("max_conections"), "{err}");
+        let file = write(dir.path(), "[server]\nmax_frame = \"12 parsecs\"\n");
+        let err = Config::load(&file, true, &[]).unwrap_err().to_string();
+        assert!(err.contains("parsecs"), "{err}");
+        let file = write(dir.path(), "[server]\nmax_connections = 0\n");
+        assert!(Config::load(&file, true, &[]).is_err());
+        assert!(Config::load(&dir.path().join("missing.toml"), true, &[]).is_err());
+        assert_eq!(Config::load(&dir.path().join("missing.toml"), false, &[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn printed_config_loads_back() {
+        let config = Config::default();
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), &config.to_toml());
+        assert_eq!(Config::load(&file, true, &[]).unwrap(), config);
+    }
+}

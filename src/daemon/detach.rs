@@ -1,0 +1,173 @@
+//! `hearthd --detach`: fork into a new session, and have the parent wait for
+//! the child's launch report on a pipe, print it, and exit with its status.
+//!
+//! ```text
+//!   caller ── runs ──> hearthd --detach (parent)
+//!                          │ fork ──────────────> child: setsid, stdio -> /dev/null,
+//!                          │                        lock, bind, start services ...
+//!                          │ <── pipe: one JSON LaunchReport line ──┘
+//!                          └─ prints it on stdout, exits 0 / 1 / 3
+//! ```
+//!
+//! The caller gets the daemon's own outcome (ready, already running, or its
+//! start-up error) as soon as it is known, and the daemon is not the caller's
+//! child, so nothing has to reap it.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use crate::protocol::info::LaunchReport;
+
+/// Exit status: the daemon is ready.
+pub const EXIT_READY: u8 = 0;
+/// Exit status: the daemon could not start.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit status: another daemon already runs for this state directory.
+pub const EXIT_ALREADY_RUNNING: u8 = 3;
+
+/// The exit status that goes with a report.
+pub fn exit_status(report: &LaunchReport) -> u8 {
+    match report {
+        LaunchReport::Ready { .. } => EXIT_READY,
+        LaunchReport::AlreadyRunning { .. } => EXIT_ALREADY_RUNNING,
+        LaunchReport::Failed { .. } => EXIT_FAILED,
+    }
+}
+
+/// Where the outcome of start-up goes: the pipe to a waiting parent, or
+/// nowhere (in the foreground, the log says it).
+#[derive(Debug, Default)]
+pub struct Reporter {
+    pipe: Option<File>,
+}
+
+impl Reporter {
+    /// A reporter with no one waiting.
+    pub fn foreground() -> Self {
+        Self { pipe: None }
+    }
+
+    /// Sends the report (once) and closes the pipe.
+    pub fn report(&mut self, report: &LaunchReport) {
+        if let Some(mut pipe) = self.pipe.take() {
+            if let Ok(mut line) = serde_json::to_vec(report) {
+                line.push(b'\n');
+                let _ = pipe.write_all(&line);
+            }
+        }
+    }
+}
+
+/// The two sides of a fork.
+#[derive(Debug)]
+pub enum Forked {
+    /// The original process, after the child reported (or gave up): exit with this status.
+    Parent(u8),
+    /// The daemon process: carry on starting, and report through this.
+    Child(Reporter),
+}
+
+/// Forks. Call this before any thread exists.
+///
+/// The parent waits up to `ready_timeout` for the child's report, prints it
+/// on stdout and returns [`Forked::Parent`]. The child starts a new session,
+/// points its standard descriptors at `/dev/null`, moves to `/`, and returns
+/// [`Forked::Child`].
+#[allow(unsafe_code)]
+pub fn fork(ready_timeout: Duration) -> io::Result<Forked> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two descriptors into the array we own.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe succeeded, so both descriptors are open and ours alone.
+    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // Close-on-exec, so that no process the daemon starts keeps the pipe
+    // open (single-threaded here, so nothing can exec in between).
+    for fd in [&read_end, &write_end] {
+        // SAFETY: fcntl on a descriptor we own.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+
+    // SAFETY: the process is single-threaded here (documented precondition),
+    // so the child may keep running ordinary code after fork.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            drop(read_end);
+            // SAFETY: setsid has no memory-safety preconditions.
+            unsafe { libc::setsid() };
+            redirect_stdio_to_null()?;
+            std::env::set_current_dir("/")?;
+            Ok(Forked::Child(Reporter { pipe: Some(File::from(write_end)) }))
+        }
+        child => {
+            drop(write_end);
+            let report = wait_for_report(File::from(read_end), child as u32, ready_timeout);
+            let status = exit_status(&report);
+            let mut stdout = io::stdout().lock();
+            let _ = serde_json::to_writer(&mut stdout, &report);
+            let _ = writeln!(stdout);
+            Ok(Forked::Parent(status))
+        }
+    }
+}
+
+fn wait_for_report(mut pipe: File, child: u32, timeout: Duration) -> LaunchReport {
+    let deadline = Instant::now() + timeout;
+    let mut buf = Vec::new();
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return LaunchReport::Failed {
+                code: "start_timeout".into(),
+                message: format!(
+                    "hearthd (pid {child}) did not report ready within {timeout:?}; it may still be starting: see its log"
+                ),
+            };
+        }
+        if !poll_readable(&pipe, remaining) {
+            continue;
+        }
+        let mut chunk = [0u8; 4096];
+        match pipe.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+        if buf.contains(&b'\n') {
+            break;
+        }
+    }
+    let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
+    serde_json::from_slice(line).unwrap_or_else(|_| LaunchReport::Failed {
+        code: "startup_crashed".into(),
+        message: format!("hearthd (pid {child}) exited during start-up without a report; see its log"),
+    })
+}
+
+#[allow(unsafe_code)]
+fn poll_readable(file: &File, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd, owned by this frame.
+    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+    rc > 0
+}
+
+#[allow(unsafe_code)]
+fn redirect_stdio_to_null() -> io::Result<()> {
+    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+    for target in [libc::STDIN_FILENO, libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+        // SAFETY: dup2 onto a standard descriptor from one we own.
+        if unsafe { libc::dup2(null.as_raw_fd(), target) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! The daemon: singleton, accept loop, router and services.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), hearth::daemon::StartupError> {
+//! use hearth::daemon::{Config, Daemon, Instance};
+//! use hearth::paths::Paths;
+//!
+//! let mut instance = Instance::acquire(Paths::new("/tmp/hearth-demo"))?;
+//! let listener = instance.bind()?;
+//! let daemon = Daemon::start(instance, listener, Config::default()).await?;
+//! daemon.run_until(async { let _ = tokio::signal::ctrl_c().await; }).await;
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::paths::Paths;
+use crate::protocol::handshake::{Channel, DaemonIdent};
+use crate::protocol::info::{DaemonInfo, Endpoints};
+use crate::protocol::status::{Health, HealthReason, HealthState, Limits, ServiceSummaries};
+use crate::protocol::PROTOCOL_VERSION;
+
+pub mod config;
+pub mod detach;
+pub mod fsutil;
+pub mod logging;
+mod router;
+mod server;
+mod session;
+pub mod singleton;
+mod status;
+
+pub use config::Config;
+pub use singleton::{Instance, StartupError};
+
+/// This daemon's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Refusals (over the connection cap) being written at once; beyond this,
+/// excess connections are closed without a word.
+const MAX_PENDING_REFUSALS: usize = 64;
+
+/// Descriptors kept back from connections for the daemon's own files,
+/// stores and child processes.
+const RESERVED_FDS: u64 = 128;
+
+/// State shared by every task of one daemon.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) paths: Paths,
+    pub(crate) ident: DaemonIdent,
+    pub(crate) started: Instant,
+    pub(crate) started_at: SystemTime,
+    /// Cancelled when the daemon begins to stop.
+    pub(crate) stop: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) connection_slots: Arc<Semaphore>,
+    pub(crate) refusal_slots: Arc<Semaphore>,
+    pub(crate) max_connections: u64,
+    pub(crate) stats: ConnectionCounters,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionCounters {
+    pub(crate) total: AtomicU64,
+    pub(crate) refused_busy: AtomicU64,
+    pub(crate) refused_peer: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn limits(&self) -> Limits {
+        let s = &self.config.server;
+        Limits {
+            max_frame: s.max_frame.0,
+            handshake_max_frame: s.handshake_max_frame.0,
+            handshake_timeout_ms: s.handshake_timeout.0.as_millis() as u64,
+            max_connections: self.max_connections,
+            connection_idle_timeout_ms: s.connection_idle_timeout.0.as_millis() as u64,
+            write_timeout_ms: s.write_timeout.0.as_millis() as u64,
+            shutdown_grace_ms: s.shutdown_grace.0.as_millis() as u64,
+        }
+    }
+
+    pub(crate) fn active_connections(&self) -> u64 {
+        self.max_connections - self.connection_slots.available_permits() as u64
+    }
+
+    /// The channels this daemon serves.
+    pub(crate) fn channels(&self) -> Vec<Channel> {
+        Channel::ALL.into_iter().filter(|c| router::route(self, *c).is_ok()).collect()
+    }
+
+    pub(crate) fn health(&self) -> Health {
+        let mut reasons = Vec::new();
+        let active = self.active_connections();
+        if active * 10 >= self.max_connections * 9 {
+            reasons.push(HealthReason {
+                code: "connections_near_limit".into(),
+                severity: HealthState::Degraded,
+                message: format!("{active} of {} connections in use", self.max_connections),
+            });
+        }
+        Health::from_reasons(reasons)
+    }
+
+    pub(crate) fn services(&self) -> ServiceSummaries {
+        ServiceSummaries {}
+    }
+}
+
+/// A running daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    shared: Arc<Shared>,
+    instance: Instance,
+    accept_loop: JoinHandle<()>,
+    info: DaemonInfo,
+}
+
+impl Daemon {
+    /// Starts the services, starts accepting on `listener`, and writes
+    /// `daemon.json`. Must run inside a tokio runtime.
+    pub async fn start(
+        mut instance: Instance,
+        listener: std::os::unix::net::UnixListener,
+        config: Config,
+    ) -> Result<Daemon, StartupError> {
+        let paths = instance.paths().clone();
+        let max_connections = effective_max_connections(config.server.max_connections);
+        let started_at = SystemTime::now();
+        let shared = Arc::new(Shared {
+            ident: DaemonIdent { version: VERSION.into(), pid: std::process::id() },
+            started: Instant::now(),
+            started_at,
+            stop: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            connection_slots: Arc::new(Semaphore::new(max_connections as usize)),
+            refusal_slots: Arc::new(Semaphore::new(MAX_PENDING_REFUSALS)),
+            max_connections,
+            stats: ConnectionCounters::default(),
+            paths: paths.clone(),
+            config,
+        });
+        listener.set_nonblocking(true).map_err(|e| StartupError::Other(format!("socket: {e}")))?;
+        let listener =
+            tokio::net::UnixListener::from_std(listener).map_err(|e| StartupError::Other(format!("socket: {e}")))?;
+        let accept_loop = tokio::spawn(server::accept_loop(listener, shared.clone()));
+        let info = DaemonInfo {
+            pid: shared.ident.pid,
+            version: VERSION.into(),
+            protocol: PROTOCOL_VERSION,
+            socket: paths.socket().to_owned(),
+            state_dir: paths.state_dir().to_owned(),
+            started_at: crate::time::rfc3339(started_at),
+            endpoints: Endpoints {},
+        };
+        if let Err(e) = instance.publish(&info) {
+            shared.stop.cancel();
+            let _ = accept_loop.await;
+            return Err(e);
+        }
+        tracing::info!(
+            pid = info.pid,
+            version = VERSION,
+            socket = %paths.socket().display(),
+            max_connections,
+            "hearthd ready"
+        );
+        Ok(Daemon { shared, instance, accept_loop, info })
+    }
+
+    /// What `daemon.json` says.
+    pub fn info(&self) -> &DaemonInfo {
+        &self.info
+    }
+
+    /// A token that starts a graceful stop when cancelled.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.shared.stop.clone()
+    }
+
+    /// Serves until `signal` resolves or a client asks for shutdown; then
+    /// stops accepting, gives in-flight requests the grace period, and
+    /// removes the socket and info file and releases the lock.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) {
+        let Daemon { shared, instance, accept_loop, .. } = self;
+        tokio::select! {
+            () = signal => tracing::info!("stop signal received; shutting down"),
+            () = shared.stop.cancelled() => {}
+        }
+        shared.stop.cancel();
+        // The accept loop returns at once and drops the listener: from here
+        // on new connections are refused by the kernel.
+        let _ = accept_loop.await;
+        shared.tracker.close();
+        let grace = shared.config.server.shutdown_grace.0;
+        if tokio::time::timeout(grace, shared.tracker.wait()).await.is_err() {
+            tracing::warn!(
+                remaining = shared.tracker.len(),
+                "in-flight work did not finish within the {grace:?} grace period; stopping anyway"
+            );
+        }
+        instance.release();
+        tracing::info!("hearthd stopped");
+    }
+}
+
+/// `configured`, lowered so that connections cannot use up the descriptors
+/// the daemon needs for itself. Raises the soft open-file limit to the hard
+/// limit first.
+fn effective_max_connections(configured: u64) -> u64 {
+    let limit = raise_nofile_limit();
+    let budget = limit.saturating_sub(RESERVED_FDS).max(1);
+    if configured > budget {
+        tracing::warn!(
+            configured,
+            open_file_limit = limit,
+            "max_connections lowered to {budget} to fit the open-file limit"
+        );
+        return budget;
+    }
+    configured
+}
+
+#[allow(unsafe_code)]
+fn raise_nofile_limit() -> u64 {
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return 1024;
+    }
+    let wanted = rl.rlim_max.min(1 << 20);
+    if rl.rlim_cur < wanted {
+        let raised = libc::rlimit { rlim_cur: wanted, rlim_max: rl.rlim_max };
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            rl.rlim_cur = wanted;
+        }
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
+    let current = rl.rlim_cur as u64;
+    current
+}
+
+/// How long ago the daemon started.
+pub(crate) fn uptime(shared: &Shared) -> Duration {
+    shared.started.elapsed()
+}
+
+/// Counter increment shorthand.
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}

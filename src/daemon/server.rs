@@ -1,0 +1,111 @@
+//! The accept loop: accept, then spawn. It never awaits a peer.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+
+use super::{Shared, bump, router};
+use crate::protocol::frame::{FrameCodec, Json};
+use crate::protocol::handshake::{HandshakeReply, Refused};
+use crate::protocol::{ErrorCode, PROTOCOL_VERSION, WireError};
+
+/// How long a refusal may take to write before the connection is dropped.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub(crate) async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
+    let mut backoff = Duration::ZERO;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = shared.stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                backoff = Duration::ZERO;
+                dispatch(stream, &shared);
+            }
+            Err(e) => {
+                // Out of descriptors or memory: back off instead of spinning;
+                // connections that close free what the next accept needs.
+                backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
+                if is_resource_exhaustion(&e) {
+                    tracing::warn!("accept failed: {e}; retrying in {backoff:?}");
+                } else {
+                    tracing::debug!("accept failed: {e}");
+                }
+                tokio::select! {
+                    () = shared.stop.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+            }
+        }
+    }
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+/// Hands a new connection to its own task, or refuses it when the daemon is
+/// at its connection cap.
+fn dispatch(stream: UnixStream, shared: &Arc<Shared>) {
+    match shared.connection_slots.clone().try_acquire_owned() {
+        Ok(permit) => {
+            bump(&shared.stats.total);
+            let shared_conn = shared.clone();
+            shared.tracker.spawn(async move {
+                router::serve_connection(stream, shared_conn).await;
+                drop(permit);
+            });
+        }
+        Err(_) => {
+            bump(&shared.stats.refused_busy);
+            let Ok(slot) = shared.refusal_slots.clone().try_acquire_owned() else {
+                return; // Dropping the stream closes it.
+            };
+            let error = WireError::new(
+                ErrorCode::TooManyConnections,
+                format!(
+                    "the daemon is serving its maximum of {} connections; retry later",
+                    shared.max_connections
+                ),
+            );
+            let daemon = Some(shared.ident.clone());
+            shared.tracker.spawn(async move {
+                refuse(stream, error, daemon).await;
+                drop(slot);
+            });
+        }
+    }
+}
+
+/// Writes a refused handshake reply, then closes the connection.
+pub(crate) async fn refuse(mut stream: UnixStream, error: WireError, daemon: Option<crate::protocol::handshake::DaemonIdent>) {
+    use tokio_util::codec::Encoder;
+    let reply = HandshakeReply::Refused(Refused { protocol: PROTOCOL_VERSION, daemon, error });
+    let mut buf = bytes::BytesMut::new();
+    if FrameCodec::default().encode(Json(&reply), &mut buf).is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
+        stream.write_all(&buf).await?;
+        stream.shutdown().await?;
+        // Read what the peer already sent before closing: closing a Unix
+        // socket with unread data resets the peer, which could then miss
+        // the refusal.
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        while drained < 64 * 1024 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => drained += n,
+            }
+        }
+        Ok::<(), io::Error>(())
+    })
+    .await;
+}

@@ -1,0 +1,93 @@
+//! A handshaked connection to one channel: reads requests with the idle
+//! timeout, answers decode errors itself, and writes with the write timeout.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::Shared;
+use crate::connection::Connection;
+use crate::protocol::frame::FrameError;
+use crate::protocol::{ChannelProtocol, ErrorCode, Response, WireError, decode_request};
+
+/// The peer is gone or too slow: end the session.
+#[derive(Debug)]
+pub(crate) struct Closed;
+
+pub(crate) struct Session<C: ChannelProtocol> {
+    conn: Connection,
+    shared: Arc<Shared>,
+    _channel: PhantomData<C>,
+}
+
+impl<C: ChannelProtocol> Session<C> {
+    pub(crate) fn new(conn: Connection, shared: Arc<Shared>) -> Self {
+        Self { conn, shared, _channel: PhantomData }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The next request, or `None` when the session should end: the peer
+    /// closed, stayed idle too long, broke the framing, or the daemon is
+    /// stopping. A request that does not decode is answered with an error
+    /// and the session goes on.
+    pub(crate) async fn next_request(&mut self) -> Option<C::Request> {
+        let idle = self.shared.config.server.connection_idle_timeout;
+        loop {
+            let read = tokio::select! {
+                biased;
+                () = self.shared.stop.cancelled() => return None,
+                read = tokio::time::timeout(idle.0, self.conn.read_frame()) => read,
+            };
+            let frame = match read {
+                Ok(Ok(Some(frame))) => frame,
+                Ok(Ok(None)) => return None,
+                Err(_) => {
+                    let message = format!("closing a connection idle for {idle}");
+                    self.send_error(WireError::new(ErrorCode::IdleTimeout, message)).await;
+                    return None;
+                }
+                Ok(Err(FrameError::TooLarge { len, max })) => {
+                    let message = format!("a frame of {len} bytes exceeds the maximum frame size of {max} bytes");
+                    self.send_error(WireError::new(ErrorCode::FrameTooLarge, message)).await;
+                    return None;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!("closing connection: {e}");
+                    return None;
+                }
+            };
+            match decode_request::<C::Request>(&frame) {
+                Ok(request) => return Some(request),
+                Err(error) => {
+                    if self.send(&C::Response::from_error(error)).await.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes one response, giving up after the write timeout.
+    pub(crate) async fn send<T: Serialize + ?Sized>(&mut self, response: &T) -> Result<(), Closed> {
+        let timeout = self.shared.config.server.write_timeout.0;
+        match tokio::time::timeout(timeout, self.conn.write_json(response)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::debug!("cannot write response: {e}");
+                Err(Closed)
+            }
+            Err(_) => {
+                tracing::debug!("peer did not read its response within {timeout:?}; closing");
+                Err(Closed)
+            }
+        }
+    }
+
+    async fn send_error(&mut self, error: WireError) {
+        let _ = self.send(&C::Response::from_error(error)).await;
+    }
+}

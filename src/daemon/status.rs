@@ -1,0 +1,51 @@
+//! The `status` channel handler.
+
+use super::session::Session;
+use super::{Shared, uptime};
+use crate::protocol::PROTOCOL_VERSION;
+use crate::protocol::status::{ConnectionStats, StatusChannel, StatusReport, StatusRequest, StatusResponse};
+
+pub(crate) async fn serve(mut session: Session<StatusChannel>) {
+    while let Some(request) = session.next_request().await {
+        let response = handle(session.shared(), request);
+        if session.send(&response).await.is_err() {
+            break;
+        }
+    }
+}
+
+fn handle(shared: &Shared, request: StatusRequest) -> StatusResponse {
+    match request {
+        StatusRequest::Ping => StatusResponse::Pong,
+        StatusRequest::Status => StatusResponse::Status(Box::new(report(shared))),
+        StatusRequest::Shutdown { reason } => {
+            let reason = reason.as_deref().map(|r| r.chars().take(512).collect::<String>());
+            tracing::info!(reason = reason.as_deref().unwrap_or("none given"), "shutdown requested");
+            shared.stop.cancel();
+            StatusResponse::ShuttingDown { grace_ms: shared.config.server.shutdown_grace.0.as_millis() as u64 }
+        }
+    }
+}
+
+fn report(shared: &Shared) -> StatusReport {
+    use std::sync::atomic::Ordering::Relaxed;
+    StatusReport {
+        pid: shared.ident.pid,
+        version: shared.ident.version.clone(),
+        protocol: PROTOCOL_VERSION,
+        uptime_ms: uptime(shared).as_millis() as u64,
+        started_at: crate::time::rfc3339(shared.started_at),
+        socket: shared.paths.socket().to_owned(),
+        state_dir: shared.paths.state_dir().to_owned(),
+        connections: ConnectionStats {
+            active: shared.active_connections(),
+            total: shared.stats.total.load(Relaxed),
+            refused_busy: shared.stats.refused_busy.load(Relaxed),
+            refused_peer: shared.stats.refused_peer.load(Relaxed),
+        },
+        channels: shared.channels(),
+        health: shared.health(),
+        limits: shared.limits(),
+        services: shared.services(),
+    }
+}
