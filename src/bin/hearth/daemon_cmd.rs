@@ -1,0 +1,269 @@
+//! `hearth daemon …`: the daemon process itself.
+
+use std::time::{Duration, Instant};
+
+use clap::Subcommand;
+use hearth::client::{ClientError, ConnectOptions, ReplacePolicy, StatusClient, ensure_daemon_running};
+use hearth::daemon::singleton::{LockState, probe_lock};
+use hearth::paths::Paths;
+use hearth::protocol::info::DaemonInfo;
+use hearth::protocol::status::{HealthState, StatusReport};
+use hearth::units::HumanDuration;
+use serde::Serialize;
+
+use crate::error::{CliError, EXIT_OK, EXIT_TIMEOUT};
+use crate::{Ctx, output, status_cmd};
+
+const DAEMON_STATUS_HELP: &str = "\
+Exit status:
+  0  running and healthy
+  1  stale: not running, but a crashed daemon left its files (the next start recovers them)
+  3  stopped
+  4  not responding: a process holds the lock but the socket does not answer
+  5  running, degraded
+  6  running, unhealthy";
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DaemonCommand {
+    /// Start the daemon in the background, or report the one running (idempotent)
+    Start(StartArgs),
+    /// Stop the daemon: ask, wait, then SIGTERM, then SIGKILL; returns once its lock is released
+    Stop(StopArgs),
+    /// Tell running, stopped, stale and not responding apart, even when the socket does not answer
+    #[command(after_help = DAEMON_STATUS_HELP)]
+    Status,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct StartArgs {
+    /// How long to wait for the daemon to answer
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    timeout: HumanDuration,
+    /// Replace a running daemon older than this hearth (graceful shutdown, then start)
+    #[arg(long)]
+    replace_older: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct StopArgs {
+    /// How long the daemon gets to stop gracefully before it is signalled
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    timeout: HumanDuration,
+    /// Never signal: fail if the daemon has not stopped within --timeout
+    #[arg(long)]
+    no_force: bool,
+}
+
+pub(crate) async fn run(ctx: &Ctx, command: DaemonCommand) -> Result<u8, CliError> {
+    match command {
+        DaemonCommand::Start(args) => start(ctx, &args).await,
+        DaemonCommand::Stop(args) => stop(ctx, &args).await,
+        DaemonCommand::Status => status(ctx).await,
+    }
+}
+
+async fn start(ctx: &Ctx, args: &StartArgs) -> Result<u8, CliError> {
+    let mut options = ctx.ensure_options().timeout(args.timeout.0);
+    if args.replace_older {
+        options = options.replace(ReplacePolicy::IfOlder);
+    }
+    let ensured = ensure_daemon_running(&options).await?;
+    if ctx.json {
+        output::json(&serde_json::json!({
+            "pid": ensured.daemon.pid,
+            "version": ensured.daemon.version,
+            "started": ensured.spawned,
+            "replaced": ensured.replaced,
+            "socket": ctx.paths.socket(),
+        }))?;
+    } else {
+        let d = &ensured.daemon;
+        match (&ensured.replaced, ensured.spawned) {
+            (Some(old), _) => println!("replaced hearthd {} (pid {}) with {} (pid {})", old.version, old.pid, d.version, d.pid),
+            (None, true) => println!("started hearthd {} (pid {})", d.version, d.pid),
+            (None, false) => println!("hearthd {} is already running (pid {})", d.version, d.pid),
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// How a stop ended.
+#[derive(Debug, Serialize)]
+struct Stopped {
+    /// The daemon that was stopped, if one ran.
+    pid: Option<u32>,
+    /// `none` (it was not running), `request`, `sigterm` or `sigkill`.
+    how: &'static str,
+}
+
+async fn stop(ctx: &Ctx, args: &StopArgs) -> Result<u8, CliError> {
+    let stopped = stop_daemon(&ctx.paths, args.timeout.0, !args.no_force).await?;
+    if ctx.json {
+        output::json(&stopped)?;
+    } else {
+        match (stopped.pid, stopped.how) {
+            (_, "none") => println!("hearthd is not running"),
+            (Some(pid), "request") => println!("stopped hearthd (pid {pid})"),
+            (pid, how) => println!(
+                "stopped hearthd (pid {}) with {how}",
+                pid.map_or_else(|| "unknown".into(), |p| p.to_string())
+            ),
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// Asks for a graceful shutdown, waits up to `timeout` for the lock to be
+/// released, then (with `force`) sends SIGTERM and finally SIGKILL.
+async fn stop_daemon(paths: &Paths, timeout: Duration, force: bool) -> Result<Stopped, CliError> {
+    let LockState::Held { pid } = probe_lock(paths)? else {
+        return Ok(Stopped { pid: None, how: "none" });
+    };
+    let options = ConnectOptions::new(paths.socket()).timeout(Duration::from_secs(2));
+    let mut pid = pid;
+    if let Ok(mut client) = StatusClient::connect_with(&options).await {
+        pid = Some(client.daemon().pid);
+        match client.shutdown(Some("hearth daemon stop".into())).await {
+            Ok(_) | Err(ClientError::Closed) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if wait_for_release(paths, timeout).await? {
+        return Ok(Stopped { pid, how: "request" });
+    }
+    let Some(pid) = pid.filter(|_| force) else {
+        let hint = if force { "its pid is unknown; find it with `hearth daemon status`" } else { "run without --no-force to signal it" };
+        return Err(CliError::new(
+            "stop_timeout",
+            format!("the daemon did not stop within {}", HumanDuration(timeout)),
+        )
+        .hint(hint)
+        .exit(EXIT_TIMEOUT));
+    };
+    for (signal, name, wait) in [
+        (libc::SIGTERM, "sigterm", Duration::from_secs(3)),
+        (libc::SIGKILL, "sigkill", Duration::from_secs(5)),
+    ] {
+        send_signal(pid, signal)?;
+        if wait_for_release(paths, wait).await? {
+            return Ok(Stopped { pid: Some(pid), how: name });
+        }
+    }
+    Err(CliError::new("stop_failed", format!("pid {pid} still holds the lock after SIGKILL")).exit(EXIT_TIMEOUT))
+}
+
+async fn wait_for_release(paths: &Paths, timeout: Duration) -> Result<bool, CliError> {
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(1);
+    loop {
+        if probe_lock(paths)? == LockState::Free {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(50));
+    }
+}
+
+#[allow(unsafe_code)]
+fn send_signal(pid: u32, signal: libc::c_int) -> Result<(), CliError> {
+    let pid_t = libc::pid_t::try_from(pid).map_err(|_| CliError::new("stop_failed", format!("bad pid {pid}")))?;
+    // SAFETY: kill has no memory-safety preconditions; the pid is the lock
+    // holder's, written by it into the lock file it still holds.
+    if unsafe { libc::kill(pid_t, signal) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            return Err(CliError::new("stop_failed", format!("cannot signal pid {pid}: {e}")));
+        }
+    }
+    Ok(())
+}
+
+/// What `hearth daemon status` found.
+#[derive(Debug, Serialize)]
+struct DaemonState {
+    /// `running`, `stopped`, `stale` or `not_responding`.
+    state: &'static str,
+    pid: Option<u32>,
+    /// `daemon.json`, when present and readable.
+    info: Option<DaemonInfo>,
+    /// The daemon's own status report, when it answered.
+    status: Option<StatusReport>,
+    /// Leftovers of a crashed daemon.
+    stale_files: Vec<String>,
+}
+
+async fn status(ctx: &Ctx) -> Result<u8, CliError> {
+    let paths = &ctx.paths;
+    let info: Option<DaemonInfo> =
+        std::fs::read(paths.info_file()).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let lock = probe_lock(paths)?;
+    let mut state = DaemonState { state: "stopped", pid: None, info, status: None, stale_files: Vec::new() };
+    let exit = match lock {
+        LockState::Held { pid } => {
+            state.pid = pid;
+            let options = ConnectOptions::new(paths.socket()).timeout(Duration::from_secs(2));
+            let answered = match StatusClient::connect_with(&options).await {
+                Ok(mut client) => client.status().await.ok(),
+                Err(_) => None,
+            };
+            match answered {
+                Some(report) => {
+                    state.state = "running";
+                    state.pid = Some(report.pid);
+                    let exit = match report.health.state {
+                        HealthState::Healthy => 0,
+                        HealthState::Degraded => 5,
+                        HealthState::Unhealthy => 6,
+                    };
+                    state.status = Some(report);
+                    exit
+                }
+                None => {
+                    state.state = "not_responding";
+                    4
+                }
+            }
+        }
+        LockState::Free => {
+            for path in [paths.info_file(), paths.socket().to_owned()] {
+                if std::fs::symlink_metadata(&path).is_ok() {
+                    state.stale_files.push(path.display().to_string());
+                }
+            }
+            state.pid = state.info.as_ref().map(|i| i.pid);
+            if state.stale_files.is_empty() {
+                3
+            } else {
+                state.state = "stale";
+                1
+            }
+        }
+    };
+    if ctx.json {
+        output::json(&state)?;
+        return Ok(exit);
+    }
+    match state.state {
+        "running" => {
+            if let Some(report) = &state.status {
+                status_cmd::print_report(report);
+            }
+        }
+        "not_responding" => println!(
+            "hearthd (pid {}) holds the lock but its socket {} does not answer; \
+             it may be hung: `hearth daemon stop` signals it",
+            state.pid.map_or_else(|| "unknown".into(), |p| p.to_string()),
+            paths.socket().display()
+        ),
+        "stale" => println!(
+            "hearthd is not running; a daemon{} crashed and left {}; the next start cleans up",
+            state.pid.map_or_else(String::new, |p| format!(" (pid {p})")),
+            state.stale_files.join(", ")
+        ),
+        _ => println!("hearthd is not running (state dir {})", paths.state_dir().display()),
+    }
+    Ok(exit)
+}

@@ -1,0 +1,143 @@
+//! `hearth`: the command line of the hearth daemon.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hearth::client::{Client, ConnectOptions, EnsureOptions, ensure_daemon_running};
+use hearth::paths::Paths;
+use hearth::protocol::ChannelProtocol;
+
+mod daemon_cmd;
+mod error;
+mod output;
+mod status_cmd;
+
+use error::CliError;
+
+const CLIENT_NAME: &str = concat!("hearth-cli/", env!("CARGO_PKG_VERSION"));
+
+const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0  success
+  1  the command failed (the error's code is printed)
+  2  usage error
+  3  no daemon is running (ping, status, shutdown never start one)
+  4  no answer within the deadline
+  `hearth daemon status` has its own (see its --help).";
+
+/// Talk to the hearth daemon: one per user, shared by every app, CLI and
+/// script over one Unix socket.
+///
+/// `ping`, `status` and `shutdown` never start a daemon. The pool, queue and
+/// blob commands start one when none runs, unless --no-spawn.
+#[derive(Debug, Parser)]
+#[command(name = "hearth", version, max_term_width = 100, after_help = EXIT_STATUS_HELP)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct Global {
+    /// State directory [default: $XDG_STATE_HOME/hearth, else ~/.local/state/hearth]
+    #[arg(long, global = true, env = "HEARTH_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
+    /// Socket path [default: <state-dir>/hearth.sock]
+    #[arg(long, global = true, env = "HEARTH_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+
+    /// Print JSON (errors too, on stderr)
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// Never start the daemon; fail when none runs
+    #[arg(long, global = true)]
+    no_spawn: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check that the daemon answers (never starts one)
+    Ping(status_cmd::PingArgs),
+    /// Show the daemon's health, identity, connections and services (never starts one)
+    Status,
+    /// Ask the daemon to stop gracefully (never starts one)
+    Shutdown(status_cmd::ShutdownArgs),
+    /// Start, stop and inspect the daemon process
+    #[command(subcommand)]
+    Daemon(daemon_cmd::DaemonCommand),
+}
+
+/// What every command needs: where the daemon is and how to print.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    pub(crate) paths: Paths,
+    pub(crate) json: bool,
+    pub(crate) no_spawn: bool,
+}
+
+impl Ctx {
+    pub(crate) fn connect_options(&self) -> ConnectOptions {
+        ConnectOptions::new(self.paths.socket()).client_name(CLIENT_NAME)
+    }
+
+    pub(crate) fn ensure_options(&self) -> EnsureOptions {
+        EnsureOptions::new(self.paths.clone()).client_name(CLIENT_NAME)
+    }
+
+    /// Connects to a running daemon; never starts one.
+    pub(crate) async fn connect<C: ChannelProtocol>(&self) -> Result<Client<C>, CliError> {
+        Ok(Client::connect_with(&self.connect_options()).await?)
+    }
+
+    /// Connects, starting the daemon first when none runs (unless --no-spawn).
+    #[allow(dead_code)] // used by the channel command groups
+    pub(crate) async fn connect_or_spawn<C: ChannelProtocol>(&self) -> Result<Client<C>, CliError> {
+        match Client::connect_with(&self.connect_options()).await {
+            Err(e) if e.is_not_running() && !self.no_spawn => {
+                ensure_daemon_running(&self.ensure_options()).await?;
+                Ok(Client::connect_with(&self.connect_options()).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.global.json;
+    let result = match Paths::resolve(cli.global.state_dir, cli.global.socket) {
+        Ok(paths) => {
+            let ctx = Ctx { paths, json, no_spawn: cli.global.no_spawn };
+            run(&ctx, cli.command)
+        }
+        Err(e) => Err(CliError::new("state_dir_unusable", e.to_string())),
+    };
+    match result {
+        Ok(status) => ExitCode::from(status),
+        Err(e) => {
+            output::error(&e, json);
+            ExitCode::from(e.exit)
+        }
+    }
+}
+
+fn run(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::new("internal", format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async {
+        match command {
+            Command::Ping(args) => status_cmd::ping(ctx, &args).await,
+            Command::Status => status_cmd::status(ctx).await,
+            Command::Shutdown(args) => status_cmd::shutdown(ctx, args).await,
+            Command::Daemon(command) => daemon_cmd::run(ctx, command).await,
+        }
+    })
+}

@@ -1,0 +1,96 @@
+//! `hearth ping`, `hearth status`, `hearth shutdown`: the status channel.
+
+use std::time::{Duration, Instant};
+
+use hearth::protocol::status::{StatusChannel, StatusReport};
+use serde_json::json;
+
+use crate::error::{CliError, EXIT_OK};
+use crate::{Ctx, output};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct PingArgs {
+    /// Pings to send on the one connection
+    #[arg(long, short = 'c', default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    count: u32,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ShutdownArgs {
+    /// Why; written to the daemon's log
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+pub(crate) async fn ping(ctx: &Ctx, args: &PingArgs) -> Result<u8, CliError> {
+    let mut client = ctx.connect::<StatusChannel>().await?;
+    let mut rtts = Vec::with_capacity(args.count as usize);
+    for _ in 0..args.count {
+        let start = Instant::now();
+        client.ping().await?;
+        rtts.push(start.elapsed());
+    }
+    let daemon = client.daemon();
+    let best = rtts.iter().min().copied().unwrap_or_default();
+    if ctx.json {
+        let rtt_us: Vec<u64> = rtts.iter().map(|d| d.as_micros() as u64).collect();
+        output::json(&json!({ "pid": daemon.pid, "version": daemon.version, "rtt_us": rtt_us }))?;
+    } else {
+        let shown = if rtts.len() > 1 { format!("best of {}: ", rtts.len()) } else { String::new() };
+        println!("pong from hearthd {} (pid {}) in {shown}{}", daemon.version, daemon.pid, micros(best));
+    }
+    Ok(EXIT_OK)
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
+pub(crate) async fn status(ctx: &Ctx) -> Result<u8, CliError> {
+    let mut client = ctx.connect::<StatusChannel>().await?;
+    let report = client.status().await?;
+    if ctx.json {
+        output::json(&report)?;
+    } else {
+        print_report(&report);
+    }
+    Ok(EXIT_OK)
+}
+
+pub(crate) fn print_report(r: &StatusReport) {
+    println!("hearthd {} (pid {}), protocol {}", r.version, r.pid, r.protocol);
+    let mut rows = vec![
+        ("health", r.health.state.as_str().to_owned()),
+        ("uptime", format!("{} (since {})", output::duration(Duration::from_millis(r.uptime_ms)), r.started_at)),
+        ("socket", r.socket.display().to_string()),
+        ("state dir", r.state_dir.display().to_string()),
+        (
+            "connections",
+            format!(
+                "{} active of {}, {} since start (refused: {} busy, {} other user)",
+                r.connections.active,
+                r.limits.max_connections,
+                r.connections.total,
+                r.connections.refused_busy,
+                r.connections.refused_peer
+            ),
+        ),
+        ("channels", r.channels.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")),
+    ];
+    for reason in &r.health.reasons {
+        rows.push(("reason", format!("{} [{}]: {}", reason.code, reason.severity.as_str(), reason.message)));
+    }
+    output::fields(&rows);
+}
+
+pub(crate) async fn shutdown(ctx: &Ctx, args: ShutdownArgs) -> Result<u8, CliError> {
+    let mut client = ctx.connect::<StatusChannel>().await?;
+    let pid = client.daemon().pid;
+    let grace = client.shutdown(args.reason).await?;
+    if ctx.json {
+        output::json(&json!({ "pid": pid, "grace_ms": grace.as_millis() as u64 }))?;
+    } else {
+        println!("hearthd (pid {pid}) is shutting down (grace period {})", output::duration(grace));
+    }
+    Ok(EXIT_OK)
+}
