@@ -11,6 +11,9 @@
 //! A desktop app depends on the light client only:
 //! `hearth = { version = "0.1", default-features = false, features = ["client"] }`.
 
+// The library never prints: it returns errors and logs through `tracing`.
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
 #[cfg(feature = "client")]
 pub mod client;
 #[cfg(feature = "client")]
@@ -25,3 +28,8 @@ pub mod protocol;
 pub mod time;
 #[cfg(feature = "daemon")]
 pub mod units;
+
+/// The README's Rust examples compile as doctests, so they stay true.
+#[cfg(all(doctest, feature = "client"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

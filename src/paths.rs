@@ -25,9 +25,7 @@ pub const CONFIG_FILE: &str = "config.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum PathError {
     /// Neither an override nor a home directory is available.
-    #[error(
-        "cannot choose a state directory: HOME is not set; pass --state-dir or set {ENV_STATE_DIR}"
-    )]
+    #[error("cannot choose a state directory: HOME is not set; pass --state-dir or set {ENV_STATE_DIR}")]
     NoHome,
     /// The socket path does not fit in `sockaddr_un`.
     #[error(

@@ -20,8 +20,7 @@ pub struct ByteSize(pub u64);
 #[error("{0}")]
 pub struct UnitError(String);
 
-const DURATION_UNITS: [(&str, u64); 5] =
-    [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)];
+const DURATION_UNITS: [(&str, u64); 5] = [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)];
 
 impl FromStr for HumanDuration {
     type Err = UnitError;
@@ -38,11 +37,15 @@ impl FromStr for HumanDuration {
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
         let n: u64 = num.parse().map_err(|_| {
-            UnitError(format!("invalid duration {s:?}: expected a whole number and a unit, like 500ms, 5s, 10m, 24h or 7d"))
+            UnitError(format!(
+                "invalid duration {s:?}: expected a whole number and a unit, like 500ms, 5s, 10m, 24h or 7d"
+            ))
         })?;
-        let per = DURATION_UNITS.iter().find(|(u, _)| *u == unit.trim()).map(|(_, ms)| *ms).ok_or_else(|| {
-            UnitError(format!("invalid duration {s:?}: the unit must be one of ms, s, m, h, d"))
-        })?;
+        let per = DURATION_UNITS
+            .iter()
+            .find(|(u, _)| *u == unit.trim())
+            .map(|(_, ms)| *ms)
+            .ok_or_else(|| UnitError(format!("invalid duration {s:?}: the unit must be one of ms, s, m, h, d")))?;
         let ms = n.checked_mul(per).ok_or_else(|| UnitError(format!("duration {s:?} is too large")))?;
         Ok(HumanDuration(Duration::from_millis(ms)))
     }
@@ -91,9 +94,11 @@ impl FromStr for ByteSize {
         let per = if unit.is_empty() {
             1
         } else {
-            SIZE_UNITS.iter().find(|(u, _)| u.eq_ignore_ascii_case(unit)).map(|(_, b)| *b).ok_or_else(|| {
-                UnitError(format!("invalid size {s:?}: unknown unit {unit:?}"))
-            })?
+            SIZE_UNITS
+                .iter()
+                .find(|(u, _)| u.eq_ignore_ascii_case(unit))
+                .map(|(_, b)| *b)
+                .ok_or_else(|| UnitError(format!("invalid size {s:?}: unknown unit {unit:?}")))?
         };
         n.checked_mul(per).map(ByteSize).ok_or_else(|| UnitError(format!("size {s:?} is too large")))
     }

@@ -1,6 +1,5 @@
 //! `hearthd`: the hearth daemon. Runs in the foreground; `--detach` forks it
 //! into the background and returns once it is ready.
-#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -142,7 +141,7 @@ fn main() -> ExitCode {
                 _ => LaunchReport::Failed { code: e.code().into(), message: e.to_string() },
             };
             tracing::error!("{e}");
-            eprintln!("hearthd: {e}");
+            eprintln!("hearthd: {e} ({})", e.code());
             reporter.report(&report);
             ExitCode::from(detach::exit_status(&report))
         }

@@ -202,8 +202,8 @@ impl<C: ChannelProtocol> Client<C> {
         let handshake = Handshake::new(C::CHANNEL, Some(options.client_name.clone()));
         conn.write_json(&handshake).await.map_err(closed_on_reset)?;
         let frame = conn.read_frame().await.map_err(closed_on_reset)?.ok_or(ClientError::Closed)?;
-        let reply: HandshakeReply = serde_json::from_slice(&frame)
-            .map_err(|e| ClientError::Protocol(format!("bad handshake reply: {e}")))?;
+        let reply: HandshakeReply =
+            serde_json::from_slice(&frame).map_err(|e| ClientError::Protocol(format!("bad handshake reply: {e}")))?;
         match reply {
             HandshakeReply::Accepted(accepted) => {
                 conn.set_max_frame(usize::try_from(accepted.max_frame).unwrap_or(usize::MAX));
@@ -252,9 +252,7 @@ impl<C: ChannelProtocol> Client<C> {
 /// A reset or broken pipe from the daemon means it closed the connection.
 fn closed_on_reset(e: FrameError) -> ClientError {
     match &e {
-        FrameError::Io(io)
-            if matches!(io.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) =>
-        {
+        FrameError::Io(io) if matches!(io.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) => {
             ClientError::Closed
         }
         _ => ClientError::Frame(e),

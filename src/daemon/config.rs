@@ -106,10 +106,9 @@ impl Config {
     /// `overrides`, and validates the result.
     pub fn load(file: &Path, required: bool, overrides: &[Override]) -> Result<Config, ConfigError> {
         let mut table = match std::fs::read_to_string(file) {
-            Ok(text) => text.parse::<toml::Table>().map_err(|e| ConfigError::Invalid {
-                origin: file.display().to_string(),
-                message: e.to_string(),
-            })?,
+            Ok(text) => text
+                .parse::<toml::Table>()
+                .map_err(|e| ConfigError::Invalid { origin: file.display().to_string(), message: e.to_string() })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => toml::Table::new(),
             Err(source) => return Err(ConfigError::Read { path: file.to_owned(), source }),
         };

@@ -23,10 +23,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::paths::Paths;
+use crate::protocol::PROTOCOL_VERSION;
 use crate::protocol::handshake::{Channel, DaemonIdent};
 use crate::protocol::info::{DaemonInfo, Endpoints};
 use crate::protocol::status::{Health, HealthReason, HealthState, Limits, ServiceSummaries};
-use crate::protocol::PROTOCOL_VERSION;
 
 pub mod config;
 pub mod detach;

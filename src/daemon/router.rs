@@ -24,10 +24,7 @@ pub(crate) async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
     if peer.uid() != super::fsutil::euid() {
         bump(&shared.stats.refused_peer);
         tracing::warn!(uid = peer.uid(), pid = ?peer.pid(), "refused a connection from another user");
-        let error = WireError::new(
-            ErrorCode::PermissionDenied,
-            "this daemon serves only the user it runs as",
-        );
+        let error = WireError::new(ErrorCode::PermissionDenied, "this daemon serves only the user it runs as");
         server::refuse(stream, error, None).await;
         return;
     }

@@ -69,10 +69,7 @@ fn dispatch(stream: UnixStream, shared: &Arc<Shared>) {
             };
             let error = WireError::new(
                 ErrorCode::TooManyConnections,
-                format!(
-                    "the daemon is serving its maximum of {} connections; retry later",
-                    shared.max_connections
-                ),
+                format!("the daemon is serving its maximum of {} connections; retry later", shared.max_connections),
             );
             let daemon = Some(shared.ident.clone());
             shared.tracker.spawn(async move {
@@ -84,7 +81,11 @@ fn dispatch(stream: UnixStream, shared: &Arc<Shared>) {
 }
 
 /// Writes a refused handshake reply, then closes the connection.
-pub(crate) async fn refuse(mut stream: UnixStream, error: WireError, daemon: Option<crate::protocol::handshake::DaemonIdent>) {
+pub(crate) async fn refuse(
+    mut stream: UnixStream,
+    error: WireError,
+    daemon: Option<crate::protocol::handshake::DaemonIdent>,
+) {
     use tokio_util::codec::Encoder;
     let reply = HandshakeReply::Refused(Refused { protocol: PROTOCOL_VERSION, daemon, error });
     let mut buf = bytes::BytesMut::new();

@@ -170,7 +170,11 @@ pub struct Instance {
 impl Instance {
     /// Prepares the state directory and takes the lock, without touching the
     /// socket. The lock file (0600, close-on-exec) then contains this pid.
+    /// Descriptors inherited from the parent are made close-on-exec first.
     pub fn acquire(paths: Paths) -> Result<Instance, StartupError> {
+        if let Err(e) = fsutil::cloexec_inherited_fds() {
+            tracing::warn!("cannot mark inherited descriptors close-on-exec: {e}");
+        }
         prepare_state_dir(paths.state_dir())?;
         let lock_path = paths.lock_file();
         let lock_err = |source| StartupError::Lock { path: lock_path.clone(), source };
@@ -232,10 +236,8 @@ impl Instance {
         self.paths.check_socket_len().map_err(StartupError::SocketPathTooLong)?;
         if let Some(parent) = path.parent() {
             if !parent.exists() {
-                fsutil::create_private_dir(parent).map_err(|source| StartupError::Bind {
-                    path: path.clone(),
-                    source,
-                })?;
+                fsutil::create_private_dir(parent)
+                    .map_err(|source| StartupError::Bind { path: path.clone(), source })?;
             }
         }
         match std::fs::symlink_metadata(&path) {
@@ -263,7 +265,8 @@ impl Instance {
             Err(source) => return Err(StartupError::Bind { path, source }),
         }
         let listener = bind_private(&path).map_err(|source| StartupError::Bind { path: path.clone(), source })?;
-        let meta = std::fs::symlink_metadata(&path).map_err(|source| StartupError::Bind { path: path.clone(), source })?;
+        let meta =
+            std::fs::symlink_metadata(&path).map_err(|source| StartupError::Bind { path: path.clone(), source })?;
         self.socket_id = Some((meta.dev(), meta.ino()));
         Ok(listener)
     }
@@ -271,10 +274,8 @@ impl Instance {
     /// Writes `daemon.json` atomically (0600).
     pub fn publish(&mut self, info: &DaemonInfo) -> Result<(), StartupError> {
         let path = self.paths.info_file();
-        let mut json = serde_json::to_vec_pretty(info).map_err(|e| StartupError::InfoFile {
-            path: path.clone(),
-            source: io::Error::other(e),
-        })?;
+        let mut json = serde_json::to_vec_pretty(info)
+            .map_err(|e| StartupError::InfoFile { path: path.clone(), source: io::Error::other(e) })?;
         json.push(b'\n');
         // Not fsynced: after a crash the file is stale anyway, and readers
         // tolerate a missing or damaged one.

@@ -234,10 +234,7 @@ mod tests {
             other => panic!("expected Truncated, got {other:?}"),
         }
         let mut buf = BytesMut::from(&[0u8, 0][..]);
-        assert!(matches!(
-            codec.decode_eof(&mut buf),
-            Err(FrameError::Truncated { received: 2, expected: 4 })
-        ));
+        assert!(matches!(codec.decode_eof(&mut buf), Err(FrameError::Truncated { received: 2, expected: 4 })));
         assert!(codec.decode_eof(&mut BytesMut::new()).unwrap().is_none());
     }
 

@@ -5,8 +5,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::error::{ErrorCode, WireError};
 use super::PROTOCOL_VERSION;
+use super::error::{ErrorCode, WireError};
 
 /// A service on the socket. Each connection talks to exactly one channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -99,19 +99,13 @@ impl Handshake {
         if raw.protocol != u64::from(PROTOCOL_VERSION) {
             return Err(WireError::new(
                 ErrorCode::UnsupportedProtocol,
-                format!(
-                    "this daemon speaks protocol {PROTOCOL_VERSION}; the client asked for {}",
-                    raw.protocol
-                ),
+                format!("this daemon speaks protocol {PROTOCOL_VERSION}; the client asked for {}", raw.protocol),
             ));
         }
         let channel = Channel::from_name(&raw.channel).ok_or_else(|| {
             WireError::new(
                 ErrorCode::UnknownChannel,
-                format!(
-                    "no channel named {:?}; channels are status, pool, queue, blob",
-                    truncate(&raw.channel, 64)
-                ),
+                format!("no channel named {:?}; channels are status, pool, queue, blob", truncate(&raw.channel, 64)),
             )
         })?;
         let client = raw.client.map(|c| truncate(&c, 128).to_owned());
@@ -268,10 +262,9 @@ mod tests {
         assert!(json.starts_with(r#"{"ok":true,"protocol":1"#), "{json}");
         assert_eq!(serde_json::from_str::<HandshakeReply>(&json).unwrap(), accepted);
 
-        let refused: HandshakeReply = serde_json::from_str(
-            r#"{"ok":false,"protocol":1,"error":{"code":"unknown_channel","message":"no"}}"#,
-        )
-        .unwrap();
+        let refused: HandshakeReply =
+            serde_json::from_str(r#"{"ok":false,"protocol":1,"error":{"code":"unknown_channel","message":"no"}}"#)
+                .unwrap();
         let HandshakeReply::Refused(r) = refused else { panic!("expected a refusal") };
         assert_eq!(r.error.code, ErrorCode::UnknownChannel);
         assert!(serde_json::from_str::<HandshakeReply>(r#"{"ok":true,"protocol":1}"#).is_err());

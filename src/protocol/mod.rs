@@ -128,10 +128,7 @@ fn classify_request_error<R: Request>(frame: &[u8], err: &serde_json::Error) -> 
         }
     };
     let Some(kind) = value.get("type") else {
-        return WireError::new(
-            ErrorCode::InvalidRequest,
-            "a request must be a JSON object with a string \"type\"",
-        );
+        return WireError::new(ErrorCode::InvalidRequest, "a request must be a JSON object with a string \"type\"");
     };
     let Some(kind) = kind.as_str() else {
         return WireError::new(ErrorCode::InvalidRequest, "\"type\" must be a string");

@@ -79,7 +79,9 @@ async fn start(ctx: &Ctx, args: &StartArgs) -> Result<u8, CliError> {
     } else {
         let d = &ensured.daemon;
         match (&ensured.replaced, ensured.spawned) {
-            (Some(old), _) => println!("replaced hearthd {} (pid {}) with {} (pid {})", old.version, old.pid, d.version, d.pid),
+            (Some(old), _) => {
+                println!("replaced hearthd {} (pid {}) with {} (pid {})", old.version, old.pid, d.version, d.pid);
+            }
             (None, true) => println!("started hearthd {} (pid {})", d.version, d.pid),
             (None, false) => println!("hearthd {} is already running (pid {})", d.version, d.pid),
         }
@@ -104,10 +106,12 @@ async fn stop(ctx: &Ctx, args: &StopArgs) -> Result<u8, CliError> {
         match (stopped.pid, stopped.how) {
             (_, "none") => println!("hearthd is not running"),
             (Some(pid), "request") => println!("stopped hearthd (pid {pid})"),
-            (pid, how) => println!(
-                "stopped hearthd (pid {}) with {how}",
-                pid.map_or_else(|| "unknown".into(), |p| p.to_string())
-            ),
+            (pid, how) => {
+                println!(
+                    "stopped hearthd (pid {}) with {how}",
+                    pid.map_or_else(|| "unknown".into(), |p| p.to_string())
+                );
+            }
         }
     }
     Ok(EXIT_OK)
@@ -132,7 +136,11 @@ async fn stop_daemon(paths: &Paths, timeout: Duration, force: bool) -> Result<St
         return Ok(Stopped { pid, how: "request" });
     }
     let Some(pid) = pid.filter(|_| force) else {
-        let hint = if force { "its pid is unknown; find it with `hearth daemon status`" } else { "run without --no-force to signal it" };
+        let hint = if force {
+            "its pid is unknown; find it with `hearth daemon status`"
+        } else {
+            "run without --no-force to signal it"
+        };
         return Err(CliError::new(
             "stop_timeout",
             format!("the daemon did not stop within {}", HumanDuration(timeout)),
@@ -140,10 +148,9 @@ async fn stop_daemon(paths: &Paths, timeout: Duration, force: bool) -> Result<St
         .hint(hint)
         .exit(EXIT_TIMEOUT));
     };
-    for (signal, name, wait) in [
-        (libc::SIGTERM, "sigterm", Duration::from_secs(3)),
-        (libc::SIGKILL, "sigkill", Duration::from_secs(5)),
-    ] {
+    for (signal, name, wait) in
+        [(libc::SIGTERM, "sigterm", Duration::from_secs(3)), (libc::SIGKILL, "sigkill", Duration::from_secs(5))]
+    {
         send_signal(pid, signal)?;
         if wait_for_release(paths, wait).await? {
             return Ok(Stopped { pid: Some(pid), how: name });

@@ -42,9 +42,9 @@ impl From<ClientError> for CliError {
     fn from(e: ClientError) -> Self {
         let message = e.to_string();
         match e {
-            ClientError::NotRunning { .. } => CliError::new("not_running", message)
-                .hint("start it with `hearth daemon start`")
-                .exit(EXIT_NOT_RUNNING),
+            ClientError::NotRunning { .. } => {
+                CliError::new("not_running", message).hint("start it with `hearth daemon start`").exit(EXIT_NOT_RUNNING)
+            }
             ClientError::Connect { .. } => CliError::new("connect_failed", message)
                 .hint("check the socket's owner and mode; `hearth daemon status` shows what runs"),
             ClientError::Path(_) => CliError::new("socket_path_too_long", message),
@@ -61,11 +61,13 @@ impl From<ClientError> for CliError {
                 .hint("the daemon may have stopped; see `hearth daemon status`"),
             ClientError::DaemonBinaryNotFound { .. } => CliError::new("daemon_binary_not_found", message)
                 .hint("install hearthd next to hearth or on PATH, or set HEARTH_DAEMON_BIN"),
-            ClientError::StartFailed { ref code, .. } => CliError::new(code.clone(), message)
-                .hint("`hearth daemon logs` may say more"),
+            ClientError::StartFailed { ref code, .. } => {
+                CliError::new(code.clone(), message).hint("`hearth daemon logs` may say more")
+            }
             ClientError::Spawn { .. } => CliError::new("spawn_failed", message),
-            ClientError::Frame(_) | ClientError::Protocol(_) => CliError::new("protocol_error", message)
-                .hint("are hearth and hearthd from the same release? `hearth daemon status` shows the daemon's version"),
+            ClientError::Frame(_) | ClientError::Protocol(_) => CliError::new("protocol_error", message).hint(
+                "are hearth and hearthd from the same release? `hearth daemon status` shows the daemon's version",
+            ),
             _ => CliError::new("client_error", message),
         }
     }

@@ -1,5 +1,4 @@
 //! `hearth`: the command line of the hearth daemon.
-#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

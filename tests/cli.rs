@@ -1,0 +1,380 @@
+//! The real `hearth` and `hearthd` binaries against temp state directories.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{RawConn, StateDir, hearthd_bin, processes_mentioning, stderr, stdout, wait_for};
+use serde_json::{Value, json};
+
+fn json_of(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(out)))
+}
+
+#[test]
+fn commands_that_never_spawn_fail_clearly_without_a_daemon() {
+    let state = StateDir::new();
+    for args in [&["ping"][..], &["status"], &["shutdown"], &["--json", "status"]] {
+        let out = state.run(args);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("not_running"), "{args:?}: {err}");
+    }
+    let out = state.run(&["--json", "ping"]);
+    let err: Value = serde_json::from_slice(&out.stderr).expect("JSON error on stderr");
+    assert_eq!(err["error"]["code"], "not_running");
+    assert!(err["error"]["hint"].as_str().unwrap().contains("hearth daemon start"));
+    assert!(!state.socket().exists(), "nothing was started");
+    assert!(processes_mentioning(state.state_dir().to_str().unwrap()).is_empty());
+}
+
+#[test]
+fn start_is_idempotent_and_status_reports() {
+    let state = StateDir::new();
+    let out = state.run(&["--json", "daemon", "start"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let first = json_of(&out);
+    assert_eq!(first["started"], json!(true));
+    let pid = first["pid"].as_u64().unwrap();
+
+    let out = state.run(&["--json", "daemon", "start"]);
+    let second = json_of(&out);
+    assert_eq!(second["started"], json!(false));
+    assert_eq!(second["pid"].as_u64(), Some(pid));
+    let out = state.run(&["daemon", "start"]);
+    assert!(stdout(&out).contains(&format!("already running (pid {pid})")), "{}", stdout(&out));
+
+    let out = state.run(&["ping"]);
+    assert!(out.status.success());
+    assert!(stdout(&out).contains(&format!("pid {pid}")));
+
+    let status = json_of(&state.run(&["status", "--json"]));
+    assert_eq!(status["pid"].as_u64(), Some(pid));
+    assert_eq!(status["health"]["state"], "healthy");
+
+    let daemon_status = state.run(&["--json", "daemon", "status"]);
+    assert_eq!(daemon_status.status.code(), Some(0));
+    let daemon_status = json_of(&daemon_status);
+    assert_eq!(daemon_status["state"], "running");
+    assert_eq!(daemon_status["info"]["pid"].as_u64(), Some(pid));
+
+    // The detached daemon logs to daemon.log in the state dir.
+    assert!(state.paths.log_file().exists());
+    let out = state.run(&["--json", "daemon", "stop"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json_of(&out)["how"], "request");
+    assert!(!state.socket().exists());
+    assert_eq!(state.run(&["daemon", "status"]).status.code(), Some(3));
+    let out = state.run(&["daemon", "stop"]);
+    assert!(out.status.success(), "stopping a stopped daemon succeeds");
+}
+
+#[test]
+fn a_second_hearthd_names_the_first_and_touches_nothing() {
+    let state = StateDir::new();
+    let daemon = state.start(&[]);
+    let snapshot = |path: &std::path::Path| {
+        let m = std::fs::symlink_metadata(path).unwrap();
+        (m.ino(), m.mtime_nsec(), m.mtime(), m.len())
+    };
+    let files = [state.socket().to_owned(), state.paths.info_file(), state.paths.lock_file()];
+    let before: Vec<_> = files.iter().map(|f| snapshot(f)).collect();
+    let log_before = std::fs::read_dir(state.state_dir()).unwrap().count();
+
+    for detach in [false, true] {
+        let mut cmd = state.hearthd();
+        if detach {
+            cmd.arg("--detach");
+        }
+        let out = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap();
+        assert_eq!(out.status.code(), Some(3), "detach={detach}");
+        let text = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(text.contains(&daemon.pid().to_string()), "names the running pid: {text}");
+        if detach {
+            let report: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+            assert_eq!(report, json!({"event": "already_running", "pid": daemon.pid()}));
+        }
+    }
+    let after: Vec<_> = files.iter().map(|f| snapshot(f)).collect();
+    assert_eq!(before, after, "socket, info and lock untouched");
+    assert_eq!(std::fs::read_dir(state.state_dir()).unwrap().count(), log_before, "no new files");
+    let mut c = RawConn::open(state.socket(), "status");
+    assert_eq!(c.request(&json!({"type": "ping"})), json!({"type": "pong"}));
+}
+
+#[test]
+fn kill_9_leaves_stale_files_that_the_next_start_recovers() {
+    let state = StateDir::new();
+    let mut daemon = state.start(&[]);
+    let old_pid = daemon.pid();
+    daemon.kill9();
+    assert!(state.socket().exists(), "a killed daemon leaves its socket");
+
+    let out = state.run(&["--json", "daemon", "status"]);
+    assert_eq!(out.status.code(), Some(1), "stale");
+    let s = json_of(&out);
+    assert_eq!(s["state"], "stale");
+    assert_eq!(s["pid"].as_u64(), Some(u64::from(old_pid)));
+    assert_eq!(state.run(&["ping"]).status.code(), Some(3));
+
+    let out = state.run(&["--json", "daemon", "start"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_ne!(json_of(&out)["pid"].as_u64(), Some(u64::from(old_pid)));
+    assert!(state.run(&["ping"]).status.success());
+    assert!(state.run(&["daemon", "stop"]).status.success());
+}
+
+#[test]
+fn stop_and_start_in_a_loop_never_race() {
+    let state = StateDir::new();
+    let mut pids = Vec::new();
+    for _ in 0..10 {
+        let out = state.run(&["--json", "daemon", "start"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let started = json_of(&out);
+        assert_eq!(started["started"], json!(true), "a fresh daemon every time");
+        pids.push(started["pid"].as_u64().unwrap());
+        let out = state.run(&["daemon", "stop"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    pids.dedup();
+    assert_eq!(pids.len(), 10);
+}
+
+#[test]
+fn racing_starts_from_32_processes_leave_exactly_one_daemon() {
+    let state = StateDir::new();
+    let children: Vec<_> = (0..32)
+        .map(|_| {
+            state
+                .hearth()
+                .args(["--json", "daemon", "start", "--timeout", "30s"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let mut pids = Vec::new();
+    let mut started = 0;
+    for out in &outputs {
+        assert!(out.status.success(), "every caller succeeds: {}", stderr(out));
+        let v = json_of(out);
+        pids.push(v["pid"].as_u64().unwrap());
+        started += usize::from(v["started"] == json!(true));
+    }
+    pids.dedup();
+    assert_eq!(pids.len(), 1, "all callers see the same daemon: {pids:?}");
+    assert!(started <= 1, "{started} callers claim to have started it");
+    let daemons: Vec<u32> = processes_mentioning(state.state_dir().to_str().unwrap())
+        .into_iter()
+        .filter(|pid| {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+            exe == hearthd_bin()
+        })
+        .collect();
+    assert_eq!(daemons.len(), 1, "exactly one hearthd process: {daemons:?}");
+    assert_eq!(u64::from(daemons[0]), pids[0]);
+    assert!(state.run(&["daemon", "stop"]).status.success());
+}
+
+#[test]
+fn stop_escalates_to_signals_for_a_hung_daemon() {
+    let state = StateDir::new();
+    let mut daemon = state.start(&[]);
+    daemon.signal(libc::SIGSTOP);
+    // A process holds the lock but nothing answers.
+    let out = state.run(&["--json", "daemon", "status"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stdout(&out));
+    assert_eq!(json_of(&out)["state"], "not_responding");
+
+    let out = state.run(&["daemon", "stop", "--timeout", "300ms", "--no-force"]);
+    assert_eq!(out.status.code(), Some(4), "--no-force gives up: {}", stderr(&out));
+    assert!(stderr(&out).contains("stop_timeout"));
+
+    // SIGTERM cannot reach a stopped process, so this ends with SIGKILL.
+    let out = state.run(&["--json", "daemon", "stop", "--timeout", "300ms"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json_of(&out)["how"], "sigkill");
+    assert!(daemon.wait_exit(Duration::from_secs(10)).is_some());
+    // And the next start recovers.
+    assert!(state.run(&["daemon", "start"]).status.success());
+    assert!(state.run(&["daemon", "stop"]).status.success());
+}
+
+#[test]
+fn sigterm_and_sigint_stop_gracefully() {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let state = StateDir::new();
+        let mut daemon = state.start(&[]);
+        daemon.signal(signal);
+        assert_eq!(daemon.wait_exit(Duration::from_secs(10)), Some(0));
+        assert!(!state.socket().exists());
+        assert!(!state.paths.info_file().exists());
+        assert_eq!(common::StateDir::run(&state, &["daemon", "status"]).status.code(), Some(3));
+    }
+}
+
+#[test]
+fn too_long_socket_path_is_a_clear_error() {
+    let state = StateDir::new();
+    let long = state.dir.path().join("x".repeat(120)).join("hearth.sock");
+    let out = state.hearthd().arg("--socket").arg(&long).stderr(Stdio::piped()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("socket_path_too_long"), "{err}");
+    assert!(err.contains(&long.display().to_string()), "names the path: {err}");
+    assert!(err.contains(&hearth::paths::max_socket_path_len().to_string()), "names the limit: {err}");
+
+    let out = state.hearth().arg("--socket").arg(&long).arg("ping").output().unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("socket_path_too_long"), "{}", stderr(&out));
+
+    // Through ensure_daemon_running, the daemon's own error comes back.
+    let out = state.hearth().arg("--socket").arg(&long).args(["daemon", "start"]).output().unwrap();
+    assert!(stderr(&out).contains("socket_path_too_long"), "{}", stderr(&out));
+}
+
+#[test]
+fn insecure_or_foreign_state_dirs_are_refused() {
+    let state = StateDir::new();
+    std::fs::create_dir_all(state.state_dir()).unwrap();
+    std::fs::set_permissions(state.state_dir(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = state.run(&["daemon", "start"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("state_dir_insecure") && err.contains("chmod 700"), "{err}");
+    assert!(!state.socket().exists());
+    assert!(!state.paths.lock_file().exists(), "nothing created in an insecure dir");
+
+    std::fs::set_permissions(state.state_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    // SAFETY: geteuid cannot fail.
+    #[allow(unsafe_code)]
+    if unsafe { libc::geteuid() } == 0 {
+        std::os::unix::fs::chown(state.state_dir(), Some(65534), None).unwrap();
+        let out = state.run(&["daemon", "start"]);
+        let err = stderr(&out);
+        assert!(err.contains("state_dir_insecure") && err.contains("owned by uid 65534"), "{err}");
+    }
+}
+
+#[test]
+fn settings_layer_flags_over_env_over_file() {
+    let state = StateDir::new();
+    std::fs::create_dir_all(state.state_dir()).unwrap();
+    std::fs::set_permissions(state.state_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(
+        state.paths.config_file(),
+        "[server]\nmax_connections = 11\nwrite_timeout = \"7s\"\nshutdown_grace = \"3s\"\n",
+    )
+    .unwrap();
+    let print = |cmd: &mut Command| {
+        let out = cmd.arg("--print-config").stderr(Stdio::piped()).stdout(Stdio::piped()).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    let text = print(&mut state.hearthd());
+    assert!(text.contains("max_connections = 11") && text.contains("write_timeout = \"7s\""), "{text}");
+    let text = print(state.hearthd().env("HEARTH_MAX_CONNECTIONS", "22"));
+    assert!(text.contains("max_connections = 22") && text.contains("write_timeout = \"7s\""), "{text}");
+    let text = print(state.hearthd().env("HEARTH_MAX_CONNECTIONS", "22").args(["--max-connections", "33"]));
+    assert!(text.contains("max_connections = 33") && text.contains("shutdown_grace = \"3s\""), "{text}");
+
+    std::fs::write(state.paths.config_file(), "[server]\nmax_conections = 1\n").unwrap();
+    let out = state.hearthd().stderr(Stdio::piped()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("config_invalid") && stderr(&out).contains("max_conections"), "{}", stderr(&out));
+    let out = state.hearthd().arg("--max-frame").arg("lots").stderr(Stdio::piped()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "usage error: {}", stderr(&out));
+}
+
+#[test]
+fn the_lock_is_close_on_exec() {
+    let state = StateDir::new();
+    let daemon = state.start(&[]);
+    let lock = state.paths.lock_file();
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", daemon.pid())).unwrap();
+    let mut checked = false;
+    for fd in fds.flatten() {
+        if std::fs::read_link(fd.path()).ok().as_deref() == Some(lock.as_path()) {
+            let info =
+                std::fs::read_to_string(format!("/proc/{}/fdinfo/{}", daemon.pid(), fd.file_name().to_str().unwrap()))
+                    .unwrap();
+            let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).unwrap().trim();
+            let flags = u32::from_str_radix(flags, 8).unwrap();
+            assert_ne!(flags & libc::O_CLOEXEC as u32, 0, "lock fd flags {flags:o}");
+            checked = true;
+        }
+    }
+    assert!(checked, "the daemon holds {lock:?} open");
+    // Every descriptor the daemon owns is close-on-exec, except stdio.
+    for fd in std::fs::read_dir(format!("/proc/{}/fdinfo", daemon.pid())).unwrap().flatten() {
+        let n: u32 = fd.file_name().to_str().unwrap().parse().unwrap();
+        if n <= 2 {
+            continue;
+        }
+        let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+        let Some(flags) = info.lines().find_map(|l| l.strip_prefix("flags:")) else { continue };
+        let flags = u32::from_str_radix(flags.trim(), 8).unwrap();
+        assert_ne!(flags & libc::O_CLOEXEC as u32, 0, "fd {n} lacks O_CLOEXEC");
+    }
+}
+
+#[test]
+fn another_user_is_refused_before_any_request() {
+    // SAFETY: geteuid cannot fail.
+    #[allow(unsafe_code)]
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: needs root to run a client as a second uid");
+        return;
+    }
+    let hearth = common::hearth_bin();
+    let nobody_can_run = Command::new("/bin/sh")
+        .args(["-c", "exec \"$0\" --version"])
+        .arg(&hearth)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !nobody_can_run {
+        eprintln!("skipped: uid 65534 cannot execute {hearth:?}");
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let state = StateDir::new();
+    // A socket in a directory everyone may enter, loosened by hand: the
+    // uid check must hold even when file modes do not.
+    let shared = state.dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(state.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = shared.join("h.sock");
+    let _daemon = {
+        let log = state.dir.path().join("hearthd.log");
+        let child =
+            state.hearthd().arg("--socket").arg(&socket).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
+        let d = common::Daemon { child: Some(child), log, socket: socket.clone() };
+        assert!(wait_for(Duration::from_secs(20), || RawConn::try_connect(&socket).is_some()));
+        d
+    };
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = Command::new(&hearth)
+        .args(["--json", "ping", "--socket"])
+        .arg(&socket)
+        .env("HEARTH_STATE_DIR", "/nonexistent")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let err: Value = serde_json::from_slice(&out.stderr).unwrap_or_else(|_| panic!("{}", stderr(&out)));
+    assert_eq!(err["error"]["code"], "permission_denied", "{err}");
+
+    let mut c = RawConn::open(&socket, "status");
+    let status = c.request(&json!({"type": "status"}));
+    assert_eq!(status["connections"]["refused_peer"], 1);
+}

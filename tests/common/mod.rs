@@ -1,0 +1,272 @@
+//! Helpers shared by the integration tests: a real `hearthd` on a temp state
+//! directory, the real `hearth` CLI, raw frames over a real socket, and
+//! polling with deadlines (never fixed sleeps).
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use hearth::paths::Paths;
+use serde_json::{Value, json};
+
+/// The `hearthd` binary cargo built for these tests.
+pub fn hearthd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hearthd"))
+}
+
+/// The `hearth` binary cargo built for these tests.
+pub fn hearth_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hearth"))
+}
+
+/// Polls `condition` until it holds or `timeout` passes; returns whether it held.
+pub fn wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(1);
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// A temp state directory (removed on drop).
+pub struct StateDir {
+    pub dir: tempfile::TempDir,
+    pub paths: Paths,
+}
+
+impl StateDir {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new().prefix("hearth-test-").tempdir().expect("temp dir");
+        let paths = Paths::new(dir.path().join("state"));
+        Self { dir, paths }
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        self.paths.state_dir()
+    }
+
+    pub fn socket(&self) -> &Path {
+        self.paths.socket()
+    }
+
+    /// The `hearth` CLI pointed at this state directory, with a clean environment.
+    pub fn hearth(&self) -> Command {
+        let mut cmd = Command::new(hearth_bin());
+        cmd.env_remove("HEARTH_SOCKET")
+            .env_remove("HEARTH_CONFIG")
+            .env("HEARTH_STATE_DIR", self.state_dir())
+            .env("HEARTH_DAEMON_BIN", hearthd_bin())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs the CLI with `args` and returns its output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.hearth().args(args).output().expect("run hearth")
+    }
+
+    /// A `hearthd` command on this state directory, in the foreground, its
+    /// stderr (the log) going to `<tempdir>/hearthd.<n>.log`.
+    pub fn hearthd(&self) -> Command {
+        let mut cmd = Command::new(hearthd_bin());
+        cmd.env_remove("HEARTH_SOCKET")
+            .env_remove("HEARTH_CONFIG")
+            .env("HEARTH_LOG", "debug")
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        cmd
+    }
+
+    /// Starts `hearthd` in the foreground with extra `args` and waits until
+    /// it answers.
+    pub fn start(&self, args: &[&str]) -> Daemon {
+        let log = self.dir.path().join(format!("hearthd.{}.log", unique()));
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let child = self.hearthd().args(args).stderr(stderr).spawn().expect("spawn hearthd");
+        let mut daemon = Daemon { child: Some(child), log, socket: self.socket().to_owned() };
+        daemon.wait_ready();
+        daemon
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A `hearthd` child process (killed on drop if still running).
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub log: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn wait_ready(&mut self) {
+        let socket = self.socket.clone();
+        let ready = wait_for(Duration::from_secs(20), || {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("hearthd exited during start-up with {status}; log:\n{}", self.log_text());
+            }
+            RawConn::try_connect(&socket).is_some_and(|mut c| c.handshake("status").get("ok") == Some(&json!(true)))
+        });
+        assert!(ready, "hearthd did not answer within 20s; log:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, signal: i32) {
+        let pid = libc::pid_t::try_from(self.pid()).expect("pid");
+        // SAFETY: kill has no memory-safety preconditions.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal})");
+    }
+
+    /// Waits for the daemon to exit and returns its status code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let mut status = None;
+        wait_for(timeout, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        let status = status?;
+        self.child = None;
+        Some(status.code().unwrap_or(-1))
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub fn stop(&mut self) -> i32 {
+        self.signal(libc::SIGTERM);
+        self.wait_exit(Duration::from_secs(20)).expect("hearthd did not exit after SIGTERM")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Raw frames over a real socket, with read and write timeouts.
+pub struct RawConn {
+    pub stream: UnixStream,
+}
+
+impl RawConn {
+    pub fn connect(socket: &Path) -> Self {
+        Self::try_connect(socket).unwrap_or_else(|| panic!("cannot connect to {socket:?}"))
+    }
+
+    pub fn try_connect(socket: &Path) -> Option<Self> {
+        let stream = UnixStream::connect(socket).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        stream.set_write_timeout(Some(Duration::from_secs(10))).ok()?;
+        Some(Self { stream })
+    }
+
+    /// Connects and completes a handshake for `channel`; panics if refused.
+    pub fn open(socket: &Path, channel: &str) -> Self {
+        let mut conn = Self::connect(socket);
+        let reply = conn.handshake(channel);
+        assert_eq!(reply["ok"], json!(true), "handshake refused: {reply}");
+        conn
+    }
+
+    pub fn handshake(&mut self, channel: &str) -> Value {
+        self.send_json(&json!({"channel": channel, "protocol": 1, "client": "tests/1"}));
+        self.read_json().unwrap_or(Value::Null)
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    pub fn send_frame(&mut self, payload: &[u8]) {
+        let mut buf = (payload.len() as u32).to_be_bytes().to_vec();
+        buf.extend_from_slice(payload);
+        self.send_raw(&buf).expect("send frame");
+    }
+
+    pub fn send_json(&mut self, value: &Value) {
+        self.send_frame(&serde_json::to_vec(value).expect("json"));
+    }
+
+    /// The next frame; `None` at end of stream (or a reset).
+    pub fn read_frame(&mut self) -> Option<Vec<u8>> {
+        let mut header = [0u8; 4];
+        self.stream.read_exact(&mut header).ok()?;
+        let mut payload = vec![0u8; u32::from_be_bytes(header) as usize];
+        self.stream.read_exact(&mut payload).ok()?;
+        Some(payload)
+    }
+
+    pub fn read_json(&mut self) -> Option<Value> {
+        self.read_frame().map(|f| serde_json::from_slice(&f).expect("response is JSON"))
+    }
+
+    /// Sends a request and reads its response.
+    pub fn request(&mut self, value: &Value) -> Value {
+        self.send_json(value);
+        self.read_json().expect("a response")
+    }
+
+    /// True once the daemon has closed this connection.
+    pub fn is_closed(&mut self) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(self.stream.read(&mut buf), Ok(0) | Err(_))
+    }
+}
+
+/// Processes whose command line mentions `needle` (Linux /proc).
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = state.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            !zombie && String::from_utf8_lossy(&cmdline).contains(needle)
+        })
+        .collect()
+}
+
+/// Stdout of an output, as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Stderr of an output, as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

@@ -1,0 +1,112 @@
+//! proto-docs/ cannot drift from the code: every tagged JSON example decodes
+//! with the real types and re-encodes to the same JSON, every error code is
+//! documented, and every request type has an example.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use hearth::protocol::Request;
+use hearth::protocol::error::ErrorCode;
+use hearth::protocol::handshake::{Handshake, HandshakeReply};
+use hearth::protocol::info::{DaemonInfo, LaunchReport};
+use hearth::protocol::status::{StatusRequest, StatusResponse};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// Decodes `text` as `T` and checks that encoding it again gives the same JSON.
+fn roundtrip<T: Serialize + DeserializeOwned>(text: &str) -> Result<(), String> {
+    let original: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let typed: T = serde_json::from_str(text).map_err(|e| format!("does not decode: {e}"))?;
+    let again = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
+    if again != original {
+        return Err(format!("re-encodes differently:\n  doc:  {original}\n  code: {again}"));
+    }
+    Ok(())
+}
+
+/// The request types of each channel, for the coverage check.
+fn request_types() -> BTreeMap<&'static str, &'static [&'static str]> {
+    BTreeMap::from([("status", StatusRequest::TYPES)])
+}
+
+fn check(tag: &str, text: &str) -> Result<(), String> {
+    match tag {
+        "frame.handshake" => roundtrip::<Handshake>(text),
+        "frame.handshake_reply" => roundtrip::<HandshakeReply>(text),
+        "status.request" => roundtrip::<StatusRequest>(text),
+        "status.response" => roundtrip::<StatusResponse>(text),
+        "info" => roundtrip::<DaemonInfo>(text),
+        "launch" => roundtrip::<LaunchReport>(text),
+        other => Err(format!("unknown example tag {other:?}: add it to tests/proto_docs.rs")),
+    }
+}
+
+/// Every ```json <tag> block of every proto-docs file: (file, line, tag, text).
+fn examples() -> Vec<(String, usize, String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto-docs");
+    let mut out = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    for path in files.into_iter().filter(|p| p.extension().is_some_and(|e| e == "md")) {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let mut current: Option<(usize, String, String)> = None;
+        for (i, line) in text.lines().enumerate() {
+            match &mut current {
+                None => {
+                    if let Some(tag) = line.strip_prefix("```json ") {
+                        current = Some((i + 1, tag.trim().to_owned(), String::new()));
+                    }
+                }
+                Some((start, tag, body)) => {
+                    if line.trim_start() == "```" {
+                        out.push((name.clone(), *start, tag.clone(), std::mem::take(body)));
+                        current = None;
+                    } else {
+                        body.push_str(line);
+                        body.push('\n');
+                    }
+                }
+            }
+        }
+        assert!(current.is_none(), "{name}: unclosed code block");
+    }
+    out
+}
+
+#[test]
+fn every_example_decodes_and_reencodes_exactly() {
+    let examples = examples();
+    assert!(examples.len() >= 15, "found only {} tagged examples", examples.len());
+    let failures: Vec<String> = examples
+        .iter()
+        .filter_map(|(file, line, tag, text)| check(tag, text).err().map(|e| format!("{file}:{line} ({tag}): {e}")))
+        .collect();
+    assert!(failures.is_empty(), "proto-docs examples out of date:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn every_request_type_has_an_example() {
+    let examples = examples();
+    for (channel, types) in request_types() {
+        let tag = format!("{channel}.request");
+        let shown: BTreeSet<String> = examples
+            .iter()
+            .filter(|(_, _, t, _)| *t == tag)
+            .filter_map(|(_, _, _, text)| serde_json::from_str::<Value>(text).ok()?["type"].as_str().map(str::to_owned))
+            .collect();
+        for kind in types {
+            assert!(shown.contains(*kind), "proto-docs has no `{tag}` example of {kind:?}");
+        }
+    }
+}
+
+#[test]
+fn every_error_code_is_documented() {
+    let errors = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("proto-docs/errors.md")).unwrap();
+    for code in ErrorCode::ALL {
+        let row = format!("| `{}` |", code.as_str());
+        assert!(errors.contains(&row), "proto-docs/errors.md has no row for `{code}`");
+    }
+}
