@@ -25,15 +25,18 @@ use tokio_util::task::TaskTracker;
 use crate::paths::Paths;
 use crate::protocol::PROTOCOL_VERSION;
 use crate::protocol::handshake::{Channel, DaemonIdent};
-use crate::protocol::info::{DaemonInfo, Endpoints};
-use crate::protocol::status::{Health, HealthReason, HealthState, Limits, ServiceSummaries};
+use crate::protocol::info::DaemonInfo;
+use crate::protocol::status::{Health, HealthReason, HealthState, Limits};
 
+pub mod child;
 pub mod config;
 pub mod detach;
 pub mod fsutil;
 pub mod logging;
+pub mod random;
 mod router;
 mod server;
+mod services;
 mod session;
 pub mod singleton;
 mod status;
@@ -67,6 +70,7 @@ pub(crate) struct Shared {
     pub(crate) refusal_slots: Arc<Semaphore>,
     pub(crate) max_connections: u64,
     pub(crate) stats: ConnectionCounters,
+    pub(crate) services: services::Services,
 }
 
 #[derive(Debug, Default)]
@@ -109,11 +113,8 @@ impl Shared {
                 message: format!("{active} of {} connections in use", self.max_connections),
             });
         }
+        self.services.health_reasons(&mut reasons);
         Health::from_reasons(reasons)
-    }
-
-    pub(crate) fn services(&self) -> ServiceSummaries {
-        ServiceSummaries {}
     }
 }
 
@@ -137,6 +138,7 @@ impl Daemon {
         let paths = instance.paths().clone();
         let max_connections = effective_max_connections(config.server.max_connections);
         let started_at = SystemTime::now();
+        let services = services::Services::start(&config, &paths).await;
         let shared = Arc::new(Shared {
             ident: DaemonIdent { version: VERSION.into(), pid: std::process::id() },
             started: Instant::now(),
@@ -147,6 +149,7 @@ impl Daemon {
             refusal_slots: Arc::new(Semaphore::new(MAX_PENDING_REFUSALS)),
             max_connections,
             stats: ConnectionCounters::default(),
+            services,
             paths: paths.clone(),
             config,
         });
@@ -161,7 +164,7 @@ impl Daemon {
             socket: paths.socket().to_owned(),
             state_dir: paths.state_dir().to_owned(),
             started_at: crate::time::rfc3339(started_at),
-            endpoints: Endpoints {},
+            endpoints: shared.services.endpoints(),
         };
         if let Err(e) = instance.publish(&info) {
             shared.stop.cancel();
@@ -209,6 +212,7 @@ impl Daemon {
                 "in-flight work did not finish within the {grace:?} grace period; stopping anyway"
             );
         }
+        shared.services.shutdown().await;
         instance.release();
         tracing::info!("hearthd stopped");
     }
@@ -238,6 +242,7 @@ fn raise_nofile_limit() -> u64 {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
         return 1024;
     }
+    child::remember_nofile_limit(rl.rlim_cur, rl.rlim_max);
     let wanted = rl.rlim_max.min(1 << 20);
     if rl.rlim_cur < wanted {
         let raised = libc::rlimit { rlim_cur: wanted, rlim_max: rl.rlim_max };

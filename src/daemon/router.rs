@@ -94,7 +94,13 @@ pub(crate) enum Route {
 
 /// Where `channel` goes, or why it cannot be opened: this is the one place
 /// that decides which channels a daemon serves.
-pub(crate) fn route(_shared: &Shared, channel: Channel) -> Result<Route, WireError> {
+pub(crate) fn route(shared: &Shared, channel: Channel) -> Result<Route, WireError> {
+    if let Some(failure) = shared.services.failure(channel) {
+        return Err(WireError::new(
+            ErrorCode::ChannelUnavailable,
+            format!("the {channel} service could not start: {failure}"),
+        ));
+    }
     match channel {
         Channel::Status => Ok(Route::Status),
         Channel::Pool | Channel::Queue | Channel::Blob => Err(WireError::new(

@@ -46,6 +46,6 @@ fn report(shared: &Shared) -> StatusReport {
         channels: shared.channels(),
         health: shared.health(),
         limits: shared.limits(),
-        services: shared.services(),
+        services: shared.services.summaries(),
     }
 }

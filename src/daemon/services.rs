@@ -1,0 +1,63 @@
+//! The services behind the channels, started and stopped together.
+//!
+//! A service that fails to start does not take the daemon down: the other
+//! channels keep serving, its channel is refused with `channel_unavailable`
+//! naming the failure, and health is `unhealthy` until a restart fixes it.
+
+use crate::paths::Paths;
+use crate::protocol::handshake::Channel;
+use crate::protocol::info::Endpoints;
+use crate::protocol::status::{HealthReason, HealthState, ServiceSummaries};
+
+use super::Config;
+
+/// Every service of one daemon.
+#[derive(Debug, Default)]
+pub(crate) struct Services {
+    /// Services that could not start, and why.
+    failed: Vec<(Channel, String)>,
+}
+
+impl Services {
+    /// Starts every enabled service.
+    pub(crate) async fn start(_config: &Config, _paths: &Paths) -> Services {
+        Services::default()
+    }
+
+    /// Records that `channel`'s service could not start.
+    #[allow(dead_code)] // the first service to start will use it
+    fn fail(&mut self, channel: Channel, error: impl std::fmt::Display) {
+        let message = error.to_string();
+        tracing::error!(channel = %channel, "the {channel} service cannot start: {message}");
+        self.failed.push((channel, message));
+    }
+
+    /// Why `channel`'s service is not running, if it failed to start.
+    pub(crate) fn failure(&self, channel: Channel) -> Option<&str> {
+        self.failed.iter().find(|(c, _)| *c == channel).map(|(_, m)| m.as_str())
+    }
+
+    /// What is wrong with the services.
+    pub(crate) fn health_reasons(&self, reasons: &mut Vec<HealthReason>) {
+        for (channel, message) in &self.failed {
+            reasons.push(HealthReason {
+                code: format!("{channel}_unavailable"),
+                severity: HealthState::Unhealthy,
+                message: format!("the {channel} service could not start: {message}"),
+            });
+        }
+    }
+
+    /// One summary per running service.
+    pub(crate) fn summaries(&self) -> ServiceSummaries {
+        ServiceSummaries {}
+    }
+
+    /// Endpoints for `daemon.json` and `status`.
+    pub(crate) fn endpoints(&self) -> Endpoints {
+        Endpoints {}
+    }
+
+    /// Stops every service, after the connections have been drained.
+    pub(crate) async fn shutdown(&self) {}
+}
