@@ -29,10 +29,18 @@ pub fn filter(configured: &str) -> EnvFilter {
     EnvFilter::try_new(configured).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
+/// Lines buffered for the writer thread. tracing-appender's default
+/// (128,000) preallocates and touches about 4 MiB, half of an idle daemon's
+/// memory; a daemon's log rate needs far less. When full, new lines are
+/// dropped (and counted by tracing-appender) rather than stalling a worker.
+const BUFFERED_LINES: usize = 4096;
+
 /// Installs the global subscriber writing to stderr. Writes happen on a
 /// background thread, so a slow disk never stalls the daemon's workers.
 pub fn init(configured_filter: &str) -> LogGuard {
-    let (writer, worker) = tracing_appender::non_blocking(io::stderr());
+    let (writer, worker) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(BUFFERED_LINES)
+        .finish(io::stderr());
     let ansi = std::io::IsTerminal::is_terminal(&io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter(configured_filter))
