@@ -167,7 +167,7 @@ fn median(v: &mut [Duration]) -> Duration {
 }
 
 fn num_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 /// A server process under test, stopped on drop.
