@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use hearth::daemon::config::Override;
 use hearth::daemon::detach::{self, Forked, Reporter};
-use hearth::daemon::{Config, Daemon, Instance, StartupError, logging};
+use hearth::daemon::logging::LogTarget;
+use hearth::daemon::{Config, Daemon, Instance, StartupError, logging, singleton};
 use hearth::paths::Paths;
 use hearth::protocol::info::LaunchReport;
 use hearth::units::{ByteSize, HumanDuration};
@@ -50,8 +51,28 @@ struct Args {
     #[arg(long)]
     print_config: bool,
 
+    /// Log to <state-dir>/daemon.log (rotated) even in the foreground, as the
+    /// launchd agent does; --detach implies it.
+    #[arg(long)]
+    log_to_file: bool,
+
     #[command(flatten)]
     server: ServerFlags,
+
+    #[command(flatten)]
+    lifecycle: LifecycleFlags,
+}
+
+/// The daemon process (each also a `[daemon]` key in config.toml).
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Lifecycle")]
+struct LifecycleFlags {
+    /// Exit after this long with no connection, job or pool build; 0s: never [default: 0s]
+    #[arg(long, env = "HEARTH_IDLE_TIMEOUT", value_name = "DURATION")]
+    idle_timeout: Option<HumanDuration>,
+    /// How often to self-check and rewrite heartbeat.json [default: 5s]
+    #[arg(long, env = "HEARTH_HEARTBEAT_INTERVAL", value_name = "DURATION")]
+    heartbeat_interval: Option<HumanDuration>,
 }
 
 /// Limits (each also a `[server]` key in config.toml).
@@ -101,6 +122,15 @@ impl ServerFlags {
     }
 }
 
+impl LifecycleFlags {
+    fn overrides(&self) -> Vec<Override> {
+        [("daemon.idle_timeout", self.idle_timeout), ("daemon.heartbeat_interval", self.heartbeat_interval)]
+            .into_iter()
+            .filter_map(|(key, value)| value.map(|v| Override { key, value: v.to_string() }))
+            .collect()
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let paths = match Paths::resolve(args.state_dir.clone(), args.socket.clone()) {
@@ -111,7 +141,8 @@ fn main() -> ExitCode {
         Some(file) => (file.clone(), true),
         None => (paths.config_file(), false),
     };
-    let config = match Config::load(&config_file, required, &args.server.overrides()) {
+    let overrides: Vec<Override> = args.server.overrides().into_iter().chain(args.lifecycle.overrides()).collect();
+    let config = match Config::load(&config_file, required, &overrides) {
         Ok(config) => config,
         Err(e) => return fail(args.detach, "config_invalid", &e.to_string()),
     };
@@ -133,7 +164,7 @@ fn main() -> ExitCode {
         Reporter::foreground()
     };
 
-    match start_and_run(paths, config, &mut reporter, args.detach) {
+    match start_and_run(paths, config, &mut reporter, args.detach || args.log_to_file) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let report = match e {
@@ -148,18 +179,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn start_and_run(paths: Paths, config: Config, reporter: &mut Reporter, detached: bool) -> Result<(), StartupError> {
+fn start_and_run(paths: Paths, config: Config, reporter: &mut Reporter, to_file: bool) -> Result<(), StartupError> {
     // The lock comes first: a second daemon leaves before touching anything
     // of the first one, its log included.
     let log_file = paths.log_file();
     let mut instance = Instance::acquire(paths)?;
-    if detached {
-        logging::redirect_stdio_to(&log_file)
-            .map_err(|e| StartupError::Other(format!("cannot open {log_file:?}: {e}")))?;
-    }
-    let _log = logging::init(&config.log.filter);
-    // Bound before any thread starts: binding adjusts the process umask.
-    let listener = instance.bind()?;
+    let target = if to_file {
+        LogTarget::File { path: log_file.clone(), max_size: config.log.max_size.0, keep: config.log.keep as usize }
+    } else {
+        LogTarget::Stderr
+    };
+    let log = logging::init(&target, &config.log.filter)
+        .map_err(|e| StartupError::Other(format!("cannot open {log_file:?}: {e}")))?;
+    // Bound (or adopted from the service manager) before any thread starts:
+    // binding adjusts the process umask.
+    let listener = match singleton::activated_listener()? {
+        Some(listener) => instance.adopt(listener)?,
+        None => instance.bind()?,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("hearthd")
@@ -168,6 +205,7 @@ fn start_and_run(paths: Paths, config: Config, reporter: &mut Reporter, detached
     runtime.block_on(async {
         // Handlers first, so that a SIGTERM during start-up still stops cleanly.
         let stop = stop_signal().map_err(|e| StartupError::Other(format!("cannot install signal handlers: {e}")))?;
+        reopen_log_on_sighup(log).map_err(|e| StartupError::Other(format!("cannot install signal handlers: {e}")))?;
         let daemon = Daemon::start(instance, listener, config).await?;
         let info = daemon.info();
         reporter.report(&LaunchReport::Ready {
@@ -179,6 +217,21 @@ fn start_and_run(paths: Paths, config: Config, reporter: &mut Reporter, detached
         Ok::<(), StartupError>(())
     })?;
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(())
+}
+
+/// SIGHUP reopens the log file (after logrotate moved it away).
+fn reopen_log_on_sighup(log: logging::LogGuard) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match log.reopen() {
+                Ok(()) => tracing::info!("SIGHUP: log file reopened"),
+                Err(e) => tracing::error!("SIGHUP: cannot reopen the log file: {e}"),
+            }
+        }
+    });
     Ok(())
 }
 

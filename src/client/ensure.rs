@@ -24,8 +24,10 @@ pub enum ReplacePolicy {
     /// Use whatever daemon runs (the default: never interrupt other clients).
     #[default]
     Never,
-    /// Ask an older daemon to shut down gracefully, then start this
-    /// library's version in its place.
+    /// Ask an older daemon to drain (let its running jobs and builds
+    /// finish, up to its drain timeout) and stop, then start this library's
+    /// version in its place. The call waits for the drain, within its own
+    /// deadline.
     IfOlder,
 }
 
@@ -105,16 +107,26 @@ pub async fn ensure_daemon_running(options: &EnsureOptions) -> Result<Ensured, C
     let deadline = Instant::now() + options.timeout;
     let connect = ConnectOptions::new(options.paths.socket()).client_name(options.client_name.clone());
     let mut spawned = false;
-    let mut replaced = None;
+    let mut replaced: Option<DaemonIdent> = None;
     let mut wait_window = Duration::from_millis(250);
+    let mut draining_delay = Duration::from_millis(5);
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            return Err(ClientError::Timeout { what: "the daemon to answer", after: options.timeout });
+            let what = if replaced.is_some() { "the older daemon to drain and stop" } else { "the daemon to answer" };
+            return Err(ClientError::Timeout { what, after: options.timeout });
         }
         match StatusClient::connect_with(&connect.clone().timeout(remaining)).await {
             Ok(mut client) => {
                 let daemon = client.daemon().clone();
+                if replaced.as_ref().is_some_and(|old| old.pid == daemon.pid) {
+                    // The old daemon still serves while it drains its running
+                    // work; wait for it to go.
+                    drop(client);
+                    tokio::time::sleep(draining_delay.min(remaining)).await;
+                    draining_delay = (draining_delay * 2).min(Duration::from_millis(200));
+                    continue;
+                }
                 let older = options.replace == ReplacePolicy::IfOlder
                     && replaced.is_none()
                     && version_less(&daemon.version, env!("CARGO_PKG_VERSION"));
@@ -122,7 +134,7 @@ pub async fn ensure_daemon_running(options: &EnsureOptions) -> Result<Ensured, C
                     return Ok(Ensured { daemon, spawned, replaced });
                 }
                 let reason = format!("replaced by a newer client ({})", options.client_name);
-                client.shutdown(Some(reason)).await?;
+                client.drain_and_shutdown(Some(reason)).await?;
                 replaced = Some(daemon);
                 continue;
             }
@@ -136,8 +148,10 @@ pub async fn ensure_daemon_running(options: &EnsureOptions) -> Result<Ensured, C
                 // draining: give it a moment to answer before trying again.
                 let until = (Instant::now() + wait_window).min(deadline);
                 wait_window = (wait_window * 2).min(Duration::from_secs(2));
-                if let Some(ensured) = poll_until(&connect, until).await {
-                    return Ok(Ensured { daemon: ensured, spawned, replaced });
+                if let Some(daemon) = poll_until(&connect, until).await {
+                    if replaced.as_ref().is_none_or(|old| old.pid != daemon.pid) {
+                        return Ok(Ensured { daemon, spawned, replaced });
+                    }
                 }
             }
             LaunchReport::Failed { code, message } => {

@@ -283,8 +283,19 @@ impl Client<StatusChannel> {
     /// Asks the daemon to stop gracefully; returns its grace period. The
     /// daemon is still running when this returns.
     pub async fn shutdown(&mut self, reason: Option<String>) -> Result<Duration, ClientError> {
-        match self.request(&StatusRequest::Shutdown { reason }).await? {
-            StatusResponse::ShuttingDown { grace_ms } => Ok(Duration::from_millis(grace_ms)),
+        match self.request(&StatusRequest::Shutdown { reason, drain: false }).await? {
+            StatusResponse::ShuttingDown { grace_ms, .. } => Ok(Duration::from_millis(grace_ms)),
+            other => Err(unexpected("shutting_down", other)),
+        }
+    }
+
+    /// Asks the daemon to let running work (jobs, builds) finish first, while
+    /// it keeps serving, and then stop; returns the longest the drain may take.
+    pub async fn drain_and_shutdown(&mut self, reason: Option<String>) -> Result<Duration, ClientError> {
+        match self.request(&StatusRequest::Shutdown { reason, drain: true }).await? {
+            StatusResponse::ShuttingDown { drain_ms, grace_ms } => {
+                Ok(Duration::from_millis(drain_ms.unwrap_or(0) + grace_ms))
+            }
             other => Err(unexpected("shutting_down", other)),
         }
     }

@@ -40,6 +40,10 @@ pub enum ConfigError {
 pub struct Config {
     /// Connection handling and limits.
     pub server: ServerConfig,
+    /// The daemon process: idle exit, heartbeat, draining.
+    pub daemon: DaemonConfig,
+    /// Health thresholds.
+    pub health: HealthConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -78,17 +82,60 @@ impl Default for ServerConfig {
     }
 }
 
+/// The daemon process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Exit after this long with no client connection, no queued or running
+    /// job and no pool build (`0s`: never, the default).
+    pub idle_timeout: HumanDuration,
+    /// How often the daemon checks itself and rewrites `heartbeat.json`.
+    pub heartbeat_interval: HumanDuration,
+    /// With a draining shutdown: how long to wait for running work.
+    pub drain_timeout: HumanDuration,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: HumanDuration(Duration::ZERO),
+            heartbeat_interval: HumanDuration(Duration::from_secs(5)),
+            drain_timeout: HumanDuration(Duration::from_secs(600)),
+        }
+    }
+}
+
+/// Health thresholds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Free space in the state directory below which health is `degraded`.
+    pub disk_free_degraded: ByteSize,
+    /// Free space below which health is `unhealthy`.
+    pub disk_free_unhealthy: ByteSize,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self { disk_free_degraded: ByteSize(512 << 20), disk_free_unhealthy: ByteSize(64 << 20) }
+    }
+}
+
 /// Logging.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A tracing filter (`info`, `hearth=debug`, ...); `HEARTH_LOG` or `RUST_LOG` override it.
     pub filter: String,
+    /// Rotate `daemon.log` when it reaches this size (`0`: never).
+    pub max_size: ByteSize,
+    /// Rotated logs to keep (`daemon.log.1` is the newest).
+    pub keep: u64,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { filter: "info".into() }
+        Self { filter: "info".into(), max_size: ByteSize(10 << 20), keep: 5 }
     }
 }
 
@@ -144,6 +191,15 @@ impl Config {
         }
         if s.max_connections == 0 {
             return Err("server.max_connections must be at least 1".into());
+        }
+        if self.daemon.heartbeat_interval.0 < Duration::from_millis(100) {
+            return Err("daemon.heartbeat_interval must be at least 100ms".into());
+        }
+        if self.health.disk_free_unhealthy > self.health.disk_free_degraded {
+            return Err("health.disk_free_unhealthy must not exceed health.disk_free_degraded".into());
+        }
+        if self.log.keep > 100 {
+            return Err("log.keep must be at most 100".into());
         }
         for (key, d) in [
             ("server.handshake_timeout", s.handshake_timeout),

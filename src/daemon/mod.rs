@@ -13,8 +13,8 @@
 //! ```
 
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Semaphore;
@@ -33,6 +33,7 @@ pub mod config;
 pub mod detach;
 pub mod fsutil;
 pub mod logging;
+pub mod notify;
 pub mod random;
 mod router;
 mod server;
@@ -40,8 +41,10 @@ mod services;
 mod session;
 pub mod singleton;
 mod status;
+mod supervisor;
 
 pub use config::Config;
+pub use notify::Notifier;
 pub use singleton::{Instance, StartupError};
 
 /// This daemon's version.
@@ -71,10 +74,16 @@ pub(crate) struct Shared {
     pub(crate) max_connections: u64,
     pub(crate) stats: ConnectionCounters,
     pub(crate) services: services::Services,
+    /// Set once a draining shutdown has begun.
+    pub(crate) draining: AtomicBool,
+    /// Why the last self-check failed, if it did.
+    pub(crate) self_check: Mutex<Option<String>>,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct ConnectionCounters {
+    /// Client connections past their handshake (self-checks excluded).
+    pub(crate) active: AtomicU64,
     pub(crate) total: AtomicU64,
     pub(crate) refused_busy: AtomicU64,
     pub(crate) refused_peer: AtomicU64,
@@ -94,7 +103,13 @@ impl Shared {
         }
     }
 
+    /// Client connections open now (the daemon's own self-checks excluded).
     pub(crate) fn active_connections(&self) -> u64 {
+        self.stats.active.load(Ordering::Relaxed)
+    }
+
+    /// Connection slots in use (every accepted connection, handshaked or not).
+    pub(crate) fn slots_in_use(&self) -> u64 {
         self.max_connections - self.connection_slots.available_permits() as u64
     }
 
@@ -105,7 +120,7 @@ impl Shared {
 
     pub(crate) fn health(&self) -> Health {
         let mut reasons = Vec::new();
-        let active = self.active_connections();
+        let active = self.slots_in_use();
         if active * 10 >= self.max_connections * 9 {
             reasons.push(HealthReason {
                 code: "connections_near_limit".into(),
@@ -113,8 +128,80 @@ impl Shared {
                 message: format!("{active} of {} connections in use", self.max_connections),
             });
         }
+        match fsutil::free_space(self.paths.state_dir()) {
+            Ok(free) => {
+                let h = &self.config.health;
+                let severity = if free < h.disk_free_unhealthy.0 {
+                    Some(("disk_space_critical", HealthState::Unhealthy))
+                } else if free < h.disk_free_degraded.0 {
+                    Some(("disk_space_low", HealthState::Degraded))
+                } else {
+                    None
+                };
+                if let Some((code, severity)) = severity {
+                    reasons.push(HealthReason {
+                        code: code.into(),
+                        severity,
+                        message: format!(
+                            "{} free in {}",
+                            crate::units::ByteSize(free),
+                            self.paths.state_dir().display()
+                        ),
+                    });
+                }
+            }
+            Err(e) => tracing::debug!("statvfs: {e}"),
+        }
+        if let Some(failure) = self.self_check.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone() {
+            reasons.push(HealthReason {
+                code: "self_check_failed".into(),
+                severity: HealthState::Degraded,
+                message: failure,
+            });
+        }
+        if self.is_draining() {
+            reasons.push(HealthReason {
+                code: "draining".into(),
+                severity: HealthState::Degraded,
+                message: "a draining shutdown is waiting for running work".into(),
+            });
+        }
         self.services.health_reasons(&mut reasons);
         Health::from_reasons(reasons)
+    }
+
+    pub(crate) fn set_self_check(&self, failure: Option<String>) {
+        *self.self_check.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = failure;
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Starts a draining shutdown: the services let running work finish (up
+    /// to the drain timeout) while the daemon keeps serving; then it stops.
+    pub(crate) fn begin_drain(self: &Arc<Self>) {
+        if self.draining.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let shared = self.clone();
+        self.tracker.spawn(async move {
+            let timeout = shared.config.daemon.drain_timeout.0;
+            tokio::select! {
+                () = shared.stop.cancelled() => {}
+                () = shared.services.drain(timeout) => {
+                    tracing::info!("drained; stopping");
+                    shared.stop.cancel();
+                }
+            }
+        });
+    }
+
+    /// One line for `STATUS=`: health, connections, services.
+    pub(crate) fn status_line(&self) -> String {
+        let mut line = format!("{}; {} connections", self.health().state.as_str(), self.active_connections());
+        self.services.status_line(&mut line);
+        line
     }
 }
 
@@ -124,6 +211,8 @@ pub struct Daemon {
     shared: Arc<Shared>,
     instance: Instance,
     accept_loop: JoinHandle<()>,
+    supervisor: JoinHandle<()>,
+    notifier: Notifier,
     info: DaemonInfo,
 }
 
@@ -138,7 +227,8 @@ impl Daemon {
         let paths = instance.paths().clone();
         let max_connections = effective_max_connections(config.server.max_connections);
         let started_at = SystemTime::now();
-        let services = services::Services::start(&config, &paths).await;
+        let notifier = Notifier::from_env();
+        let services = services::Services::start(&config, &paths, &notifier).await;
         let shared = Arc::new(Shared {
             ident: DaemonIdent { version: VERSION.into(), pid: std::process::id() },
             started: Instant::now(),
@@ -150,13 +240,14 @@ impl Daemon {
             max_connections,
             stats: ConnectionCounters::default(),
             services,
+            draining: AtomicBool::new(false),
+            self_check: Mutex::new(None),
             paths: paths.clone(),
             config,
         });
         listener.set_nonblocking(true).map_err(|e| StartupError::Other(format!("socket: {e}")))?;
         let listener =
             tokio::net::UnixListener::from_std(listener).map_err(|e| StartupError::Other(format!("socket: {e}")))?;
-        let accept_loop = tokio::spawn(server::accept_loop(listener, shared.clone()));
         let info = DaemonInfo {
             pid: shared.ident.pid,
             version: VERSION.into(),
@@ -165,12 +256,15 @@ impl Daemon {
             state_dir: paths.state_dir().to_owned(),
             started_at: crate::time::rfc3339(started_at),
             endpoints: shared.services.endpoints(),
+            managed_by: service_manager().map(str::to_owned),
         };
+        // Published before the first accept (connections wait in the
+        // listen backlog meanwhile): whoever gets an answer finds daemon.json.
         if let Err(e) = instance.publish(&info) {
-            shared.stop.cancel();
-            let _ = accept_loop.await;
+            shared.services.shutdown().await;
             return Err(e);
         }
+        let accept_loop = tokio::spawn(server::accept_loop(listener, shared.clone()));
         tracing::info!(
             pid = info.pid,
             version = VERSION,
@@ -178,7 +272,9 @@ impl Daemon {
             max_connections,
             "hearthd ready"
         );
-        Ok(Daemon { shared, instance, accept_loop, info })
+        notifier.ready(&shared.status_line());
+        let supervisor = tokio::spawn(supervisor::run(shared.clone(), notifier.clone()));
+        Ok(Daemon { shared, instance, accept_loop, supervisor, notifier, info })
     }
 
     /// What `daemon.json` says.
@@ -195,12 +291,14 @@ impl Daemon {
     /// stops accepting, gives in-flight requests the grace period, and
     /// removes the socket and info file and releases the lock.
     pub async fn run_until(self, signal: impl Future<Output = ()>) {
-        let Daemon { shared, instance, accept_loop, .. } = self;
+        let Daemon { shared, instance, accept_loop, supervisor, notifier, .. } = self;
         tokio::select! {
             () = signal => tracing::info!("stop signal received; shutting down"),
             () = shared.stop.cancelled() => {}
         }
         shared.stop.cancel();
+        notifier.stopping("stopping");
+        let _ = supervisor.await;
         // The accept loop returns at once and drops the listener: from here
         // on new connections are refused by the kernel.
         let _ = accept_loop.await;
@@ -213,8 +311,24 @@ impl Daemon {
             );
         }
         shared.services.shutdown().await;
+        let _ = std::fs::remove_file(shared.paths.heartbeat_file());
         instance.release();
         tracing::info!("hearthd stopped");
+        if let Err(e) = notifier.barrier(Duration::from_secs(5)) {
+            tracing::debug!("sd_notify barrier: {e}");
+        }
+    }
+}
+
+/// The service manager this process runs under, from the variables each sets.
+fn service_manager() -> Option<&'static str> {
+    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0");
+    if set("NOTIFY_SOCKET") || set("INVOCATION_ID") {
+        Some("systemd")
+    } else if set("XPC_SERVICE_NAME") {
+        Some("launchd")
+    } else {
+        None
     }
 }
 

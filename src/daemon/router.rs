@@ -71,6 +71,10 @@ pub(crate) async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
         pid = ?peer.pid(),
         "connection opened"
     );
+    let _counted = (handshake.client.as_deref() != Some(super::supervisor::SELF_CHECK_CLIENT)).then(|| {
+        bump(&shared.stats.total);
+        ActiveGuard::new(&shared)
+    });
     conn.set_max_frame(s.max_frame.as_usize());
     let reply = HandshakeReply::Accepted(Accepted {
         protocol: PROTOCOL_VERSION,
@@ -107,5 +111,21 @@ pub(crate) fn route(shared: &Shared, channel: Channel) -> Result<Route, WireErro
             ErrorCode::ChannelUnavailable,
             format!("the {channel} channel is not available in hearthd {}", super::VERSION),
         )),
+    }
+}
+
+/// Counts a client connection as active for as long as it lives.
+struct ActiveGuard(Arc<Shared>);
+
+impl ActiveGuard {
+    fn new(shared: &Arc<Shared>) -> Self {
+        bump(&shared.stats.active);
+        ActiveGuard(shared.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.stats.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }

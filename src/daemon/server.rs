@@ -55,7 +55,6 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 fn dispatch(stream: UnixStream, shared: &Arc<Shared>) {
     match shared.connection_slots.clone().try_acquire_owned() {
         Ok(permit) => {
-            bump(&shared.stats.total);
             let shared_conn = shared.clone();
             shared.tracker.spawn(async move {
                 router::serve_connection(stream, shared_conn).await;

@@ -84,6 +84,9 @@ pub enum StartupError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] super::config::ConfigError),
+    /// `LISTEN_FDS` passed something that is not a listening Unix stream socket.
+    #[error("socket activation: {0}")]
+    Activation(String),
     /// A service could not start.
     #[error("the {service} service cannot start: {message}")]
     Service {
@@ -110,6 +113,7 @@ impl StartupError {
             StartupError::Bind { .. } => "bind_failed",
             StartupError::InfoFile { .. } => "info_write_failed",
             StartupError::Config(_) => "config_invalid",
+            StartupError::Activation(_) => "socket_activation_invalid",
             StartupError::Service { .. } => "service_failed",
             StartupError::Other(_) => "startup_failed",
         }
@@ -271,6 +275,27 @@ impl Instance {
         Ok(listener)
     }
 
+    /// Serves on a socket the service manager passed (socket activation)
+    /// instead of binding one. The socket belongs to the manager: it is
+    /// never removed, and the paths follow its real address.
+    pub fn adopt(&mut self, listener: UnixListener) -> Result<UnixListener, StartupError> {
+        let addr = listener.local_addr().map_err(|e| StartupError::Activation(e.to_string()))?;
+        let path = addr
+            .as_pathname()
+            .ok_or_else(|| StartupError::Activation("the socket has no filesystem path".into()))?
+            .to_owned();
+        if path != self.paths.socket() {
+            tracing::info!(
+                socket = %path.display(),
+                configured = %self.paths.socket().display(),
+                "serving on the socket the service manager passed"
+            );
+        }
+        self.paths = self.paths.clone().with_socket(path);
+        self.socket_id = None;
+        Ok(listener)
+    }
+
     /// Writes `daemon.json` atomically (0600).
     pub fn publish(&mut self, info: &DaemonInfo) -> Result<(), StartupError> {
         let path = self.paths.info_file();
@@ -313,6 +338,44 @@ impl Drop for Instance {
     /// An instance dropped on an error path still cleans up what it made.
     fn drop(&mut self) {
         self.release_inner();
+    }
+}
+
+/// The listening socket passed by the service manager, when `LISTEN_PID`
+/// names this process (otherwise the variables are someone else's and are
+/// ignored). It must be a listening Unix stream socket with a path.
+#[allow(unsafe_code)]
+pub fn activated_listener() -> Result<Option<UnixListener>, StartupError> {
+    use std::os::fd::FromRawFd;
+    let mut fds = sd_notify::listen_fds().map_err(|e| StartupError::Activation(e.to_string()))?;
+    let Some(fd) = fds.next() else { return Ok(None) };
+    if fds.len() > 0 {
+        tracing::warn!("socket activation passed {} sockets; serving only the first", fds.len() + 1);
+    }
+    let int_opt = |level, name| -> io::Result<libc::c_int> {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `value`.
+        let rc = unsafe { libc::getsockopt(fd, level, name, (&raw mut value).cast(), &mut len) };
+        if rc != 0 { Err(io::Error::last_os_error()) } else { Ok(value) }
+    };
+    let bad = |what: String| StartupError::Activation(format!("descriptor {fd} {what}"));
+    match int_opt(libc::SOL_SOCKET, libc::SO_TYPE) {
+        Ok(t) if t == libc::SOCK_STREAM => {}
+        Ok(_) => return Err(bad("is not a stream socket; use ListenStream= in the socket unit".into())),
+        Err(e) => return Err(bad(format!("is not a socket: {e}"))),
+    }
+    #[cfg(target_os = "linux")]
+    if int_opt(libc::SOL_SOCKET, libc::SO_ACCEPTCONN).map_err(|e| bad(e.to_string()))? == 0 {
+        return Err(bad("is not listening".into()));
+    }
+    // SAFETY: the descriptor was passed to this process for this purpose and
+    // nothing else owns it.
+    let listener = unsafe { UnixListener::from_raw_fd(fd) };
+    match listener.local_addr() {
+        Ok(addr) if addr.as_pathname().is_some() => Ok(Some(listener)),
+        Ok(_) => Err(bad("is not a Unix socket with a path".into())),
+        Err(e) => Err(bad(format!("is not a Unix socket: {e}"))),
     }
 }
 

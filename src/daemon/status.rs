@@ -14,15 +14,24 @@ pub(crate) async fn serve(mut session: Session<StatusChannel>) {
     }
 }
 
-fn handle(shared: &Shared, request: StatusRequest) -> StatusResponse {
+fn handle(shared: &std::sync::Arc<Shared>, request: StatusRequest) -> StatusResponse {
     match request {
         StatusRequest::Ping => StatusResponse::Pong,
         StatusRequest::Status => StatusResponse::Status(Box::new(report(shared))),
-        StatusRequest::Shutdown { reason } => {
+        StatusRequest::Shutdown { reason, drain } => {
             let reason = reason.as_deref().map(|r| r.chars().take(512).collect::<String>());
-            tracing::info!(reason = reason.as_deref().unwrap_or("none given"), "shutdown requested");
-            shared.stop.cancel();
-            StatusResponse::ShuttingDown { grace_ms: shared.config.server.shutdown_grace.0.as_millis() as u64 }
+            let reason = reason.as_deref().unwrap_or("none given");
+            let grace_ms = shared.config.server.shutdown_grace.0.as_millis() as u64;
+            if drain {
+                tracing::info!(reason, "draining shutdown requested");
+                shared.begin_drain();
+                let drain_ms = shared.config.daemon.drain_timeout.0.as_millis() as u64;
+                StatusResponse::ShuttingDown { grace_ms, drain_ms: Some(drain_ms) }
+            } else {
+                tracing::info!(reason, "shutdown requested");
+                shared.stop.cancel();
+                StatusResponse::ShuttingDown { grace_ms, drain_ms: None }
+            }
         }
     }
 }

@@ -24,6 +24,9 @@ pub struct DaemonInfo {
     /// Other endpoints the daemon serves.
     #[serde(default)]
     pub endpoints: Endpoints,
+    /// The service manager that runs it (`systemd` or `launchd`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_by: Option<String>,
 }
 
 /// Endpoints besides the socket.
@@ -58,4 +61,37 @@ pub enum LaunchReport {
         /// What went wrong and what to do.
         message: String,
     },
+}
+
+/// `heartbeat.json`, rewritten atomically every heartbeat interval, and only
+/// after the daemon has checked itself end to end (its own socket answered
+/// and every service made progress). A heartbeat older than three intervals
+/// means the daemon is alive but not progressing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The daemon's pid.
+    pub pid: u32,
+    /// Its version.
+    pub version: String,
+    /// When this heartbeat was written, RFC 3339 in UTC.
+    pub written_at: String,
+    /// The same, in milliseconds since the Unix epoch.
+    pub written_at_ms: u64,
+    /// Successful self-checks since start.
+    pub cycle: u64,
+    /// The heartbeat interval in force.
+    pub interval_ms: u64,
+    /// Connection counters.
+    pub connections: crate::protocol::status::ConnectionStats,
+    /// Health, as `status` reports it.
+    pub health: crate::protocol::status::Health,
+    /// Per-service counters.
+    pub services: crate::protocol::status::ServiceSummaries,
+}
+
+impl Heartbeat {
+    /// Staleness: older than three intervals at `now_ms`.
+    pub fn is_stale(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.written_at_ms) > 3 * self.interval_ms.max(1)
+    }
 }

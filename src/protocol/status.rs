@@ -32,6 +32,10 @@ pub enum StatusRequest {
         /// Why; written to the daemon's log.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// First let running work (jobs, builds) finish, up to the drain
+        /// timeout, while still serving; then stop.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        drain: bool,
     },
 }
 
@@ -49,8 +53,11 @@ pub enum StatusResponse {
     Status(Box<StatusReport>),
     /// The answer to `shutdown`: the daemon is stopping.
     ShuttingDown {
-        /// How long in-flight work may take before the daemon stops anyway.
+        /// How long in-flight requests may take once the daemon stops accepting.
         grace_ms: u64,
+        /// Draining first: running work may take up to this long before the stop begins.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        drain_ms: Option<u64>,
     },
     /// The request failed; the connection stays usable.
     Error(WireError),
