@@ -24,6 +24,8 @@ pub mod daemon;
 pub mod paths;
 #[cfg(feature = "client")]
 pub mod protocol;
+#[cfg(feature = "cli")]
+pub mod service;
 #[cfg(feature = "client")]
 pub mod time;
 #[cfg(feature = "daemon")]

@@ -139,7 +139,7 @@ async fn old_daemon(socket: std::path::PathBuf) -> tokio::task::JoinHandle<()> {
             while let Ok(Some(frame)) = conn.read_frame().await {
                 let request: StatusRequest = serde_json::from_slice(&frame).unwrap();
                 if let StatusRequest::Shutdown { .. } = request {
-                    conn.write_json(&StatusResponse::ShuttingDown { grace_ms: 0 }).await.unwrap();
+                    conn.write_json(&StatusResponse::ShuttingDown { grace_ms: 0, drain_ms: Some(0) }).await.unwrap();
                     std::fs::remove_file(&socket).unwrap();
                     return;
                 }

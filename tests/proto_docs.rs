@@ -8,7 +8,7 @@ use std::path::Path;
 use hearth::protocol::Request;
 use hearth::protocol::error::ErrorCode;
 use hearth::protocol::handshake::{Handshake, HandshakeReply};
-use hearth::protocol::info::{DaemonInfo, LaunchReport};
+use hearth::protocol::info::{DaemonInfo, Heartbeat, LaunchReport};
 use hearth::protocol::status::{StatusRequest, StatusResponse};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -38,6 +38,7 @@ fn check(tag: &str, text: &str) -> Result<(), String> {
         "status.response" => roundtrip::<StatusResponse>(text),
         "info" => roundtrip::<DaemonInfo>(text),
         "launch" => roundtrip::<LaunchReport>(text),
+        "heartbeat" => roundtrip::<Heartbeat>(text),
         other => Err(format!("unknown example tag {other:?}: add it to tests/proto_docs.rs")),
     }
 }

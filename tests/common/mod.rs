@@ -92,12 +92,27 @@ impl StateDir {
     /// Starts `hearthd` in the foreground with extra `args` and waits until
     /// it answers.
     pub fn start(&self, args: &[&str]) -> Daemon {
+        let mut cmd = self.hearthd();
+        cmd.args(args);
+        self.start_cmd(cmd)
+    }
+
+    /// Starts a prepared `hearthd` command (see [`StateDir::hearthd`]) and
+    /// waits until it answers.
+    pub fn start_cmd(&self, mut cmd: Command) -> Daemon {
         let log = self.dir.path().join(format!("hearthd.{}.log", unique()));
         let stderr = std::fs::File::create(&log).expect("log file");
-        let child = self.hearthd().args(args).stderr(stderr).spawn().expect("spawn hearthd");
+        let child = cmd.stderr(stderr).spawn().expect("spawn hearthd");
         let mut daemon = Daemon { child: Some(child), log, socket: self.socket().to_owned() };
         daemon.wait_ready();
         daemon
+    }
+
+    /// Writes `config.toml` (creating the state directory, 0700).
+    pub fn write_config(&self, text: &str) {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(self.state_dir()).expect("state dir");
+        std::fs::write(self.paths.config_file(), text).expect("config.toml");
     }
 }
 

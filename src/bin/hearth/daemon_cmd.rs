@@ -12,9 +12,12 @@ use hearth::units::HumanDuration;
 use serde::Serialize;
 
 use crate::error::{CliError, EXIT_OK, EXIT_TIMEOUT};
-use crate::{Ctx, output, status_cmd};
+use crate::{Ctx, output, service_cmd, status_cmd};
 
 const DAEMON_STATUS_HELP: &str = "\
+A heartbeat older than three intervals means the daemon is alive but not
+progressing (reported as the health reason heartbeat_stale).
+
 Exit status:
   0  running and healthy
   1  stale: not running, but a crashed daemon left its files (the next start recovers them)
@@ -32,6 +35,34 @@ pub(crate) enum DaemonCommand {
     /// Tell running, stopped, stale and not responding apart, even when the socket does not answer
     #[command(after_help = DAEMON_STATUS_HELP)]
     Status,
+    /// Stop (draining running work first) and start again
+    Restart(RestartArgs),
+    /// Show the daemon's log (daemon.log, or the systemd journal)
+    Logs(LogsArgs),
+    /// Run hearthd as a login service (systemd user unit or launchd agent)
+    Install(service_cmd::InstallArgs),
+    /// Remove what `install` wrote, and nothing else
+    Uninstall(service_cmd::UninstallArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RestartArgs {
+    /// How long running work may take to drain, then the stop escalates like `stop`
+    #[arg(long, default_value = "10m", value_name = "DURATION")]
+    timeout: HumanDuration,
+    /// Do not wait for running jobs and builds (they are recovered by the new daemon)
+    #[arg(long)]
+    no_drain: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct LogsArgs {
+    /// Lines to show
+    #[arg(short = 'n', long, default_value_t = 50)]
+    lines: usize,
+    /// Keep printing new lines (follows rotation)
+    #[arg(short, long)]
+    follow: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -52,6 +83,9 @@ pub(crate) struct StopArgs {
     /// Never signal: fail if the daemon has not stopped within --timeout
     #[arg(long)]
     no_force: bool,
+    /// Let running jobs and builds finish first (the daemon keeps serving meanwhile)
+    #[arg(long)]
+    drain: bool,
 }
 
 pub(crate) async fn run(ctx: &Ctx, command: DaemonCommand) -> Result<u8, CliError> {
@@ -59,6 +93,10 @@ pub(crate) async fn run(ctx: &Ctx, command: DaemonCommand) -> Result<u8, CliErro
         DaemonCommand::Start(args) => start(ctx, &args).await,
         DaemonCommand::Stop(args) => stop(ctx, &args).await,
         DaemonCommand::Status => status(ctx).await,
+        DaemonCommand::Restart(args) => restart(ctx, &args).await,
+        DaemonCommand::Logs(args) => logs(ctx, &args).await,
+        DaemonCommand::Install(args) => service_cmd::install(ctx, &args).await,
+        DaemonCommand::Uninstall(args) => service_cmd::uninstall(ctx, &args).await,
     }
 }
 
@@ -99,7 +137,7 @@ struct Stopped {
 }
 
 async fn stop(ctx: &Ctx, args: &StopArgs) -> Result<u8, CliError> {
-    let stopped = stop_daemon(&ctx.paths, args.timeout.0, !args.no_force).await?;
+    let stopped = stop_daemon(&ctx.paths, args.timeout.0, !args.no_force, args.drain).await?;
     if ctx.json {
         output::json(&stopped)?;
     } else {
@@ -119,7 +157,7 @@ async fn stop(ctx: &Ctx, args: &StopArgs) -> Result<u8, CliError> {
 
 /// Asks for a graceful shutdown, waits up to `timeout` for the lock to be
 /// released, then (with `force`) sends SIGTERM and finally SIGKILL.
-async fn stop_daemon(paths: &Paths, timeout: Duration, force: bool) -> Result<Stopped, CliError> {
+async fn stop_daemon(paths: &Paths, timeout: Duration, force: bool, drain: bool) -> Result<Stopped, CliError> {
     let LockState::Held { pid } = probe_lock(paths)? else {
         return Ok(Stopped { pid: None, how: "none" });
     };
@@ -127,8 +165,13 @@ async fn stop_daemon(paths: &Paths, timeout: Duration, force: bool) -> Result<St
     let mut pid = pid;
     if let Ok(mut client) = StatusClient::connect_with(&options).await {
         pid = Some(client.daemon().pid);
-        match client.shutdown(Some("hearth daemon stop".into())).await {
-            Ok(_) | Err(ClientError::Closed) => {}
+        let asked = if drain {
+            client.drain_and_shutdown(Some("hearth daemon stop --drain".into())).await.map(drop)
+        } else {
+            client.shutdown(Some("hearth daemon stop".into())).await.map(drop)
+        };
+        match asked {
+            Ok(()) | Err(ClientError::Closed) => {}
             Err(e) => return Err(e.into()),
         }
     }
@@ -188,6 +231,106 @@ fn send_signal(pid: u32, signal: libc::c_int) -> Result<(), CliError> {
     Ok(())
 }
 
+async fn restart(ctx: &Ctx, args: &RestartArgs) -> Result<u8, CliError> {
+    let info: Option<DaemonInfo> =
+        std::fs::read(ctx.paths.info_file()).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let stopped = stop_daemon(&ctx.paths, args.timeout.0, true, !args.no_drain).await?;
+    let systemd = info.as_ref().and_then(|i| i.managed_by.as_deref()) == Some("systemd");
+    let pid = if systemd {
+        // It stopped cleanly, so systemd will not restart it by itself.
+        let out = std::process::Command::new("systemctl")
+            .args(["--user", "start", hearth::service::SYSTEMD_SERVICE])
+            .output()
+            .map_err(|e| CliError::new("restart_failed", format!("systemctl: {e}")))?;
+        if !out.status.success() {
+            return Err(CliError::new("restart_failed", String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+        }
+        let client = ctx.connect::<hearth::protocol::status::StatusChannel>().await?;
+        client.daemon().pid
+    } else {
+        ensure_daemon_running(&ctx.ensure_options()).await?.daemon.pid
+    };
+    if ctx.json {
+        output::json(
+            &serde_json::json!({ "stopped": stopped, "pid": pid, "managed_by": info.and_then(|i| i.managed_by) }),
+        )?;
+    } else {
+        match stopped.pid {
+            Some(old) => println!("restarted hearthd: pid {old} -> {pid}"),
+            None => println!("started hearthd (pid {pid}); none was running"),
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+async fn logs(ctx: &Ctx, args: &LogsArgs) -> Result<u8, CliError> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::os::unix::fs::MetadataExt;
+    let path = ctx.paths.log_file();
+    let Ok(mut file) = std::fs::File::open(&path) else {
+        let unit = service_cmd::Locations {
+            profile: service_cmd::Profile::Systemd,
+            unit_dir: None,
+            agent_dir: None,
+            label: String::new(),
+        }
+        .unit_dir()
+        .map(|d| d.join(hearth::service::SYSTEMD_SERVICE));
+        if unit.is_ok_and(|u| u.exists()) {
+            let mut cmd = std::process::Command::new("journalctl");
+            cmd.args(["--user", "-u", hearth::service::SYSTEMD_SERVICE, "-n", &args.lines.to_string()]);
+            if args.follow {
+                cmd.arg("-f");
+            }
+            let status = cmd.status().map_err(|e| CliError::new("logs_unavailable", format!("journalctl: {e}")))?;
+            return Ok(if status.success() { EXIT_OK } else { crate::error::EXIT_FAILED });
+        }
+        return Err(CliError::new("logs_unavailable", format!("no log at {}", path.display()))
+            .hint("a foreground hearthd logs to its stderr; a detached one to daemon.log in its state directory"));
+    };
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    let lines: Vec<&str> = text.lines().collect();
+    let mut stdout = std::io::stdout().lock();
+    for line in &lines[lines.len().saturating_sub(args.lines)..] {
+        writeln!(stdout, "{line}")?;
+    }
+    stdout.flush()?;
+    if !args.follow {
+        return Ok(EXIT_OK);
+    }
+    let mut pos = file.stream_position()?;
+    let mut ino = file.metadata()?.ino();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Rotated or reopened: start over on the new file.
+        if let Ok(meta) = std::fs::metadata(&path) {
+            if meta.ino() != ino || meta.len() < pos {
+                file = std::fs::File::open(&path)?;
+                ino = meta.ino();
+                pos = 0;
+            }
+        }
+        file.seek(SeekFrom::Start(pos))?;
+        let mut chunk = Vec::new();
+        file.read_to_end(&mut chunk)?;
+        if !chunk.is_empty() {
+            pos += chunk.len() as u64;
+            stdout.write_all(&chunk)?;
+            stdout.flush()?;
+        }
+    }
+}
+
+/// The heartbeat as `daemon status` reports it.
+#[derive(Debug, Serialize)]
+struct HeartbeatAge {
+    age_ms: u64,
+    stale: bool,
+    cycle: u64,
+    interval_ms: u64,
+}
+
 /// What `hearth daemon status` found.
 #[derive(Debug, Serialize)]
 struct DaemonState {
@@ -200,6 +343,8 @@ struct DaemonState {
     status: Option<StatusReport>,
     /// Leftovers of a crashed daemon.
     stale_files: Vec<String>,
+    /// The heartbeat's age, when a daemon holds the lock and has written one.
+    heartbeat: Option<HeartbeatAge>,
 }
 
 async fn status(ctx: &Ctx) -> Result<u8, CliError> {
@@ -207,19 +352,42 @@ async fn status(ctx: &Ctx) -> Result<u8, CliError> {
     let info: Option<DaemonInfo> =
         std::fs::read(paths.info_file()).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
     let lock = probe_lock(paths)?;
-    let mut state = DaemonState { state: "stopped", pid: None, info, status: None, stale_files: Vec::new() };
+    let mut state =
+        DaemonState { state: "stopped", pid: None, info, status: None, stale_files: Vec::new(), heartbeat: None };
     let exit = match lock {
         LockState::Held { pid } => {
             state.pid = pid;
+            let heartbeat: Option<hearth::protocol::info::Heartbeat> =
+                std::fs::read(paths.heartbeat_file()).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            let now = hearth::time::now_ms();
+            state.heartbeat = heartbeat.filter(|h| pid.is_none_or(|p| p == h.pid)).map(|h| HeartbeatAge {
+                age_ms: now.saturating_sub(h.written_at_ms),
+                stale: h.is_stale(now),
+                cycle: h.cycle,
+                interval_ms: h.interval_ms,
+            });
             let options = ConnectOptions::new(paths.socket()).timeout(Duration::from_secs(2));
             let answered = match StatusClient::connect_with(&options).await {
                 Ok(mut client) => client.status().await.ok(),
                 Err(_) => None,
             };
             match answered {
-                Some(report) => {
+                Some(mut report) => {
                     state.state = "running";
                     state.pid = Some(report.pid);
+                    if let Some(hb) = state.heartbeat.as_ref().filter(|h| h.stale) {
+                        let mut reasons = std::mem::take(&mut report.health.reasons);
+                        reasons.push(hearth::protocol::status::HealthReason {
+                            code: "heartbeat_stale".into(),
+                            severity: HealthState::Unhealthy,
+                            message: format!(
+                                "the last heartbeat is {} old (interval {}): alive but not progressing",
+                                output::duration(Duration::from_millis(hb.age_ms)),
+                                output::duration(Duration::from_millis(hb.interval_ms))
+                            ),
+                        });
+                        report.health = hearth::protocol::status::Health::from_reasons(reasons);
+                    }
                     let exit = match report.health.state {
                         HealthState::Healthy => 0,
                         HealthState::Degraded => 5,
@@ -258,6 +426,7 @@ async fn status(ctx: &Ctx) -> Result<u8, CliError> {
             if let Some(report) = &state.status {
                 status_cmd::print_report(report);
             }
+            print_heartbeat(state.heartbeat.as_ref());
         }
         "not_responding" => println!(
             "hearthd (pid {}) holds the lock but its socket {} does not answer; \
@@ -265,6 +434,7 @@ async fn status(ctx: &Ctx) -> Result<u8, CliError> {
             state.pid.map_or_else(|| "unknown".into(), |p| p.to_string()),
             paths.socket().display()
         ),
+
         "stale" => println!(
             "hearthd is not running; a daemon{} crashed and left {}; the next start cleans up",
             state.pid.map_or_else(String::new, |p| format!(" (pid {p})")),
@@ -273,4 +443,18 @@ async fn status(ctx: &Ctx) -> Result<u8, CliError> {
         _ => println!("hearthd is not running (state dir {})", paths.state_dir().display()),
     }
     Ok(exit)
+}
+
+fn print_heartbeat(heartbeat: Option<&HeartbeatAge>) {
+    match heartbeat {
+        Some(h) if h.stale => println!(
+            "  heartbeat:    STALE, {} old (cycle {}): alive but not progressing",
+            output::duration(Duration::from_millis(h.age_ms)),
+            h.cycle
+        ),
+        Some(h) => {
+            println!("  heartbeat:    {} ago (cycle {})", output::duration(Duration::from_millis(h.age_ms)), h.cycle);
+        }
+        None => println!("  heartbeat:    none yet"),
+    }
 }

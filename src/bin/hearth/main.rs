@@ -9,8 +9,10 @@ use hearth::paths::Paths;
 use hearth::protocol::ChannelProtocol;
 
 mod daemon_cmd;
+mod doctor_cmd;
 mod error;
 mod output;
+mod service_cmd;
 mod status_cmd;
 
 use error::CliError;
@@ -67,9 +69,11 @@ enum Command {
     Status,
     /// Ask the daemon to stop gracefully (never starts one)
     Shutdown(status_cmd::ShutdownArgs),
-    /// Start, stop and inspect the daemon process
+    /// Start, stop and inspect the daemon process; install it as a service
     #[command(subcommand)]
     Daemon(daemon_cmd::DaemonCommand),
+    /// Check a state directory and a service install; print each problem and its fix
+    Doctor(doctor_cmd::DoctorArgs),
 }
 
 /// What every command needs: where the daemon is and how to print.
@@ -137,6 +141,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
             Command::Status => status_cmd::status(ctx).await,
             Command::Shutdown(args) => status_cmd::shutdown(ctx, args).await,
             Command::Daemon(command) => daemon_cmd::run(ctx, command).await,
+            Command::Doctor(args) => doctor_cmd::doctor(ctx, &args).await,
         }
     })
 }

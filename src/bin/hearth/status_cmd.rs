@@ -20,6 +20,9 @@ pub(crate) struct ShutdownArgs {
     /// Why; written to the daemon's log
     #[arg(long)]
     reason: Option<String>,
+    /// Let running jobs and builds finish first (the daemon keeps serving meanwhile)
+    #[arg(long)]
+    drain: bool,
 }
 
 pub(crate) async fn ping(ctx: &Ctx, args: &PingArgs) -> Result<u8, CliError> {
@@ -86,11 +89,15 @@ pub(crate) fn print_report(r: &StatusReport) {
 pub(crate) async fn shutdown(ctx: &Ctx, args: ShutdownArgs) -> Result<u8, CliError> {
     let mut client = ctx.connect::<StatusChannel>().await?;
     let pid = client.daemon().pid;
-    let grace = client.shutdown(args.reason).await?;
-    if ctx.json {
-        output::json(&json!({ "pid": pid, "grace_ms": grace.as_millis() as u64 }))?;
+    let (grace, what) = if args.drain {
+        (client.drain_and_shutdown(args.reason).await?, "draining, then shutting down")
     } else {
-        println!("hearthd (pid {pid}) is shutting down (grace period {})", output::duration(grace));
+        (client.shutdown(args.reason).await?, "shutting down")
+    };
+    if ctx.json {
+        output::json(&json!({ "pid": pid, "grace_ms": grace.as_millis() as u64, "drain": args.drain }))?;
+    } else {
+        println!("hearthd (pid {pid}) is {what} (within {})", output::duration(grace));
     }
     Ok(EXIT_OK)
 }

@@ -1,0 +1,648 @@
+//! Operations: sd_notify and the watchdog, socket activation, generated
+//! service files (checked by systemd-analyze and a real plist parser),
+//! heartbeat, doctor, log rotation, idle exit.
+
+mod common;
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{RawConn, StateDir, hearthd_bin, stderr, stdout, wait_for};
+use serde_json::{Value, json};
+
+fn json_of(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(out)))
+}
+
+// --- a service manager's notification socket ------------------------------
+
+/// A fake `NOTIFY_SOCKET`: records every datagram, and answers `BARRIER=1`
+/// the way systemd does, by closing the descriptor that came with it.
+struct NotifySocket {
+    path: PathBuf,
+    messages: Arc<Mutex<Vec<(Instant, String)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NotifySocket {
+    fn new(dir: &Path) -> Self {
+        let path = dir.join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (m, s) = (messages.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                if let Ok((text, fds)) = recv_with_fds(&socket) {
+                    // Closing the barrier's descriptor is the answer.
+                    drop(fds);
+                    m.lock().unwrap().push((Instant::now(), text));
+                }
+            }
+        });
+        Self { path, messages, stop, thread: Some(thread) }
+    }
+
+    fn lines(&self) -> Vec<(Instant, String)> {
+        let mut out = Vec::new();
+        for (t, msg) in self.messages.lock().unwrap().iter() {
+            for line in msg.lines() {
+                out.push((*t, line.to_owned()));
+            }
+        }
+        out
+    }
+
+    fn has(&self, line: &str) -> bool {
+        self.lines().iter().any(|(_, l)| l == line)
+    }
+
+    fn count(&self, line: &str) -> usize {
+        self.lines().iter().filter(|(_, l)| l == line).count()
+    }
+
+    fn times(&self, line: &str) -> Vec<Instant> {
+        self.lines().into_iter().filter(|(_, l)| l == line).map(|(t, _)| t).collect()
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+fn recv_with_fds(socket: &UnixDatagram) -> io::Result<(String, Vec<OwnedFd>)> {
+    let mut buf = [0u8; 4096];
+    let mut control = [0u64; 32];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: msghdr is plain data; every pointer in it refers to a buffer
+    // that outlives the call.
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        let n = libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut fds = Vec::new();
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg).cast::<i32>();
+                let count = ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<i32>();
+                for i in 0..count {
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        (n as usize, fds)
+    };
+    Ok((String::from_utf8_lossy(&buf[..n.0]).into_owned(), n.1))
+}
+
+#[test]
+fn sd_notify_ready_watchdog_stopping_and_barrier() {
+    let state = StateDir::new();
+    let notify = NotifySocket::new(state.dir.path());
+    let watchdog = Duration::from_millis(800);
+    let mut cmd = state.hearthd();
+    cmd.env("NOTIFY_SOCKET", &notify.path).env("WATCHDOG_USEC", watchdog.as_micros().to_string());
+    let log = state.dir.path().join("notify.log");
+    let mut child = cmd.stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
+
+    // READY=1 only once the socket accepts.
+    assert!(wait_for(Duration::from_secs(20), || notify.has("READY=1")), "no READY=1");
+    let mut c = RawConn::connect(state.socket());
+    assert_eq!(c.handshake("status")["ok"], json!(true), "the socket answers when READY=1 arrives");
+    assert!(notify.lines().iter().any(|(_, l)| l.starts_with("STATUS=")));
+    let ready_at = notify.times("READY=1")[0];
+    assert!(state.paths.info_file().exists(), "daemon.json is written before READY=1");
+
+    // WATCHDOG=1 at about half the watchdog timeout.
+    assert!(wait_for(Duration::from_secs(20), || notify.count("WATCHDOG=1") >= 6), "too few WATCHDOG=1");
+    let pings: Vec<Instant> = notify.times("WATCHDOG=1").into_iter().filter(|t| *t >= ready_at).collect();
+    let mut gaps: Vec<Duration> = pings.windows(2).map(|w| w[1] - w[0]).collect();
+    gaps.sort();
+    let median = gaps[gaps.len() / 2];
+    assert!(
+        median <= watchdog && median >= watchdog / 8,
+        "median WATCHDOG gap {median:?} for WATCHDOG_USEC {watchdog:?}"
+    );
+
+    // A stalled daemon stops pinging.
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill has no memory-safety preconditions.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid, libc::SIGSTOP);
+    }
+    let stalled_at = Instant::now();
+    let before = notify.count("WATCHDOG=1");
+    // Let well over one watchdog period pass, measured by the receiver's clock.
+    assert!(!wait_for(watchdog * 3, || notify.count("WATCHDOG=1") > before), "WATCHDOG=1 while stopped");
+    assert!(stalled_at.elapsed() >= watchdog * 3);
+    // SAFETY: as above.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid, libc::SIGCONT);
+    }
+    assert!(wait_for(Duration::from_secs(20), || notify.count("WATCHDOG=1") > before), "pings resume");
+
+    // STOPPING=1 at shutdown, then BARRIER=1 (answered), then a clean exit.
+    assert_eq!(c.request(&json!({"type": "shutdown"}))["type"], "shutting_down");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}; log:\n{}", std::fs::read_to_string(&log).unwrap());
+    assert!(notify.has("STOPPING=1"));
+    assert!(notify.has("BARRIER=1"), "a barrier before exit");
+    let lines = notify.lines();
+    let pos = |l: &str| lines.iter().position(|(_, x)| x == l).unwrap();
+    assert!(pos("READY=1") < pos("STOPPING=1") && pos("STOPPING=1") < pos("BARRIER=1"));
+}
+
+#[test]
+fn a_daemon_under_systemd_says_so_in_daemon_json() {
+    // The daemon keeps NOTIFY_SOCKET (it needs it; daemon::child removes it
+    // from every process it starts) and records who manages it.
+    let state = StateDir::new();
+    let notify = NotifySocket::new(state.dir.path());
+    let mut cmd = state.hearthd();
+    cmd.env("NOTIFY_SOCKET", &notify.path);
+    let daemon = state.start_cmd(cmd);
+    let environ = std::fs::read(format!("/proc/{}/environ", daemon.pid())).unwrap();
+    assert!(String::from_utf8_lossy(&environ).contains("NOTIFY_SOCKET="));
+    let info: Value = serde_json::from_slice(&std::fs::read(state.paths.info_file()).unwrap()).unwrap();
+    assert_eq!(info["managed_by"], "systemd");
+}
+
+// --- socket activation ------------------------------------------------------
+
+#[test]
+fn socket_activation_through_systemd_socket_activate() {
+    let Some(activate) = ["/usr/bin/systemd-socket-activate", "/bin/systemd-socket-activate"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+    else {
+        eprintln!("skipped: systemd-socket-activate is not installed");
+        return;
+    };
+    let state = StateDir::new();
+    std::fs::create_dir_all(state.state_dir()).unwrap();
+    std::fs::set_permissions(state.state_dir(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let log = state.dir.path().join("activate.log");
+    let mut child = Command::new(activate)
+        .arg("-l")
+        .arg(state.socket())
+        .arg(hearthd_bin())
+        .arg("--state-dir")
+        .arg(state.state_dir())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(Duration::from_secs(10), || state.socket().exists()), "the activator binds the socket");
+    // The first connection starts hearthd on the inherited socket.
+    let mut c = RawConn::open(state.socket(), "status");
+    assert_eq!(c.request(&json!({"type": "ping"})), json!({"type": "pong"}));
+    let status = c.request(&json!({"type": "status"}));
+    assert_eq!(status["socket"], json!(state.socket()));
+    assert_eq!(status["pid"], json!(child.id()), "the activator execs hearthd in place");
+    // The peer check still runs: this connection is counted as accepted.
+    assert!(status["connections"]["total"].as_u64().unwrap() >= 1);
+
+    assert_eq!(c.request(&json!({"type": "shutdown"}))["type"], "shutting_down");
+    assert!(child.wait().unwrap().success(), "{}", std::fs::read_to_string(&log).unwrap());
+    assert!(state.socket().exists(), "a socket the service manager owns is never removed");
+    assert!(!state.paths.info_file().exists());
+}
+
+#[test]
+fn listen_fds_for_another_pid_are_ignored_and_bad_ones_refused() {
+    let state = StateDir::new();
+    // LISTEN_PID names another process: ignored, the daemon binds its own socket.
+    let mut cmd = state.hearthd();
+    cmd.env("LISTEN_PID", "1").env("LISTEN_FDS", "1");
+    let mut daemon = state.start_cmd(cmd);
+    assert_eq!(daemon.stop(), 0);
+
+    // LISTEN_PID is ours but fd 3 is not a socket: a clear error.
+    let out = Command::new("/bin/sh")
+        .arg("-c")
+        .arg("exec 3</dev/null; LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" --state-dir \"$1\"")
+        .arg(hearthd_bin())
+        .arg(state.state_dir())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("socket_activation_invalid"), "{}", stderr(&out));
+}
+
+// --- service files ------------------------------------------------------------
+
+fn install(state: &StateDir, extra: &[&str]) -> Value {
+    let out = state
+        .hearth()
+        .args(["--json", "daemon", "install", "--hearthd"])
+        .arg(hearthd_bin())
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    json_of(&out)
+}
+
+fn systemd_analyze(unit: &Path, runtime: &Path) -> std::process::Output {
+    Command::new("systemd-analyze")
+        .args(["verify", "--user", "--man=no", "--recursive-errors=yes"])
+        .arg(unit)
+        .env("XDG_RUNTIME_DIR", runtime)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn generated_systemd_units_pass_systemd_analyze_verify() {
+    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+        eprintln!("skipped: systemd-analyze is not installed");
+        return;
+    }
+    let state = StateDir::new();
+    let runtime = state.dir.path().join("runtime");
+    std::fs::create_dir(&runtime).unwrap();
+    std::fs::set_permissions(&runtime, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    for activation in [false, true] {
+        let units = state.dir.path().join(format!("units-{activation}"));
+        let unit_dir = units.to_str().unwrap();
+        let mut args = vec!["--unit-dir", unit_dir];
+        if activation {
+            args.push("--socket-activation");
+        }
+        let report = install(&state, &args);
+        assert!(
+            report["manual"].as_array().unwrap().iter().any(|c| c.as_str().unwrap().contains("daemon-reload"))
+                || !report["commands"].as_array().unwrap().is_empty()
+        );
+        let mut files = vec![units.join("hearth.service")];
+        if activation {
+            files.push(units.join("hearth.socket"));
+        }
+        for file in &files {
+            let text = std::fs::read_to_string(file).unwrap();
+            assert!(text.contains(&hearthd_bin().display().to_string()) || file.ends_with("hearth.socket"));
+            let out = systemd_analyze(file, &runtime);
+            assert!(out.status.success() && out.stderr.is_empty(), "{file:?}: {}", stderr(&out));
+        }
+        let service = std::fs::read_to_string(units.join("hearth.service")).unwrap();
+        for line in ["Type=notify", "WatchdogSec=30", "Restart=on-failure"] {
+            assert!(service.contains(line), "{line} missing:\n{service}");
+        }
+        assert_eq!(service.contains("Requires=hearth.socket"), activation);
+    }
+    // A broken unit must fail the same check, so the check can fail.
+    let broken = state.dir.path().join("units-false/broken.service");
+    let text = std::fs::read_to_string(state.dir.path().join("units-false/hearth.service")).unwrap();
+    std::fs::write(&broken, text.replace("Type=notify", "Type=notfy")).unwrap();
+    let out = systemd_analyze(&broken, &runtime);
+    assert!(!out.status.success() || !out.stderr.is_empty(), "a broken unit passed");
+}
+
+#[test]
+fn install_is_idempotent_and_uninstall_removes_only_its_own_files() {
+    let state = StateDir::new();
+    let units = state.dir.path().join("units");
+    let unit_dir = units.to_str().unwrap();
+    let first = install(&state, &["--unit-dir", unit_dir, "--socket-activation"]);
+    assert_eq!(first["files"][0]["action"], "written");
+    let again = install(&state, &["--unit-dir", unit_dir, "--socket-activation"]);
+    assert_eq!(again["files"][0]["action"], "unchanged");
+    assert_eq!(again["files"][1]["action"], "unchanged");
+    // Re-installing without socket activation removes the old socket unit.
+    let plain = install(&state, &["--unit-dir", unit_dir]);
+    assert!(plain["files"].as_array().unwrap().iter().any(|f| f["action"] == "removed"));
+    assert!(!units.join("hearth.socket").exists());
+    // A file of the user's own is never removed.
+    std::fs::write(units.join("hearth.socket"), "[Socket]\nListenStream=/tmp/mine\n").unwrap();
+    std::fs::write(units.join("other.service"), "[Service]\nExecStart=/bin/true\n").unwrap();
+    let dry = state.run(&["--json", "daemon", "uninstall", "--dry-run", "--unit-dir", unit_dir]);
+    assert!(dry.status.success());
+    assert!(units.join("hearth.service").exists(), "dry run changes nothing");
+    let out = state.run(&["--json", "daemon", "uninstall", "--unit-dir", unit_dir]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json_of(&out);
+    let actions: Vec<(String, String)> = report["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().rsplit('/').next().unwrap().to_owned(),
+                f["action"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(actions.contains(&("hearth.service".into(), "removed".into())), "{actions:?}");
+    assert!(actions.contains(&("hearth.socket".into(), "kept".into())), "{actions:?}");
+    assert!(!units.join("hearth.service").exists());
+    assert!(units.join("hearth.socket").exists() && units.join("other.service").exists());
+}
+
+#[test]
+fn launchd_plist_is_valid_for_a_real_parser() {
+    let state = StateDir::new();
+    // A state directory with characters XML must escape.
+    let weird = state.dir.path().join("a & b <c> été");
+    let out = Command::new(common::hearth_bin())
+        .args(["--json", "--state-dir"])
+        .arg(&weird)
+        .args(["daemon", "install", "--profile", "launchd", "--dry-run", "--agent-dir"])
+        .arg(state.dir.path())
+        .arg("--hearthd")
+        .arg(hearthd_bin())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json_of(&out);
+    let plist = report["files"][0]["content"].as_str().unwrap();
+    assert!(!state.dir.path().join("dev.hearth.hearthd.plist").exists(), "dry run writes nothing");
+    let parsed = python_plist(plist);
+    assert_eq!(parsed["Label"], "dev.hearth.hearthd");
+    assert_eq!(parsed["RunAtLoad"], true);
+    assert_eq!(parsed["KeepAlive"], json!({"SuccessfulExit": false}));
+    let args = parsed["ProgramArguments"].as_array().unwrap();
+    assert_eq!(args[0], json!(std::fs::canonicalize(hearthd_bin()).unwrap()));
+    assert!(args.contains(&json!(weird)), "{args:?}");
+    assert!(parsed["StandardErrorPath"].as_str().unwrap().starts_with(weird.to_str().unwrap()));
+
+    // Installing for launchd on a host without it is refused (unless --dry-run).
+    if !cfg!(target_os = "macos") {
+        let out = state.run(&["daemon", "install", "--profile", "launchd"]);
+        assert!(stderr(&out).contains("profile_not_supported_on_host"), "{}", stderr(&out));
+    }
+}
+
+/// Parses a plist with Python's plistlib and returns it as JSON.
+fn python_plist(text: &str) -> Value {
+    let mut child = Command::new("python3")
+        .args(["-c", "import json, plistlib, sys; print(json.dumps(plistlib.loads(sys.stdin.buffer.read())))"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "plistlib rejected it: {}\n{text}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn contrib_files_are_generated_by_the_same_code() {
+    let contrib = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib");
+    let expected: Vec<(PathBuf, Vec<u8>)> = vec![
+        (
+            contrib.join("systemd/hearth.service"),
+            hearth::service::systemd_service(&hearth::service::contrib_spec(false)).into_bytes(),
+        ),
+        (
+            contrib.join("systemd/socket-activated/hearth.service"),
+            hearth::service::systemd_service(&hearth::service::contrib_spec(true)).into_bytes(),
+        ),
+        (
+            contrib.join("systemd/socket-activated/hearth.socket"),
+            hearth::service::systemd_socket(&hearth::service::contrib_spec(true)).into_bytes(),
+        ),
+        (
+            contrib.join("launchd/dev.hearth.hearthd.plist"),
+            hearth::service::launchd_plist(&hearth::service::contrib_launchd_spec()).unwrap(),
+        ),
+    ];
+    let update = std::env::var_os("HEARTH_UPDATE_CONTRIB").is_some();
+    for (path, content) in &expected {
+        if update {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+        let actual = std::fs::read(path).unwrap_or_default();
+        assert!(
+            actual == *content,
+            "{path:?} is out of date; regenerate with HEARTH_UPDATE_CONTRIB=1 cargo test --test ops contrib"
+        );
+    }
+    python_plist(&String::from_utf8(expected[3].1.clone()).unwrap());
+}
+
+// --- heartbeat, doctor ---------------------------------------------------------
+
+fn heartbeat(state: &StateDir) -> Option<Value> {
+    serde_json::from_slice(&std::fs::read(state.paths.heartbeat_file()).ok()?).ok()
+}
+
+#[test]
+fn heartbeat_is_fresh_while_progressing_and_stale_when_stalled() {
+    let state = StateDir::new();
+    let daemon = state.start(&["--heartbeat-interval", "150ms"]);
+    assert!(wait_for(Duration::from_secs(10), || heartbeat(&state).is_some_and(|h| h["cycle"].as_u64() >= Some(3))));
+    let hb = heartbeat(&state).unwrap();
+    assert_eq!(hb["pid"], json!(daemon.pid()));
+    assert_eq!(hb["interval_ms"], 150);
+    assert_eq!(hb["health"]["state"], "healthy");
+    let out = state.run(&["--json", "daemon", "status"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(json_of(&out)["heartbeat"]["stale"], false);
+
+    daemon.signal(libc::SIGSTOP);
+    assert!(wait_for(Duration::from_secs(10), || {
+        let out = state.run(&["--json", "daemon", "status"]);
+        json_of(&out)["heartbeat"]["stale"] == json!(true)
+    }));
+    let out = state.run(&["--json", "daemon", "status"]);
+    assert_eq!(out.status.code(), Some(4), "not responding");
+    let out = state.run(&["--json", "doctor"]);
+    let codes: Vec<String> =
+        json_of(&out)["problems"].as_array().unwrap().iter().map(|p| p["code"].as_str().unwrap().to_owned()).collect();
+    assert!(codes.contains(&"heartbeat_stale".to_owned()), "{codes:?}");
+    assert!(codes.contains(&"daemon_not_responding".to_owned()), "{codes:?}");
+    daemon.signal(libc::SIGCONT);
+    assert!(wait_for(Duration::from_secs(10), || {
+        json_of(&state.run(&["--json", "daemon", "status"]))["heartbeat"]["stale"] == json!(false)
+    }));
+}
+
+fn doctor_codes(state: &StateDir, extra: &[&str]) -> Vec<String> {
+    let out = state.hearth().args(["--json", "doctor"]).args(extra).output().unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", stderr(&out)));
+    assert_eq!(out.status.code(), Some(if report["ok"] == json!(true) { 0 } else { 1 }));
+    report["problems"].as_array().unwrap().iter().map(|p| p["code"].as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn doctor_reports_each_code_from_its_real_condition() {
+    let state = StateDir::new();
+    let units = state.dir.path().join("units");
+    let unit_dir = units.to_str().unwrap();
+
+    // Nothing installed, nothing running: only the informational note.
+    assert_eq!(doctor_codes(&state, &["--unit-dir", unit_dir]), ["service_file_missing"]);
+
+    // A state directory that cannot be created.
+    let file = state.dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let out = Command::new(common::hearth_bin())
+        .args(["--json", "doctor", "--state-dir"])
+        .arg(file.join("state"))
+        .output()
+        .unwrap();
+    assert!(stdout(&out).contains("state_dir_not_writable"), "{}", stdout(&out));
+
+    // Insecure.
+    std::fs::create_dir_all(state.state_dir()).unwrap();
+    std::fs::set_permissions(state.state_dir(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    assert!(doctor_codes(&state, &["--unit-dir", unit_dir]).contains(&"state_dir_insecure".into()));
+    std::fs::set_permissions(state.state_dir(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+
+    // Too long a socket path.
+    let long = format!("/tmp/{}/hearth.sock", "s".repeat(120));
+    assert!(
+        doctor_codes(&state, &["--unit-dir", unit_dir, "--socket", &long]).contains(&"socket_path_too_long".into())
+    );
+
+    // A crash leaves a stale socket and info file.
+    let mut daemon = state.start(&[]);
+    daemon.kill9();
+    let codes = doctor_codes(&state, &["--unit-dir", unit_dir]);
+    assert!(codes.contains(&"socket_stale".into()) && codes.contains(&"info_file_stale".into()), "{codes:?}");
+
+    // Something else holds the lock.
+    {
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(state.paths.lock_file()).unwrap();
+        let mut lock = fd_lock::RwLock::new(file);
+        let _held = lock.try_write().unwrap();
+        let codes = doctor_codes(&state, &["--unit-dir", unit_dir]);
+        assert!(codes.contains(&"lock_held_by_other_process".into()), "{codes:?}");
+    }
+
+    // An older daemon answers on the socket.
+    let _ = std::fs::remove_file(state.socket());
+    let listener = std::os::unix::net::UnixListener::bind(state.socket()).unwrap();
+    let old = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        use std::io::{Read, Write};
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len).unwrap();
+        let mut hs = vec![0u8; u32::from_be_bytes(len) as usize];
+        stream.read_exact(&mut hs).unwrap();
+        let reply =
+            br#"{"ok":true,"protocol":1,"daemon":{"version":"0.0.1","pid":1},"channel":"status","max_frame":1024}"#;
+        stream.write_all(&(reply.len() as u32).to_be_bytes()).unwrap();
+        stream.write_all(reply).unwrap();
+    });
+    assert!(doctor_codes(&state, &["--unit-dir", unit_dir]).contains(&"version_mismatch".into()));
+    old.join().unwrap();
+    let _ = std::fs::remove_file(state.socket());
+
+    // A unit pointing at a binary that is gone, and a profile this host cannot run.
+    let report = install(&state, &["--unit-dir", unit_dir]);
+    assert_eq!(report["files"][0]["action"], "written");
+    let unit = units.join("hearth.service");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    let exec = std::fs::canonicalize(hearthd_bin()).unwrap();
+    std::fs::write(&unit, text.replace(exec.to_str().unwrap(), "/nonexistent/hearthd")).unwrap();
+    assert!(doctor_codes(&state, &["--unit-dir", unit_dir]).contains(&"service_points_to_missing_executable".into()));
+    if !cfg!(target_os = "macos") {
+        assert!(doctor_codes(&state, &["--profile", "launchd"]).contains(&"profile_not_supported_on_host".into()));
+    }
+    // (heartbeat_stale and daemon_not_responding: see the heartbeat test.)
+}
+
+// --- logs -----------------------------------------------------------------------
+
+#[test]
+fn log_rotation_and_sighup_reopen() {
+    let state = StateDir::new();
+    state.write_config("[log]\nmax_size = 2048\nkeep = 2\n");
+    let daemon = state.start(&["--log-to-file"]);
+    let log = state.paths.log_file();
+    let rotated = |n: u32| PathBuf::from(format!("{}.{n}", log.display()));
+    // Debug logging writes a line per connection: connect until the log rotates twice.
+    assert!(wait_for(Duration::from_secs(30), || {
+        let _ = RawConn::try_connect(state.socket()).map(|mut c| c.handshake("status"));
+        rotated(2).exists()
+    }));
+    for _ in 0..50 {
+        let _ = RawConn::try_connect(state.socket()).map(|mut c| c.handshake("status"));
+    }
+    assert!(!rotated(3).exists(), "keep = 2");
+    for f in [log.clone(), rotated(1), rotated(2)] {
+        let size = std::fs::metadata(&f).unwrap().len();
+        assert!(size < 2048 + 4096, "{f:?} is {size} bytes");
+    }
+    let out = state.run(&["daemon", "logs", "-n", "3"]);
+    assert!(out.status.success());
+    assert_eq!(stdout(&out).lines().count(), 3);
+
+    // logrotate-style: move the file away, then SIGHUP.
+    let moved = state.dir.path().join("moved.log");
+    std::fs::rename(&log, &moved).unwrap();
+    daemon.signal(libc::SIGHUP);
+    assert!(wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("log file reopened"))
+    }));
+    let _ = RawConn::try_connect(state.socket()).map(|mut c| c.handshake("status"));
+    assert!(wait_for(Duration::from_secs(10), || std::fs::read_to_string(&log)
+        .is_ok_and(|t| t.contains("connection opened"))));
+}
+
+// --- idle exit ----------------------------------------------------------------------
+
+#[test]
+fn idle_exit_only_when_nothing_is_busy() {
+    let state = StateDir::new();
+    let mut daemon = state.start(&["--idle-timeout", "400ms", "--heartbeat-interval", "100ms"]);
+    // A client connection keeps it alive, however long it is held: watch
+    // the heartbeat count well past the idle timeout.
+    let mut held = RawConn::open(state.socket(), "status");
+    let cycle = |s: &StateDir| heartbeat(s).and_then(|h| h["cycle"].as_u64()).unwrap_or(0);
+    let start = cycle(&state);
+    assert!(wait_for(Duration::from_secs(20), || cycle(&state) >= start + 15), "heartbeats continue");
+    assert!(daemon.child.as_mut().unwrap().try_wait().unwrap().is_none(), "exited while a client was connected");
+    assert_eq!(held.request(&json!({"type": "ping"})), json!({"type": "pong"}));
+    drop(held);
+    // Idle now: it exits by itself, cleanly.
+    assert_eq!(daemon.wait_exit(Duration::from_secs(20)), Some(0));
+    assert!(!state.socket().exists());
+    assert!(std::fs::read_to_string(&daemon.log).unwrap().contains("idle for"));
+}
+
+#[test]
+fn draining_shutdown_and_restart() {
+    let state = StateDir::new();
+    let out = state.run(&["--json", "daemon", "start"]);
+    let first = json_of(&out)["pid"].as_u64().unwrap();
+    let out = state.run(&["--json", "daemon", "restart"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let restarted = json_of(&out);
+    assert_eq!(restarted["stopped"]["pid"].as_u64(), Some(first));
+    assert_ne!(restarted["pid"].as_u64(), Some(first));
+    let out = state.run(&["--json", "shutdown", "--drain"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json_of(&out)["drain"], true);
+    assert!(wait_for(Duration::from_secs(20), || state.run(&["daemon", "status"]).status.code() == Some(3)));
+}
