@@ -4,6 +4,9 @@
 //! channels keep serving, its channel is refused with `channel_unavailable`
 //! naming the failure, and health is `unhealthy` until a restart fixes it.
 
+use std::sync::Arc;
+
+use super::pool::PoolService;
 use crate::paths::Paths;
 use crate::protocol::handshake::Channel;
 use crate::protocol::info::Endpoints;
@@ -16,16 +19,22 @@ use super::Config;
 pub(crate) struct Services {
     /// Services that could not start, and why.
     failed: Vec<(Channel, String)>,
+    /// Prewarmed resources.
+    pub(crate) pool: Option<Arc<PoolService>>,
 }
 
 impl Services {
     /// Starts every enabled service.
-    pub(crate) async fn start(_config: &Config, _paths: &Paths) -> Services {
-        Services::default()
+    pub(crate) async fn start(config: &Config, paths: &Paths) -> Services {
+        let mut services = Services::default();
+        match PoolService::start(config, paths).await {
+            Ok(pool) => services.pool = Some(pool),
+            Err(e) => services.fail(Channel::Pool, e),
+        }
+        services
     }
 
     /// Records that `channel`'s service could not start.
-    #[allow(dead_code)] // the first service to start will use it
     fn fail(&mut self, channel: Channel, error: impl std::fmt::Display) {
         let message = error.to_string();
         tracing::error!(channel = %channel, "the {channel} service cannot start: {message}");
@@ -46,11 +55,14 @@ impl Services {
                 message: format!("the {channel} service could not start: {message}"),
             });
         }
+        if let Some(pool) = &self.pool {
+            pool.health_reasons(reasons);
+        }
     }
 
     /// One summary per running service.
     pub(crate) fn summaries(&self) -> ServiceSummaries {
-        ServiceSummaries {}
+        ServiceSummaries { pool: self.pool.as_ref().map(|p| p.summary()) }
     }
 
     /// Endpoints for `daemon.json` and `status`.
@@ -59,5 +71,9 @@ impl Services {
     }
 
     /// Stops every service, after the connections have been drained.
-    pub(crate) async fn shutdown(&self) {}
+    pub(crate) async fn shutdown(&self) {
+        if let Some(pool) = &self.pool {
+            pool.shutdown().await;
+        }
+    }
 }
