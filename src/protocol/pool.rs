@@ -67,7 +67,7 @@ pub enum PoolRequest {
         lease: LeaseId,
         /// Reset the resource and put it back in the pool when its pool can
         /// reset and needs one; else it is removed.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         reuse: bool,
     },
     /// The resources handed out and not released yet → `leases`.
