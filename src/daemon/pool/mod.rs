@@ -60,6 +60,9 @@ pub(crate) struct PoolService {
     wake: Notify,
     /// Wakes the trash collector.
     trash: Notify,
+    /// Lease files to fsync, and what wakes their syncer.
+    unsynced: Mutex<Vec<(String, String)>>,
+    sync: Notify,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -93,13 +96,13 @@ impl PoolService {
                     Ok(_) | Err(_) => tracing::error!(pool = %name, "ignoring an invalid stored definition"),
                 }
             }
-            for record in found.records {
-                let state_now = match record.state {
-                    RecordState::Taken { lease } => {
+            for (record, lease) in found.records {
+                let state_now = match lease {
+                    Some(lease) => {
                         state.leases.insert(lease.id.clone(), (name.clone(), record.id.clone()));
                         ResState::Taken(lease)
                     }
-                    _ => ResState::Ready { verified: false, checked: now },
+                    None => ResState::Ready { verified: false, checked: now },
                 };
                 let resource = Resource {
                     state: state_now,
@@ -144,11 +147,14 @@ impl PoolService {
             state: Mutex::new(state),
             wake: Notify::new(),
             trash: Notify::new(),
+            unsynced: Mutex::new(Vec::new()),
+            sync: Notify::new(),
             stop,
             tasks: TaskTracker::new(),
         });
         service.tasks.spawn(scheduler::run(service.clone()));
         service.tasks.spawn(scheduler::collect_trash(service.clone()));
+        service.tasks.spawn(scheduler::sync_leases(service.clone()));
         service.trash.notify_one();
         Ok(service)
     }
@@ -225,7 +231,7 @@ impl PoolService {
                 state.leases.insert(lease.clone(), (pool.to_owned(), id.clone()));
                 drop(state);
                 return self
-                    .hand_over(pool, &id, &r, &record)
+                    .hand_over(pool, &id, &record)
                     .map(|()| self.lease_view(pool, &id, &r, &record, clock.now_ms));
             }
             if timeout_ms == Some(0) {
@@ -274,11 +280,10 @@ impl PoolService {
         rx.await.unwrap_or(Err(gave_up))
     }
 
-    /// Records a take on disk (before its answer is sent), then fsyncs it in
-    /// the background. On failure the resource goes back to ready.
-    fn hand_over(&self, pool: &str, id: &str, r: &Resource, lease: &LeaseRecord) -> Result<(), WireError> {
-        let record = Self::record_of(id, r, RecordState::Taken { lease: lease.clone() });
-        if let Err(e) = self.store.write_record(pool, &record, false) {
+    /// Records a take on disk (before its answer is sent), to be fsynced
+    /// right after. On failure the resource goes back to ready.
+    fn hand_over(&self, pool: &str, id: &str, lease: &LeaseRecord) -> Result<(), WireError> {
+        if let Err(e) = self.store.write_lease(pool, id, lease) {
             tracing::error!(pool, resource = %id, "cannot record a take: {e}");
             let mut state = self.lock();
             state.leases.remove(&lease.id);
@@ -287,28 +292,24 @@ impl PoolService {
             }
             return Err(WireError::new(ErrorCode::Internal, format!("cannot record the take: {e}")));
         }
+        self.unsynced.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((pool.to_owned(), id.to_owned()));
+        self.sync.notify_one();
         self.wake.notify_one();
-        let store = self.store.clone();
-        let (pool, id) = (pool.to_owned(), id.to_owned());
-        tokio::task::spawn_blocking(move || {
-            let _ = store.sync_record(&pool, &id);
-        });
         Ok(())
     }
 
     /// Undoes a take whose answer could not be delivered: the resource was
     /// never seen by anyone, so it goes back to ready.
     pub(crate) fn untake(&self, lease: &LeaseId) {
-        let claimed = {
+        let (pool, id) = {
             let mut state = self.lock();
             let Some((pool, id)) = state.leases.remove(lease) else { return };
             let r = state.pools.get_mut(&pool).and_then(|p| p.resources.get_mut(&id)).expect("leased");
             r.state = ResState::Claimed;
-            (pool, id, r.clone())
+            (pool, id)
         };
-        let (pool, id, r) = claimed;
         tracing::info!(pool, resource = %id, "the taker left before its answer; the resource is ready again");
-        let back = self.store.write_record(&pool, &Self::record_of(&id, &r, RecordState::Ready), false);
+        let back = self.store.clear_lease(&pool, &id);
         let mut state = self.lock();
         if let Some(p) = state.pools.get_mut(&pool) {
             if back.is_ok() {
@@ -354,12 +355,19 @@ impl PoolService {
             (pool, id, r, held, reason)
         };
         if reason.is_none() {
+            // Resetting first: a crash between the two writes removes the
+            // resource at the next start, as a release asked for.
             let record = Self::record_of(&id, &r, RecordState::Resetting { process: None });
-            if self.store.write_record(&pool, &record, false).is_ok() {
+            if self.store.write_record(&pool, &record).is_ok() {
+                if let Err(e) = self.store.clear_lease(&pool, &id) {
+                    tracing::warn!(pool, resource = %id, "cannot clear a lease file: {e}");
+                }
                 self.wake.notify_one();
                 return Ok(Released { outcome: ReleaseOutcome::Resetting, reason: None });
             }
         }
+        // The record goes first: a lease file without a record is a release
+        // under way, finished at the next start.
         if let Err(e) = self.store.delete_record(&pool, &id) {
             tracing::error!(pool, resource = %id, "cannot delete a record: {e}");
             let mut state = self.lock();
@@ -378,10 +386,14 @@ impl PoolService {
         Ok(Released { outcome: ReleaseOutcome::Removed, reason })
     }
 
-    /// Moves a forgotten resource's directory to the trash and deletes its record.
+    /// Deletes a forgotten resource's record and lease file, and moves its
+    /// directory to the trash.
     fn remove_resource(&self, pool: &str, id: &str) {
         if let Err(e) = self.store.delete_record(pool, id) {
             tracing::warn!(pool, resource = %id, "cannot delete the record: {e}");
+        }
+        if let Err(e) = self.store.delete_lease(pool, id) {
+            tracing::warn!(pool, resource = %id, "cannot delete the lease file: {e}");
         }
         if let Err(e) = self.store.trash_resource(pool, id) {
             tracing::warn!(pool, resource = %id, "cannot remove the directory: {e}");

@@ -51,6 +51,23 @@ pub(crate) async fn collect_trash(service: Arc<PoolService>) {
     }
 }
 
+/// Fsyncs lease files soon after their takes were answered, many at once
+/// when takes come in bursts.
+pub(crate) async fn sync_leases(service: Arc<PoolService>) {
+    loop {
+        tokio::select! {
+            () = service.sync.notified() => {}
+            () = service.stop.cancelled() => break,
+        }
+        let batch = std::mem::take(&mut *service.unsynced.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        if batch.is_empty() {
+            continue;
+        }
+        let store = service.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.sync_leases(&batch)).await;
+    }
+}
+
 fn resource_id() -> String {
     crate::daemon::random::hex(16).unwrap_or_else(|_| {
         use std::sync::atomic::{AtomicU64, Ordering};
@@ -136,7 +153,7 @@ async fn run_steps(
                 RecordState::Resetting { .. } => RecordState::Resetting { process },
                 _ => RecordState::Building { process },
             };
-            if let Err(e) = store.write_record(pool, record, false) {
+            if let Err(e) = store.write_record(pool, record) {
                 tracing::warn!(pool, resource = %id, "cannot record the build's process: {e}");
             }
         };
@@ -167,7 +184,7 @@ async fn build(service: &Arc<PoolService>, pool: &str, id: &str, def: &PoolDefin
     let prepared = service
         .store
         .create_pool_dir(pool)
-        .and_then(|()| service.store.write_record(pool, &record, false))
+        .and_then(|()| service.store.write_record(pool, &record))
         .and_then(|()| service.store.create_resource_dir(pool, id));
     let outcome = match prepared {
         Ok(_) => run_steps(service, pool, id, def, &commands.create, &mut record, cancel).await,
@@ -182,10 +199,8 @@ async fn build(service: &Arc<PoolService>, pool: &str, id: &str, def: &PoolDefin
         record.state = RecordState::Ready;
         record.created_at_ms = now_ms();
         record.build_ms = outcome.elapsed.as_millis() as u64;
-        let store = service.store.clone();
-        let (p, r) = (pool.to_owned(), record.clone());
-        let written = tokio::task::spawn_blocking(move || store.write_record(&p, &r, true)).await;
-        if let Ok(Err(e)) | Err(e) = written.map_err(std::io::Error::other) {
+        let recorded = service.store.clear_lease(pool, id).and_then(|()| service.store.write_record(pool, &record));
+        if let Err(e) = recorded {
             return finished_failed(service, pool, id, &outcome, Some(format!("cannot record the build: {e}")));
         }
         tracing::info!(pool, resource = %id, build_ms = record.build_ms, "built");
@@ -247,7 +262,7 @@ fn finished_ready(service: &Arc<PoolService>, pool: &str, id: &str, record: &Rec
     service.wake.notify_one();
     let Some((waiter, lease, r)) = handed else { return };
     let answer: Result<Lease, WireError> =
-        service.hand_over(pool, id, &r, &lease).map(|()| service.lease_view(pool, id, &r, &lease, clock.now_ms));
+        service.hand_over(pool, id, &lease).map(|()| service.lease_view(pool, id, &r, &lease, clock.now_ms));
     if let Err(Ok(lease)) = waiter.tx.send(answer) {
         // The take gave up in the very same moment.
         service.untake(&lease.lease);
@@ -296,7 +311,7 @@ async fn reset(service: &Arc<PoolService>, pool: &str, id: &str, def: &PoolDefin
     let outcome = run_steps(service, pool, id, def, &steps, &mut record, &service.stop).await;
     if outcome.result.is_ok() {
         record.state = RecordState::Ready;
-        if service.store.write_record(pool, &record, false).is_ok() {
+        if service.store.write_record(pool, &record).is_ok() {
             tracing::info!(pool, resource = %id, "reset and back in the pool");
             return finished_ready(service, pool, id, &record, false);
         }
