@@ -11,7 +11,7 @@
 //!   connection, with resources ready (the pool refills between rounds, and
 //!   its replacement builds run while the takes are measured, as they would);
 //! - warm take through the CLI: a whole `hearth --json pool take NAME`
-//!   process, start to exit;
+//!   process, start to exit, each started with the pool full and idle;
 //! - cold: a `take` on a pool of size 0, which builds on demand.
 //!
 //! Targets: warm take p50 under 1 ms through the library and under 3 ms
@@ -197,7 +197,8 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let profile = if cfg!(debug_assertions) { "debug build: figures are not representative" } else { "release build" };
     println!("pool benchmark: {HEARTHD} ({profile}), state dir {}", daemon.state.display());
-    println!("  builds: at most 2 at once; replacement builds run while warm takes are measured");
+    println!("  builds: at most 2 at once; replacements start 200 ms after a take, so runs of");
+    println!("  back-to-back library takes share the machine with the previous ones' builds");
     println!();
 
     runtime.block_on(async {
@@ -221,18 +222,14 @@ fn main() {
         pool.define(trivial("trivial-cold", 0)).await.unwrap();
         let (cold_t, cold_b) = cold_takes(&mut pool, "trivial-cold", cold).await;
         let warm_lib = stats(warm_takes(&mut pool, "trivial", 16, takes).await);
+        // Each CLI take starts with the pool full and idle, as a user's
+        // or a script's single take would.
         let mut cli = Vec::new();
         while cli.len() < cli_takes {
             wait_full(&mut pool, "trivial", 16).await;
-            let mut leases = Vec::new();
-            for _ in 0..16.min(cli_takes - cli.len()) {
-                let (elapsed, lease) = cli_take(&daemon, "trivial");
-                cli.push(elapsed);
-                leases.push(lease);
-            }
-            for lease in leases {
-                pool.release(&lease, false).await.unwrap();
-            }
+            let (elapsed, lease) = cli_take(&daemon, "trivial");
+            cli.push(elapsed);
+            pool.release(&lease, false).await.unwrap();
         }
         let warm_cli = stats(cli);
         pool.drain("trivial").await.unwrap();

@@ -488,3 +488,19 @@ fn definitions_persist_across_restarts_and_config_wins_over_define() {
     let out = state.run(&["pool", "define", "nocreate", "--kind", "command"]);
     assert!(stderr(&out).contains("create is required"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_pool_service_that_cannot_start_leaves_the_daemon_serving() {
+    let state = StateDir::new();
+    state.write_config("");
+    std::fs::write(state.state_dir().join("pools"), b"not a directory").unwrap();
+    let _daemon = state.start(&[]);
+    let status = daemon_status(&state);
+    assert_eq!(status["channels"], json!(["status"]), "{status}");
+    assert_eq!(status["health"]["state"], "unhealthy");
+    assert_eq!(status["health"]["reasons"][0]["code"], "pool_unavailable", "{status}");
+    let mut c = RawConn::connect(state.socket());
+    let refused = c.handshake("pool");
+    assert_eq!(refused["error"]["code"], "channel_unavailable", "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("not a directory"), "{refused}");
+}

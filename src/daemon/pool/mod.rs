@@ -227,6 +227,7 @@ impl PoolService {
                 r.state = ResState::Taken(record.clone());
                 p.stats.takes += 1;
                 p.stats.warm_takes += 1;
+                p.last_take = Some(clock.now);
                 let r = r.clone();
                 state.leases.insert(lease.clone(), (pool.to_owned(), id.clone()));
                 drop(state);

@@ -107,7 +107,14 @@ pub(crate) struct Pool {
     pub(crate) waiters: VecDeque<Waiter>,
     pub(crate) stats: Stats,
     pub(crate) backoff: Option<Backoff>,
+    /// When a take last emptied a slot: replacement builds wait a moment.
+    pub(crate) last_take: Option<Instant>,
 }
+
+/// How long replacement builds wait after a take, so that they do not
+/// compete for the CPU with the taker starting up, and so that a burst of
+/// takes is refilled in one go. Takes that wait are never delayed.
+pub(crate) const REPLENISH_DELAY: Duration = Duration::from_millis(200);
 
 /// How many resources are in each state.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +139,7 @@ impl Pool {
             waiters: VecDeque::new(),
             stats: Stats::default(),
             backoff: None,
+            last_take: None,
         }
     }
 
@@ -369,11 +377,13 @@ impl State {
             let supply = c.ready + c.unverified + c.building + c.resetting;
             let waiting = pool.waiters.len() as u32;
             let mut want = (pool.target() + waiting).saturating_sub(supply);
-            if let Some(backoff) = pool.backoff.filter(|b| b.until > clock.now) {
-                // While failing, only takes that wait make a build start early.
+            // While failing, or right after a take, only takes that wait
+            // make a build start early.
+            let hold = pool.backoff.map(|b| b.until).into_iter().chain(pool.last_take.map(|t| t + REPLENISH_DELAY));
+            if let Some(until) = hold.filter(|until| *until > clock.now).max() {
                 let for_waiters = waiting.saturating_sub(c.building + c.resetting);
                 if want > for_waiters {
-                    soonest(backoff.until);
+                    soonest(until);
                 }
                 want = want.min(for_waiters);
             }
@@ -497,6 +507,18 @@ mod tests {
         let later = Clock { now: until, now_ms: c.now_ms + 5000 };
         let (actions, _) = state.plan(later, 4, ids());
         assert_eq!(builds(&actions), 2, "after the backoff, back to the target");
+    }
+
+    #[test]
+    fn replacements_wait_a_moment_after_a_take() {
+        let mut state = state_with(&[def("a", 2)]);
+        let c = clock();
+        state.pools.get_mut("a").unwrap().last_take = Some(c.now);
+        let (actions, wake) = state.plan(c, 4, ids());
+        assert_eq!(builds(&actions), 0);
+        assert_eq!(wake, Some(c.now + REPLENISH_DELAY));
+        let later = Clock { now: c.now + REPLENISH_DELAY, now_ms: c.now_ms + 200 };
+        assert_eq!(builds(&state.plan(later, 4, ids()).0), 2);
     }
 
     #[test]
