@@ -646,3 +646,57 @@ fn draining_shutdown_and_restart() {
     assert_eq!(json_of(&out)["drain"], true);
     assert!(wait_for(Duration::from_secs(20), || state.run(&["daemon", "status"]).status.code() == Some(3)));
 }
+
+// --- busy work, counted: pool builds ------------------------------------------------
+
+/// Defines a pool whose build waits until `gate` exists.
+fn define_gated_pool(state: &StateDir, gate: &Path) {
+    let create = format!("sh -c 'while [ ! -e {} ]; do sleep 0.02; done; mkdir -p {{path}}'", gate.display());
+    let out = state.run(&["pool", "define", "gated", "--create", &create, "--size", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+fn builds_running(state: &StateDir) -> u64 {
+    let out = state.run(&["--json", "--no-spawn", "status"]);
+    serde_json::from_slice::<Value>(&out.stdout)
+        .ok()
+        .and_then(|s| s["services"]["pool"]["builds_running"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn idle_exit_waits_for_a_pool_build() {
+    let state = StateDir::new();
+    let gate = state.dir.path().join("gate");
+    let mut daemon = state.start(&["--idle-timeout", "300ms", "--heartbeat-interval", "100ms"]);
+    define_gated_pool(&state, &gate);
+    assert!(wait_for(Duration::from_secs(10), || builds_running(&state) == 1), "the build started");
+    // No client, but a build under way: heartbeats go on well past the idle timeout.
+    let cycle = |s: &StateDir| heartbeat(s).and_then(|h| h["cycle"].as_u64()).unwrap_or(0);
+    let start = cycle(&state);
+    assert!(wait_for(Duration::from_secs(20), || cycle(&state) >= start + 15));
+    assert!(daemon.child.as_mut().unwrap().try_wait().unwrap().is_none(), "exited while a build ran");
+    std::fs::write(&gate, "").unwrap();
+    assert_eq!(daemon.wait_exit(Duration::from_secs(20)), Some(0), "idle once the build is done");
+}
+
+#[test]
+fn a_draining_shutdown_waits_for_running_builds() {
+    let state = StateDir::new();
+    let gate = state.dir.path().join("gate");
+    let mut daemon = state.start(&["--heartbeat-interval", "100ms"]);
+    define_gated_pool(&state, &gate);
+    assert!(wait_for(Duration::from_secs(10), || builds_running(&state) == 1));
+    let out = state.run(&["--json", "shutdown", "--drain"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Still serving, and saying why it has not stopped.
+    let cycle = |s: &StateDir| heartbeat(s).and_then(|h| h["cycle"].as_u64()).unwrap_or(0);
+    let start = cycle(&state);
+    assert!(wait_for(Duration::from_secs(20), || cycle(&state) >= start + 10));
+    let status: Value = json_of(&state.run(&["--json", "--no-spawn", "status"]));
+    let reasons = status["health"]["reasons"].as_array().unwrap();
+    assert!(reasons.iter().any(|r| r["code"] == "draining"), "{reasons:?}");
+    assert!(daemon.child.as_mut().unwrap().try_wait().unwrap().is_none());
+    std::fs::write(&gate, "").unwrap();
+    assert_eq!(daemon.wait_exit(Duration::from_secs(20)), Some(0), "stops once the build finished");
+}

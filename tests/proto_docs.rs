@@ -9,6 +9,7 @@ use hearth::protocol::Request;
 use hearth::protocol::error::ErrorCode;
 use hearth::protocol::handshake::{Handshake, HandshakeReply};
 use hearth::protocol::info::{DaemonInfo, Heartbeat, LaunchReport};
+use hearth::protocol::pool::{PoolRequest, PoolResponse};
 use hearth::protocol::status::{StatusRequest, StatusResponse};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -27,7 +28,7 @@ fn roundtrip<T: Serialize + DeserializeOwned>(text: &str) -> Result<(), String> 
 
 /// The request types of each channel, for the coverage check.
 fn request_types() -> BTreeMap<&'static str, &'static [&'static str]> {
-    BTreeMap::from([("status", StatusRequest::TYPES)])
+    BTreeMap::from([("status", StatusRequest::TYPES), ("pool", PoolRequest::TYPES)])
 }
 
 fn check(tag: &str, text: &str) -> Result<(), String> {
@@ -36,6 +37,8 @@ fn check(tag: &str, text: &str) -> Result<(), String> {
         "frame.handshake_reply" => roundtrip::<HandshakeReply>(text),
         "status.request" => roundtrip::<StatusRequest>(text),
         "status.response" => roundtrip::<StatusResponse>(text),
+        "pool.request" => roundtrip::<PoolRequest>(text),
+        "pool.response" => roundtrip::<PoolResponse>(text),
         "info" => roundtrip::<DaemonInfo>(text),
         "launch" => roundtrip::<LaunchReport>(text),
         "heartbeat" => roundtrip::<Heartbeat>(text),

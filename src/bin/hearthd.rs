@@ -61,6 +61,9 @@ struct Args {
 
     #[command(flatten)]
     lifecycle: LifecycleFlags,
+
+    #[command(flatten)]
+    pool: PoolFlags,
 }
 
 /// The daemon process (each also a `[daemon]` key in config.toml).
@@ -131,6 +134,31 @@ impl LifecycleFlags {
     }
 }
 
+/// Pools (each also a `[pool]` key in config.toml).
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Pools")]
+struct PoolFlags {
+    /// Builds (and resets) running at once, all pools together [default: 1]
+    #[arg(long, env = "HEARTH_POOL_MAX_CONCURRENT_BUILDS", value_name = "N")]
+    pool_max_concurrent_builds: Option<u32>,
+    /// Longest delay between retries of a failing build [default: 5m]
+    #[arg(long, env = "HEARTH_POOL_RETRY_MAX", value_name = "DURATION")]
+    pool_retry_max: Option<HumanDuration>,
+}
+
+impl PoolFlags {
+    fn overrides(&self) -> Vec<Override> {
+        let mut out = Vec::new();
+        if let Some(n) = self.pool_max_concurrent_builds {
+            out.push(Override { key: "pool.max_concurrent_builds", value: n.to_string() });
+        }
+        if let Some(d) = self.pool_retry_max {
+            out.push(Override { key: "pool.retry_max", value: d.to_string() });
+        }
+        out
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let paths = match Paths::resolve(args.state_dir.clone(), args.socket.clone()) {
@@ -141,7 +169,9 @@ fn main() -> ExitCode {
         Some(file) => (file.clone(), true),
         None => (paths.config_file(), false),
     };
-    let overrides: Vec<Override> = args.server.overrides().into_iter().chain(args.lifecycle.overrides()).collect();
+    let mut overrides = args.server.overrides();
+    overrides.extend(args.lifecycle.overrides());
+    overrides.extend(args.pool.overrides());
     let config = match Config::load(&config_file, required, &overrides) {
         Ok(config) => config,
         Err(e) => return fail(args.detach, "config_invalid", &e.to_string()),

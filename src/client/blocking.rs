@@ -24,6 +24,7 @@ use tokio::runtime::{Builder, Runtime};
 use super::{ClientError, ConnectOptions, EnsureOptions, Ensured};
 use crate::protocol::ChannelProtocol;
 use crate::protocol::handshake::DaemonIdent;
+use crate::protocol::pool::{Lease, LeaseId, PoolChannel};
 use crate::protocol::status::{StatusChannel, StatusReport};
 
 fn runtime() -> Result<Runtime, ClientError> {
@@ -44,6 +45,9 @@ pub struct Client<C: ChannelProtocol> {
 
 /// A blocking client of the `status` channel.
 pub type StatusClient = Client<StatusChannel>;
+
+/// A blocking client of the `pool` channel.
+pub type PoolClient = Client<PoolChannel>;
 
 impl<C: ChannelProtocol> Client<C> {
     /// Connects to `socket` with default options.
@@ -89,5 +93,22 @@ impl Client<StatusChannel> {
     /// Asks the daemon to stop gracefully; returns its grace period.
     pub fn shutdown(&mut self, reason: Option<String>) -> Result<Duration, ClientError> {
         self.runtime.block_on(self.inner.shutdown(reason))
+    }
+}
+
+impl Client<PoolChannel> {
+    /// Takes a resource: a ready one at once, else one built on demand.
+    pub fn take(&mut self, pool: &str) -> Result<Lease, ClientError> {
+        self.runtime.block_on(self.inner.take(pool))
+    }
+
+    /// Takes a resource, waiting at most `timeout` for an on-demand build.
+    pub fn take_within(&mut self, pool: &str, timeout: Duration) -> Result<Lease, ClientError> {
+        self.runtime.block_on(self.inner.take_within(pool, timeout))
+    }
+
+    /// Gives a resource back (reset and reused, or removed).
+    pub fn release(&mut self, lease: &LeaseId, reuse: bool) -> Result<super::pool::Released, ClientError> {
+        self.runtime.block_on(self.inner.release(lease, reuse))
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::pool::settings::{PoolEntry, PoolSettings};
 use crate::protocol::frame::DEFAULT_MAX_FRAME;
 use crate::units::{ByteSize, HumanDuration};
 
@@ -46,6 +47,8 @@ pub struct Config {
     pub health: HealthConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The pool service and the pools defined in this file.
+    pub pool: PoolSettings,
 }
 
 /// Connection handling and its limits.
@@ -210,7 +213,7 @@ impl Config {
                 return Err(format!("{key} must be longer than 0s"));
             }
         }
-        Ok(())
+        self.pool.validate()
     }
 
     /// The configuration as a `config.toml` document.

@@ -34,6 +34,7 @@ pub mod detach;
 pub mod fsutil;
 pub mod logging;
 pub mod notify;
+pub mod pool;
 pub mod random;
 mod router;
 mod server;

@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use tokio::net::UnixStream;
 
+use super::pool::{PoolHolder, PoolService};
 use super::session::Session;
-use super::{Shared, bump, server, status};
+use super::{Shared, bump, pool, server, status};
 use crate::connection::Connection;
 use crate::protocol::frame::FrameError;
 use crate::protocol::handshake::{Accepted, Channel, Handshake, HandshakeReply, Refused};
@@ -88,12 +89,17 @@ pub(crate) async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
     }
     match route {
         Route::Status => status::serve(Session::new(conn, shared)).await,
+        Route::Pool(service) => {
+            let holder = PoolHolder { client: handshake.client, pid: peer.pid().and_then(|p| u32::try_from(p).ok()) };
+            pool::serve(Session::new(conn, shared), service, holder).await;
+        }
     }
 }
 
 /// The handler a channel's connections go to.
 pub(crate) enum Route {
     Status,
+    Pool(std::sync::Arc<PoolService>),
 }
 
 /// Where `channel` goes, or why it cannot be opened: this is the one place
@@ -107,6 +113,9 @@ pub(crate) fn route(shared: &Shared, channel: Channel) -> Result<Route, WireErro
     }
     match channel {
         Channel::Status => Ok(Route::Status),
+        Channel::Pool if shared.services.pool.is_some() => {
+            Ok(Route::Pool(shared.services.pool.clone().expect("checked")))
+        }
         Channel::Pool | Channel::Queue | Channel::Blob => Err(WireError::new(
             ErrorCode::ChannelUnavailable,
             format!("the {channel} channel is not available in hearthd {}", super::VERSION),

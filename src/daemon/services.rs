@@ -4,6 +4,9 @@
 //! channels keep serving, its channel is refused with `channel_unavailable`
 //! naming the failure, and health is `unhealthy` until a restart fixes it.
 
+use std::sync::Arc;
+
+use super::pool::PoolService;
 use crate::paths::Paths;
 use crate::protocol::handshake::Channel;
 use crate::protocol::info::Endpoints;
@@ -17,17 +20,23 @@ use super::notify::Notifier;
 pub(crate) struct Services {
     /// Services that could not start, and why.
     failed: Vec<(Channel, String)>,
+    /// Prewarmed resources.
+    pub(crate) pool: Option<Arc<PoolService>>,
 }
 
 impl Services {
     /// Starts every enabled service. Long recovery work extends the service
     /// manager's start-up timeout through `notifier`.
-    pub(crate) async fn start(_config: &Config, _paths: &Paths, _notifier: &Notifier) -> Services {
-        Services::default()
+    pub(crate) async fn start(config: &Config, paths: &Paths, _notifier: &Notifier) -> Services {
+        let mut services = Services::default();
+        match PoolService::start(config, paths).await {
+            Ok(pool) => services.pool = Some(pool),
+            Err(e) => services.fail(Channel::Pool, e),
+        }
+        services
     }
 
     /// Records that `channel`'s service could not start.
-    #[allow(dead_code)] // the first service to start will use it
     fn fail(&mut self, channel: Channel, error: impl std::fmt::Display) {
         let message = error.to_string();
         tracing::error!(channel = %channel, "the {channel} service cannot start: {message}");
@@ -48,11 +57,14 @@ impl Services {
                 message: format!("the {channel} service could not start: {message}"),
             });
         }
+        if let Some(pool) = &self.pool {
+            pool.health_reasons(reasons);
+        }
     }
 
     /// One summary per running service.
     pub(crate) fn summaries(&self) -> ServiceSummaries {
-        ServiceSummaries {}
+        ServiceSummaries { pool: self.pool.as_ref().map(|p| p.summary()) }
     }
 
     /// Endpoints for `daemon.json` and `status`.
@@ -63,20 +75,36 @@ impl Services {
     /// What keeps the daemon from being idle (running or queued jobs, pool
     /// builds), if anything.
     pub(crate) fn busy(&self) -> Option<String> {
-        None
+        self.pool.as_ref().and_then(|p| p.busy())
     }
 
     /// Proves every service makes progress (its loops answer).
     pub(crate) async fn probe(&self) -> Result<(), String> {
+        if let Some(pool) = &self.pool {
+            pool.probe().await?;
+        }
         Ok(())
     }
 
     /// Appends a short summary of each service to a `STATUS=` line.
-    pub(crate) fn status_line(&self, _line: &mut String) {}
+    pub(crate) fn status_line(&self, line: &mut String) {
+        if let Some(pool) = &self.pool {
+            pool.status_line(line);
+        }
+    }
 
     /// Lets running work finish (no new work starts), for at most `timeout`.
-    pub(crate) async fn drain(&self, _timeout: std::time::Duration) {}
+    pub(crate) async fn drain(&self, timeout: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        if let Some(pool) = &self.pool {
+            pool.drain_builds(deadline).await;
+        }
+    }
 
     /// Stops every service, after the connections have been drained.
-    pub(crate) async fn shutdown(&self) {}
+    pub(crate) async fn shutdown(&self) {
+        if let Some(pool) = &self.pool {
+            pool.shutdown().await;
+        }
+    }
 }

@@ -73,6 +73,22 @@ error_codes! {
     InvalidRequest => "invalid_request",
     /// The daemon failed in a way that is not the request's fault; the log has details.
     Internal => "internal",
+    // The pool channel.
+    /// No pool of that name is defined.
+    UnknownPool => "unknown_pool",
+    /// No resource is held under that lease (never issued, or already released).
+    UnknownLease => "unknown_lease",
+    /// No resource became ready within the take's timeout.
+    TakeTimeout => "take_timeout",
+    /// The build a take waited for failed; the message carries its error.
+    BuildFailed => "build_failed",
+    /// A pool definition is invalid; the message names the field.
+    InvalidDefinition => "invalid_definition",
+    /// The pool's definition comes from config.toml or is built in, so it
+    /// cannot be removed at run time.
+    NotRuntimeDefined => "not_runtime_defined",
+    /// The daemon already has its maximum number of pools.
+    TooManyPools => "too_many_pools",
 }
 
 impl fmt::Display for ErrorCode {

@@ -190,4 +190,8 @@ pub struct HealthReason {
 
 /// Per-service summaries; a service that does not run is absent.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ServiceSummaries {}
+pub struct ServiceSummaries {
+    /// The pool service: each pool in short.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<super::pool::PoolSummary>,
+}

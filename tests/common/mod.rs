@@ -59,6 +59,13 @@ impl StateDir {
         self.paths.socket()
     }
 
+    /// Writes `<state-dir>/config.toml`, creating the state directory (0700).
+    pub fn write_config(&self, text: &str) {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(self.state_dir()).expect("state dir");
+        std::fs::write(self.paths.config_file(), text).expect("config.toml");
+    }
+
     /// The `hearth` CLI pointed at this state directory, with a clean environment.
     pub fn hearth(&self) -> Command {
         let mut cmd = Command::new(hearth_bin());
@@ -106,13 +113,6 @@ impl StateDir {
         let mut daemon = Daemon { child: Some(child), log, socket: self.socket().to_owned() };
         daemon.wait_ready();
         daemon
-    }
-
-    /// Writes `config.toml` (creating the state directory, 0700).
-    pub fn write_config(&self, text: &str) {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(self.state_dir()).expect("state dir");
-        std::fs::write(self.paths.config_file(), text).expect("config.toml");
     }
 }
 

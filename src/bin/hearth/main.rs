@@ -12,6 +12,7 @@ mod daemon_cmd;
 mod doctor_cmd;
 mod error;
 mod output;
+mod pool_cmd;
 mod service_cmd;
 mod status_cmd;
 
@@ -74,6 +75,9 @@ enum Command {
     Daemon(daemon_cmd::DaemonCommand),
     /// Check a state directory and a service install; print each problem and its fix
     Doctor(doctor_cmd::DoctorArgs),
+    /// Prewarmed resources (Python environments, scratch directories): take, release, warm, define
+    #[command(subcommand)]
+    Pool(pool_cmd::PoolCommand),
 }
 
 /// What every command needs: where the daemon is and how to print.
@@ -99,7 +103,6 @@ impl Ctx {
     }
 
     /// Connects, starting the daemon first when none runs (unless --no-spawn).
-    #[allow(dead_code)] // used by the channel command groups
     pub(crate) async fn connect_or_spawn<C: ChannelProtocol>(&self) -> Result<Client<C>, CliError> {
         match Client::connect_with(&self.connect_options()).await {
             Err(e) if e.is_not_running() && !self.no_spawn => {
@@ -142,6 +145,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
             Command::Shutdown(args) => status_cmd::shutdown(ctx, args).await,
             Command::Daemon(command) => daemon_cmd::run(ctx, command).await,
             Command::Doctor(args) => doctor_cmd::doctor(ctx, &args).await,
+            Command::Pool(command) => pool_cmd::run(ctx, command).await,
         }
     })
 }

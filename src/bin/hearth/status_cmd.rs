@@ -80,6 +80,20 @@ pub(crate) fn print_report(r: &StatusReport) {
         ),
         ("channels", r.channels.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")),
     ];
+    if let Some(pool) = &r.services.pool {
+        let pools: Vec<String> = pool
+            .pools
+            .iter()
+            .filter(|(_, p)| p.target + p.ready + p.building + p.taken > 0 || p.failures > 0)
+            .map(|(name, p)| {
+                let failing =
+                    if p.failures > 0 { format!(", {} failed builds in a row", p.failures) } else { String::new() };
+                format!("{name} {}/{} ready, {} taken{failing}", p.ready, p.target, p.taken)
+            })
+            .collect();
+        let shown = if pools.is_empty() { "none in use".to_owned() } else { pools.join("; ") };
+        rows.push(("pools", shown));
+    }
     for reason in &r.health.reasons {
         rows.push(("reason", format!("{} [{}]: {}", reason.code, reason.severity.as_str(), reason.message)));
     }
