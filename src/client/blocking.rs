@@ -24,6 +24,7 @@ use tokio::runtime::{Builder, Runtime};
 use super::{ClientError, ConnectOptions, EnsureOptions, Ensured};
 use crate::protocol::ChannelProtocol;
 use crate::protocol::handshake::DaemonIdent;
+use crate::protocol::queue::{Job, JobSpec, QueueChannel};
 use crate::protocol::status::{StatusChannel, StatusReport};
 
 fn runtime() -> Result<Runtime, ClientError> {
@@ -44,6 +45,9 @@ pub struct Client<C: ChannelProtocol> {
 
 /// A blocking client of the `status` channel.
 pub type StatusClient = Client<StatusChannel>;
+
+/// A blocking client of the `queue` channel.
+pub type QueueClient = Client<QueueChannel>;
 
 impl<C: ChannelProtocol> Client<C> {
     /// Connects to `socket` with default options.
@@ -89,5 +93,17 @@ impl Client<StatusChannel> {
     /// Asks the daemon to stop gracefully; returns its grace period.
     pub fn shutdown(&mut self, reason: Option<String>) -> Result<Duration, ClientError> {
         self.runtime.block_on(self.inner.shutdown(reason))
+    }
+}
+
+impl Client<QueueChannel> {
+    /// Submits a job; returns once it is durable.
+    pub fn submit(&mut self, spec: JobSpec) -> Result<super::Submitted, ClientError> {
+        self.runtime.block_on(self.inner.submit(spec))
+    }
+
+    /// Waits until the job ends; returns it.
+    pub fn wait(&mut self, id: u64) -> Result<Job, ClientError> {
+        self.runtime.block_on(self.inner.wait(id, |_| {}))
     }
 }

@@ -33,6 +33,7 @@ pub mod config;
 pub mod detach;
 pub mod fsutil;
 pub mod logging;
+pub mod queue;
 pub mod random;
 mod router;
 mod server;

@@ -84,12 +84,14 @@ pub(crate) async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
     }
     match route {
         Route::Status => status::serve(Session::new(conn, shared)).await,
+        Route::Queue(queue) => super::queue::serve(Session::new(conn, shared), queue).await,
     }
 }
 
 /// The handler a channel's connections go to.
 pub(crate) enum Route {
     Status,
+    Queue(Arc<super::queue::QueueService>),
 }
 
 /// Where `channel` goes, or why it cannot be opened: this is the one place
@@ -103,6 +105,9 @@ pub(crate) fn route(shared: &Shared, channel: Channel) -> Result<Route, WireErro
     }
     match channel {
         Channel::Status => Ok(Route::Status),
+        Channel::Queue if shared.services.queue.is_some() => {
+            Ok(Route::Queue(shared.services.queue.clone().expect("checked")))
+        }
         Channel::Pool | Channel::Queue | Channel::Blob => Err(WireError::new(
             ErrorCode::ChannelUnavailable,
             format!("the {channel} channel is not available in hearthd {}", super::VERSION),

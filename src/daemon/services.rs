@@ -4,6 +4,9 @@
 //! channels keep serving, its channel is refused with `channel_unavailable`
 //! naming the failure, and health is `unhealthy` until a restart fixes it.
 
+use std::sync::Arc;
+
+use super::queue::{QueueService, SystemClock};
 use crate::paths::Paths;
 use crate::protocol::handshake::Channel;
 use crate::protocol::info::Endpoints;
@@ -14,18 +17,26 @@ use super::Config;
 /// Every service of one daemon.
 #[derive(Debug, Default)]
 pub(crate) struct Services {
+    /// The job queue, when enabled and started.
+    pub(crate) queue: Option<Arc<QueueService>>,
     /// Services that could not start, and why.
     failed: Vec<(Channel, String)>,
 }
 
 impl Services {
     /// Starts every enabled service.
-    pub(crate) async fn start(_config: &Config, _paths: &Paths) -> Services {
-        Services::default()
+    pub(crate) async fn start(config: &Config, paths: &Paths) -> Services {
+        let mut services = Services::default();
+        if config.queue.enabled {
+            match QueueService::start(&config.queue, paths.state_dir(), Arc::new(SystemClock)).await {
+                Ok(queue) => services.queue = Some(queue),
+                Err(e) => services.fail(Channel::Queue, e),
+            }
+        }
+        services
     }
 
     /// Records that `channel`'s service could not start.
-    #[allow(dead_code)] // the first service to start will use it
     fn fail(&mut self, channel: Channel, error: impl std::fmt::Display) {
         let message = error.to_string();
         tracing::error!(channel = %channel, "the {channel} service cannot start: {message}");
@@ -46,11 +57,14 @@ impl Services {
                 message: format!("the {channel} service could not start: {message}"),
             });
         }
+        if let Some(queue) = &self.queue {
+            queue.health_reasons(reasons);
+        }
     }
 
     /// One summary per running service.
     pub(crate) fn summaries(&self) -> ServiceSummaries {
-        ServiceSummaries {}
+        ServiceSummaries { queue: self.queue.as_ref().map(|q| q.summary()) }
     }
 
     /// Endpoints for `daemon.json` and `status`.
@@ -59,5 +73,9 @@ impl Services {
     }
 
     /// Stops every service, after the connections have been drained.
-    pub(crate) async fn shutdown(&self) {}
+    pub(crate) async fn shutdown(&self) {
+        if let Some(queue) = &self.queue {
+            queue.shutdown().await;
+        }
+    }
 }

@@ -74,6 +74,7 @@ pub mod error;
 pub mod frame;
 pub mod handshake;
 pub mod info;
+pub mod queue;
 pub mod status;
 
 pub use error::{ErrorCode, WireError};

@@ -183,4 +183,25 @@ pub struct HealthReason {
 
 /// Per-service summaries; a service that does not run is absent.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ServiceSummaries {}
+pub struct ServiceSummaries {
+    /// The job queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueSummary>,
+}
+
+/// The queue service at a glance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSummary {
+    /// Jobs waiting to run (queued or waiting for a retry).
+    pub pending: u64,
+    /// Jobs running now.
+    pub running: u64,
+    /// Jobs in the dead-letter queue.
+    pub dead: u64,
+    /// Workers in the pool.
+    pub workers: u32,
+    /// Age of the oldest job that could run but waits for a worker.
+    pub oldest_queued_ms: Option<u64>,
+    /// Where a corrupt or unopenable store was moved at start-up, if it was.
+    pub store_moved_to: Option<String>,
+}

@@ -11,6 +11,7 @@ use hearth::protocol::ChannelProtocol;
 mod daemon_cmd;
 mod error;
 mod output;
+mod queue_cmd;
 mod status_cmd;
 
 use error::CliError;
@@ -70,6 +71,12 @@ enum Command {
     /// Start, stop and inspect the daemon process
     #[command(subcommand)]
     Daemon(daemon_cmd::DaemonCommand),
+    /// The durable job queue: submit commands to run in the background, with retries
+    #[command(subcommand)]
+    Queue(queue_cmd::QueueCommand),
+    /// Run a command through the queue and stream its output here; exit with its status
+    #[command(after_help = queue_cmd::JOB_EXIT_HELP)]
+    Run(queue_cmd::SubmitArgs),
 }
 
 /// What every command needs: where the daemon is and how to print.
@@ -95,7 +102,6 @@ impl Ctx {
     }
 
     /// Connects, starting the daemon first when none runs (unless --no-spawn).
-    #[allow(dead_code)] // used by the channel command groups
     pub(crate) async fn connect_or_spawn<C: ChannelProtocol>(&self) -> Result<Client<C>, CliError> {
         match Client::connect_with(&self.connect_options()).await {
             Err(e) if e.is_not_running() && !self.no_spawn => {
@@ -137,6 +143,8 @@ fn run(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
             Command::Status => status_cmd::status(ctx).await,
             Command::Shutdown(args) => status_cmd::shutdown(ctx, args).await,
             Command::Daemon(command) => daemon_cmd::run(ctx, command).await,
+            Command::Queue(command) => queue_cmd::run(ctx, command).await,
+            Command::Run(args) => queue_cmd::run_attached(ctx, args).await,
         }
     })
 }

@@ -77,6 +77,12 @@ pub(crate) fn print_report(r: &StatusReport) {
         ),
         ("channels", r.channels.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")),
     ];
+    if let Some(q) = &r.services.queue {
+        rows.push((
+            "queue",
+            format!("{} pending, {} running, {} dead; {} workers", q.pending, q.running, q.dead, q.workers),
+        ));
+    }
     for reason in &r.health.reasons {
         rows.push(("reason", format!("{} [{}]: {}", reason.code, reason.severity.as_str(), reason.message)));
     }
