@@ -102,8 +102,6 @@ pub struct QueueConfig {
     pub enabled: bool,
     /// Attempts run at once; 0 means the number of CPUs.
     pub workers: u32,
-    /// Attempts run at once per queue, for the queues listed (`{ build = 1 }`).
-    pub limits: std::collections::BTreeMap<String, u32>,
     /// Attempts before a job is dead, when the submit does not say.
     pub max_attempts: u32,
     /// Backoff before the first retry, when the submit does not say.
@@ -126,6 +124,8 @@ pub struct QueueConfig {
     pub keep_finished_count: u64,
     /// Health is degraded when a runnable job has waited this long for a worker.
     pub backlog_threshold: HumanDuration,
+    /// Attempts run at once per queue, for the queues listed (`{ build = 1 }`).
+    pub limits: std::collections::BTreeMap<String, u32>,
 }
 
 impl Default for QueueConfig {
@@ -133,7 +133,6 @@ impl Default for QueueConfig {
         Self {
             enabled: true,
             workers: 0,
-            limits: Default::default(),
             max_attempts: 3,
             backoff_base: HumanDuration(Duration::from_secs(1)),
             backoff_cap: HumanDuration(Duration::from_secs(300)),
@@ -145,6 +144,7 @@ impl Default for QueueConfig {
             keep_finished: HumanDuration(Duration::from_secs(7 * 24 * 3600)),
             keep_finished_count: 10_000,
             backlog_threshold: HumanDuration(Duration::from_secs(600)),
+            limits: Default::default(),
         }
     }
 }

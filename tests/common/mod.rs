@@ -59,6 +59,13 @@ impl StateDir {
         self.paths.socket()
     }
 
+    /// Creates the state directory (0700) and writes `config.toml` into it.
+    pub fn write_config(&self, text: &str) {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(self.state_dir()).expect("state dir");
+        std::fs::write(self.paths.config_file(), text).expect("config.toml");
+    }
+
     /// The `hearth` CLI pointed at this state directory, with a clean environment.
     pub fn hearth(&self) -> Command {
         let mut cmd = Command::new(hearth_bin());
@@ -259,6 +266,18 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
             !zombie && String::from_utf8_lossy(&cmdline).contains(needle)
         })
         .collect()
+}
+
+/// Whether any process of the group `pgid` exists (Linux: scans /proc).
+pub fn group_alive(pgid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return false };
+    entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).any(|pid| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let Some((_, rest)) = stat.rsplit_once(')') else { return false };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // state is field 3, pgrp field 5 (1-based; `rest` starts at field 3).
+        fields.first().is_some_and(|s| *s != "Z") && fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid)
+    })
 }
 
 /// Stdout of an output, as text.

@@ -227,7 +227,28 @@ fn classify(e: &rusqlite::Error) -> Failure {
     }
 }
 
+/// The first 16 bytes of every SQLite database file.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// Refuses a non-empty file that is not an SQLite database before SQLite
+/// sees it: SQLite would otherwise clean up (delete) a `-wal` beside it.
+fn check_header(path: &Path) -> Result<(), Failure> {
+    use std::io::Read;
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Failure::Transient(format!("cannot read {path:?}: {e}"))),
+    };
+    let mut header = Vec::with_capacity(16);
+    (&mut file).take(16).read_to_end(&mut header).map_err(|e| Failure::Transient(e.to_string()))?;
+    if header.is_empty() || header == SQLITE_HEADER {
+        return Ok(());
+    }
+    Err(Failure::Broken("the file is not an SQLite database".into()))
+}
+
 fn try_open(path: &Path) -> Result<Connection, Failure> {
+    check_header(path)?;
     let mut conn = open_connection(path).map_err(|e| classify(&e))?;
     let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(|e| classify(&e))?;
     if check != "ok" {
@@ -532,5 +553,64 @@ impl Readers {
             idle.push(conn);
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_connection_gets_the_pragmas() {
+        let dir = tempfile::tempdir().unwrap();
+        let opened = open_store(dir.path(), 1).unwrap();
+        assert!(opened.recovery.is_none());
+        // A second, independent connection (as a reader opens one).
+        let second = open_connection(&dir.path().join(DB_FILE)).unwrap();
+        for conn in [&opened.conn, &second] {
+            let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+            assert_eq!(mode, "wal");
+            let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+            assert_eq!(sync, 2, "synchronous=FULL");
+            let fk: i64 = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0)).unwrap();
+            assert_eq!(fk, 1);
+            let busy: i64 = conn.query_row("PRAGMA busy_timeout", [], |r| r.get(0)).unwrap();
+            assert_eq!(busy, BUSY_TIMEOUT.as_millis() as i64);
+            let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+            assert_eq!(version, SCHEMA_VERSION);
+        }
+    }
+
+    #[test]
+    fn a_garbage_store_is_moved_aside_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = b"this is not a database, but somebody's data all the same".repeat(100);
+        std::fs::write(dir.path().join(DB_FILE), &garbage).unwrap();
+        std::fs::write(dir.path().join(format!("{DB_FILE}-wal")), b"wal garbage").unwrap();
+
+        let opened = open_store(dir.path(), 1_795_000_000_123).unwrap();
+        let recovery = opened.recovery.expect("a recovery is reported");
+        assert!(recovery.moved_to.ends_with("queue.db.corrupt-1795000000123"), "{}", recovery.moved_to);
+        assert!(!recovery.reason.is_empty());
+        assert_eq!(std::fs::read(&recovery.moved_to).unwrap(), garbage, "the old bytes are kept as they were");
+        assert_eq!(std::fs::read(format!("{}-wal", recovery.moved_to)).unwrap(), b"wal garbage");
+        // The fresh store works.
+        let n: i64 = opened.conn.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 0);
+        drop(opened.conn);
+        assert!(open_store(dir.path(), 2).unwrap().recovery.is_none(), "the fresh store opens cleanly next time");
+    }
+
+    #[test]
+    fn a_store_from_a_newer_hearth_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open_store(dir.path(), 1).unwrap());
+        let conn = open_connection(&dir.path().join(DB_FILE)).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = open_store(dir.path(), 2).unwrap_err();
+        assert!(matches!(err, OpenError::TooNew { found: 99, .. }), "{err}");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(!names.iter().any(|n| n.to_string_lossy().contains("corrupt")), "{names:?}");
     }
 }

@@ -537,3 +537,126 @@ fn prune(
     }
     Ok(ids)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::daemon::queue::store::ManualClock;
+
+    const DAY: u64 = 24 * 3600 * 1000;
+
+    fn writer(dir: &std::path::Path, clock: Arc<ManualClock>) -> Writer {
+        let opened = store::open_store(dir, clock.now_ms()).unwrap();
+        Writer::spawn(opened.conn, clock, Box::new(|_| {})).unwrap()
+    }
+
+    fn new_job(argv: &[&str], key: Option<&str>) -> Box<NewJob> {
+        Box::new(NewJob {
+            queue: "default".into(),
+            priority: 0,
+            argv: argv.iter().map(|s| (*s).to_owned()).collect(),
+            env: BTreeMap::new(),
+            cwd: "/".into(),
+            input: None,
+            key: key.map(str::to_owned),
+            max_attempts: 3,
+            timeout_ms: None,
+            backoff_base_ms: 1000,
+            backoff_cap_ms: 60_000,
+            run_at_ms: None,
+            key_retention_ms: DAY,
+        })
+    }
+
+    async fn submit(w: &Writer, job: Box<NewJob>) -> Result<(Job, bool), WireError> {
+        match w.call(Op::Submit(job)).await? {
+            Reply::Submitted { job, deduplicated } => Ok((job, deduplicated)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn idempotency_keys_dedupe_conflict_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let w = writer(dir.path(), clock.clone());
+        let (first, dup) = submit(&w, new_job(&["true"], Some("k"))).await.unwrap();
+        assert!(!dup);
+        let (again, dup) = submit(&w, new_job(&["true"], Some("k"))).await.unwrap();
+        assert!(dup);
+        assert_eq!(again, first);
+        let err = submit(&w, new_job(&["false"], Some("k"))).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::IdempotencyConflict);
+        // Another queue has its own keys.
+        let mut other = new_job(&["false"], Some("k"));
+        other.queue = "other".into();
+        assert!(!submit(&w, other).await.unwrap().1);
+
+        clock.advance(Duration::from_millis(DAY - 1));
+        assert!(submit(&w, new_job(&["true"], Some("k"))).await.unwrap().1, "still inside the window");
+        clock.advance(Duration::from_millis(1));
+        let (later, dup) = submit(&w, new_job(&["false"], Some("k"))).await.unwrap();
+        assert!(!dup, "the key expired with its window");
+        assert_ne!(later.id, first.id);
+        w.close();
+    }
+
+    #[tokio::test]
+    async fn failures_back_off_then_die_and_interruptions_do_not_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let w = writer(dir.path(), clock.clone());
+        let (job, _) = submit(&w, new_job(&["false"], None)).await.unwrap();
+        let failed = || AttemptEnd::without_output(Outcome::Failed, "exited with status 1".into());
+        let mut expected_max = 1000;
+        for k in 1..=3u32 {
+            let Reply::Started(n) = w.call(Op::Start { id: job.id, pid: 1, pid_start_time: None }).await.unwrap()
+            else {
+                panic!()
+            };
+            let Reply::Job(after) = w.call(Op::Finish { id: job.id, n: Some(n), end: failed() }).await.unwrap() else {
+                panic!()
+            };
+            assert_eq!(after.attempts, k);
+            if k < 3 {
+                assert_eq!(after.state, JobState::RetryWait);
+                let delay = after.run_at_ms - clock.now_ms();
+                assert!((expected_max / 2..=expected_max).contains(&delay), "retry {k}: {delay}ms");
+                expected_max *= 2;
+                // An interruption (daemon stop) requeues without counting.
+                w.call(Op::Start { id: job.id, pid: 1, pid_start_time: None }).await.unwrap();
+                let end = AttemptEnd::without_output(Outcome::Interrupted, "stopped".into());
+                let Reply::Job(again) = w.call(Op::Finish { id: job.id, n: Some(n + 1), end }).await.unwrap() else {
+                    panic!()
+                };
+                assert_eq!((again.state, again.attempts), (JobState::Queued, k));
+            } else {
+                assert_eq!(after.state, JobState::Dead);
+                assert_eq!(after.last_error.as_deref(), Some("exited with status 1"));
+            }
+        }
+        let Reply::Ids(ids) = w.call(Op::Retry(Selection { ids: vec![job.id], ..Default::default() })).await.unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(ids, [job.id]);
+        let err = w.call(Op::Purge(Selection { ids: vec![job.id], ..Default::default() })).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::JobNotDead);
+        w.close();
+    }
+
+    #[test]
+    fn backoff_doubles_within_its_cap() {
+        for _ in 0..100 {
+            let d = backoff(1000, 5000, 1);
+            assert!((500..=1000).contains(&d), "{d}");
+            let d = backoff(1000, 5000, 3);
+            assert!((2000..=4000).contains(&d), "{d}");
+            let d = backoff(1000, 5000, 40);
+            assert!((2500..=5000).contains(&d), "{d}");
+        }
+        assert_eq!(backoff(0, 0, 1), 0);
+    }
+}
