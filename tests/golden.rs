@@ -6,6 +6,7 @@ use std::path::Path;
 use bytes::BytesMut;
 use hearth::protocol::frame::FrameCodec;
 use hearth::protocol::handshake::{Handshake, HandshakeReply};
+use hearth::protocol::queue::{QueueRequest, QueueResponse};
 use hearth::protocol::status::{StatusRequest, StatusResponse};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -40,10 +41,12 @@ fn golden_frames_keep_decoding() {
             "handshake_reply" => decodes_as::<HandshakeReply>(&payload),
             "status_request" => decodes_as::<StatusRequest>(&payload),
             "status_response" => decodes_as::<StatusResponse>(&payload),
+            "queue_request" => decodes_as::<QueueRequest>(&payload),
+            "queue_response" => decodes_as::<QueueResponse>(&payload),
             other => Err(format!("unknown kind {other}: teach tests/golden.rs")),
         };
         result.unwrap_or_else(|e| panic!("{name}: {e}"));
         checked += 1;
     }
-    assert!(checked >= 11, "only {checked} golden frames");
+    assert!(checked >= 19, "only {checked} golden frames");
 }

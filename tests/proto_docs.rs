@@ -9,6 +9,7 @@ use hearth::protocol::Request;
 use hearth::protocol::error::ErrorCode;
 use hearth::protocol::handshake::{Handshake, HandshakeReply};
 use hearth::protocol::info::{DaemonInfo, LaunchReport};
+use hearth::protocol::queue::{QueueRequest, QueueResponse};
 use hearth::protocol::status::{StatusRequest, StatusResponse};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -27,7 +28,7 @@ fn roundtrip<T: Serialize + DeserializeOwned>(text: &str) -> Result<(), String> 
 
 /// The request types of each channel, for the coverage check.
 fn request_types() -> BTreeMap<&'static str, &'static [&'static str]> {
-    BTreeMap::from([("status", StatusRequest::TYPES)])
+    BTreeMap::from([("status", StatusRequest::TYPES), ("queue", QueueRequest::TYPES)])
 }
 
 fn check(tag: &str, text: &str) -> Result<(), String> {
@@ -36,6 +37,8 @@ fn check(tag: &str, text: &str) -> Result<(), String> {
         "frame.handshake_reply" => roundtrip::<HandshakeReply>(text),
         "status.request" => roundtrip::<StatusRequest>(text),
         "status.response" => roundtrip::<StatusResponse>(text),
+        "queue.request" => roundtrip::<QueueRequest>(text),
+        "queue.response" => roundtrip::<QueueResponse>(text),
         "info" => roundtrip::<DaemonInfo>(text),
         "launch" => roundtrip::<LaunchReport>(text),
         other => Err(format!("unknown example tag {other:?}: add it to tests/proto_docs.rs")),

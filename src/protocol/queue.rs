@@ -371,7 +371,7 @@ impl Outcome {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ListFilter {
     /// Only these states; empty for all.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub states: Vec<JobState>,
     /// Only this queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -389,10 +389,10 @@ pub struct ListFilter {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Selection {
     /// These jobs (each must be dead).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ids: Vec<u64>,
     /// Every dead job (with `queue`: of that queue).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub all: bool,
     /// With `all`: only this queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
