@@ -10,8 +10,10 @@
 //! death signal, armed before the pid is sent and disarmed before `exec`),
 //! so no program ever runs that a restarted daemon could not find.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
+
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use tokio::io::AsyncReadExt;
 
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
@@ -72,12 +74,12 @@ pub(crate) async fn spawn_gated(mut cmd: Command) -> io::Result<Gated> {
         drop(gate_r);
         spawned
     });
-    let pid = tokio::task::spawn_blocking(move || {
+    let pid = async {
         let mut buf = [0u8; 4];
-        std::fs::File::from(pid_r).read_exact(&mut buf).map(|()| u32::from_ne_bytes(buf))
-    })
-    .await
-    .map_err(io::Error::other)?;
+        tokio::net::unix::pipe::Receiver::from_owned_fd(pid_r)?.read_exact(&mut buf).await?;
+        Ok::<u32, io::Error>(u32::from_ne_bytes(buf))
+    }
+    .await;
     match pid {
         Ok(pid) => Ok(Gated { pid, gate: std::fs::File::from(gate_w), spawn }),
         Err(_) => {

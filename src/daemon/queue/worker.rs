@@ -110,7 +110,21 @@ async fn run_attempt(
     output: watch::Sender<u64>,
 ) {
     let id = runnable.job.id;
-    if let Some((n, end)) = attempt(&service, runnable, kill, &output).await {
+    let result = attempt(&service, runnable, kill, &output).await;
+    let release = || {
+        service.lock_in_flight().remove(&id);
+        service.wake.notify_one();
+    };
+    // A job whose start is committed stays `running` in the store until its
+    // end is committed, so the dispatcher cannot pick it again: its worker
+    // is free as soon as its process is gone, and the next attempt's start
+    // can share a commit with this one's end. A job that never started is
+    // still runnable in the store: it keeps its slot until its end is in.
+    let started = matches!(result, Some((Some(_), _)));
+    if started {
+        release();
+    }
+    if let Some((n, end)) = result {
         let outcome = end.outcome;
         match service.writer.call(Op::Finish { id, n, end }).await {
             Ok(Reply::Job(job)) => {
@@ -120,8 +134,9 @@ async fn run_attempt(
             Err(e) => tracing::error!(job = id, "cannot record the end of an attempt: {e}; the next start recovers it"),
         }
     }
-    service.lock_in_flight().remove(&id);
-    service.wake.notify_one();
+    if !started {
+        release();
+    }
 }
 
 /// Runs one attempt. `None` when it did not happen (the job was canceled
@@ -137,10 +152,7 @@ async fn attempt(
     let spawn_failed = |n, e: &dyn std::fmt::Display| {
         Some((n, AttemptEnd::without_output(Outcome::SpawnFailed, format!("cannot start {program:?}: {e}"))))
     };
-    let (stdout_log, stderr_log) = match tokio::try_join!(
-        open_log(service, job.id, LogStream::Stdout),
-        open_log(service, job.id, LogStream::Stderr)
-    ) {
+    let (stdout_log, stderr_log) = match open_logs(service, job.id) {
         Ok(files) => files,
         Err(e) => return spawn_failed(None, &format!("cannot open its log file: {e}")),
     };
@@ -272,14 +284,21 @@ async fn terminate(child: &mut tokio::process::Child, pgid: u32, grace: Duration
     child.wait().await
 }
 
-async fn open_log(service: &QueueService, id: u64, stream: LogStream) -> std::io::Result<tokio::fs::File> {
-    tokio::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(service.log_path(id, stream))
-        .await
+/// Opens (creating, appending, never through a symlink) the job's two log
+/// files. Two `open` calls on a local directory: cheap enough to run inline.
+fn open_logs(service: &QueueService, id: u64) -> std::io::Result<(tokio::fs::File, tokio::fs::File)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let paths = [service.log_path(id, LogStream::Stdout), service.log_path(id, LogStream::Stderr)];
+    let open = |path: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map(tokio::fs::File::from_std)
+    };
+    Ok((open(&paths[0])?, open(&paths[1])?))
 }
 
 /// Copies a pipe into a log file, keeping at most `cap` bytes; past that,
