@@ -242,12 +242,6 @@ impl Config {
         if q.backoff_cap < q.backoff_base {
             return Err("queue.backoff_cap must not be shorter than queue.backoff_base".into());
         }
-        if q.max_input.0 > self.server.max_frame.0 / 2 {
-            return Err(format!(
-                "queue.max_input ({}) must be at most half of server.max_frame ({})",
-                q.max_input, self.server.max_frame
-            ));
-        }
         if q.log_max.0 < 1024 {
             return Err(format!("queue.log_max must be at least 1KiB, not {}", q.log_max));
         }
