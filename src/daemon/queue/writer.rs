@@ -647,6 +647,67 @@ mod tests {
         w.close();
     }
 
+    async fn run_to(w: &Writer, id: u64, outcome: Outcome) -> Job {
+        let Reply::Started(n) = w.call(Op::Start { id, pid: 1, pid_start_time: None }).await.unwrap() else { panic!() };
+        let end = AttemptEnd::without_output(outcome, "x".into());
+        let Reply::Job(job) = w.call(Op::Finish { id, n: Some(n), end }).await.unwrap() else { panic!() };
+        job
+    }
+
+    #[tokio::test]
+    async fn pruning_drops_old_and_surplus_finished_jobs_but_keeps_the_dead() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let w = writer(dir.path(), clock.clone());
+        let mut ids = Vec::new();
+        for outcome in [Outcome::Succeeded, Outcome::Succeeded, Outcome::Succeeded] {
+            let (job, _) = submit(&w, new_job(&["true"], Some(&format!("k{}", ids.len())))).await.unwrap();
+            assert_eq!(run_to(&w, job.id, outcome).await.state, JobState::Succeeded);
+            ids.push(job.id);
+            clock.advance(Duration::from_secs(60));
+        }
+        let mut dead = new_job(&["false"], None);
+        dead.max_attempts = 1;
+        let (dead, _) = submit(&w, dead).await.unwrap();
+        assert_eq!(run_to(&w, dead.id, Outcome::Failed).await.state, JobState::Dead);
+
+        // By age: the first one ended 180 s ago, the second 120 s ago.
+        let prune = |keep_ms, keep_count| Op::Prune { keep_ms, keep_count };
+        let Reply::Ids(gone) = w.call(prune(150_000, 100)).await.unwrap() else { panic!() };
+        assert_eq!(gone, [ids[0]]);
+        // By count: keep the newest one.
+        let Reply::Ids(gone) = w.call(prune(DAY, 1)).await.unwrap() else { panic!() };
+        assert_eq!(gone, [ids[1]]);
+        let readers = store::Readers::new(dir.path().join(store::DB_FILE));
+        let left = readers.with(|c| store::list(c, &Default::default(), 10)).unwrap().0;
+        assert_eq!(left.iter().map(|j| j.id).collect::<Vec<_>>(), [dead.id, ids[2]]);
+        // The pruned job's key is free again; expired keys are dropped.
+        assert!(!submit(&w, new_job(&["other"], Some("k0"))).await.unwrap().1);
+        w.close();
+    }
+
+    #[tokio::test]
+    async fn the_backlog_and_the_next_wake_up_come_from_run_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let w = writer(dir.path(), clock.clone());
+        let mut later = new_job(&["true"], None);
+        later.run_at_ms = Some(1_060_000);
+        submit(&w, later).await.unwrap();
+        let readers = store::Readers::new(dir.path().join(store::DB_FILE));
+        let now = clock.now_ms();
+        assert_eq!(readers.with(|c| store::oldest_runnable(c, now)).unwrap(), None, "nothing runnable yet");
+        assert_eq!(readers.with(|c| store::next_run_at(c, now)).unwrap(), Some(1_060_000));
+        submit(&w, new_job(&["true"], None)).await.unwrap();
+        clock.advance(Duration::from_secs(90));
+        let now = clock.now_ms();
+        assert_eq!(readers.with(|c| store::oldest_runnable(c, now)).unwrap(), Some(1_000_000));
+        assert_eq!(readers.with(|c| store::next_run_at(c, now)).unwrap(), None);
+        let runnable = readers.with(|c| store::runnable(c, now, &[], &[], 10)).unwrap();
+        assert_eq!(runnable.len(), 2);
+        w.close();
+    }
+
     #[test]
     fn backoff_doubles_within_its_cap() {
         for _ in 0..100 {
