@@ -7,8 +7,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{RawConn, StateDir, group_alive, processes_mentioning, stderr, stdout, wait_for};
+use common::{RawConn, StateDir, processes_mentioning, stderr, stdout, wait_for};
 use hearth::client::{QueueClient, blocking};
+use hearth::daemon::child::group_alive;
 use hearth::protocol::ErrorCode;
 use hearth::protocol::queue::{
     Attempt, Job, JobSpec, JobState, ListFilter, LogStream, LogsRequest, Outcome, Selection,
@@ -255,7 +256,7 @@ fn a_job_that_ignores_sigterm_times_out_and_is_killed() {
     assert_eq!(attempts[0].signal, Some(libc::SIGKILL), "SIGTERM was ignored, SIGKILL was not");
     assert_eq!(job.last_error.as_deref(), Some("timed out after 300ms"));
     assert!(wait_for(LONG, || processes_mentioning("stubborn-token-17").is_empty()));
-    assert!(!group_alive(attempts[0].pid.unwrap()));
+    assert!(wait_for(LONG, || !group_alive(attempts[0].pid.unwrap())));
 }
 
 #[test]

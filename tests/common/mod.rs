@@ -268,18 +268,6 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
         .collect()
 }
 
-/// Whether any process of the group `pgid` exists (Linux: scans /proc).
-pub fn group_alive(pgid: u32) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return false };
-    entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).any(|pid| {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let Some((_, rest)) = stat.rsplit_once(')') else { return false };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // state is field 3, pgrp field 5 (1-based; `rest` starts at field 3).
-        fields.first().is_some_and(|s| *s != "Z") && fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid)
-    })
-}
-
 /// Stdout of an output, as text.
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
