@@ -26,13 +26,13 @@ use crate::protocol::status::{HealthReason, HealthState, QueueSummary};
 use crate::protocol::{ErrorCode, WireError};
 
 mod handler;
-pub mod spawn;
-pub mod store;
+mod spawn;
+mod store;
 mod worker;
 mod writer;
 
 pub(crate) use handler::serve;
-pub use store::{Clock, ManualClock, SystemClock};
+pub(crate) use store::{Clock, SystemClock};
 
 /// The largest `max_attempts` a job may have.
 pub const MAX_ATTEMPTS: u32 = 1000;

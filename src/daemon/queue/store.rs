@@ -13,7 +13,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
@@ -31,14 +30,14 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where time comes from: the system clock in the daemon, a hand-driven one
 /// in tests (idempotency windows, backoff and pruning depend on it).
-pub trait Clock: Send + Sync + fmt::Debug {
+pub(crate) trait Clock: Send + Sync + fmt::Debug {
     /// Milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
 }
 
 /// The system clock.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
+pub(crate) struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
@@ -47,24 +46,27 @@ impl Clock for SystemClock {
 }
 
 /// A clock that moves only when told to.
+#[cfg(test)]
 #[derive(Debug, Default)]
-pub struct ManualClock(AtomicU64);
+pub(crate) struct ManualClock(std::sync::atomic::AtomicU64);
 
+#[cfg(test)]
 impl ManualClock {
     /// A clock reading `ms`.
-    pub fn new(ms: u64) -> Self {
-        Self(AtomicU64::new(ms))
+    pub(crate) fn new(ms: u64) -> Self {
+        Self(std::sync::atomic::AtomicU64::new(ms))
     }
 
     /// Moves the clock forward.
-    pub fn advance(&self, by: Duration) {
-        self.0.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+    pub(crate) fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
+#[cfg(test)]
 impl Clock for ManualClock {
     fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
