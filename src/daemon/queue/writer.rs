@@ -522,9 +522,9 @@ fn prune(
 ) -> Result<Vec<u64>, Failed> {
     tx.prepare_cached("DELETE FROM idempotency_keys WHERE expires_at_ms <= ?1")?.execute([i(now)])?;
     let mut stmt = tx.prepare_cached(
-        "DELETE FROM jobs WHERE state IN ('succeeded', 'canceled') AND (finished_at_ms < ?1 OR id NOT IN \
-         (SELECT id FROM jobs WHERE state IN ('succeeded', 'canceled') ORDER BY finished_at_ms DESC, id DESC \
-         LIMIT ?2)) RETURNING id, queue, state",
+        "DELETE FROM jobs WHERE state IN ('succeeded', 'canceled') AND (finished_at_ms < ?1 OR finished_at_ms <= \
+         (SELECT finished_at_ms FROM jobs WHERE finished_at_ms IS NOT NULL AND state IN ('succeeded', 'canceled') \
+         ORDER BY finished_at_ms DESC LIMIT 1 OFFSET ?2)) RETURNING id, queue, state",
     )?;
     let rows = stmt.query_map(params![i(now.saturating_sub(keep_ms)), i(keep_count)], |r| {
         Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
