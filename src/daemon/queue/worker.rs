@@ -8,6 +8,7 @@
 //! for the exit (or a timeout, a cancel, a shutdown), commit the end.
 
 use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -152,10 +153,6 @@ async fn attempt(
     let spawn_failed = |n, e: &dyn std::fmt::Display| {
         Some((n, AttemptEnd::without_output(Outcome::SpawnFailed, format!("cannot start {program:?}: {e}"))))
     };
-    let (stdout_log, stderr_log) = match open_logs(service, job.id) {
-        Ok(files) => files,
-        Err(e) => return spawn_failed(None, &format!("cannot open its log file: {e}")),
-    };
     let mut cmd = child::command(&program, &job.argv[1..]);
     cmd.envs(&job.env)
         .env("HEARTH_JOB_ID", job.id.to_string())
@@ -179,17 +176,17 @@ async fn attempt(
             return None;
         }
     };
-    let (mut stdout_log, mut stderr_log) = (stdout_log, stderr_log);
-    if n > 1 {
-        let marker = format!(
+    // Later attempts announce themselves in the logs they write to.
+    let header = (n > 1).then(|| {
+        format!(
             "[hearth: attempt {n} (counted {} of {}) started at {}]\n",
             job.attempts + 1,
             job.max_attempts,
             crate::time::rfc3339_ms(service.clock.now_ms())
-        );
-        let _ = stdout_log.write_all(marker.as_bytes()).await;
-        let _ = stderr_log.write_all(marker.as_bytes()).await;
-    }
+        )
+    });
+    let stdout_log = LogSink::new(service.log_path(job.id, LogStream::Stdout), header.clone());
+    let stderr_log = LogSink::new(service.log_path(job.id, LogStream::Stderr), header);
     let mut child = match gated.open().await {
         Ok(child) => child,
         Err(e) => return spawn_failed(Some(n), &e),
@@ -284,28 +281,53 @@ async fn terminate(child: &mut tokio::process::Child, pgid: u32, grace: Duration
     child.wait().await
 }
 
-/// Opens (creating, appending, never through a symlink) the job's two log
-/// files. Two `open` calls on a local directory: cheap enough to run inline.
-fn open_logs(service: &QueueService, id: u64) -> std::io::Result<(tokio::fs::File, tokio::fs::File)> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let paths = [service.log_path(id, LogStream::Stdout), service.log_path(id, LogStream::Stderr)];
-    let open = |path: &std::path::Path| {
-        std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .map(tokio::fs::File::from_std)
-    };
-    Ok((open(&paths[0])?, open(&paths[1])?))
+/// A job's log file, created on the first byte an attempt writes (most jobs
+/// of some queues write nothing, and creating files is not free), appended
+/// to, never through a symlink.
+struct LogSink {
+    path: PathBuf,
+    header: Option<String>,
+    file: Option<tokio::fs::File>,
 }
 
-/// Copies a pipe into a log file, keeping at most `cap` bytes; past that,
-/// writes a marker and drains the rest. Returns (bytes kept, truncated).
+impl LogSink {
+    fn new(path: PathBuf, header: Option<String>) -> Self {
+        Self { path, header, file: None }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.file.is_none() {
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&self.path)?;
+            let mut file = tokio::fs::File::from_std(file);
+            if let Some(header) = self.header.take() {
+                file.write_all(header.as_bytes()).await?;
+            }
+            self.file = Some(file);
+        }
+        match self.file.as_mut() {
+            Some(file) => file.write_all(bytes).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn flush(&mut self) {
+        if let Some(file) = self.file.as_mut() {
+            let _ = file.flush().await;
+        }
+    }
+}
+
+/// Copies a pipe into a log, keeping at most `cap` bytes; past that, writes
+/// a marker and drains the rest. Returns (bytes kept, truncated).
 async fn copy_capped(
     from: Option<impl AsyncRead + Unpin>,
-    mut file: tokio::fs::File,
+    mut log: LogSink,
     cap: u64,
     name: &'static str,
     output: watch::Sender<u64>,
@@ -313,34 +335,35 @@ async fn copy_capped(
     let Some(mut from) = from else { return (0, false) };
     let mut buf = vec![0u8; CHUNK];
     let (mut kept, mut discarded) = (0u64, 0u64);
+    let mut broken = false;
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        let take = (cap.saturating_sub(kept) as usize).min(n);
+        let take = if broken { 0 } else { (cap.saturating_sub(kept) as usize).min(n) };
         if take > 0 {
-            if file.write_all(&buf[..take]).await.is_err() {
-                discarded += (n - take) as u64;
+            if let Err(e) = log.write(&buf[..take]).await {
+                tracing::warn!(log = %log.path.display(), "cannot write a job's {name}: {e}; discarding it");
+                broken = true;
+                discarded += n as u64;
                 continue;
             }
             kept += take as u64;
+            output.send_modify(|v| *v += 1);
         }
         if take < n {
-            if discarded == 0 {
+            if discarded == 0 && !broken {
                 let marker = format!(
                     "\n[hearth: {name} truncated here: this attempt reached queue.log_max ({}); the rest was discarded]\n",
                     crate::units::ByteSize(cap)
                 );
-                let _ = file.write_all(marker.as_bytes()).await;
+                let _ = log.write(marker.as_bytes()).await;
             }
             discarded += (n - take) as u64;
         }
-        if take > 0 {
-            output.send_modify(|v| *v += 1);
-        }
     }
-    let _ = file.flush().await;
+    log.flush().await;
     output.send_modify(|v| *v += 1);
     (kept, discarded > 0)
 }
