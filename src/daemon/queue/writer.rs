@@ -203,16 +203,14 @@ fn commit_batch(
     for envelope in batch.iter_mut() {
         let now = clock.now_ms();
         let mark = transitions.len();
-        tx.execute_batch("SAVEPOINT op")?;
+        tx.prepare_cached("SAVEPOINT op")?.execute([])?;
         let op = std::mem::replace(&mut envelope.op, Op::Retry(Selection::default()));
         let result = apply(&tx, op, now, transitions);
-        match &result {
-            Ok(_) => tx.execute_batch("RELEASE op")?,
-            Err(_) => {
-                tx.execute_batch("ROLLBACK TO op; RELEASE op")?;
-                transitions.truncate(mark);
-            }
+        if result.is_err() {
+            tx.prepare_cached("ROLLBACK TO op")?.execute([])?;
+            transitions.truncate(mark);
         }
+        tx.prepare_cached("RELEASE op")?.execute([])?;
         results.push(result.map_err(Failed::into_wire));
     }
     tx.commit()?;
