@@ -75,9 +75,11 @@ pub(crate) struct QueueService {
     wake: Arc<Notify>,
     in_flight: Mutex<HashMap<u64, InFlight>>,
     recovery: Option<StoreRecovery>,
+    /// The dispatcher's thread, joined at shutdown.
+    dispatcher: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Stops the dispatcher and the pruner.
     stop: CancellationToken,
-    /// The dispatcher, the pruner and every attempt.
+    /// The pruner and every attempt.
     tasks: TaskTracker,
 }
 
@@ -156,11 +158,17 @@ impl QueueService {
             wake,
             in_flight: Mutex::new(HashMap::new()),
             recovery: opened.recovery,
+            dispatcher: Mutex::new(None),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
         worker::recover(&service).await;
-        service.tasks.spawn(worker::dispatch(service.clone()));
+        let (dispatcher, runtime) = (service.clone(), tokio::runtime::Handle::current());
+        let thread = std::thread::Builder::new()
+            .name("hearthd-queue-dispatch".into())
+            .spawn(move || worker::dispatch(&dispatcher, &runtime))
+            .map_err(|e| StartError::Other(format!("cannot start the dispatcher thread: {e}")))?;
+        *service.dispatcher.lock().unwrap_or_else(PoisonError::into_inner) = Some(thread);
         service.tasks.spawn(prune_loop(service.clone()));
         tracing::info!(
             store = %service.db_path.display(),
@@ -175,6 +183,11 @@ impl QueueService {
     /// commits what it has and closes.
     pub(crate) async fn shutdown(&self) {
         self.stop.cancel();
+        let dispatcher = self.dispatcher.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(thread) = dispatcher {
+            // It returns as soon as it sees the stop; it never waits on a job.
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
         let running: Vec<_> = {
             let in_flight = self.lock_in_flight();
             in_flight.values().map(|f| f.kill.clone()).collect()

@@ -1,6 +1,6 @@
 //! The dispatcher, the attempts, and recovery at start-up.
 //!
-//! The dispatcher is one task that sleeps until something can change what
+//! The dispatcher is one thread that sleeps until something can change what
 //! may run: a commit (a submit, a retry, a cancel, an attempt's end), an
 //! attempt leaving its worker slot, or the earliest `run_at_ms` of a waiting
 //! job. It never polls. Each attempt is a task: spawn behind the gate,
@@ -29,25 +29,42 @@ const CHUNK: usize = 64 * 1024;
 /// How long a recovered group gets to die after SIGKILL before recovery moves on.
 const RECOVERY_KILL_WAIT: Duration = Duration::from_secs(5);
 
-pub(super) async fn dispatch(service: Arc<QueueService>) {
+/// The dispatcher's thread: queries inline on its own read connection (no
+/// hop to the blocking pool on the way from one job's end to the next one's
+/// start), and waits on the runtime for a wake-up, a timer or the stop.
+pub(super) fn dispatch(service: &Arc<QueueService>, runtime: &tokio::runtime::Handle) {
+    let conn = match store::open_connection(&service.db_path) {
+        Ok(conn) => Some(conn),
+        Err(e) => {
+            tracing::error!("the queue dispatcher cannot open the store: {e}; using the shared readers");
+            None
+        }
+    };
     loop {
-        let next = match fill_slots(&service).await {
+        let next = match fill_slots(service, conn.as_ref(), runtime) {
             Ok(next) => next,
             Err(e) => {
                 tracing::error!("the queue dispatcher cannot read the store: {e}; retrying in 1s");
                 Some(service.clock.now_ms() + 1000)
             }
         };
-        let sleep = async {
-            match next {
-                Some(at) => tokio::time::sleep(Duration::from_millis(at.saturating_sub(service.clock.now_ms()))).await,
-                None => std::future::pending().await,
+        let stopped = runtime.block_on(async {
+            let sleep = async {
+                match next {
+                    Some(at) => {
+                        tokio::time::sleep(Duration::from_millis(at.saturating_sub(service.clock.now_ms()))).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = service.stop.cancelled() => true,
+                () = service.wake.notified() => false,
+                () = sleep => false,
             }
-        };
-        tokio::select! {
-            () = service.stop.cancelled() => return,
-            () = service.wake.notified() => {}
-            () = sleep => {}
+        });
+        if stopped {
+            return;
         }
     }
 }
@@ -55,7 +72,11 @@ pub(super) async fn dispatch(service: Arc<QueueService>) {
 /// Starts attempts while workers are free and jobs are runnable. Returns
 /// when the next waiting job becomes runnable (`None`: nothing waits, or
 /// every worker is busy, and a wake-up will come).
-async fn fill_slots(service: &Arc<QueueService>) -> Result<Option<u64>, crate::protocol::WireError> {
+fn fill_slots(
+    service: &Arc<QueueService>,
+    conn: Option<&rusqlite::Connection>,
+    runtime: &tokio::runtime::Handle,
+) -> rusqlite::Result<Option<u64>> {
     loop {
         if service.stop.is_cancelled() {
             return Ok(None);
@@ -76,14 +97,26 @@ async fn fill_slots(service: &Arc<QueueService>) -> Result<Option<u64>, crate::p
             return Ok(None);
         }
         let now = service.clock.now_ms();
-        let candidates = service.read(move |c| store::runnable(c, now, &saturated, &in_flight, free)).await?;
+        let candidates = read(service, conn, |c| store::runnable(c, now, &saturated, &in_flight, free))?;
         if candidates.is_empty() {
-            return service.read(move |c| store::next_run_at(c, now)).await;
+            return read(service, conn, |c| store::next_run_at(c, now));
         }
         for candidate in candidates {
             let Some((kill, output)) = claim(service, &candidate.job) else { continue };
-            service.tasks.spawn(run_attempt(service.clone(), candidate, kill, output));
+            service.tasks.spawn_on(run_attempt(service.clone(), candidate, kill, output), runtime);
         }
+    }
+}
+
+/// Runs a read on the dispatcher's own connection, or a pooled one.
+fn read<T>(
+    service: &QueueService,
+    conn: Option<&rusqlite::Connection>,
+    f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    match conn {
+        Some(conn) => f(conn),
+        None => service.readers.with(f),
     }
 }
 
