@@ -7,6 +7,7 @@ use bytes::BytesMut;
 use hearth::protocol::frame::FrameCodec;
 use hearth::protocol::handshake::{Handshake, HandshakeReply};
 use hearth::protocol::pool::{PoolRequest, PoolResponse};
+use hearth::protocol::queue::{QueueRequest, QueueResponse};
 use hearth::protocol::status::{StatusRequest, StatusResponse};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -43,10 +44,12 @@ fn golden_frames_keep_decoding() {
             "status_response" => decodes_as::<StatusResponse>(&payload),
             "pool_request" => decodes_as::<PoolRequest>(&payload),
             "pool_response" => decodes_as::<PoolResponse>(&payload),
+            "queue_request" => decodes_as::<QueueRequest>(&payload),
+            "queue_response" => decodes_as::<QueueResponse>(&payload),
             other => Err(format!("unknown kind {other}: teach tests/golden.rs")),
         };
         result.unwrap_or_else(|e| panic!("{name}: {e}"));
         checked += 1;
     }
-    assert!(checked >= 18, "only {checked} golden frames");
+    assert!(checked >= 26, "only {checked} golden frames");
 }

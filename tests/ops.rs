@@ -700,3 +700,100 @@ fn a_draining_shutdown_waits_for_running_builds() {
     std::fs::write(&gate, "").unwrap();
     assert_eq!(daemon.wait_exit(Duration::from_secs(20)), Some(0), "stops once the build finished");
 }
+
+// --- busy work, counted: queue jobs -----------------------------------------------------
+
+fn queue_summary(state: &StateDir) -> Value {
+    let out = state.run(&["--json", "--no-spawn", "status"]);
+    serde_json::from_slice::<Value>(&out.stdout).map(|s| s["services"]["queue"].clone()).unwrap_or(Value::Null)
+}
+
+/// Submits a job that runs until `gate` exists; returns its id.
+fn submit_gated_job(state: &StateDir, gate: &Path) -> u64 {
+    let script = format!("while [ ! -e {} ]; do sleep 0.02; done; echo done", gate.display());
+    let out = state.run(&["--json", "queue", "submit", "--", "sh", "-c", &script]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let job = json_of(&out);
+    job["id"].as_u64().or_else(|| job["job"]["id"].as_u64()).unwrap_or_else(|| panic!("no id in {job}"))
+}
+
+#[test]
+fn idle_exit_and_drain_wait_for_running_jobs() {
+    let state = StateDir::new();
+    let gate = state.dir.path().join("gate");
+    let mut daemon = state.start(&["--idle-timeout", "300ms", "--heartbeat-interval", "100ms"]);
+    let id = submit_gated_job(&state, &gate);
+    assert!(wait_for(Duration::from_secs(10), || queue_summary(&state)["running"] == 1), "the job runs");
+    let cycle = |s: &StateDir| heartbeat(s).and_then(|h| h["cycle"].as_u64()).unwrap_or(0);
+    let start = cycle(&state);
+    assert!(wait_for(Duration::from_secs(20), || cycle(&state) >= start + 15));
+    assert!(daemon.child.as_mut().unwrap().try_wait().unwrap().is_none(), "exited while a job ran");
+
+    // A draining shutdown lets it finish instead of killing it.
+    assert!(state.run(&["shutdown", "--drain"]).status.success());
+    let start = cycle(&state);
+    assert!(wait_for(Duration::from_secs(20), || cycle(&state) >= start + 5));
+    assert!(daemon.child.as_mut().unwrap().try_wait().unwrap().is_none(), "the drain waits for the job");
+    std::fs::write(&gate, "").unwrap();
+    assert_eq!(daemon.wait_exit(Duration::from_secs(20)), Some(0));
+
+    // The job succeeded in its first attempt: it was not interrupted.
+    let _daemon = state.start(&[]);
+    let out = state.run(&["--json", "queue", "show", &id.to_string()]);
+    let job = json_of(&out);
+    assert_eq!(job["job"]["state"], "succeeded", "{job}");
+    assert_eq!(job["attempts"].as_array().map(Vec::len), Some(1), "{job}");
+    assert_eq!(job["attempts"][0]["outcome"], "succeeded", "{job}");
+}
+
+#[test]
+fn jobs_never_see_the_service_managers_variables() {
+    let state = StateDir::new();
+    let notify = NotifySocket::new(state.dir.path());
+    let mut cmd = state.hearthd();
+    cmd.env("NOTIFY_SOCKET", &notify.path).env("WATCHDOG_USEC", "60000000").env("LISTEN_FDNAMES", "x");
+    let _daemon = state.start_cmd(cmd);
+    let out = state.run(&["run", "--", "sh", "-c", "env | grep -E '^(NOTIFY_SOCKET|WATCHDOG_|LISTEN_)' || echo clean"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "clean", "{}", stdout(&out));
+}
+
+#[test]
+fn a_stuck_store_stops_the_watchdog_and_the_heartbeat() {
+    let state = StateDir::new();
+    let notify = NotifySocket::new(state.dir.path());
+    let mut cmd = state.hearthd();
+    cmd.env("NOTIFY_SOCKET", &notify.path).env("WATCHDOG_USEC", "600000").args(["--heartbeat-interval", "100ms"]);
+    let _daemon = state.start_cmd(cmd);
+    assert!(wait_for(Duration::from_secs(10), || notify.count("WATCHDOG=1") >= 2));
+
+    // Another process takes the queue store's write lock and holds it: the
+    // daemon's writer cannot make progress, so it must stop vouching for itself.
+    let db = state.state_dir().join("queue/queue.db");
+    let mut holder = Command::new("python3")
+        .args(["-c", "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute('BEGIN EXCLUSIVE')\nprint('locked', flush=True)\nsys.stdin.read()\n"])
+        .arg(&db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "locked");
+    // Once a self-check has failed, no more pings: watch for a few watchdog periods.
+    assert!(wait_for(Duration::from_secs(20), || {
+        let out = state.run(&["--json", "--no-spawn", "status"]);
+        serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|s| {
+            s["health"]["reasons"].as_array().is_some_and(|r| r.iter().any(|r| r["code"] == "self_check_failed"))
+        })
+    }));
+    let pings = notify.count("WATCHDOG=1");
+    let hb = heartbeat(&state).unwrap()["cycle"].as_u64();
+    assert!(!wait_for(Duration::from_millis(1800), || notify.count("WATCHDOG=1") > pings), "WATCHDOG=1 while stuck");
+    assert_eq!(heartbeat(&state).unwrap()["cycle"].as_u64(), hb, "the heartbeat stood still");
+
+    // Released: the daemon recovers by itself.
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    assert!(wait_for(Duration::from_secs(20), || notify.count("WATCHDOG=1") > pings), "pings resume");
+}

@@ -10,6 +10,7 @@ use hearth::protocol::error::ErrorCode;
 use hearth::protocol::handshake::{Handshake, HandshakeReply};
 use hearth::protocol::info::{DaemonInfo, Heartbeat, LaunchReport};
 use hearth::protocol::pool::{PoolRequest, PoolResponse};
+use hearth::protocol::queue::{QueueRequest, QueueResponse};
 use hearth::protocol::status::{StatusRequest, StatusResponse};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -28,7 +29,7 @@ fn roundtrip<T: Serialize + DeserializeOwned>(text: &str) -> Result<(), String> 
 
 /// The request types of each channel, for the coverage check.
 fn request_types() -> BTreeMap<&'static str, &'static [&'static str]> {
-    BTreeMap::from([("status", StatusRequest::TYPES), ("pool", PoolRequest::TYPES)])
+    BTreeMap::from([("status", StatusRequest::TYPES), ("pool", PoolRequest::TYPES), ("queue", QueueRequest::TYPES)])
 }
 
 fn check(tag: &str, text: &str) -> Result<(), String> {
@@ -39,6 +40,8 @@ fn check(tag: &str, text: &str) -> Result<(), String> {
         "status.response" => roundtrip::<StatusResponse>(text),
         "pool.request" => roundtrip::<PoolRequest>(text),
         "pool.response" => roundtrip::<PoolResponse>(text),
+        "queue.request" => roundtrip::<QueueRequest>(text),
+        "queue.response" => roundtrip::<QueueResponse>(text),
         "info" => roundtrip::<DaemonInfo>(text),
         "launch" => roundtrip::<LaunchReport>(text),
         "heartbeat" => roundtrip::<Heartbeat>(text),

@@ -64,6 +64,9 @@ struct Args {
 
     #[command(flatten)]
     pool: PoolFlags,
+
+    #[command(flatten)]
+    queue: QueueFlags,
 }
 
 /// The daemon process (each also a `[daemon]` key in config.toml).
@@ -159,6 +162,47 @@ impl PoolFlags {
     }
 }
 
+/// The job queue (each also a `[queue]` key in config.toml).
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Queue")]
+struct QueueFlags {
+    /// Attempts run at once; 0 means the number of CPUs [default: 0]
+    #[arg(long, env = "HEARTH_QUEUE_WORKERS", value_name = "N")]
+    queue_workers: Option<u32>,
+    /// Attempts before a job is dead, unless its submit says [default: 3]
+    #[arg(long, env = "HEARTH_QUEUE_MAX_ATTEMPTS", value_name = "N")]
+    queue_max_attempts: Option<u32>,
+    /// Per-attempt timeout unless the submit says; 0s for none [default: 0s]
+    #[arg(long, env = "HEARTH_QUEUE_TIMEOUT", value_name = "DURATION")]
+    queue_timeout: Option<HumanDuration>,
+    /// Output kept per stream and attempt [default: 16MiB]
+    #[arg(long, env = "HEARTH_QUEUE_LOG_MAX", value_name = "SIZE")]
+    queue_log_max: Option<ByteSize>,
+    /// How long an idempotency key stays taken [default: 24h]
+    #[arg(long, env = "HEARTH_QUEUE_KEY_RETENTION", value_name = "DURATION")]
+    queue_key_retention: Option<HumanDuration>,
+    /// Delete succeeded and canceled jobs this long after they end [default: 7d]
+    #[arg(long, env = "HEARTH_QUEUE_KEEP_FINISHED", value_name = "DURATION")]
+    queue_keep_finished: Option<HumanDuration>,
+}
+
+impl QueueFlags {
+    fn overrides(&self) -> Vec<Override> {
+        let d = |v: Option<HumanDuration>| v.map(|d| d.to_string());
+        [
+            ("queue.workers", self.queue_workers.map(|n| n.to_string())),
+            ("queue.max_attempts", self.queue_max_attempts.map(|n| n.to_string())),
+            ("queue.timeout", d(self.queue_timeout)),
+            ("queue.log_max", self.queue_log_max.map(|b| b.0.to_string())),
+            ("queue.key_retention", d(self.queue_key_retention)),
+            ("queue.keep_finished", d(self.queue_keep_finished)),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| Some(Override { key, value: value? }))
+        .collect()
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let paths = match Paths::resolve(args.state_dir.clone(), args.socket.clone()) {
@@ -172,6 +216,7 @@ fn main() -> ExitCode {
     let mut overrides = args.server.overrides();
     overrides.extend(args.lifecycle.overrides());
     overrides.extend(args.pool.overrides());
+    overrides.extend(args.queue.overrides());
     let config = match Config::load(&config_file, required, &overrides) {
         Ok(config) => config,
         Err(e) => return fail(args.detach, "config_invalid", &e.to_string()),

@@ -25,6 +25,7 @@ use super::{ClientError, ConnectOptions, EnsureOptions, Ensured};
 use crate::protocol::ChannelProtocol;
 use crate::protocol::handshake::DaemonIdent;
 use crate::protocol::pool::{Lease, LeaseId, PoolChannel};
+use crate::protocol::queue::{Job, JobSpec, QueueChannel};
 use crate::protocol::status::{StatusChannel, StatusReport};
 
 fn runtime() -> Result<Runtime, ClientError> {
@@ -48,6 +49,8 @@ pub type StatusClient = Client<StatusChannel>;
 
 /// A blocking client of the `pool` channel.
 pub type PoolClient = Client<PoolChannel>;
+/// A blocking client of the `queue` channel.
+pub type QueueClient = Client<QueueChannel>;
 
 impl<C: ChannelProtocol> Client<C> {
     /// Connects to `socket` with default options.
@@ -110,5 +113,17 @@ impl Client<PoolChannel> {
     /// Gives a resource back (reset and reused, or removed).
     pub fn release(&mut self, lease: &LeaseId, reuse: bool) -> Result<super::pool::Released, ClientError> {
         self.runtime.block_on(self.inner.release(lease, reuse))
+    }
+}
+
+impl Client<QueueChannel> {
+    /// Submits a job; returns once it is durable.
+    pub fn submit(&mut self, spec: JobSpec) -> Result<super::Submitted, ClientError> {
+        self.runtime.block_on(self.inner.submit(spec))
+    }
+
+    /// Waits until the job ends; returns it.
+    pub fn wait(&mut self, id: u64) -> Result<Job, ClientError> {
+        self.runtime.block_on(self.inner.wait(id, |_| {}))
     }
 }

@@ -29,9 +29,11 @@ use crate::protocol::{ChannelProtocol, ErrorCode, Response, WireError};
 pub mod blocking;
 mod ensure;
 pub mod pool;
+pub mod queue;
 
 pub use ensure::{ENV_DAEMON_BIN, EnsureOptions, Ensured, ReplacePolicy, ensure_daemon_running, find_daemon_binary};
 pub use pool::PoolClient;
+pub use queue::{JobPage, QueueClient, Submitted};
 
 /// This library's `client` string in handshakes.
 pub const DEFAULT_CLIENT_NAME: &str = concat!("hearth-client/", env!("CARGO_PKG_VERSION"));

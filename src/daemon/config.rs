@@ -49,6 +49,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The pool service and the pools defined in this file.
     pub pool: PoolSettings,
+    /// The job queue.
+    pub queue: QueueConfig,
 }
 
 /// Connection handling and its limits.
@@ -142,6 +144,71 @@ impl Default for LogConfig {
     }
 }
 
+/// The job queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Serve the `queue` channel and run jobs.
+    pub enabled: bool,
+    /// Attempts run at once; 0 means the number of CPUs.
+    pub workers: u32,
+    /// Attempts before a job is dead, when the submit does not say.
+    pub max_attempts: u32,
+    /// Backoff before the first retry, when the submit does not say.
+    pub backoff_base: HumanDuration,
+    /// The longest backoff, when the submit does not say.
+    pub backoff_cap: HumanDuration,
+    /// Per-attempt timeout when the submit does not say; 0s means none.
+    pub timeout: HumanDuration,
+    /// Time between SIGTERM and SIGKILL when an attempt is timed out, canceled or stopped.
+    pub kill_grace: HumanDuration,
+    /// Largest input (stdin) a job may have.
+    pub max_input: ByteSize,
+    /// Output kept per stream and attempt; the rest is discarded and the cut is marked.
+    pub log_max: ByteSize,
+    /// How long an idempotency key stays taken.
+    pub key_retention: HumanDuration,
+    /// Succeeded and canceled jobs are deleted this long after they end.
+    pub keep_finished: HumanDuration,
+    /// At most this many succeeded and canceled jobs are kept (the newest).
+    pub keep_finished_count: u64,
+    /// Health is degraded when a runnable job has waited this long for a worker.
+    pub backlog_threshold: HumanDuration,
+    /// Attempts run at once per queue, for the queues listed (`{ build = 1 }`).
+    pub limits: std::collections::BTreeMap<String, u32>,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            workers: 0,
+            max_attempts: 3,
+            backoff_base: HumanDuration(Duration::from_secs(1)),
+            backoff_cap: HumanDuration(Duration::from_secs(300)),
+            timeout: HumanDuration(Duration::ZERO),
+            kill_grace: HumanDuration(Duration::from_secs(5)),
+            max_input: ByteSize(1 << 20),
+            log_max: ByteSize(16 << 20),
+            key_retention: HumanDuration(Duration::from_secs(24 * 3600)),
+            keep_finished: HumanDuration(Duration::from_secs(7 * 24 * 3600)),
+            keep_finished_count: 10_000,
+            backlog_threshold: HumanDuration(Duration::from_secs(600)),
+            limits: Default::default(),
+        }
+    }
+}
+
+impl QueueConfig {
+    /// The worker count in force (`workers`, or the number of CPUs).
+    pub fn effective_workers(&self) -> u32 {
+        if self.workers > 0 {
+            return self.workers;
+        }
+        std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+    }
+}
+
 /// One override of a dotted key, from a flag or an environment variable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Override {
@@ -213,7 +280,37 @@ impl Config {
                 return Err(format!("{key} must be longer than 0s"));
             }
         }
-        self.pool.validate()
+        self.pool.validate()?;
+        self.validate_queue()
+    }
+
+    fn validate_queue(&self) -> Result<(), String> {
+        let q = &self.queue;
+        if q.workers > 1024 {
+            return Err(format!("queue.workers must be at most 1024, not {}", q.workers));
+        }
+        if q.max_attempts == 0 || q.max_attempts > crate::daemon::queue::MAX_ATTEMPTS {
+            return Err(format!(
+                "queue.max_attempts must be between 1 and {}, not {}",
+                crate::daemon::queue::MAX_ATTEMPTS,
+                q.max_attempts
+            ));
+        }
+        if let Some((name, _)) = q.limits.iter().find(|(_, n)| **n == 0) {
+            return Err(format!("queue.limits.{name} must be at least 1"));
+        }
+        if q.backoff_cap < q.backoff_base {
+            return Err("queue.backoff_cap must not be shorter than queue.backoff_base".into());
+        }
+        if q.log_max.0 < 1024 {
+            return Err(format!("queue.log_max must be at least 1KiB, not {}", q.log_max));
+        }
+        for (key, d) in [("queue.kill_grace", q.kill_grace), ("queue.backlog_threshold", q.backlog_threshold)] {
+            if d.0.is_zero() {
+                return Err(format!("{key} must be longer than 0s"));
+            }
+        }
+        Ok(())
     }
 
     /// The configuration as a `config.toml` document.

@@ -35,6 +35,7 @@ pub mod fsutil;
 pub mod logging;
 pub mod notify;
 pub mod pool;
+pub mod queue;
 pub mod random;
 mod router;
 mod server;

@@ -93,13 +93,15 @@ pub(crate) async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
             let holder = PoolHolder { client: handshake.client, pid: peer.pid().and_then(|p| u32::try_from(p).ok()) };
             pool::serve(Session::new(conn, shared), service, holder).await;
         }
+        Route::Queue(queue) => super::queue::serve(Session::new(conn, shared), queue).await,
     }
 }
 
 /// The handler a channel's connections go to.
 pub(crate) enum Route {
     Status,
-    Pool(std::sync::Arc<PoolService>),
+    Pool(Arc<PoolService>),
+    Queue(Arc<super::queue::QueueService>),
 }
 
 /// Where `channel` goes, or why it cannot be opened: this is the one place
@@ -115,6 +117,9 @@ pub(crate) fn route(shared: &Shared, channel: Channel) -> Result<Route, WireErro
         Channel::Status => Ok(Route::Status),
         Channel::Pool if shared.services.pool.is_some() => {
             Ok(Route::Pool(shared.services.pool.clone().expect("checked")))
+        }
+        Channel::Queue if shared.services.queue.is_some() => {
+            Ok(Route::Queue(shared.services.queue.clone().expect("checked")))
         }
         Channel::Pool | Channel::Queue | Channel::Blob => Err(WireError::new(
             ErrorCode::ChannelUnavailable,

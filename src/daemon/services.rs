@@ -5,8 +5,10 @@
 //! naming the failure, and health is `unhealthy` until a restart fixes it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::pool::PoolService;
+use super::queue::{QueueService, SystemClock};
 use crate::paths::Paths;
 use crate::protocol::handshake::Channel;
 use crate::protocol::info::Endpoints;
@@ -15,9 +17,14 @@ use crate::protocol::status::{HealthReason, HealthState, ServiceSummaries};
 use super::Config;
 use super::notify::Notifier;
 
+/// How much more time the service manager gives each service's start.
+const START_EXTENSION: Duration = Duration::from_secs(90);
+
 /// Every service of one daemon.
 #[derive(Debug, Default)]
 pub(crate) struct Services {
+    /// The job queue, when enabled and started.
+    pub(crate) queue: Option<Arc<QueueService>>,
     /// Services that could not start, and why.
     failed: Vec<(Channel, String)>,
     /// Prewarmed resources.
@@ -25,10 +32,19 @@ pub(crate) struct Services {
 }
 
 impl Services {
-    /// Starts every enabled service. Long recovery work extends the service
-    /// manager's start-up timeout through `notifier`.
-    pub(crate) async fn start(config: &Config, paths: &Paths, _notifier: &Notifier) -> Services {
+    /// Starts every enabled service. Their start-up work (the queue's
+    /// recovery of a crashed daemon's jobs, the pools' adoption of ready
+    /// resources) extends the service manager's start-up timeout.
+    pub(crate) async fn start(config: &Config, paths: &Paths, notifier: &Notifier) -> Services {
         let mut services = Services::default();
+        if config.queue.enabled {
+            notifier.extend_timeout(START_EXTENSION);
+            match QueueService::start(&config.queue, paths.state_dir(), Arc::new(SystemClock)).await {
+                Ok(queue) => services.queue = Some(queue),
+                Err(e) => services.fail(Channel::Queue, e),
+            }
+        }
+        notifier.extend_timeout(START_EXTENSION);
         match PoolService::start(config, paths).await {
             Ok(pool) => services.pool = Some(pool),
             Err(e) => services.fail(Channel::Pool, e),
@@ -60,11 +76,17 @@ impl Services {
         if let Some(pool) = &self.pool {
             pool.health_reasons(reasons);
         }
+        if let Some(queue) = &self.queue {
+            queue.health_reasons(reasons);
+        }
     }
 
     /// One summary per running service.
     pub(crate) fn summaries(&self) -> ServiceSummaries {
-        ServiceSummaries { pool: self.pool.as_ref().map(|p| p.summary()) }
+        ServiceSummaries {
+            pool: self.pool.as_ref().map(|p| p.summary()),
+            queue: self.queue.as_ref().map(|q| q.summary()),
+        }
     }
 
     /// Endpoints for `daemon.json` and `status`.
@@ -75,11 +97,19 @@ impl Services {
     /// What keeps the daemon from being idle (running or queued jobs, pool
     /// builds), if anything.
     pub(crate) fn busy(&self) -> Option<String> {
-        self.pool.as_ref().and_then(|p| p.busy())
+        let reasons: Vec<String> =
+            [self.queue.as_ref().and_then(|q| q.busy()), self.pool.as_ref().and_then(|p| p.busy())]
+                .into_iter()
+                .flatten()
+                .collect();
+        (!reasons.is_empty()).then(|| reasons.join("; "))
     }
 
     /// Proves every service makes progress (its loops answer).
     pub(crate) async fn probe(&self) -> Result<(), String> {
+        if let Some(queue) = &self.queue {
+            queue.probe().await?;
+        }
         if let Some(pool) = &self.pool {
             pool.probe().await?;
         }
@@ -88,21 +118,35 @@ impl Services {
 
     /// Appends a short summary of each service to a `STATUS=` line.
     pub(crate) fn status_line(&self, line: &mut String) {
+        if let Some(queue) = &self.queue {
+            queue.status_line(line);
+        }
         if let Some(pool) = &self.pool {
             pool.status_line(line);
         }
     }
 
     /// Lets running work finish (no new work starts), for at most `timeout`.
-    pub(crate) async fn drain(&self, timeout: std::time::Duration) {
+    pub(crate) async fn drain(&self, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
-        if let Some(pool) = &self.pool {
-            pool.drain_builds(deadline).await;
-        }
+        let queue = async {
+            if let Some(queue) = &self.queue {
+                queue.drain(deadline).await;
+            }
+        };
+        let pool = async {
+            if let Some(pool) = &self.pool {
+                pool.drain_builds(deadline).await;
+            }
+        };
+        tokio::join!(queue, pool);
     }
 
     /// Stops every service, after the connections have been drained.
     pub(crate) async fn shutdown(&self) {
+        if let Some(queue) = &self.queue {
+            queue.shutdown().await;
+        }
         if let Some(pool) = &self.pool {
             pool.shutdown().await;
         }

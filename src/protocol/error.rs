@@ -89,6 +89,20 @@ error_codes! {
     NotRuntimeDefined => "not_runtime_defined",
     /// The daemon already has its maximum number of pools.
     TooManyPools => "too_many_pools",
+    // The queue channel.
+    /// No job has this id (it never existed, or it was purged or pruned).
+    JobNotFound => "job_not_found",
+    /// The idempotency key is in use in this queue by a job with a different
+    /// command, environment, working directory or input.
+    IdempotencyConflict => "idempotency_conflict",
+    /// The job already ended, so it cannot be canceled.
+    JobFinished => "job_finished",
+    /// `retry` and `purge` act on dead jobs only.
+    JobNotDead => "job_not_dead",
+    /// The job's input is larger than `queue.max_input`.
+    InputTooLarge => "input_too_large",
+    /// The queue's store failed (disk full, I/O error); nothing was changed.
+    StoreFailed => "store_failed",
 }
 
 impl fmt::Display for ErrorCode {

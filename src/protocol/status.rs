@@ -194,4 +194,24 @@ pub struct ServiceSummaries {
     /// The pool service: each pool in short.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<super::pool::PoolSummary>,
+    /// The job queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueSummary>,
+}
+
+/// The queue service at a glance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSummary {
+    /// Jobs waiting to run (queued or waiting for a retry).
+    pub pending: u64,
+    /// Jobs running now.
+    pub running: u64,
+    /// Jobs in the dead-letter queue.
+    pub dead: u64,
+    /// Workers in the pool.
+    pub workers: u32,
+    /// Age of the oldest job that could run but waits for a worker.
+    pub oldest_queued_ms: Option<u64>,
+    /// Where a corrupt or unopenable store was moved at start-up, if it was.
+    pub store_moved_to: Option<String>,
 }

@@ -13,6 +13,7 @@ mod doctor_cmd;
 mod error;
 mod output;
 mod pool_cmd;
+mod queue_cmd;
 mod service_cmd;
 mod status_cmd;
 
@@ -78,6 +79,12 @@ enum Command {
     /// Prewarmed resources (Python environments, scratch directories): take, release, warm, define
     #[command(subcommand)]
     Pool(pool_cmd::PoolCommand),
+    /// The durable job queue: submit commands to run in the background, with retries
+    #[command(subcommand)]
+    Queue(queue_cmd::QueueCommand),
+    /// Run a command through the queue and stream its output here; exit with its status
+    #[command(after_help = queue_cmd::JOB_EXIT_HELP)]
+    Run(queue_cmd::SubmitArgs),
 }
 
 /// What every command needs: where the daemon is and how to print.
@@ -146,6 +153,8 @@ fn run(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
             Command::Daemon(command) => daemon_cmd::run(ctx, command).await,
             Command::Doctor(args) => doctor_cmd::doctor(ctx, &args).await,
             Command::Pool(command) => pool_cmd::run(ctx, command).await,
+            Command::Queue(command) => queue_cmd::run(ctx, command).await,
+            Command::Run(args) => queue_cmd::run_attached(ctx, args).await,
         }
     })
 }

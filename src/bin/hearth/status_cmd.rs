@@ -94,6 +94,12 @@ pub(crate) fn print_report(r: &StatusReport) {
         let shown = if pools.is_empty() { "none in use".to_owned() } else { pools.join("; ") };
         rows.push(("pools", shown));
     }
+    if let Some(q) = &r.services.queue {
+        rows.push((
+            "queue",
+            format!("{} pending, {} running, {} dead; {} workers", q.pending, q.running, q.dead, q.workers),
+        ));
+    }
     for reason in &r.health.reasons {
         rows.push(("reason", format!("{} [{}]: {}", reason.code, reason.severity.as_str(), reason.message)));
     }

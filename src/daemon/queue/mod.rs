@@ -1,0 +1,391 @@
+//! The queue service: a durable job queue with idempotency keys, a worker
+//! pool, retries with backoff, a dead-letter queue and recovery after a
+//! crash.
+//!
+//! - `store.rs`: the SQLite file, its schema, and every read.
+//! - `writer.rs`: the single writer thread and its group commit; every
+//!   state change goes through it.
+//! - `spawn.rs`: starting an attempt so that its pid is committed before
+//!   its program runs.
+//! - `worker.rs`: the dispatcher, the attempts, and recovery at start-up.
+//! - `handler.rs`: the channel's requests.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{Notify, broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::config::QueueConfig;
+use super::fsutil;
+use crate::protocol::queue::{JobState, StateCounts, StoreRecovery};
+use crate::protocol::status::{HealthReason, HealthState, QueueSummary};
+use crate::protocol::{ErrorCode, WireError};
+
+mod handler;
+mod spawn;
+mod store;
+mod worker;
+mod writer;
+
+pub(crate) use handler::serve;
+pub(crate) use store::{Clock, SystemClock};
+
+/// The largest `max_attempts` a job may have.
+pub const MAX_ATTEMPTS: u32 = 1000;
+
+/// Capacity of the state-change broadcast (a slower listener re-reads).
+const EVENT_CAPACITY: usize = 4096;
+
+/// How often finished jobs and expired keys are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// Why a running attempt is being killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KillReason {
+    Cancel,
+    Shutdown,
+}
+
+/// An attempt in flight (from the moment it is picked until its end is committed).
+#[derive(Debug)]
+struct InFlight {
+    queue: String,
+    kill: watch::Sender<Option<KillReason>>,
+    /// Bumped whenever the attempt's output grows.
+    output: watch::Sender<u64>,
+}
+
+/// The queue service.
+#[derive(Debug)]
+pub(crate) struct QueueService {
+    config: QueueConfig,
+    workers: u32,
+    db_path: PathBuf,
+    logs_dir: PathBuf,
+    home: String,
+    clock: Arc<dyn Clock>,
+    writer: writer::Writer,
+    readers: store::Readers,
+    counts: Arc<Mutex<BTreeMap<String, StateCounts>>>,
+    events: broadcast::Sender<writer::Transition>,
+    wake: Arc<Notify>,
+    in_flight: Mutex<HashMap<u64, InFlight>>,
+    recovery: Option<StoreRecovery>,
+    /// The dispatcher's thread, joined at shutdown.
+    dispatcher: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Stops the dispatcher and the pruner.
+    stop: CancellationToken,
+    /// A draining shutdown: no new attempt starts.
+    draining: std::sync::atomic::AtomicBool,
+    /// The pruner and every attempt.
+    tasks: TaskTracker,
+}
+
+/// Why the queue service cannot start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartError {
+    #[error("cannot create {path:?}: {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Open(#[from] store::OpenError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl QueueService {
+    /// Opens the store under `<state_dir>/queue`, recovers the attempts a
+    /// previous daemon left running, and starts the dispatcher.
+    pub(crate) async fn start(
+        config: &QueueConfig,
+        state_dir: &Path,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<QueueService>, StartError> {
+        let dir = state_dir.join("queue");
+        let logs_dir = dir.join("logs");
+        for path in [&dir, &logs_dir] {
+            fsutil::create_private_dir(path).map_err(|source| StartError::Dir { path: path.clone(), source })?;
+        }
+        let now = clock.now_ms();
+        let open_dir = dir.clone();
+        let opened = tokio::task::spawn_blocking(move || store::open_store(&open_dir, now))
+            .await
+            .map_err(|e| StartError::Other(e.to_string()))??;
+        let db_path = dir.join(store::DB_FILE);
+        let initial = store::counts(&opened.conn).map_err(|e| StartError::Other(format!("cannot count jobs: {e}")))?;
+        let counts = Arc::new(Mutex::new(initial));
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let wake = Arc::new(Notify::new());
+        let on_commit = {
+            let (counts, events, wake) = (counts.clone(), events.clone(), wake.clone());
+            Box::new(move |transitions: &[writer::Transition]| {
+                if transitions.is_empty() {
+                    return;
+                }
+                let mut counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
+                for t in transitions {
+                    let per_queue = counts.entry(t.queue.clone()).or_default();
+                    if let Some(from) = t.from {
+                        let n = per_queue.get_mut(from);
+                        *n = n.saturating_sub(1);
+                    }
+                    if let Some(to) = t.to {
+                        *per_queue.get_mut(to) += 1;
+                    }
+                }
+                drop(counts);
+                for t in transitions {
+                    let _ = events.send(t.clone());
+                }
+                wake.notify_one();
+            }) as writer::OnCommit
+        };
+        let writer = writer::Writer::spawn(opened.conn, clock.clone(), on_commit)
+            .map_err(|e| StartError::Other(format!("cannot start the writer thread: {e}")))?;
+        let home = std::env::var("HOME").ok().filter(|h| h.starts_with('/')).unwrap_or_else(|| "/".into());
+        let service = Arc::new(QueueService {
+            workers: config.effective_workers(),
+            config: config.clone(),
+            readers: store::Readers::new(db_path.clone()),
+            db_path,
+            logs_dir,
+            home,
+            clock,
+            writer,
+            counts,
+            events,
+            wake,
+            in_flight: Mutex::new(HashMap::new()),
+            recovery: opened.recovery,
+            dispatcher: Mutex::new(None),
+            stop: CancellationToken::new(),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            tasks: TaskTracker::new(),
+        });
+        worker::recover(&service).await;
+        let (dispatcher, runtime) = (service.clone(), tokio::runtime::Handle::current());
+        let thread = std::thread::Builder::new()
+            .name("hearthd-queue-dispatch".into())
+            .spawn(move || worker::dispatch(&dispatcher, &runtime))
+            .map_err(|e| StartError::Other(format!("cannot start the dispatcher thread: {e}")))?;
+        *service.dispatcher.lock().unwrap_or_else(PoisonError::into_inner) = Some(thread);
+        service.tasks.spawn(prune_loop(service.clone()));
+        tracing::info!(
+            store = %service.db_path.display(),
+            workers = service.workers,
+            "queue service ready"
+        );
+        Ok(service)
+    }
+
+    /// Stops dispatching; running attempts get SIGTERM, then SIGKILL after
+    /// `kill_grace`, and are requeued without counting. Then the writer
+    /// commits what it has and closes.
+    pub(crate) async fn shutdown(&self) {
+        self.stop.cancel();
+        let dispatcher = self.dispatcher.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(thread) = dispatcher {
+            // It returns as soon as it sees the stop; it never waits on a job.
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        let running: Vec<_> = {
+            let in_flight = self.lock_in_flight();
+            in_flight.values().map(|f| f.kill.clone()).collect()
+        };
+        if !running.is_empty() {
+            tracing::info!(jobs = running.len(), "stopping running jobs; they will run again after restart");
+        }
+        for kill in running {
+            kill.send_replace(Some(KillReason::Shutdown));
+        }
+        self.tasks.close();
+        let limit = self.config.kill_grace.0 + Duration::from_secs(5);
+        if tokio::time::timeout(limit, self.tasks.wait()).await.is_err() {
+            tracing::warn!("queue attempts did not end within {limit:?}; the next start recovers them");
+        }
+        self.writer.close();
+    }
+
+    /// Jobs waiting or running, if any: they keep the daemon from idling.
+    pub(crate) fn busy(&self) -> Option<String> {
+        let (total, _) = self.total_counts();
+        let (pending, running) = (total.queued + total.retry_wait, total.running.max(self.busy_workers().into()));
+        (pending + running > 0).then(|| format!("{running} jobs running, {pending} waiting"))
+    }
+
+    /// Proves the writer thread takes the store's write lock and answers,
+    /// and that the dispatcher thread is alive.
+    pub(crate) async fn probe(&self) -> Result<(), String> {
+        let finished = self
+            .dispatcher
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(std::thread::JoinHandle::is_finished);
+        if finished && !self.stop.is_cancelled() {
+            return Err("the queue dispatcher has stopped".into());
+        }
+        match tokio::time::timeout(Duration::from_secs(2), self.writer.call(writer::Op::Probe)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("the queue store: {}", e.message)),
+            Err(_) => Err("the queue store's writer did not answer within 2s".into()),
+        }
+    }
+
+    /// `; queue: 2 running, 5 waiting` for a `STATUS=` line.
+    pub(crate) fn status_line(&self, line: &mut String) {
+        let (total, _) = self.total_counts();
+        let pending = total.queued + total.retry_wait;
+        if pending + total.running + total.dead > 0 {
+            line.push_str(&format!("; queue: {} running, {pending} waiting, {} dead", total.running, total.dead));
+        }
+    }
+
+    /// A draining shutdown: start no new attempt, and wait (until
+    /// `deadline`) for the running ones to end. Submissions are still
+    /// accepted and stored; the next daemon runs them.
+    pub(crate) async fn drain(&self, deadline: tokio::time::Instant) {
+        self.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_one();
+        loop {
+            let running = self.busy_workers();
+            if running == 0 || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<u64, InFlight>> {
+        self.in_flight.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs a read on a pooled connection, off the async workers.
+    async fn read<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, WireError> {
+        let service = self.clone();
+        tokio::task::spawn_blocking(move || service.readers.with(f))
+            .await
+            .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?
+            .map_err(|e| {
+                tracing::error!("queue store read failed: {e}");
+                WireError::new(ErrorCode::StoreFailed, format!("the queue store failed: {e}"))
+            })
+    }
+
+    fn log_path(&self, id: u64, stream: crate::protocol::queue::LogStream) -> PathBuf {
+        self.logs_dir.join(format!("{id}.{}", stream.as_str()))
+    }
+
+    fn total_counts(&self) -> (StateCounts, BTreeMap<String, StateCounts>) {
+        let per_queue = self.counts.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let mut total = StateCounts::default();
+        for counts in per_queue.values() {
+            for state in JobState::ALL {
+                *total.get_mut(state) += counts.get(state);
+            }
+        }
+        (total, per_queue)
+    }
+
+    /// Age of the oldest runnable job still waiting, in ms. A quick indexed
+    /// read, fine to run inline.
+    fn oldest_waiting_ms(&self) -> Option<u64> {
+        let now = self.clock.now_ms();
+        match self.readers.with(|c| store::oldest_runnable(c, now)) {
+            Ok(at) => at.map(|at| now.saturating_sub(at)),
+            Err(e) => {
+                tracing::warn!("cannot read the queue backlog: {e}");
+                None
+            }
+        }
+    }
+
+    fn busy_workers(&self) -> u32 {
+        self.lock_in_flight().len() as u32
+    }
+
+    /// The status channel's summary.
+    pub(crate) fn summary(&self) -> QueueSummary {
+        let (total, _) = self.total_counts();
+        QueueSummary {
+            pending: total.queued + total.retry_wait,
+            running: total.running,
+            dead: total.dead,
+            workers: self.workers,
+            oldest_queued_ms: self.oldest_waiting_ms(),
+            store_moved_to: self.recovery.as_ref().map(|r| r.moved_to.clone()),
+        }
+    }
+
+    /// What is wrong with the queue.
+    pub(crate) fn health_reasons(&self, reasons: &mut Vec<HealthReason>) {
+        if let Some(r) = &self.recovery {
+            reasons.push(HealthReason {
+                code: "queue_store_recovered".into(),
+                severity: HealthState::Degraded,
+                message: format!(
+                    "the queue store was corrupt or unopenable ({}); it was moved to {} and a fresh store started",
+                    r.reason, r.moved_to
+                ),
+            });
+        }
+        let threshold = self.config.backlog_threshold.0.as_millis() as u64;
+        if let Some(age) = self.oldest_waiting_ms().filter(|age| *age >= threshold) {
+            reasons.push(HealthReason {
+                code: "queue_backlog".into(),
+                severity: HealthState::Degraded,
+                message: format!(
+                    "a runnable job has waited {}s for a worker (threshold {})",
+                    age / 1000,
+                    self.config.backlog_threshold
+                ),
+            });
+        }
+    }
+}
+
+async fn prune_loop(service: Arc<QueueService>) {
+    loop {
+        let op = writer::Op::Prune {
+            keep_ms: service.config.keep_finished.0.as_millis() as u64,
+            keep_count: service.config.keep_finished_count,
+        };
+        match service.writer.call(op).await {
+            Ok(writer::Reply::Ids(ids)) if !ids.is_empty() => {
+                tracing::info!(jobs = ids.len(), "pruned finished jobs");
+                service.remove_logs(ids).await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cannot prune the queue: {e}"),
+        }
+        tokio::select! {
+            () = service.stop.cancelled() => return,
+            () = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
+    }
+}
+
+impl QueueService {
+    /// Deletes the log files of jobs that no longer exist.
+    async fn remove_logs(self: &Arc<Self>, ids: Vec<u64>) {
+        let service = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for id in ids {
+                for stream in [crate::protocol::queue::LogStream::Stdout, crate::protocol::queue::LogStream::Stderr] {
+                    let _ = std::fs::remove_file(service.log_path(id, stream));
+                }
+            }
+        })
+        .await;
+    }
+}
