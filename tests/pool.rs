@@ -505,3 +505,18 @@ fn a_pool_service_that_cannot_start_leaves_the_daemon_serving() {
     assert_eq!(refused["error"]["code"], "channel_unavailable", "{refused}");
     assert!(refused["error"]["message"].as_str().unwrap().contains("not a directory"), "{refused}");
 }
+
+#[test]
+fn a_disabled_pool_channel_is_refused_and_builds_nothing() {
+    let state = StateDir::new();
+    state.write_config("[pool]\nenabled = false\n");
+    let _daemon = state.start(&[]);
+    let status = daemon_status(&state);
+    assert!(!status["channels"].as_array().unwrap().contains(&json!("pool")), "{status}");
+    assert_eq!(status["health"]["state"], "healthy", "disabled is not a failure: {status}");
+    let mut c = RawConn::connect(state.socket());
+    let refused = c.handshake("pool");
+    assert_eq!(refused["error"]["code"], "channel_unavailable", "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("pool.enabled = false"), "{refused}");
+    assert!(!state.state_dir().join("pools").exists(), "nothing was created");
+}

@@ -121,10 +121,19 @@ pub(crate) fn route(shared: &Shared, channel: Channel) -> Result<Route, WireErro
         Channel::Queue if shared.services.queue.is_some() => {
             Ok(Route::Queue(shared.services.queue.clone().expect("checked")))
         }
-        Channel::Pool | Channel::Queue | Channel::Blob => Err(WireError::new(
-            ErrorCode::ChannelUnavailable,
-            format!("the {channel} channel is not available in hearthd {}", super::VERSION),
-        )),
+        Channel::Pool | Channel::Queue | Channel::Blob => {
+            let disabled = match channel {
+                Channel::Pool => !shared.config.pool.enabled,
+                Channel::Queue => !shared.config.queue.enabled,
+                _ => false,
+            };
+            let message = if disabled {
+                format!("the {channel} channel is disabled in this daemon's configuration ({channel}.enabled = false)")
+            } else {
+                format!("the {channel} channel is not available in hearthd {}", super::VERSION)
+            };
+            Err(WireError::new(ErrorCode::ChannelUnavailable, message))
+        }
     }
 }
 

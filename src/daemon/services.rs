@@ -44,10 +44,12 @@ impl Services {
                 Err(e) => services.fail(Channel::Queue, e),
             }
         }
-        notifier.extend_timeout(START_EXTENSION);
-        match PoolService::start(config, paths).await {
-            Ok(pool) => services.pool = Some(pool),
-            Err(e) => services.fail(Channel::Pool, e),
+        if config.pool.enabled {
+            notifier.extend_timeout(START_EXTENSION);
+            match PoolService::start(config, paths).await {
+                Ok(pool) => services.pool = Some(pool),
+                Err(e) => services.fail(Channel::Pool, e),
+            }
         }
         services
     }

@@ -28,6 +28,8 @@ use crate::units::{ByteSize, HumanDuration};
 /// The pool service's settings and the pools config.toml defines.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolSettings {
+    /// Serve the pool channel and build resources.
+    pub enabled: bool,
     /// Builds (and resets) running at once, all pools together.
     pub max_concurrent_builds: u32,
     /// Output kept per build: the first 4 KiB and the rest from the end.
@@ -46,6 +48,7 @@ pub struct PoolSettings {
 impl Default for PoolSettings {
     fn default() -> Self {
         Self {
+            enabled: true,
             max_concurrent_builds: 1,
             build_log_max: ByteSize(64 << 10),
             retry_base: HumanDuration(Duration::from_secs(1)),
@@ -56,8 +59,8 @@ impl Default for PoolSettings {
     }
 }
 
-const GLOBAL_KEYS: [&str; 5] =
-    ["max_concurrent_builds", "build_log_max", "retry_base", "retry_max", "failures_degraded"];
+const GLOBAL_KEYS: [&str; 6] =
+    ["enabled", "max_concurrent_builds", "build_log_max", "retry_base", "retry_max", "failures_degraded"];
 
 /// One `[pool.<name>]` table: a definition in config.toml's words
 /// (durations written with units).
@@ -171,6 +174,7 @@ impl<'de> Deserialize<'de> for PoolSettings {
         }
         for (key, value) in table {
             match key.as_str() {
+                "enabled" => out.enabled = field(&key, value)?,
                 "max_concurrent_builds" => out.max_concurrent_builds = field(&key, value)?,
                 "build_log_max" => out.build_log_max = field(&key, value)?,
                 "retry_base" => out.retry_base = field(&key, value)?,
@@ -195,6 +199,7 @@ impl<'de> Deserialize<'de> for PoolSettings {
 impl Serialize for PoolSettings {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(Some(GLOBAL_KEYS.len() + self.pools.len()))?;
+        map.serialize_entry("enabled", &self.enabled)?;
         map.serialize_entry("max_concurrent_builds", &self.max_concurrent_builds)?;
         map.serialize_entry("build_log_max", &self.build_log_max)?;
         map.serialize_entry("retry_base", &self.retry_base)?;
