@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tokio::net::UnixStream;
 
 use super::session::Session;
-use super::{Shared, bump, server, status};
+use super::{Shared, blob, bump, server, status};
 use crate::connection::Connection;
 use crate::protocol::frame::FrameError;
 use crate::protocol::handshake::{Accepted, Channel, Handshake, HandshakeReply, Refused};
@@ -84,12 +84,14 @@ pub(crate) async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
     }
     match route {
         Route::Status => status::serve(Session::new(conn, shared)).await,
+        Route::Blob(service) => blob::serve(Session::new(conn, shared), service).await,
     }
 }
 
 /// The handler a channel's connections go to.
 pub(crate) enum Route {
     Status,
+    Blob(std::sync::Arc<blob::BlobService>),
 }
 
 /// Where `channel` goes, or why it cannot be opened: this is the one place
@@ -103,6 +105,9 @@ pub(crate) fn route(shared: &Shared, channel: Channel) -> Result<Route, WireErro
     }
     match channel {
         Channel::Status => Ok(Route::Status),
+        Channel::Blob if shared.services.blob.is_some() => {
+            Ok(Route::Blob(shared.services.blob.clone().expect("checked above")))
+        }
         Channel::Pool | Channel::Queue | Channel::Blob => Err(WireError::new(
             ErrorCode::ChannelUnavailable,
             format!("the {channel} channel is not available in hearthd {}", super::VERSION),

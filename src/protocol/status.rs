@@ -183,4 +183,8 @@ pub struct HealthReason {
 
 /// Per-service summaries; a service that does not run is absent.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ServiceSummaries {}
+pub struct ServiceSummaries {
+    /// The blob store: count, bytes, pins, budget and HTTP URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<super::blob::Usage>,
+}
