@@ -45,6 +45,9 @@ pub struct Client<C: ChannelProtocol> {
 /// A blocking client of the `status` channel.
 pub type StatusClient = Client<StatusChannel>;
 
+/// A blocking client of the `blob` channel.
+pub type BlobClient = Client<crate::protocol::blob::BlobChannel>;
+
 impl<C: ChannelProtocol> Client<C> {
     /// Connects to `socket` with default options.
     pub fn connect(socket: impl AsRef<Path>) -> Result<Self, ClientError> {

@@ -8,9 +8,11 @@ use hearth::client::{Client, ConnectOptions, EnsureOptions, ensure_daemon_runnin
 use hearth::paths::Paths;
 use hearth::protocol::ChannelProtocol;
 
+mod blob_cmd;
 mod daemon_cmd;
 mod error;
 mod output;
+mod progress;
 mod status_cmd;
 
 use error::CliError;
@@ -70,6 +72,9 @@ enum Command {
     /// Start, stop and inspect the daemon process
     #[command(subcommand)]
     Daemon(daemon_cmd::DaemonCommand),
+    /// The content-addressed blob store: put, get, list, pin, collect
+    #[command(subcommand)]
+    Blob(blob_cmd::BlobCommand),
 }
 
 /// What every command needs: where the daemon is and how to print.
@@ -95,7 +100,6 @@ impl Ctx {
     }
 
     /// Connects, starting the daemon first when none runs (unless --no-spawn).
-    #[allow(dead_code)] // used by the channel command groups
     pub(crate) async fn connect_or_spawn<C: ChannelProtocol>(&self) -> Result<Client<C>, CliError> {
         match Client::connect_with(&self.connect_options()).await {
             Err(e) if e.is_not_running() && !self.no_spawn => {
@@ -137,6 +141,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
             Command::Status => status_cmd::status(ctx).await,
             Command::Shutdown(args) => status_cmd::shutdown(ctx, args).await,
             Command::Daemon(command) => daemon_cmd::run(ctx, command).await,
+            Command::Blob(command) => blob_cmd::run(ctx, command).await,
         }
     })
 }

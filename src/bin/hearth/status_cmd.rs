@@ -77,6 +77,19 @@ pub(crate) fn print_report(r: &StatusReport) {
         ),
         ("channels", r.channels.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")),
     ];
+    if let Some(blob) = &r.services.blob {
+        let budget = blob.budget_bytes.map_or_else(|| "no budget".into(), |b| format!("budget {}", output::bytes(b)));
+        let http = blob.http_url.as_deref().unwrap_or("no HTTP");
+        rows.push((
+            "blob",
+            format!(
+                "{} blobs, {} ({budget}), {} pinned, {http}",
+                blob.count,
+                output::bytes(blob.bytes),
+                blob.pinned_count
+            ),
+        ));
+    }
     for reason in &r.health.reasons {
         rows.push(("reason", format!("{} [{}]: {}", reason.code, reason.severity.as_str(), reason.message)));
     }

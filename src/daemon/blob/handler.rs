@@ -49,9 +49,8 @@ async fn handle(service: &Arc<BlobService>, request: BlobRequest) -> Result<Blob
             if !(1..=MAX_LIST_LIMIT).contains(&limit) {
                 return Err(invalid(format!("limit must be between 1 and {MAX_LIST_LIMIT}, not {limit}")));
             }
-            let after = match cursor.as_deref().map(BlobHash::parse).transpose() {
-                Ok(after) => after,
-                Err(_) => return Err(invalid("cursor is not a next_cursor this channel returned")),
+            let Ok(after) = cursor.as_deref().map(BlobHash::parse).transpose() else {
+                return Err(invalid("cursor is not a next_cursor this channel returned"));
             };
             let (blobs, more) = store.list(after.as_ref(), limit as usize);
             let next_cursor = if more { blobs.last().map(|b| b.hash.to_string()) } else { None };
@@ -64,7 +63,9 @@ async fn handle(service: &Arc<BlobService>, request: BlobRequest) -> Result<Blob
         }
         BlobRequest::Pin { hash } => pin(service, hash, true).await?,
         BlobRequest::Unpin { hash } => pin(service, hash, false).await?,
-        BlobRequest::Gc { target_bytes } => BlobResponse::Gc(blocking(service, move |s| Ok(s.store.collect(target_bytes))).await?),
+        BlobRequest::Gc { target_bytes } => {
+            BlobResponse::Gc(blocking(service, move |s| Ok(s.store.collect(target_bytes))).await?)
+        }
         BlobRequest::Put(_) | BlobRequest::Get(_) => unreachable!("streamed requests are handled by serve"),
     })
 }
@@ -118,9 +119,7 @@ fn invalid(message: impl Into<String>) -> WireError {
 fn check_put(put: &PutRequest, max_blob_size: Option<u64>) -> Result<(), WireError> {
     if let Some(name) = &put.name {
         if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
-            return Err(invalid(format!(
-                "name must be 1 to {MAX_NAME_LEN} bytes without control characters"
-            )));
+            return Err(invalid(format!("name must be 1 to {MAX_NAME_LEN} bytes without control characters")));
         }
     }
     if let Some(media_type) = &put.media_type {
@@ -233,7 +232,11 @@ async fn receive_put(
 
 /// Checks the received data against the client's expectations, syncs it and
 /// moves it into place.
-async fn finish_put(service: &Arc<BlobService>, written: ingest::Received, put: PutRequest) -> Result<Stored, WireError> {
+async fn finish_put(
+    service: &Arc<BlobService>,
+    written: ingest::Received,
+    put: PutRequest,
+) -> Result<Stored, WireError> {
     let size = written.size();
     if let Some(expected) = put.size {
         if expected != size {

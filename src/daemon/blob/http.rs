@@ -122,7 +122,13 @@ struct Limits {
     write_timeout: Duration,
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, limits: Limits, stop: CancellationToken, tracker: TaskTracker) {
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<Ctx>,
+    limits: Limits,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
     let mut backoff = Duration::ZERO;
     loop {
         let accepted = tokio::select! {
@@ -177,7 +183,10 @@ async fn serve_connection(stream: TcpStream, ctx: Arc<Ctx>, limits: &Limits, sto
 
 async fn respond(ctx: &Ctx, req: &Request<Incoming>) -> Response<Body> {
     if !ctx.host_allowed(req) {
-        return text(StatusCode::FORBIDDEN, "requests must name 127.0.0.1, localhost or [::1] with this server's port\n");
+        return text(
+            StatusCode::FORBIDDEN,
+            "requests must name 127.0.0.1, localhost or [::1] with this server's port\n",
+        );
     }
     let cors = ctx.cors_origin(req.headers());
     if req.method() == Method::OPTIONS && cors.is_some() {

@@ -104,7 +104,8 @@ mod tests {
         for ok in ["image/png", "text/plain; charset=utf-8", "application/vnd.api+json"] {
             assert!(is_valid(ok), "{ok}");
         }
-        for bad in ["", "png", "image/", "/png", "text/plain; charset", "text/plain\n", "a/b c", "text/plain; a=\"b\""] {
+        for bad in ["", "png", "image/", "/png", "text/plain; charset", "text/plain\n", "a/b c", "text/plain; a=\"b\""]
+        {
             assert!(!is_valid(bad), "{bad:?}");
         }
     }

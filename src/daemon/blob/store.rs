@@ -271,7 +271,8 @@ impl Store {
             match std::fs::symlink_metadata(&dir) {
                 Ok(_) => real_dir(&dir)?,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fsutil::create_private_dir(&dir).map_err(|e| StoreError::io(format!("cannot create {dir:?}"), e))?;
+                    fsutil::create_private_dir(&dir)
+                        .map_err(|e| StoreError::io(format!("cannot create {dir:?}"), e))?;
                     created = true;
                     continue;
                 }
@@ -345,7 +346,8 @@ impl Store {
     fn load_one(&self, hash: &BlobHash) -> Result<Sidecar, StoreError> {
         let content = self.content_path(hash);
         let stat = std::fs::symlink_metadata(&content).map_err(|e| StoreError::io(format!("cannot stat {hash}"), e))?;
-        let sidecar = std::fs::read(self.sidecar_path(hash)).ok().and_then(|b| serde_json::from_slice::<Sidecar>(&b).ok());
+        let sidecar =
+            std::fs::read(self.sidecar_path(hash)).ok().and_then(|b| serde_json::from_slice::<Sidecar>(&b).ok());
         match sidecar {
             Some(meta) if meta.size == stat.len() => Ok(meta),
             other => {
@@ -486,14 +488,12 @@ impl Store {
     /// Opens a blob's content for reading; also returns its metadata.
     pub(crate) fn open_blob(&self, hash: &BlobHash) -> Result<(File, BlobInfo), StoreError> {
         let info = self.info(hash).ok_or_else(|| StoreError::NotFound(hash.clone()))?;
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(self.content_path(hash))
-            .map_err(|e| match e.kind() {
+        let file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(self.content_path(hash)).map_err(
+            |e| match e.kind() {
                 io::ErrorKind::NotFound => StoreError::NotFound(hash.clone()),
                 _ => StoreError::io(format!("cannot open {hash}"), e),
-            })?;
+            },
+        )?;
         Ok((file, info))
     }
 
@@ -804,8 +804,7 @@ mod tests {
     fn list_pages_in_hash_order() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("blobs"), None).unwrap();
-        let mut hashes: Vec<BlobHash> =
-            (0..5u8).map(|i| put(&store, &[i; 3], &PutMeta::default()).0).collect();
+        let mut hashes: Vec<BlobHash> = (0..5u8).map(|i| put(&store, &[i; 3], &PutMeta::default()).0).collect();
         hashes.sort();
         let (first, more) = store.list(None, 2);
         assert!(more);
