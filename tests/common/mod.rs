@@ -89,6 +89,24 @@ impl StateDir {
         cmd
     }
 
+    /// Writes `<state-dir>/config.toml` (creating the state directory).
+    pub fn write_config(&self, toml: &str) {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(self.state_dir()).expect("state dir");
+        std::fs::write(self.paths.config_file(), toml).expect("config.toml");
+    }
+
+    /// `daemon.json` as JSON.
+    pub fn daemon_info(&self) -> Value {
+        let text = std::fs::read_to_string(self.paths.info_file()).expect("daemon.json");
+        serde_json::from_str(&text).expect("daemon.json is JSON")
+    }
+
+    /// The blob HTTP server's base URL, from `daemon.json`.
+    pub fn blob_url(&self) -> String {
+        self.daemon_info()["endpoints"]["blob_http"].as_str().expect("endpoints.blob_http").to_owned()
+    }
+
     /// Starts `hearthd` in the foreground with extra `args` and waits until
     /// it answers.
     pub fn start(&self, args: &[&str]) -> Daemon {
@@ -259,6 +277,44 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
             !zombie && String::from_utf8_lossy(&cmdline).contains(needle)
         })
         .collect()
+}
+
+/// One HTTP exchange through the real `curl`: status, headers (lowercased
+/// names) and body.
+pub struct CurlResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl CurlResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Runs `curl` with `args` (plus flags that capture the status and headers).
+pub fn curl(args: &[&str]) -> CurlResponse {
+    let headers_file = tempfile::NamedTempFile::new().expect("temp file");
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "20", "-D"])
+        .arg(headers_file.path())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("curl is installed (.ci/run installs it)");
+    let text = std::fs::read_to_string(headers_file.path()).unwrap_or_default();
+    let mut status = 0;
+    let mut headers = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("HTTP/") {
+            status = rest.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            headers.clear();
+        } else if let Some((name, value)) = line.split_once(':') {
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
+    }
+    CurlResponse { status, headers, body: out.stdout }
 }
 
 /// Stdout of an output, as text.
