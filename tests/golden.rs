@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use bytes::BytesMut;
+use hearth::protocol::blob::{BlobRequest, BlobResponse};
 use hearth::protocol::frame::FrameCodec;
 use hearth::protocol::handshake::{Handshake, HandshakeReply};
 use hearth::protocol::status::{StatusRequest, StatusResponse};
@@ -40,10 +41,12 @@ fn golden_frames_keep_decoding() {
             "handshake_reply" => decodes_as::<HandshakeReply>(&payload),
             "status_request" => decodes_as::<StatusRequest>(&payload),
             "status_response" => decodes_as::<StatusResponse>(&payload),
+            "blob_request" => decodes_as::<BlobRequest>(&payload),
+            "blob_response" => decodes_as::<BlobResponse>(&payload),
             other => Err(format!("unknown kind {other}: teach tests/golden.rs")),
         };
         result.unwrap_or_else(|e| panic!("{name}: {e}"));
         checked += 1;
     }
-    assert!(checked >= 11, "only {checked} golden frames");
+    assert!(checked >= 22, "only {checked} golden frames");
 }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use hearth::protocol::Request;
+use hearth::protocol::blob::{BlobRequest, BlobResponse};
 use hearth::protocol::error::ErrorCode;
 use hearth::protocol::handshake::{Handshake, HandshakeReply};
 use hearth::protocol::info::{DaemonInfo, LaunchReport};
@@ -27,7 +28,7 @@ fn roundtrip<T: Serialize + DeserializeOwned>(text: &str) -> Result<(), String> 
 
 /// The request types of each channel, for the coverage check.
 fn request_types() -> BTreeMap<&'static str, &'static [&'static str]> {
-    BTreeMap::from([("status", StatusRequest::TYPES)])
+    BTreeMap::from([("status", StatusRequest::TYPES), ("blob", BlobRequest::TYPES)])
 }
 
 fn check(tag: &str, text: &str) -> Result<(), String> {
@@ -36,6 +37,8 @@ fn check(tag: &str, text: &str) -> Result<(), String> {
         "frame.handshake_reply" => roundtrip::<HandshakeReply>(text),
         "status.request" => roundtrip::<StatusRequest>(text),
         "status.response" => roundtrip::<StatusResponse>(text),
+        "blob.request" => roundtrip::<BlobRequest>(text),
+        "blob.response" => roundtrip::<BlobResponse>(text),
         "info" => roundtrip::<DaemonInfo>(text),
         "launch" => roundtrip::<LaunchReport>(text),
         other => Err(format!("unknown example tag {other:?}: add it to tests/proto_docs.rs")),
