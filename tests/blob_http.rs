@@ -237,7 +237,8 @@ fn cli_end_to_end() {
     assert_eq!(info["pinned"], true);
 
     let out = state.dir.path().join("copy.png");
-    assert!(state.run(&["blob", "get", &hash, "-o", out.to_str().unwrap()]).status.success());
+    let got = json_of(&state.run(&["--json", "blob", "get", &hash, "-o", out.to_str().unwrap()]));
+    assert_eq!((got["size"].as_u64(), got["path"].as_str()), (Some(300_000), out.to_str()));
     assert_eq!(std::fs::read(&out).unwrap(), data);
     // Bare hex in upper case is accepted on the command line.
     let got = state.run(&["blob", "get", &hash[7..].to_uppercase()]);

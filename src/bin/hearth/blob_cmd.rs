@@ -82,7 +82,8 @@ pub(crate) struct PutArgs {
 pub(crate) struct GetArgs {
     /// The blob (`sha256:<hex>` or the 64 hex digits alone)
     hash: String,
-    /// Write to FILE (atomically: complete or not at all) instead of stdout
+    /// Write to FILE (atomically: complete or not at all) instead of stdout;
+    /// with --json, then print the hash, size and path
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
 }
@@ -91,7 +92,7 @@ pub(crate) async fn run(ctx: &Ctx, command: BlobCommand) -> Result<u8, CliError>
     let mut client = ctx.connect_or_spawn::<BlobChannel>().await?;
     match command {
         BlobCommand::Put(args) => put(ctx, &mut client, args).await,
-        BlobCommand::Get(args) => get(&mut client, args).await,
+        BlobCommand::Get(args) => get(ctx, &mut client, args).await,
         BlobCommand::Stat { hash: Some(hash) } => {
             let info = client.stat(&parse_hash(&hash)?).await?;
             if ctx.json {
@@ -209,7 +210,7 @@ async fn put(ctx: &Ctx, client: &mut BlobClient, args: PutArgs) -> Result<u8, Cl
     Ok(EXIT_OK)
 }
 
-async fn get(client: &mut BlobClient, args: GetArgs) -> Result<u8, CliError> {
+async fn get(ctx: &Ctx, client: &mut BlobClient, args: GetArgs) -> Result<u8, CliError> {
     let hash = parse_hash(&args.hash)?;
     let size = client.stat(&hash).await?.size;
     let Some(path) = args.output.filter(|p| p.as_os_str() != "-") else {
@@ -237,6 +238,9 @@ async fn get(client: &mut BlobClient, args: GetArgs) -> Result<u8, CliError> {
         return Err(e);
     }
     progress.finish();
+    if ctx.json {
+        output::json(&json!({ "hash": hash, "size": size, "path": path }))?;
+    }
     Ok(EXIT_OK)
 }
 

@@ -160,15 +160,17 @@ async fn receive_put(
     }
     // The client named the content and it is stored: no data needs to travel.
     if let Some(hash) = put.sha256.clone() {
+        let stored_size = service.store.info(&hash).map(|info| info.size);
+        if let (Some(expected), Some(size)) = (put.size, stored_size) {
+            if expected != size {
+                return session.send(&BlobResponse::Error(size_mismatch(expected, size))).await;
+            }
+        }
         let pin = put.pin;
         let known = blocking(service, move |s| s.store.put_known(&hash, pin).map(|size| size.map(|s| (hash, s)))).await;
         match known {
             Ok(Some((hash, size))) => {
-                let response = match put.size {
-                    Some(expected) if expected != size => BlobResponse::Error(size_mismatch(expected, size)),
-                    _ => BlobResponse::Stored(Stored { hash, size, existed: true }),
-                };
-                return session.send(&response).await;
+                return session.send(&BlobResponse::Stored(Stored { hash, size, existed: true })).await;
             }
             Ok(None) => {}
             Err(e) => return session.send(&BlobResponse::Error(e)).await,
