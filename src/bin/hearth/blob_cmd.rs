@@ -9,7 +9,7 @@ use hearth::units::ByteSize;
 use serde_json::json;
 
 use crate::error::{CliError, EXIT_OK};
-use crate::progress::{Progress, ProgressRead, ProgressWrite};
+use crate::progress::{Blocking, Progress, ProgressRead, ProgressWrite};
 use crate::{Ctx, output};
 
 #[derive(Debug, clap::Subcommand)]
@@ -188,16 +188,16 @@ async fn put(ctx: &Ctx, client: &mut BlobClient, args: PutArgs) -> Result<u8, Cl
     }
     let stored = if stdin {
         let mut progress = Progress::new("put", None);
-        let reader = ProgressRead { inner: tokio::io::stdin(), progress: &mut progress };
+        let reader = ProgressRead { inner: Blocking(std::io::stdin()), progress: &mut progress };
         client.put_reader(reader, options).await?
     } else {
-        let file = tokio::fs::File::open(&args.file).await.map_err(|e| io_error("open", &args.file, &e))?;
-        let meta = file.metadata().await.map_err(|e| io_error("stat", &args.file, &e))?;
+        let file = std::fs::File::open(&args.file).map_err(|e| io_error("open", &args.file, &e))?;
+        let meta = file.metadata().map_err(|e| io_error("stat", &args.file, &e))?;
         if !meta.is_file() {
             return Err(CliError::new("io_error", format!("{} is not a regular file", args.file.display())));
         }
         let mut progress = Progress::new("put", Some(meta.len()));
-        let reader = ProgressRead { inner: file, progress: &mut progress };
+        let reader = ProgressRead { inner: Blocking(file), progress: &mut progress };
         let stored = client.put_reader(reader, options.size(meta.len())).await?;
         progress.finish();
         stored
@@ -216,7 +216,7 @@ async fn get(ctx: &Ctx, client: &mut BlobClient, args: GetArgs) -> Result<u8, Cl
     let Some(path) = args.output.filter(|p| p.as_os_str() != "-") else {
         let to_terminal = std::io::stdout().is_terminal();
         let mut progress = Progress::new("get", (!to_terminal).then_some(size));
-        let writer = ProgressWrite { inner: tokio::io::stdout(), progress: &mut progress };
+        let writer = ProgressWrite { inner: Blocking(std::io::stdout()), progress: &mut progress };
         client.get_to_writer(&hash, None, writer).await?;
         progress.finish();
         return Ok(EXIT_OK);
@@ -225,16 +225,16 @@ async fn get(ctx: &Ctx, client: &mut BlobClient, args: GetArgs) -> Result<u8, Cl
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "blob".into());
     let temp = dir.join(format!(".{file_name}.hearth-{}", std::process::id()));
-    let file = tokio::fs::File::create(&temp).await.map_err(|e| io_error("create", &temp, &e))?;
+    let file = std::fs::File::create(&temp).map_err(|e| io_error("create", &temp, &e))?;
     let mut progress = Progress::new("get", Some(size));
     let result = async {
-        let writer = ProgressWrite { inner: file, progress: &mut progress };
+        let writer = ProgressWrite { inner: Blocking(file), progress: &mut progress };
         client.get_to_writer(&hash, None, writer).await?;
-        tokio::fs::rename(&temp, &path).await.map_err(|e| io_error("create", &path, &e))
+        std::fs::rename(&temp, &path).map_err(|e| io_error("create", &path, &e))
     }
     .await;
     if let Err(e) = result {
-        let _ = tokio::fs::remove_file(&temp).await;
+        let _ = std::fs::remove_file(&temp);
         return Err(e);
     }
     progress.finish();
