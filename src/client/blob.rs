@@ -310,11 +310,17 @@ impl Client<BlobChannel> {
     }
 }
 
-/// A blocking `Read` as an `AsyncRead`, for the blocking client only (its
-/// runtime runs nothing else, so blocking inside a poll stalls no one).
-struct SyncRead<R>(R);
+/// A blocking `Read` or `Write` (a `std::fs::File`, stdin, stdout) as an
+/// `AsyncRead` or `AsyncWrite`, for the source or destination of a
+/// transfer on a runtime that runs nothing else, like the blocking
+/// client's or a command-line tool's. Each poll blocks the runtime's
+/// thread for one read or write; in exchange no buffer is copied between
+/// threads, which costs a fraction of the CPU of tokio's blocking-pool file
+/// I/O. Do not use it on a runtime that serves other tasks.
+#[derive(Debug)]
+pub struct BlockingIo<T>(pub T);
 
-impl<R: io::Read + Unpin> AsyncRead for SyncRead<R> {
+impl<R: io::Read + Unpin> AsyncRead for BlockingIo<R> {
     fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         // Initialising only what one read can fill keeps short reads (pipes) cheap.
         let n = self.0.read(buf.initialize_unfilled_to(buf.remaining().min(256 * 1024)))?;
@@ -323,10 +329,7 @@ impl<R: io::Read + Unpin> AsyncRead for SyncRead<R> {
     }
 }
 
-/// A blocking `Write` as an `AsyncWrite`, likewise.
-struct SyncWrite<W>(W);
-
-impl<W: io::Write + Unpin> AsyncWrite for SyncWrite<W> {
+impl<W: io::Write + Unpin> AsyncWrite for BlockingIo<W> {
     fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Poll::Ready(self.0.write(buf))
     }
@@ -341,7 +344,7 @@ impl<W: io::Write + Unpin> AsyncWrite for SyncWrite<W> {
 impl super::blocking::Client<BlobChannel> {
     /// [`Client::put_reader`] from a blocking reader (a `std::fs::File`, stdin).
     pub fn put_reader<R: io::Read + Unpin>(&mut self, reader: R, options: PutOptions) -> Result<Stored, ClientError> {
-        self.call(async |c| c.put_reader(SyncRead(reader), options).await)
+        self.call(async |c| c.put_reader(BlockingIo(reader), options).await)
     }
 
     /// [`Client::put_bytes`].
@@ -356,7 +359,7 @@ impl super::blocking::Client<BlobChannel> {
         range: Option<(u64, u64)>,
         writer: W,
     ) -> Result<Content, ClientError> {
-        self.call(async |c| c.get_to_writer(hash, range, SyncWrite(writer)).await)
+        self.call(async |c| c.get_to_writer(hash, range, BlockingIo(writer)).await)
     }
 
     /// [`Client::get_bytes`].

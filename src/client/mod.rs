@@ -30,7 +30,7 @@ pub mod blob;
 pub mod blocking;
 mod ensure;
 
-pub use blob::{BlobClient, PutOptions};
+pub use blob::{BlobClient, BlockingIo, PutOptions};
 
 pub use ensure::{ENV_DAEMON_BIN, EnsureOptions, Ensured, ReplacePolicy, ensure_daemon_running, find_daemon_binary};
 

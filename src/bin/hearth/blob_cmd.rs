@@ -3,13 +3,13 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use hearth::client::{BlobClient, PutOptions};
+use hearth::client::{BlobClient, BlockingIo, PutOptions};
 use hearth::protocol::blob::{BlobChannel, BlobHash, BlobInfo, Usage};
 use hearth::units::ByteSize;
 use serde_json::json;
 
 use crate::error::{CliError, EXIT_OK};
-use crate::progress::{Blocking, Progress, ProgressRead, ProgressWrite};
+use crate::progress::{Progress, ProgressRead, ProgressWrite};
 use crate::{Ctx, output};
 
 #[derive(Debug, clap::Subcommand)]
@@ -188,7 +188,7 @@ async fn put(ctx: &Ctx, client: &mut BlobClient, args: PutArgs) -> Result<u8, Cl
     }
     let stored = if stdin {
         let mut progress = Progress::new("put", None);
-        let reader = ProgressRead { inner: Blocking(std::io::stdin()), progress: &mut progress };
+        let reader = ProgressRead { inner: BlockingIo(std::io::stdin()), progress: &mut progress };
         client.put_reader(reader, options).await?
     } else {
         let file = std::fs::File::open(&args.file).map_err(|e| io_error("open", &args.file, &e))?;
@@ -197,7 +197,7 @@ async fn put(ctx: &Ctx, client: &mut BlobClient, args: PutArgs) -> Result<u8, Cl
             return Err(CliError::new("io_error", format!("{} is not a regular file", args.file.display())));
         }
         let mut progress = Progress::new("put", Some(meta.len()));
-        let reader = ProgressRead { inner: Blocking(file), progress: &mut progress };
+        let reader = ProgressRead { inner: BlockingIo(file), progress: &mut progress };
         let stored = client.put_reader(reader, options.size(meta.len())).await?;
         progress.finish();
         stored
@@ -216,7 +216,7 @@ async fn get(ctx: &Ctx, client: &mut BlobClient, args: GetArgs) -> Result<u8, Cl
     let Some(path) = args.output.filter(|p| p.as_os_str() != "-") else {
         let to_terminal = std::io::stdout().is_terminal();
         let mut progress = Progress::new("get", (!to_terminal).then_some(size));
-        let writer = ProgressWrite { inner: Blocking(std::io::stdout()), progress: &mut progress };
+        let writer = ProgressWrite { inner: BlockingIo(std::io::stdout()), progress: &mut progress };
         client.get_to_writer(&hash, None, writer).await?;
         progress.finish();
         return Ok(EXIT_OK);
@@ -228,7 +228,7 @@ async fn get(ctx: &Ctx, client: &mut BlobClient, args: GetArgs) -> Result<u8, Cl
     let file = std::fs::File::create(&temp).map_err(|e| io_error("create", &temp, &e))?;
     let mut progress = Progress::new("get", Some(size));
     let result = async {
-        let writer = ProgressWrite { inner: Blocking(file), progress: &mut progress };
+        let writer = ProgressWrite { inner: BlockingIo(file), progress: &mut progress };
         client.get_to_writer(&hash, None, writer).await?;
         std::fs::rename(&temp, &path).map_err(|e| io_error("create", &path, &e))
     }

@@ -1,6 +1,6 @@
-//! The local ends of a transfer: a one-line progress bar on stderr (shown
-//! only when stderr is a terminal and the transfer is large, redrawn at most
-//! ten times a second), and files and stdio read and written directly.
+//! A one-line progress bar on stderr for long transfers: shown only when
+//! stderr is a terminal and the transfer is large, redrawn at most ten
+//! times a second.
 
 use std::io::{IsTerminal, Write};
 use std::pin::Pin;
@@ -117,33 +117,5 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for ProgressWrite<'_, W> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// A file or stdio stream read and written directly on the runtime's thread.
-/// The CLI runs one transfer and nothing else, so blocking there stalls no
-/// one; it costs less than half the CPU of tokio's blocking-pool file I/O,
-/// which copies every buffer once more between threads.
-pub(crate) struct Blocking<T>(pub(crate) T);
-
-impl<T: std::io::Read + Unpin> AsyncRead for Blocking<T> {
-    fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let n = self.0.read(buf.initialize_unfilled())?;
-        buf.advance(n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<T: std::io::Write + Unpin> AsyncWrite for Blocking<T> {
-    fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Poll::Ready(self.0.write(buf))
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(self.0.flush())
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.poll_flush(cx)
     }
 }
