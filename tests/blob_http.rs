@@ -281,3 +281,42 @@ fn cli_end_to_end() {
     assert!(stderr(&out).contains("invalid_hash"), "{}", stderr(&out));
     assert!(state.run(&["daemon", "stop"]).status.success());
 }
+
+#[test]
+fn the_http_server_can_be_disabled_and_the_channel_too() {
+    let state = StateDir::new();
+    let mut daemon = state.start(&["--blob-http", "false"]);
+    assert!(state.daemon_info()["endpoints"].get("blob_http").is_none());
+    let hash = put(&state, b"no http", &[]);
+    let out = state.run(&["--json", "blob", "url", &hash]);
+    let err: Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(err["error"]["code"], "http_unavailable");
+    let status = json_of(&state.run(&["--json", "status"]));
+    assert_eq!(status["health"]["state"], "healthy", "disabled is not a failure");
+    daemon.stop();
+
+    state.write_config("[blob]\nenabled = false\n");
+    let _daemon = state.start(&[]);
+    let out = state.run(&["--json", "blob", "ls"]);
+    let err: Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(err["error"]["code"], "channel_unavailable");
+    assert!(err["error"]["message"].as_str().unwrap().contains("blob.enabled = false"), "{err}");
+    let status = json_of(&state.run(&["--json", "status"]));
+    assert!(!status["channels"].as_array().unwrap().contains(&serde_json::json!("blob")));
+    assert!(status["services"].get("blob").is_none());
+}
+
+#[test]
+fn a_store_that_cannot_open_leaves_the_other_channels_serving() {
+    let state = StateDir::new();
+    state.write_config("");
+    std::fs::write(state.state_dir().join("blobs"), b"not a directory").unwrap();
+    let _daemon = state.start(&[]);
+    let status = json_of(&state.run(&["--json", "status"]));
+    assert_eq!(status["health"]["state"], "unhealthy");
+    assert_eq!(status["health"]["reasons"][0]["code"], "blob_unavailable");
+    let out = state.run(&["--json", "blob", "ls"]);
+    let err: Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(err["error"]["code"], "channel_unavailable");
+    assert!(err["error"]["message"].as_str().unwrap().contains("blob store"), "{err}");
+}

@@ -105,10 +105,14 @@ pub(crate) fn route(shared: &Shared, channel: Channel) -> Result<Route, WireErro
     }
     match channel {
         Channel::Status => Ok(Route::Status),
-        Channel::Blob if shared.services.blob.is_some() => {
-            Ok(Route::Blob(shared.services.blob.clone().expect("checked above")))
-        }
-        Channel::Pool | Channel::Queue | Channel::Blob => Err(WireError::new(
+        Channel::Blob => match &shared.services.blob {
+            Some(service) => Ok(Route::Blob(service.clone())),
+            None => Err(WireError::new(
+                ErrorCode::ChannelUnavailable,
+                "the blob channel is disabled (blob.enabled = false in the daemon's configuration)",
+            )),
+        },
+        Channel::Pool | Channel::Queue => Err(WireError::new(
             ErrorCode::ChannelUnavailable,
             format!("the {channel} channel is not available in hearthd {}", super::VERSION),
         )),
