@@ -3,6 +3,7 @@
 
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -83,36 +84,31 @@ impl<C: ChannelProtocol> Session<C> {
     /// Writes one raw frame, giving up after the write timeout.
     pub(crate) async fn send_frame(&mut self, payload: Bytes) -> Result<(), Closed> {
         let timeout = self.shared.config.server.write_timeout.0;
-        match tokio::time::timeout(timeout, self.conn.write_raw(payload)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                tracing::debug!("cannot write frame: {e}");
-                Err(Closed)
-            }
-            Err(_) => {
-                tracing::debug!("peer did not read its data within {timeout:?}; closing");
-                Err(Closed)
-            }
-        }
+        within(timeout, self.conn.write_raw(payload)).await
     }
 
     /// Writes one response, giving up after the write timeout.
     pub(crate) async fn send<T: Serialize + ?Sized>(&mut self, response: &T) -> Result<(), Closed> {
         let timeout = self.shared.config.server.write_timeout.0;
-        match tokio::time::timeout(timeout, self.conn.write_json(response)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                tracing::debug!("cannot write response: {e}");
-                Err(Closed)
-            }
-            Err(_) => {
-                tracing::debug!("peer did not read its response within {timeout:?}; closing");
-                Err(Closed)
-            }
-        }
+        within(timeout, self.conn.write_json(response)).await
     }
 
     async fn send_error(&mut self, error: WireError) {
         let _ = self.send(&C::Response::from_error(error)).await;
+    }
+}
+
+/// Runs one write, giving up after `timeout`: a peer that does not read is dropped.
+async fn within(timeout: Duration, write: impl Future<Output = Result<(), FrameError>>) -> Result<(), Closed> {
+    match tokio::time::timeout(timeout, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::debug!("cannot write to the peer: {e}");
+            Err(Closed)
+        }
+        Err(_) => {
+            tracing::debug!("peer did not read within {timeout:?}; closing");
+            Err(Closed)
+        }
     }
 }
