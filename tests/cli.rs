@@ -357,7 +357,7 @@ fn another_user_is_refused_before_any_request() {
         let log = state.dir.path().join("hearthd.log");
         let child =
             state.hearthd().arg("--socket").arg(&socket).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
-        let d = common::Daemon { child: Some(child), log, socket: socket.clone() };
+        let d = common::Daemon { child: Some(child), log, socket: socket.clone(), info: state.paths.info_file() };
         assert!(wait_for(Duration::from_secs(20), || RawConn::try_connect(&socket).is_some()));
         d
     };

@@ -113,7 +113,8 @@ impl StateDir {
         let log = self.dir.path().join(format!("hearthd.{}.log", unique()));
         let stderr = std::fs::File::create(&log).expect("log file");
         let child = self.hearthd().args(args).stderr(stderr).spawn().expect("spawn hearthd");
-        let mut daemon = Daemon { child: Some(child), log, socket: self.socket().to_owned() };
+        let mut daemon =
+            Daemon { child: Some(child), log, socket: self.socket().to_owned(), info: self.paths.info_file() };
         daemon.wait_ready();
         daemon
     }
@@ -130,6 +131,7 @@ pub struct Daemon {
     pub child: Option<Child>,
     pub log: PathBuf,
     pub socket: PathBuf,
+    pub info: PathBuf,
 }
 
 impl Daemon {
@@ -137,13 +139,23 @@ impl Daemon {
         self.child.as_ref().expect("running").id()
     }
 
+    /// Waits until the daemon answers and has published its `daemon.json`
+    /// (which it writes just after it starts accepting).
     fn wait_ready(&mut self) {
         let socket = self.socket.clone();
+        let info = self.info.clone();
+        let pid = self.pid();
         let ready = wait_for(Duration::from_secs(20), || {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("hearthd exited during start-up with {status}; log:\n{}", self.log_text());
             }
-            RawConn::try_connect(&socket).is_some_and(|mut c| c.handshake("status").get("ok") == Some(&json!(true)))
+            let published = std::fs::read(&info)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .is_some_and(|v| v["pid"] == json!(pid));
+            published
+                && RawConn::try_connect(&socket)
+                    .is_some_and(|mut c| c.handshake("status").get("ok") == Some(&json!(true)))
         });
         assert!(ready, "hearthd did not answer within 20s; log:\n{}", self.log_text());
     }
