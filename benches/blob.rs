@@ -16,6 +16,8 @@
 //! - `get`: the client library streams the blob back into a new file;
 //! - `http get`: a plain HTTP/1.1 client (1 MiB reads, like the copy)
 //!   downloads it from the HTTP read server into a file;
+//! - every measurement writes a new file; the previous one is synced and
+//!   removed before the clock starts;
 //! - the daemon's memory: its peak RSS (`VmHWM`) after the transfers minus
 //!   its RSS (`VmRSS`) before them, from /proc.
 //!
@@ -39,7 +41,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 fn main() {
     let size_mib = env_u64("HEARTH_BENCH_BLOB_MIB", 1024).max(1);
-    let runs = env_u64("HEARTH_BENCH_RUNS", 3).max(1);
+    let runs = env_u64("HEARTH_BENCH_RUNS", 5).max(1);
     let size = size_mib * MIB;
     let dir = tempfile::Builder::new().prefix("hearth-bench-blob-").tempdir_in(bench_dir()).expect("temp dir");
     let data = dir.path().join("data.bin");
@@ -60,8 +62,8 @@ fn main() {
     for _ in 0..runs {
         let times = [
             timed(|| drop(hash_file(&data))),
-            timed(|| copy_file(&data, &out, false)),
-            timed(|| copy_file(&data, &out, true)),
+            timed_fresh(&out, || copy_file(&data, &out, false)),
+            timed_fresh(&out, || copy_file(&data, &out, true)),
             {
                 if let Some(previous) = hash.take() {
                     client.call(async |c| c.delete(&previous, true).await).expect("delete the previous run's blob");
@@ -74,12 +76,11 @@ fn main() {
                 hash = Some(stored.hash);
                 elapsed
             },
-            timed(|| {
-                let _ = std::fs::remove_file(&out);
+            timed_fresh(&out, || {
                 let file = std::fs::File::create(&out).expect("create output");
                 client.get_to_writer(hash.as_ref().expect("stored"), None, file).expect("get");
             }),
-            timed(|| http_get(&format!("{url}/blob/{}", hash.as_ref().expect("stored")), &out)),
+            timed_fresh(&out, || http_get(&format!("{url}/blob/{}", hash.as_ref().expect("stored")), &out)),
         ];
         for (best, time) in best.iter_mut().zip(times) {
             *best = (*best).min(time);
@@ -137,6 +138,17 @@ fn main() {
     );
 }
 
+/// Times `f`, which writes `out` anew; the previous `out` is synced and
+/// removed first, outside the timing, so that no measurement pays for the
+/// writeback or truncation of an earlier one.
+fn timed_fresh(out: &Path, f: impl FnOnce()) -> Duration {
+    if let Ok(previous) = std::fs::File::open(out) {
+        previous.sync_all().expect("sync the previous output");
+        std::fs::remove_file(out).expect("remove the previous output");
+    }
+    timed(f)
+}
+
 fn timed(f: impl FnOnce()) -> Duration {
     let start = Instant::now();
     f();
@@ -178,7 +190,6 @@ fn bench_dir() -> PathBuf {
 }
 
 fn copy_file(from: &Path, to: &Path, fsync: bool) {
-    let _ = std::fs::remove_file(to);
     let mut src = std::fs::File::open(from).expect("open");
     let mut dst = std::fs::File::create(to).expect("create");
     let mut buf = vec![0u8; MIB as usize];
@@ -217,7 +228,6 @@ fn http_get(url: &str, out: &Path) {
         .find_map(|l| l.strip_prefix("content-length:"))
         .and_then(|v| v.trim().parse().ok())
         .expect("content-length");
-    let _ = std::fs::remove_file(out);
     let mut file = std::fs::File::create(out).expect("create output");
     file.write_all(&buf[header_end..filled]).expect("write");
     let mut received = (filled - header_end) as u64;
