@@ -287,7 +287,16 @@ impl Daemon {
     }
 
     fn stop(&mut self) {
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
-        let _ = self.child.wait();
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    /// A benchmark that fails part-way does not leave its daemon running.
+    fn drop(&mut self) {
+        self.stop();
     }
 }
