@@ -1,12 +1,18 @@
 //! One connection type owns the framing, on both sides of the socket.
 
+use std::io::IoSlice;
+
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio_util::codec::Framed;
 
 use crate::protocol::frame::{FrameCodec, FrameError, Json};
+
+/// Raw payloads at least this large skip the write buffer.
+const DIRECT_WRITE_MIN: usize = 64 * 1024;
 
 /// A framed Unix-socket connection.
 ///
@@ -38,9 +44,35 @@ impl Connection {
         self.framed.feed(Json(value)).await
     }
 
-    /// Sends one raw frame and flushes it.
+    /// Sends one raw frame and flushes it. A large payload is written
+    /// straight from its buffer (vectored with its length prefix) instead of
+    /// being copied into the write buffer first.
     pub async fn write_raw(&mut self, payload: Bytes) -> Result<(), FrameError> {
-        self.framed.send(payload).await
+        if payload.len() < DIRECT_WRITE_MIN {
+            return self.framed.send(payload).await;
+        }
+        let max = self.max_frame();
+        if payload.len() > max {
+            return Err(FrameError::TooLarge { len: payload.len() as u64, max });
+        }
+        // Whatever is queued goes first, so frames keep their order.
+        SinkExt::<Bytes>::flush(&mut self.framed).await?;
+        let header = (payload.len() as u32).to_be_bytes();
+        let stream = self.framed.get_mut();
+        let total = header.len() + payload.len();
+        let mut written = 0;
+        while written < total {
+            let parts = if written < header.len() {
+                [IoSlice::new(&header[written..]), IoSlice::new(&payload)]
+            } else {
+                [IoSlice::new(&payload[written - header.len()..]), IoSlice::new(&[])]
+            };
+            match stream.write_vectored(&parts).await? {
+                0 => return Err(FrameError::Io(std::io::ErrorKind::WriteZero.into())),
+                n => written += n,
+            }
+        }
+        Ok(())
     }
 
     /// Queues one raw frame without flushing.

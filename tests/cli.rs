@@ -369,7 +369,7 @@ fn another_user_is_refused_before_any_request() {
         let log = state.dir.path().join("hearthd.log");
         let child =
             state.hearthd().arg("--socket").arg(&socket).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
-        let d = common::Daemon { child: Some(child), log, socket: socket.clone() };
+        let d = common::Daemon { child: Some(child), log, socket: socket.clone(), info: state.paths.info_file() };
         assert!(wait_for(Duration::from_secs(20), || RawConn::try_connect(&socket).is_some()));
         d
     };
@@ -389,4 +389,46 @@ fn another_user_is_refused_before_any_request() {
     let mut c = RawConn::open(&socket, "status");
     let status = c.request(&json!({"type": "status"}));
     assert_eq!(status["connections"]["refused_peer"], 1);
+}
+
+#[test]
+fn a_daemon_that_handshakes_but_never_answers_is_not_waited_for_forever() {
+    use std::io::{Read, Write};
+    let state = StateDir::new();
+    std::fs::create_dir_all(state.state_dir()).unwrap();
+    std::fs::set_permissions(state.state_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    // Holds the lock (with a pid that names nobody) and accepts handshakes,
+    // then reads requests and never answers them: hung after the handshake.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(state.paths.lock_file())
+        .unwrap();
+    let mut lock = fd_lock::RwLock::new(lock);
+    let _held = lock.try_write().unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(state.socket()).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut len = [0u8; 4];
+                if stream.read_exact(&mut len).is_err() {
+                    return;
+                }
+                let mut hs = vec![0u8; u32::from_be_bytes(len) as usize];
+                let _ = stream.read_exact(&mut hs);
+                let reply = br#"{"ok":true,"protocol":1,"daemon":{"version":"0.1.0","pid":1},"channel":"status","max_frame":1024}"#;
+                let _ = stream.write_all(&(reply.len() as u32).to_be_bytes());
+                let _ = stream.write_all(reply);
+                let mut sink = [0u8; 1024];
+                while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let out = state.run(&["--json", "daemon", "status"]);
+    assert_eq!(out.status.code(), Some(4), "not responding: {}", stdout(&out));
+    let out = state.run(&["daemon", "stop", "--no-force", "--timeout", "200ms"]);
+    assert_eq!(out.status.code(), Some(4), "gives up instead of hanging: {}", stderr(&out));
 }

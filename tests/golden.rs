@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use bytes::BytesMut;
+use hearth::protocol::blob::{BlobRequest, BlobResponse};
 use hearth::protocol::frame::FrameCodec;
 use hearth::protocol::handshake::{Handshake, HandshakeReply};
 use hearth::protocol::pool::{PoolRequest, PoolResponse};
@@ -46,10 +47,12 @@ fn golden_frames_keep_decoding() {
             "pool_response" => decodes_as::<PoolResponse>(&payload),
             "queue_request" => decodes_as::<QueueRequest>(&payload),
             "queue_response" => decodes_as::<QueueResponse>(&payload),
+            "blob_request" => decodes_as::<BlobRequest>(&payload),
+            "blob_response" => decodes_as::<BlobResponse>(&payload),
             other => Err(format!("unknown kind {other}: teach tests/golden.rs")),
         };
         result.unwrap_or_else(|e| panic!("{name}: {e}"));
         checked += 1;
     }
-    assert!(checked >= 26, "only {checked} golden frames");
+    assert!(checked >= 37, "only {checked} golden frames");
 }

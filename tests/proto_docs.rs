@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use hearth::protocol::Request;
+use hearth::protocol::blob::{BlobRequest, BlobResponse};
 use hearth::protocol::error::ErrorCode;
 use hearth::protocol::handshake::{Handshake, HandshakeReply};
 use hearth::protocol::info::{DaemonInfo, Heartbeat, LaunchReport};
@@ -29,7 +30,12 @@ fn roundtrip<T: Serialize + DeserializeOwned>(text: &str) -> Result<(), String> 
 
 /// The request types of each channel, for the coverage check.
 fn request_types() -> BTreeMap<&'static str, &'static [&'static str]> {
-    BTreeMap::from([("status", StatusRequest::TYPES), ("pool", PoolRequest::TYPES), ("queue", QueueRequest::TYPES)])
+    BTreeMap::from([
+        ("status", StatusRequest::TYPES),
+        ("pool", PoolRequest::TYPES),
+        ("queue", QueueRequest::TYPES),
+        ("blob", BlobRequest::TYPES),
+    ])
 }
 
 fn check(tag: &str, text: &str) -> Result<(), String> {
@@ -42,6 +48,8 @@ fn check(tag: &str, text: &str) -> Result<(), String> {
         "pool.response" => roundtrip::<PoolResponse>(text),
         "queue.request" => roundtrip::<QueueRequest>(text),
         "queue.response" => roundtrip::<QueueResponse>(text),
+        "blob.request" => roundtrip::<BlobRequest>(text),
+        "blob.response" => roundtrip::<BlobResponse>(text),
         "info" => roundtrip::<DaemonInfo>(text),
         "launch" => roundtrip::<LaunchReport>(text),
         "heartbeat" => roundtrip::<Heartbeat>(text),

@@ -9,7 +9,8 @@
 //! answer a ping on a fresh connection.
 //!
 //! The queue and pool services are disabled: fuzzed requests must never run
-//! programs (a `submit` or a `define` can name any command).
+//! programs (a `submit` or a `define` can name any command). The blob
+//! channel is on (its store lives in a temp dir), without its HTTP server.
 #![no_main]
 
 use std::path::PathBuf;
@@ -37,6 +38,7 @@ fn live() -> &'static Live {
         let mut config = Config::default();
         config.queue.enabled = false;
         config.pool.enabled = false;
+        config.blob.http = false;
         config.server.connection_idle_timeout = hearth::units::HumanDuration(Duration::from_secs(2));
         config.server.handshake_timeout = hearth::units::HumanDuration(Duration::from_secs(2));
         config.server.max_frame = hearth::units::ByteSize(64 * 1024);

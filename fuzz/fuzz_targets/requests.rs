@@ -5,6 +5,7 @@
 
 use std::fmt::Debug;
 
+use hearth::protocol::blob::{BlobRequest, BlobResponse};
 use hearth::protocol::pool::{PoolRequest, PoolResponse};
 use hearth::protocol::queue::{QueueRequest, QueueResponse};
 use hearth::protocol::status::{StatusRequest, StatusResponse};
@@ -31,12 +32,14 @@ fn response<T: Serialize + DeserializeOwned + PartialEq + Debug>(frame: &[u8]) {
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, frame)) = data.split_first() else { return };
-    match which % 6 {
+    match which % 8 {
         0 => request::<StatusRequest>(frame),
         1 => request::<PoolRequest>(frame),
         2 => request::<QueueRequest>(frame),
-        3 => response::<StatusResponse>(frame),
-        4 => response::<PoolResponse>(frame),
-        _ => response::<QueueResponse>(frame),
+        3 => request::<BlobRequest>(frame),
+        4 => response::<StatusResponse>(frame),
+        5 => response::<PoolResponse>(frame),
+        6 => response::<QueueResponse>(frame),
+        _ => response::<BlobResponse>(frame),
     }
 });

@@ -67,6 +67,9 @@ struct Args {
 
     #[command(flatten)]
     queue: QueueFlags,
+
+    #[command(flatten)]
+    blob: BlobFlags,
 }
 
 /// The daemon process (each also a `[daemon]` key in config.toml).
@@ -162,6 +165,37 @@ impl PoolFlags {
     }
 }
 
+/// The blob store (each also a `[blob]` key in config.toml).
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Blob store")]
+struct BlobFlags {
+    /// Size budget: collection removes least-recently-used unpinned blobs above it [default: unlimited]
+    #[arg(long, env = "HEARTH_BLOB_MAX_BYTES", value_name = "SIZE")]
+    blob_max_bytes: Option<ByteSize>,
+    /// Run the HTTP read server on 127.0.0.1 [default: true]
+    #[arg(long, env = "HEARTH_BLOB_HTTP", value_name = "BOOL")]
+    blob_http: Option<bool>,
+    /// Its port; 0 picks any free port [default: the previous run's port if free]
+    #[arg(long, env = "HEARTH_BLOB_HTTP_PORT", value_name = "PORT")]
+    blob_http_port: Option<u16>,
+}
+
+impl BlobFlags {
+    fn overrides(&self) -> Vec<Override> {
+        let mut out = Vec::new();
+        if let Some(size) = self.blob_max_bytes {
+            out.push(Override { key: "blob.max_bytes", value: size.0.to_string() });
+        }
+        if let Some(http) = self.blob_http {
+            out.push(Override { key: "blob.http", value: http.to_string() });
+        }
+        if let Some(port) = self.blob_http_port {
+            out.push(Override { key: "blob.http_port", value: port.to_string() });
+        }
+        out
+    }
+}
+
 /// The job queue (each also a `[queue]` key in config.toml).
 #[derive(Debug, clap::Args)]
 #[command(next_help_heading = "Queue")]
@@ -217,6 +251,7 @@ fn main() -> ExitCode {
     overrides.extend(args.lifecycle.overrides());
     overrides.extend(args.pool.overrides());
     overrides.extend(args.queue.overrides());
+    overrides.extend(args.blob.overrides());
     let config = match Config::load(&config_file, required, &overrides) {
         Ok(config) => config,
         Err(e) => return fail(args.detach, "config_invalid", &e.to_string()),

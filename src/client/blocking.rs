@@ -51,6 +51,8 @@ pub type StatusClient = Client<StatusChannel>;
 pub type PoolClient = Client<PoolChannel>;
 /// A blocking client of the `queue` channel.
 pub type QueueClient = Client<QueueChannel>;
+/// A blocking client of the `blob` channel.
+pub type BlobClient = Client<crate::protocol::blob::BlobChannel>;
 
 impl<C: ChannelProtocol> Client<C> {
     /// Connects to `socket` with default options.

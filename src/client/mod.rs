@@ -26,10 +26,13 @@ use crate::protocol::handshake::{Accepted, DaemonIdent, Handshake, HandshakeRepl
 use crate::protocol::status::{StatusChannel, StatusReport, StatusRequest, StatusResponse};
 use crate::protocol::{ChannelProtocol, ErrorCode, Response, WireError};
 
+pub mod blob;
 pub mod blocking;
 mod ensure;
 pub mod pool;
 pub mod queue;
+
+pub use blob::{BlobClient, BlockingIo, PutOptions};
 
 pub use ensure::{ENV_DAEMON_BIN, EnsureOptions, Ensured, ReplacePolicy, ensure_daemon_running, find_daemon_binary};
 pub use pool::PoolClient;
@@ -103,6 +106,16 @@ pub enum ClientError {
     Spawn {
         /// The binary.
         bin: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading the source of a streamed upload or writing the destination
+    /// of a download failed (the local side, not the daemon).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being read or written.
+        what: &'static str,
         /// Why.
         #[source]
         source: io::Error,

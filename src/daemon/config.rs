@@ -51,6 +51,8 @@ pub struct Config {
     pub pool: PoolSettings,
     /// The job queue.
     pub queue: QueueConfig,
+    /// The blob store and its HTTP read server.
+    pub blob: BlobConfig,
 }
 
 /// Connection handling and its limits.
@@ -209,6 +211,95 @@ impl QueueConfig {
     }
 }
 
+/// The blob store and its HTTP read server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlobConfig {
+    /// Serve the blob channel (and its HTTP server) at all.
+    pub enabled: bool,
+    /// Size budget: collection removes least-recently-used unpinned blobs
+    /// above it. Absent: unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<ByteSize>,
+    /// Largest single blob a put may store. Absent: unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_blob_size: Option<ByteSize>,
+    /// How often the background collection runs (it also runs after a put
+    /// takes the store over its budget).
+    pub gc_interval: HumanDuration,
+    /// Run the HTTP read server on 127.0.0.1.
+    pub http: bool,
+    /// Its port. Absent: the port of the previous run when it is free, else
+    /// any free port (remembered for next time). `0`: any free port, every time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_port: Option<u16>,
+    /// HTTP connections served at once; more are closed on accept.
+    pub http_max_connections: u64,
+    /// Time a client has to send a request's headers, and the most an idle
+    /// keep-alive connection stays open.
+    pub http_header_timeout: HumanDuration,
+    /// A client that does not take response bytes for this long is disconnected.
+    pub http_write_timeout: HumanDuration,
+    /// Origins (`http://localhost:5173`) allowed to read blobs from scripts
+    /// (`Access-Control-Allow-Origin`); `"*"` allows any. Empty: no CORS headers.
+    pub http_cors_origins: Vec<String>,
+}
+
+impl Default for BlobConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_bytes: None,
+            max_blob_size: None,
+            gc_interval: HumanDuration(Duration::from_secs(600)),
+            http: true,
+            http_port: None,
+            http_max_connections: 128,
+            http_header_timeout: HumanDuration(Duration::from_secs(10)),
+            http_write_timeout: HumanDuration(Duration::from_secs(30)),
+            http_cors_origins: Vec::new(),
+        }
+    }
+}
+
+impl BlobConfig {
+    fn validate(&self) -> Result<(), String> {
+        for (key, d) in [
+            ("blob.gc_interval", self.gc_interval),
+            ("blob.http_header_timeout", self.http_header_timeout),
+            ("blob.http_write_timeout", self.http_write_timeout),
+        ] {
+            if d.0.is_zero() {
+                return Err(format!("{key} must be longer than 0s"));
+            }
+        }
+        if self.http_max_connections == 0 {
+            return Err("blob.http_max_connections must be at least 1".into());
+        }
+        for origin in &self.http_cors_origins {
+            if !valid_origin(origin) {
+                return Err(format!(
+                    "blob.http_cors_origins: {origin:?} is not an origin like \"http://localhost:5173\" (scheme, host, \
+                     optional port, no path) or \"*\""
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `*`, or `scheme://host[:port]` in the printable ASCII a browser sends.
+fn valid_origin(origin: &str) -> bool {
+    if origin == "*" {
+        return true;
+    }
+    let Some((scheme, rest)) = origin.split_once("://") else { return false };
+    !scheme.is_empty()
+        && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+        && !rest.is_empty()
+        && rest.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
 /// One override of a dotted key, from a flag or an environment variable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Override {
@@ -281,6 +372,7 @@ impl Config {
             }
         }
         self.pool.validate()?;
+        self.blob.validate()?;
         self.validate_queue()
     }
 

@@ -28,6 +28,7 @@ use crate::protocol::handshake::{Channel, DaemonIdent};
 use crate::protocol::info::DaemonInfo;
 use crate::protocol::status::{Health, HealthReason, HealthState, Limits};
 
+mod blob;
 pub mod child;
 pub mod config;
 pub mod detach;
@@ -230,13 +231,15 @@ impl Daemon {
         let max_connections = effective_max_connections(config.server.max_connections);
         let started_at = SystemTime::now();
         let notifier = Notifier::from_env();
-        let services = services::Services::start(&config, &paths, &notifier).await;
+        let stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let services = services::Services::start(&config, &paths, &notifier, &stop, &tracker).await;
         let shared = Arc::new(Shared {
             ident: DaemonIdent { version: VERSION.into(), pid: std::process::id() },
             started: Instant::now(),
             started_at,
-            stop: CancellationToken::new(),
-            tracker: TaskTracker::new(),
+            stop,
+            tracker,
             connection_slots: Arc::new(Semaphore::new(max_connections as usize)),
             refusal_slots: Arc::new(Semaphore::new(MAX_PENDING_REFUSALS)),
             max_connections,

@@ -6,7 +6,7 @@ use tokio::net::UnixStream;
 
 use super::pool::{PoolHolder, PoolService};
 use super::session::Session;
-use super::{Shared, bump, pool, server, status};
+use super::{Shared, blob, bump, pool, server, status};
 use crate::connection::Connection;
 use crate::protocol::frame::FrameError;
 use crate::protocol::handshake::{Accepted, Channel, Handshake, HandshakeReply, Refused};
@@ -94,6 +94,7 @@ pub(crate) async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
             pool::serve(Session::new(conn, shared), service, holder).await;
         }
         Route::Queue(queue) => super::queue::serve(Session::new(conn, shared), queue).await,
+        Route::Blob(service) => blob::serve(Session::new(conn, shared), service).await,
     }
 }
 
@@ -102,6 +103,7 @@ pub(crate) enum Route {
     Status,
     Pool(Arc<PoolService>),
     Queue(Arc<super::queue::QueueService>),
+    Blob(Arc<blob::BlobService>),
 }
 
 /// Where `channel` goes, or why it cannot be opened: this is the one place
@@ -121,11 +123,15 @@ pub(crate) fn route(shared: &Shared, channel: Channel) -> Result<Route, WireErro
         Channel::Queue if shared.services.queue.is_some() => {
             Ok(Route::Queue(shared.services.queue.clone().expect("checked")))
         }
+        Channel::Blob if shared.services.blob.is_some() => {
+            Ok(Route::Blob(shared.services.blob.clone().expect("checked")))
+        }
         Channel::Pool | Channel::Queue | Channel::Blob => {
             let disabled = match channel {
                 Channel::Pool => !shared.config.pool.enabled,
                 Channel::Queue => !shared.config.queue.enabled,
-                _ => false,
+                Channel::Blob => !shared.config.blob.enabled,
+                Channel::Status => false,
             };
             let message = if disabled {
                 format!("the {channel} channel is disabled in this daemon's configuration ({channel}.enabled = false)")

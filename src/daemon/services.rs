@@ -7,6 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::blob::BlobService;
 use super::pool::PoolService;
 use super::queue::{QueueService, SystemClock};
 use crate::paths::Paths;
@@ -25,6 +29,8 @@ const START_EXTENSION: Duration = Duration::from_secs(90);
 pub(crate) struct Services {
     /// The job queue, when enabled and started.
     pub(crate) queue: Option<Arc<QueueService>>,
+    /// The blob store, unless disabled or failed.
+    pub(crate) blob: Option<Arc<BlobService>>,
     /// Services that could not start, and why.
     failed: Vec<(Channel, String)>,
     /// Prewarmed resources.
@@ -32,10 +38,18 @@ pub(crate) struct Services {
 }
 
 impl Services {
-    /// Starts every enabled service. Their start-up work (the queue's
-    /// recovery of a crashed daemon's jobs, the pools' adoption of ready
-    /// resources) extends the service manager's start-up timeout.
-    pub(crate) async fn start(config: &Config, paths: &Paths, notifier: &Notifier) -> Services {
+    /// Starts every enabled service. Their background tasks run on
+    /// `tracker` and end when `stop` is cancelled; their start-up work (the
+    /// queue's recovery of a crashed daemon's jobs, the pools' adoption of
+    /// ready resources, the blob store's repair) extends the service
+    /// manager's start-up timeout.
+    pub(crate) async fn start(
+        config: &Config,
+        paths: &Paths,
+        notifier: &Notifier,
+        stop: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Services {
         let mut services = Services::default();
         if config.queue.enabled {
             notifier.extend_timeout(START_EXTENSION);
@@ -49,6 +63,13 @@ impl Services {
             match PoolService::start(config, paths).await {
                 Ok(pool) => services.pool = Some(pool),
                 Err(e) => services.fail(Channel::Pool, e),
+            }
+        }
+        if config.blob.enabled {
+            notifier.extend_timeout(START_EXTENSION);
+            match BlobService::start(&config.blob, paths, stop, tracker).await {
+                Ok(blob) => services.blob = Some(blob),
+                Err(e) => services.fail(Channel::Blob, e),
             }
         }
         services
@@ -81,6 +102,9 @@ impl Services {
         if let Some(queue) = &self.queue {
             queue.health_reasons(reasons);
         }
+        if let Some(blob) = &self.blob {
+            blob.health_reasons(reasons);
+        }
     }
 
     /// One summary per running service.
@@ -88,12 +112,13 @@ impl Services {
         ServiceSummaries {
             pool: self.pool.as_ref().map(|p| p.summary()),
             queue: self.queue.as_ref().map(|q| q.summary()),
+            blob: self.blob.as_ref().map(|b| b.usage()),
         }
     }
 
     /// Endpoints for `daemon.json` and `status`.
     pub(crate) fn endpoints(&self) -> Endpoints {
-        Endpoints {}
+        Endpoints { blob_http: self.blob.as_ref().and_then(|b| b.http_url()).map(str::to_owned) }
     }
 
     /// What keeps the daemon from being idle (running or queued jobs, pool
@@ -115,6 +140,9 @@ impl Services {
         if let Some(pool) = &self.pool {
             pool.probe().await?;
         }
+        if let Some(blob) = &self.blob {
+            blob.probe(Duration::from_secs(2)).await?;
+        }
         Ok(())
     }
 
@@ -125,6 +153,9 @@ impl Services {
         }
         if let Some(pool) = &self.pool {
             pool.status_line(line);
+        }
+        if let Some(blob) = &self.blob {
+            blob.status_line(line);
         }
     }
 
@@ -151,6 +182,9 @@ impl Services {
         }
         if let Some(pool) = &self.pool {
             pool.shutdown().await;
+        }
+        if let Some(blob) = &self.blob {
+            blob.shutdown().await;
         }
     }
 }

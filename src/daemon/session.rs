@@ -3,7 +3,9 @@
 
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::Bytes;
 use serde::Serialize;
 
 use super::Shared;
@@ -35,31 +37,8 @@ impl<C: ChannelProtocol> Session<C> {
     /// stopping. A request that does not decode is answered with an error
     /// and the session goes on.
     pub(crate) async fn next_request(&mut self) -> Option<C::Request> {
-        let idle = self.shared.config.server.connection_idle_timeout;
         loop {
-            let read = tokio::select! {
-                biased;
-                () = self.shared.stop.cancelled() => return None,
-                read = tokio::time::timeout(idle.0, self.conn.read_frame()) => read,
-            };
-            let frame = match read {
-                Ok(Ok(Some(frame))) => frame,
-                Ok(Ok(None)) => return None,
-                Err(_) => {
-                    let message = format!("closing a connection idle for {idle}");
-                    self.send_error(WireError::new(ErrorCode::IdleTimeout, message)).await;
-                    return None;
-                }
-                Ok(Err(FrameError::TooLarge { len, max })) => {
-                    let message = format!("a frame of {len} bytes exceeds the maximum frame size of {max} bytes");
-                    self.send_error(WireError::new(ErrorCode::FrameTooLarge, message)).await;
-                    return None;
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!("closing connection: {e}");
-                    return None;
-                }
-            };
+            let frame = self.next_frame().await?;
             match decode_request::<C::Request>(&frame) {
                 Ok(request) => return Some(request),
                 Err(error) => {
@@ -71,23 +50,65 @@ impl<C: ChannelProtocol> Session<C> {
         }
     }
 
+    /// The next frame as it is (the raw data frames of a streamed
+    /// exchange), with the idle timeout, frame limit and stop handling of
+    /// [`Session::next_request`]; `None` when the session should end.
+    pub(crate) async fn next_frame(&mut self) -> Option<Bytes> {
+        let idle = self.shared.config.server.connection_idle_timeout;
+        let read = tokio::select! {
+            biased;
+            () = self.shared.stop.cancelled() => return None,
+            read = tokio::time::timeout(idle.0, self.conn.read_frame()) => read,
+        };
+        let frame = match read {
+            Ok(Ok(Some(frame))) => frame,
+            Ok(Ok(None)) => return None,
+            Err(_) => {
+                let message = format!("closing a connection idle for {idle}");
+                self.send_error(WireError::new(ErrorCode::IdleTimeout, message)).await;
+                return None;
+            }
+            Ok(Err(FrameError::TooLarge { len, max })) => {
+                let message = format!("a frame of {len} bytes exceeds the maximum frame size of {max} bytes");
+                self.send_error(WireError::new(ErrorCode::FrameTooLarge, message)).await;
+                return None;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!("closing connection: {e}");
+                return None;
+            }
+        };
+        Some(frame)
+    }
+
+    /// Writes one raw frame, giving up after the write timeout.
+    pub(crate) async fn send_frame(&mut self, payload: Bytes) -> Result<(), Closed> {
+        let timeout = self.shared.config.server.write_timeout.0;
+        within(timeout, self.conn.write_raw(payload)).await
+    }
+
     /// Writes one response, giving up after the write timeout.
     pub(crate) async fn send<T: Serialize + ?Sized>(&mut self, response: &T) -> Result<(), Closed> {
         let timeout = self.shared.config.server.write_timeout.0;
-        match tokio::time::timeout(timeout, self.conn.write_json(response)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                tracing::debug!("cannot write response: {e}");
-                Err(Closed)
-            }
-            Err(_) => {
-                tracing::debug!("peer did not read its response within {timeout:?}; closing");
-                Err(Closed)
-            }
-        }
+        within(timeout, self.conn.write_json(response)).await
     }
 
     async fn send_error(&mut self, error: WireError) {
         let _ = self.send(&C::Response::from_error(error)).await;
+    }
+}
+
+/// Runs one write, giving up after `timeout`: a peer that does not read is dropped.
+async fn within(timeout: Duration, write: impl Future<Output = Result<(), FrameError>>) -> Result<(), Closed> {
+    match tokio::time::timeout(timeout, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::debug!("cannot write to the peer: {e}");
+            Err(Closed)
+        }
+        Err(_) => {
+            tracing::debug!("peer did not read within {timeout:?}; closing");
+            Err(Closed)
+        }
     }
 }

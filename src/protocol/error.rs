@@ -103,6 +103,21 @@ error_codes! {
     InputTooLarge => "input_too_large",
     /// The queue's store failed (disk full, I/O error); nothing was changed.
     StoreFailed => "store_failed",
+    // The blob channel.
+    /// No blob with this hash is stored.
+    BlobNotFound => "blob_not_found",
+    /// A put's data does not hash to the `sha256` the client announced.
+    HashMismatch => "hash_mismatch",
+    /// A put's data is not as long as the `size` the client announced.
+    SizeMismatch => "size_mismatch",
+    /// A put is larger than the store accepts (`blob.max_blob_size`).
+    BlobTooLarge => "blob_too_large",
+    /// The blob is pinned; delete it with `force`, or unpin it first.
+    BlobPinned => "blob_pinned",
+    /// A get's byte range starts past the end of the blob.
+    RangeNotSatisfiable => "range_not_satisfiable",
+    /// The store's filesystem is full or over quota.
+    StorageFull => "storage_full",
 }
 
 impl fmt::Display for ErrorCode {

@@ -31,7 +31,12 @@ pub struct DaemonInfo {
 
 /// Endpoints besides the socket.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Endpoints {}
+pub struct Endpoints {
+    /// The blob HTTP read server's base URL, `http://127.0.0.1:<port>`; a
+    /// blob is at `<blob_http>/blob/sha256:<hex>`. Absent when it does not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob_http: Option<String>,
+}
 
 /// The one JSON line `hearthd --detach` prints on stdout before it returns,
 /// so that whoever started it knows the outcome without guessing.

@@ -70,6 +70,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub mod blob;
 pub mod error;
 pub mod frame;
 pub mod handshake;

@@ -197,6 +197,9 @@ pub struct ServiceSummaries {
     /// The job queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueSummary>,
+    /// The blob store: count, bytes, pins, budget and HTTP URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<super::blob::Usage>,
 }
 
 /// The queue service at a glance.

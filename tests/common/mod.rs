@@ -77,9 +77,10 @@ impl StateDir {
         cmd
     }
 
-    /// Runs the CLI with `args` and returns its output.
+    /// Runs the CLI with `args` and returns its output. A CLI still running
+    /// after two minutes is a hang: it is killed and the test fails.
     pub fn run(&self, args: &[&str]) -> Output {
-        self.hearth().args(args).output().expect("run hearth")
+        run_bounded(self.hearth().args(args), Duration::from_secs(120))
     }
 
     /// A `hearthd` command on this state directory, in the foreground, its
@@ -96,6 +97,17 @@ impl StateDir {
         cmd
     }
 
+    /// `daemon.json` as JSON.
+    pub fn daemon_info(&self) -> Value {
+        let text = std::fs::read_to_string(self.paths.info_file()).expect("daemon.json");
+        serde_json::from_str(&text).expect("daemon.json is JSON")
+    }
+
+    /// The blob HTTP server's base URL, from `daemon.json`.
+    pub fn blob_url(&self) -> String {
+        self.daemon_info()["endpoints"]["blob_http"].as_str().expect("endpoints.blob_http").to_owned()
+    }
+
     /// Starts `hearthd` in the foreground with extra `args` and waits until
     /// it answers.
     pub fn start(&self, args: &[&str]) -> Daemon {
@@ -110,9 +122,31 @@ impl StateDir {
         let log = self.dir.path().join(format!("hearthd.{}.log", unique()));
         let stderr = std::fs::File::create(&log).expect("log file");
         let child = cmd.stderr(stderr).spawn().expect("spawn hearthd");
-        let mut daemon = Daemon { child: Some(child), log, socket: self.socket().to_owned() };
+        let mut daemon =
+            Daemon { child: Some(child), log, socket: self.socket().to_owned(), info: self.paths.info_file() };
         daemon.wait_ready();
         daemon
+    }
+}
+
+/// Runs `cmd` to completion with piped output, killing it after `limit`.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait"),
+        Err(_) => {
+            // SAFETY: kill has no memory-safety preconditions.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
     }
 }
 
@@ -127,6 +161,7 @@ pub struct Daemon {
     pub child: Option<Child>,
     pub log: PathBuf,
     pub socket: PathBuf,
+    pub info: PathBuf,
 }
 
 impl Daemon {
@@ -134,13 +169,23 @@ impl Daemon {
         self.child.as_ref().expect("running").id()
     }
 
+    /// Waits until the daemon answers and has published its `daemon.json`
+    /// (which it writes just after it starts accepting).
     fn wait_ready(&mut self) {
         let socket = self.socket.clone();
+        let info = self.info.clone();
+        let pid = self.pid();
         let ready = wait_for(Duration::from_secs(20), || {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("hearthd exited during start-up with {status}; log:\n{}", self.log_text());
             }
-            RawConn::try_connect(&socket).is_some_and(|mut c| c.handshake("status").get("ok") == Some(&json!(true)))
+            let published = std::fs::read(&info)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .is_some_and(|v| v["pid"] == json!(pid));
+            published
+                && RawConn::try_connect(&socket)
+                    .is_some_and(|mut c| c.handshake("status").get("ok") == Some(&json!(true)))
         });
         assert!(ready, "hearthd did not answer within 20s; log:\n{}", self.log_text());
     }
@@ -274,6 +319,44 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
             !zombie && String::from_utf8_lossy(&cmdline).contains(needle)
         })
         .collect()
+}
+
+/// One HTTP exchange through the real `curl`: status, headers (lowercased
+/// names) and body.
+pub struct CurlResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl CurlResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Runs `curl` with `args` (plus flags that capture the status and headers).
+pub fn curl(args: &[&str]) -> CurlResponse {
+    let headers_file = tempfile::NamedTempFile::new().expect("temp file");
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "20", "-D"])
+        .arg(headers_file.path())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("curl is installed (.ci/run installs it)");
+    let text = std::fs::read_to_string(headers_file.path()).unwrap_or_default();
+    let mut status = 0;
+    let mut headers = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("HTTP/") {
+            status = rest.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            headers.clear();
+        } else if let Some((name, value)) = line.split_once(':') {
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
+    }
+    CurlResponse { status, headers, body: out.stdout }
 }
 
 /// Stdout of an output, as text.

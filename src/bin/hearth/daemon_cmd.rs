@@ -26,6 +26,10 @@ Exit status:
   5  running, degraded
   6  running, unhealthy";
 
+/// How long a daemon gets to answer `status` or `shutdown` (connect,
+/// handshake and request together) before it counts as not responding.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum DaemonCommand {
     /// Start the daemon in the background, or report the one running (idempotent)
@@ -161,15 +165,22 @@ async fn stop_daemon(paths: &Paths, timeout: Duration, force: bool, drain: bool)
     let LockState::Held { pid } = probe_lock(paths)? else {
         return Ok(Stopped { pid: None, how: "none" });
     };
-    let options = ConnectOptions::new(paths.socket()).timeout(Duration::from_secs(2));
     let mut pid = pid;
-    if let Ok(mut client) = StatusClient::connect_with(&options).await {
-        pid = Some(client.daemon().pid);
+    // The whole exchange is bounded: a daemon that stopped answering (hung,
+    // or SIGSTOPped between our handshake and our request) is signalled below.
+    let ask = async {
+        let options = ConnectOptions::new(paths.socket()).timeout(ANSWER_TIMEOUT);
+        let mut client = StatusClient::connect_with(&options).await?;
+        let daemon = client.daemon().pid;
         let asked = if drain {
             client.drain_and_shutdown(Some("hearth daemon stop --drain".into())).await.map(drop)
         } else {
             client.shutdown(Some("hearth daemon stop".into())).await.map(drop)
         };
+        Ok::<_, ClientError>((daemon, asked))
+    };
+    if let Ok(Ok((daemon, asked))) = tokio::time::timeout(ANSWER_TIMEOUT, ask).await {
+        pid = Some(daemon);
         match asked {
             Ok(()) | Err(ClientError::Closed) => {}
             Err(e) => return Err(e.into()),
@@ -366,11 +377,11 @@ async fn status(ctx: &Ctx) -> Result<u8, CliError> {
                 cycle: h.cycle,
                 interval_ms: h.interval_ms,
             });
-            let options = ConnectOptions::new(paths.socket()).timeout(Duration::from_secs(2));
-            let answered = match StatusClient::connect_with(&options).await {
-                Ok(mut client) => client.status().await.ok(),
-                Err(_) => None,
+            let ask = async {
+                let options = ConnectOptions::new(paths.socket()).timeout(ANSWER_TIMEOUT);
+                StatusClient::connect_with(&options).await?.status().await
             };
+            let answered = tokio::time::timeout(ANSWER_TIMEOUT, ask).await.ok().and_then(Result::ok);
             match answered {
                 Some(mut report) => {
                     state.state = "running";

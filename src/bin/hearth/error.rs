@@ -65,6 +65,7 @@ impl From<ClientError> for CliError {
                 CliError::new(code.clone(), message).hint("`hearth daemon logs` may say more")
             }
             ClientError::Spawn { .. } => CliError::new("spawn_failed", message),
+            ClientError::Io { .. } => CliError::new("io_error", message),
             ClientError::Frame(_) | ClientError::Protocol(_) => CliError::new("protocol_error", message).hint(
                 "are hearth and hearthd from the same release? `hearth daemon status` shows the daemon's version",
             ),
@@ -80,6 +81,10 @@ fn hint_for(code: &ErrorCode) -> Option<&'static str> {
         ErrorCode::ShuttingDown => "the daemon is stopping; retry in a moment",
         ErrorCode::ChannelUnavailable => "`hearth status` shows which channels this daemon serves and why",
         ErrorCode::UnsupportedProtocol => "upgrade hearth or hearthd so that both speak the same protocol",
+        ErrorCode::BlobNotFound => "`hearth blob ls` lists the stored blobs",
+        ErrorCode::BlobPinned => "`hearth blob unpin HASH` first, or `hearth blob rm --force HASH`",
+        ErrorCode::StorageFull => "free disk space, or lower blob.max_bytes and run `hearth blob gc`",
+        ErrorCode::BlobTooLarge => "raise blob.max_blob_size in config.toml",
         _ => return None,
     })
 }

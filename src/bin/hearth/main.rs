@@ -8,11 +8,13 @@ use hearth::client::{Client, ConnectOptions, EnsureOptions, ensure_daemon_runnin
 use hearth::paths::Paths;
 use hearth::protocol::ChannelProtocol;
 
+mod blob_cmd;
 mod daemon_cmd;
 mod doctor_cmd;
 mod error;
 mod output;
 mod pool_cmd;
+mod progress;
 mod queue_cmd;
 mod service_cmd;
 mod status_cmd;
@@ -85,6 +87,9 @@ enum Command {
     /// Run a command through the queue and stream its output here; exit with its status
     #[command(after_help = queue_cmd::JOB_EXIT_HELP)]
     Run(queue_cmd::SubmitArgs),
+    /// The content-addressed blob store: put, get, list, pin, collect
+    #[command(subcommand)]
+    Blob(blob_cmd::BlobCommand),
 }
 
 /// What every command needs: where the daemon is and how to print.
@@ -155,6 +160,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
             Command::Pool(command) => pool_cmd::run(ctx, command).await,
             Command::Queue(command) => queue_cmd::run(ctx, command).await,
             Command::Run(args) => queue_cmd::run_attached(ctx, args).await,
+            Command::Blob(command) => blob_cmd::run(ctx, command).await,
         }
     })
 }

@@ -41,6 +41,21 @@ pub(crate) fn duration(d: Duration) -> String {
     }
 }
 
+/// `512 B`, `1.5 KiB`, `3.0 GiB`.
+pub(crate) fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 /// Prints aligned `label: value` lines.
 pub(crate) fn fields(rows: &[(&str, String)]) {
     let width = rows.iter().map(|(label, _)| label.len()).max().unwrap_or(0);
@@ -60,5 +75,13 @@ mod tests {
         assert_eq!(duration(Duration::from_secs(184)), "3m 4s");
         assert_eq!(duration(Duration::from_secs(3_720)), "1h 2m");
         assert_eq!(duration(Duration::from_secs(90_000)), "1d 1h");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
     }
 }

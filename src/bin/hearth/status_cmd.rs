@@ -100,6 +100,19 @@ pub(crate) fn print_report(r: &StatusReport) {
             format!("{} pending, {} running, {} dead; {} workers", q.pending, q.running, q.dead, q.workers),
         ));
     }
+    if let Some(blob) = &r.services.blob {
+        let budget = blob.budget_bytes.map_or_else(|| "no budget".into(), |b| format!("budget {}", output::bytes(b)));
+        let http = blob.http_url.as_deref().unwrap_or("no HTTP");
+        rows.push((
+            "blob",
+            format!(
+                "{} blobs, {} ({budget}), {} pinned, {http}",
+                blob.count,
+                output::bytes(blob.bytes),
+                blob.pinned_count
+            ),
+        ));
+    }
     for reason in &r.health.reasons {
         rows.push(("reason", format!("{} [{}]: {}", reason.code, reason.severity.as_str(), reason.message)));
     }

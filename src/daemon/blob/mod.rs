@@ -1,0 +1,178 @@
+//! The blob service: a content-addressed store under `<state-dir>/blobs/`,
+//! its socket channel, its HTTP read server, and background upkeep
+//! (collection against the size budget, batched last-access writes).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::daemon::config::BlobConfig;
+use crate::paths::Paths;
+use crate::protocol::blob::Usage;
+use crate::protocol::status::{HealthReason, HealthState};
+
+mod handler;
+mod http;
+mod ingest;
+mod media;
+mod store;
+
+pub(crate) use handler::serve;
+use store::Store;
+
+/// How often changed last-access times are written to the sidecars.
+const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The running blob service.
+#[derive(Debug)]
+pub(crate) struct BlobService {
+    store: Arc<Store>,
+    max_blob_size: Option<u64>,
+    http_url: Option<String>,
+    /// Why the HTTP server is not running although it is enabled.
+    http_failure: Option<String>,
+    collect_now: Notify,
+}
+
+impl BlobService {
+    /// Opens the store, starts the HTTP server and the upkeep task.
+    pub(crate) async fn start(
+        config: &BlobConfig,
+        paths: &Paths,
+        stop: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Result<Arc<BlobService>, String> {
+        let root = paths.state_dir().join("blobs");
+        let budget = config.max_bytes.map(|b| b.0);
+        let store = tokio::task::spawn_blocking(move || Store::open(&root, budget))
+            .await
+            .map_err(|e| format!("the blob store's start-up failed: {e}"))?
+            .map_err(|e| format!("cannot open the blob store: {e}"))?;
+        let store = Arc::new(store);
+        let (http_url, http_failure) = if config.http {
+            match http::start(store.clone(), config, stop.clone(), tracker.clone()).await {
+                Ok(url) => (Some(url), None),
+                Err(e) => {
+                    tracing::error!("the blob HTTP server cannot start: {e}");
+                    (None, Some(e.to_string()))
+                }
+            }
+        } else {
+            (None, None)
+        };
+        let service = Arc::new(BlobService {
+            store,
+            max_blob_size: config.max_blob_size.map(|b| b.0),
+            http_url,
+            http_failure,
+            collect_now: Notify::new(),
+        });
+        tracker.spawn(upkeep(service.clone(), stop.clone(), config.gc_interval.0));
+        Ok(service)
+    }
+
+    /// The store's totals and the HTTP URL.
+    pub(crate) fn usage(&self) -> Usage {
+        Usage { http_url: self.http_url.clone(), ..self.store.usage() }
+    }
+
+    /// The HTTP server's base URL, when it runs.
+    pub(crate) fn http_url(&self) -> Option<&str> {
+        self.http_url.as_deref()
+    }
+
+    /// Called after a put stored new content.
+    fn after_put(&self) {
+        if self.store.over_budget() {
+            self.collect_now.notify_one();
+        }
+    }
+
+    pub(crate) fn health_reasons(&self, reasons: &mut Vec<HealthReason>) {
+        if let Some(failure) = &self.http_failure {
+            reasons.push(HealthReason {
+                code: "blob_http_unavailable".into(),
+                severity: HealthState::Degraded,
+                message: format!("the blob HTTP server could not start: {failure}"),
+            });
+        }
+        let usage = self.store.usage();
+        if let Some(budget) = usage.budget_bytes.filter(|b| usage.pinned_bytes > *b) {
+            reasons.push(HealthReason {
+                code: "blob_pinned_over_budget".into(),
+                severity: HealthState::Degraded,
+                message: format!(
+                    "pinned blobs hold {} bytes, more than the budget of {budget} bytes; unpin some or raise blob.max_bytes",
+                    usage.pinned_bytes
+                ),
+            });
+        }
+    }
+
+    /// Proves the HTTP server answers: a `HEAD` of a blob that cannot exist
+    /// must come back as a `404` within `timeout`.
+    pub(crate) async fn probe(&self, timeout: Duration) -> Result<(), String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Some(url) = &self.http_url else { return Ok(()) };
+        let authority = url.trim_start_matches("http://").trim_end_matches('/').to_owned();
+        let check = async {
+            let mut stream = tokio::net::TcpStream::connect(&authority).await?;
+            let request = format!(
+                "HEAD /blob/sha256:{} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n",
+                "0".repeat(64)
+            );
+            stream.write_all(request.as_bytes()).await?;
+            let mut head = [0u8; 12];
+            stream.read_exact(&mut head).await?;
+            Ok::<_, std::io::Error>(head)
+        };
+        match tokio::time::timeout(timeout, check).await {
+            Ok(Ok(head)) if head.starts_with(b"HTTP/1.1 404") => Ok(()),
+            Ok(Ok(head)) => Err(format!("the blob HTTP server answered {:?}", String::from_utf8_lossy(&head))),
+            Ok(Err(e)) => Err(format!("the blob HTTP server: {e}")),
+            Err(_) => Err(format!("the blob HTTP server did not answer within {timeout:?}")),
+        }
+    }
+
+    /// `; blobs: 12 (3.4 MiB)` for a `STATUS=` line.
+    pub(crate) fn status_line(&self, line: &mut String) {
+        let usage = self.store.usage();
+        if usage.count > 0 {
+            line.push_str(&format!("; blobs: {} ({} bytes)", usage.count, usage.bytes));
+        }
+    }
+
+    /// Writes the last-access times still held in memory.
+    pub(crate) async fn shutdown(&self) {
+        let store = self.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.flush_access()).await;
+    }
+}
+
+/// Collection (at start, every `gc_interval`, and when a put goes over
+/// budget) and the batched last-access writes, until the daemon stops.
+async fn upkeep(service: Arc<BlobService>, stop: CancellationToken, gc_interval: Duration) {
+    let mut gc_tick = tokio::time::interval(gc_interval);
+    let mut flush_tick = tokio::time::interval(ACCESS_FLUSH_INTERVAL);
+    flush_tick.tick().await;
+    loop {
+        let collect = tokio::select! {
+            () = stop.cancelled() => return,
+            _ = gc_tick.tick() => true,
+            () = service.collect_now.notified() => true,
+            _ = flush_tick.tick() => false,
+        };
+        let store = service.store.clone();
+        let work = tokio::task::spawn_blocking(move || {
+            if !collect {
+                store.flush_access();
+            } else if store.over_budget() {
+                store.collect(None);
+            }
+        });
+        let _ = work.await;
+    }
+}
