@@ -18,6 +18,37 @@ use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
+use super::running::RunningDir;
+use crate::daemon::child;
+
+/// An attempt's process, running its program, with its record written.
+#[derive(Debug)]
+pub(crate) struct Spawned {
+    pub(crate) child: Child,
+    pub(crate) pid: u32,
+    pub(crate) start_time: Option<u64>,
+}
+
+/// Forks `cmd` behind the gate, records its process in `running` as
+/// attempt `n` of `job`, and opens the gate at once. The record is removed
+/// again when the program cannot be started.
+pub(crate) async fn spawn_recorded(cmd: Command, running: &RunningDir, job: u64, n: u32) -> io::Result<Spawned> {
+    let gated = spawn_gated(cmd).await?;
+    let pid = gated.pid;
+    let start_time = child::process_start_time(pid);
+    if let Err(e) = running.write(job, n, pid, start_time) {
+        gated.abort().await;
+        return Err(io::Error::new(e.kind(), format!("cannot record the attempt's process: {e}")));
+    }
+    match gated.open().await {
+        Ok(child) => Ok(Spawned { child, pid, start_time }),
+        Err(e) => {
+            running.remove(job, n);
+            Err(e)
+        }
+    }
+}
+
 /// A forked child waiting at the gate.
 #[derive(Debug)]
 pub(crate) struct Gated {

@@ -439,10 +439,20 @@ pub(crate) fn list(conn: &Connection, filter: &ListFilter, limit: u32) -> rusqli
 pub(crate) struct Runnable {
     pub(crate) job: Job,
     pub(crate) input: Option<Vec<u8>>,
+    /// The number its next attempt gets in its history (see [`next_attempt`]).
+    pub(crate) attempt: u32,
+}
+
+/// The number the next attempt of job `id` gets: attempts are numbered from
+/// 1 over the job's whole life.
+pub(crate) fn next_attempt(conn: &Connection, id: u64) -> rusqlite::Result<u32> {
+    conn.prepare_cached("SELECT COALESCE(MAX(n), 0) + 1 FROM attempts WHERE job_id = ?1")?
+        .query_row([i(id)], |r| r.get(0))
 }
 
 /// Jobs that may start now, highest priority first, then oldest first;
-/// none of `exclude_queues` and none of `exclude_ids`.
+/// none of `exclude_queues` and none of `exclude_ids`. One read
+/// transaction, so that each job's next attempt number matches its state.
 pub(crate) fn runnable(
     conn: &Connection,
     now_ms: u64,
@@ -463,11 +473,18 @@ pub(crate) fn runnable(
     }
     sql.push_str(" ORDER BY priority DESC, id LIMIT ?");
     args.push((limit as i64).into());
-    let mut stmt = conn.prepare_cached(&sql)?;
-    stmt.query_map(rusqlite::params_from_iter(args), |row| {
-        Ok(Runnable { job: job_from_row(row)?, input: row.get(21)? })
-    })?
-    .collect()
+    let tx = conn.unchecked_transaction()?;
+    let mut picked = tx
+        .prepare_cached(&sql)?
+        .query_map(rusqlite::params_from_iter(args), |row| {
+            Ok(Runnable { job: job_from_row(row)?, input: row.get(21)?, attempt: 0 })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for runnable in &mut picked {
+        runnable.attempt = next_attempt(&tx, runnable.job.id)?;
+    }
+    tx.commit()?;
+    Ok(picked)
 }
 
 /// The earliest time after `now_ms` at which a waiting job becomes runnable.
@@ -527,6 +544,14 @@ pub(crate) fn orphans(conn: &Connection) -> rusqlite::Result<Vec<Orphan>> {
         })
     })?
     .collect()
+}
+
+/// Whether attempt `n` of job `id` is in the store (`None`: it is not),
+/// and has ended.
+pub(crate) fn attempt_ended(conn: &Connection, id: u64, n: u32) -> rusqlite::Result<Option<bool>> {
+    conn.prepare_cached("SELECT ended_at_ms IS NOT NULL FROM attempts WHERE job_id = ?1 AND n = ?2")?
+        .query_row(rusqlite::params![i(id), n], |r| r.get(0))
+        .optional()
 }
 
 /// Pool of read connections.
