@@ -8,7 +8,7 @@
 //! - `running.rs`: the attempts whose processes exist, one file each, so
 //!   that a restarted daemon can find them.
 //! - `spawn.rs`: starting an attempt so that its process is recorded before
-//!   its program runs.
+//!   its program runs; `vfork.rs`: how, on Linux, without copying the daemon.
 //! - `worker.rs`: the dispatcher, the attempts, and recovery at start-up.
 //! - `handler.rs`: the channel's requests.
 
@@ -31,6 +31,8 @@ mod handler;
 mod running;
 mod spawn;
 mod store;
+#[cfg(target_os = "linux")]
+mod vfork;
 mod worker;
 mod writer;
 

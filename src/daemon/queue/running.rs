@@ -62,8 +62,17 @@ impl RunningDir {
         &self.dir
     }
 
-    fn file(&self, job: u64, attempt: u32) -> PathBuf {
+    /// Where the record of attempt `attempt` of `job` lives.
+    pub(crate) fn file(&self, job: u64, attempt: u32) -> PathBuf {
         self.dir.join(format!("{job}.{attempt}"))
+    }
+
+    /// A record's JSON up to its `pid` value, for a process that writes its
+    /// own record: `{"job":17,"attempt":3,"boot_id":"…","pid":` (it then
+    /// adds its pid, `,"pid_start_time":`, the time or `null`, and `}`).
+    pub(crate) fn record_head(&self, job: u64, attempt: u32) -> Vec<u8> {
+        let boot_id = serde_json::to_string(&self.boot_id).unwrap_or_else(|_| "null".into());
+        format!("{{\"job\":{job},\"attempt\":{attempt},\"boot_id\":{boot_id},\"pid\":").into_bytes()
     }
 
     /// Records attempt `attempt` of `job` as running in process `pid`. No

@@ -7,10 +7,11 @@
 //! commit the pid, open the gate, copy output to the logs with a cap, wait
 //! for the exit (or a timeout, a cancel, a shutdown), commit the end.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::running::Record;
-use super::spawn::{Spawned, spawn_recorded};
+use super::spawn::{JobCommand, Process, Spawned, spawn_recorded};
 use super::store::{self, Runnable};
 use super::writer::{AttemptEnd, Op, Reply};
 use super::{InFlight, KillReason, QueueService};
@@ -216,16 +217,15 @@ async fn attempt(
 ) -> Attempted {
     let Runnable { job, input, attempt: n } = runnable;
     let program = job.argv.first().cloned().unwrap_or_default();
-    let mut cmd = child::command(&program, &job.argv[1..]);
-    cmd.envs(&job.env)
-        .env("HEARTH_JOB_ID", job.id.to_string())
-        .env("HEARTH_JOB_QUEUE", &job.queue)
-        .env("HEARTH_JOB_ATTEMPT", (job.attempts + 1).to_string())
-        .current_dir(&job.cwd)
-        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let Spawned { mut child, pid, start_time } = match spawn_recorded(cmd, &service.running, job.id, n).await {
+    let cmd = JobCommand {
+        program: program.clone().into(),
+        args: job.argv.iter().skip(1).map(Into::into).collect(),
+        env: job_env(&job),
+        cwd: job.cwd.clone().into(),
+        stdin_piped: input.is_some(),
+    };
+    let spawned = spawn_recorded(cmd, &service.running, job.id, n).await;
+    let Spawned { process: mut child, pid, start_time, stdin, stdout, stderr } = match spawned {
         Ok(spawned) => spawned,
         Err(e) => {
             let error = format!("cannot start {program:?}: {e}");
@@ -248,15 +248,15 @@ async fn attempt(
     });
     let stdout_log = LogSink::new(service.log_path(job.id, LogStream::Stdout), header.clone(), confirmed.clone());
     let stderr_log = LogSink::new(service.log_path(job.id, LogStream::Stderr), header, confirmed);
-    if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
+    if let (Some(mut stdin), Some(input)) = (stdin, input) {
         tokio::spawn(async move {
             // A job that exits without reading its input is not an error.
             let _ = stdin.write_all(&input).await;
         });
     }
     let cap = service.config.log_max.0;
-    let copy_out = tokio::spawn(copy_capped(child.stdout.take(), stdout_log, cap, "stdout", output.clone()));
-    let copy_err = tokio::spawn(copy_capped(child.stderr.take(), stderr_log, cap, "stderr", output.clone()));
+    let copy_out = tokio::spawn(copy_capped(stdout, stdout_log, cap, "stdout", output.clone()));
+    let copy_err = tokio::spawn(copy_capped(stderr, stderr_log, cap, "stderr", output.clone()));
 
     let grace = service.config.kill_grace.0;
     let timeout = job.timeout_ms.filter(|t| *t > 0).map(Duration::from_millis);
@@ -333,6 +333,18 @@ async fn attempt(
     Attempted::Ended(n, end)
 }
 
+/// The environment of a job's process: the daemon's (less the service
+/// manager's variables), the job's, and `HEARTH_JOB_*`.
+fn job_env(job: &Job) -> Vec<(OsString, OsString)> {
+    let mut env: BTreeMap<OsString, OsString> =
+        std::env::vars_os().filter(|(k, _)| !child::SERVICE_MANAGER_VARS.iter().any(|v| k == v)).collect();
+    env.extend(job.env.iter().map(|(k, v)| (k.into(), v.into())));
+    env.insert("HEARTH_JOB_ID".into(), job.id.to_string().into());
+    env.insert("HEARTH_JOB_QUEUE".into(), job.queue.clone().into());
+    env.insert("HEARTH_JOB_ATTEMPT".into(), (job.attempts + 1).to_string().into());
+    env.into_iter().collect()
+}
+
 /// Whether the store recorded the start of attempt `n`.
 fn start_verdict(reply: Result<Reply, WireError>, n: u32) -> Result<(), String> {
     match reply {
@@ -362,7 +374,7 @@ async fn sleep_until_or_forever(at: Option<tokio::time::Instant>) {
 }
 
 /// SIGTERM to the group; SIGKILL after `grace` if the main process is still there.
-async fn terminate(child: &mut tokio::process::Child, pgid: u32, grace: Duration) -> std::io::Result<ExitStatus> {
+async fn terminate(child: &mut Process, pgid: u32, grace: Duration) -> std::io::Result<ExitStatus> {
     let _ = child::kill_group(pgid, libc::SIGTERM);
     if let Ok(status) = tokio::time::timeout(grace, child.wait()).await {
         return status;
