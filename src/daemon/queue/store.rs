@@ -451,8 +451,15 @@ pub(crate) fn next_attempt(conn: &Connection, id: u64) -> rusqlite::Result<u32> 
 }
 
 /// Jobs that may start now, highest priority first, then oldest first;
-/// none of `exclude_queues` and none of `exclude_ids`. One read
-/// transaction, so that each job's next attempt number matches its state.
+/// none of `exclude_queues` and none of `exclude_ids`; each with the number
+/// its next attempt gets (one statement, so the two agree).
+///
+/// The dispatcher runs this after every commit, so it must not cost more
+/// as the queue grows: a range lookup on `jobs_pending_at` first says
+/// whether anything is due at all (jobs parked for later are never read),
+/// then `jobs_pending` is walked in priority order until `limit` due jobs
+/// are found, with no sort. (Left to itself the planner scans every waiting
+/// job through `jobs_state` and sorts them, on every dispatch.)
 pub(crate) fn runnable(
     conn: &Connection,
     now_ms: u64,
@@ -460,8 +467,19 @@ pub(crate) fn runnable(
     exclude_ids: &[u64],
     limit: usize,
 ) -> rusqlite::Result<Vec<Runnable>> {
-    let mut sql =
-        format!("SELECT {JOB_COLUMNS}, input FROM jobs WHERE state IN ('queued', 'retry_wait') AND run_at_ms <= ?");
+    let due: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_pending_at \
+             WHERE state IN ('queued', 'retry_wait') AND run_at_ms <= ?1)",
+        )?
+        .query_row([i(now_ms)], |r| r.get(0))?;
+    if !due {
+        return Ok(Vec::new());
+    }
+    let mut sql = format!(
+        "SELECT {JOB_COLUMNS}, input, (SELECT COALESCE(MAX(n), 0) + 1 FROM attempts WHERE attempts.job_id = jobs.id) \
+         FROM jobs INDEXED BY jobs_pending WHERE state IN ('queued', 'retry_wait') AND run_at_ms <= ?"
+    );
     let mut args: Vec<rusqlite::types::Value> = vec![i(now_ms).into()];
     if !exclude_queues.is_empty() {
         sql.push_str(&format!(" AND queue NOT IN ({})", vec!["?"; exclude_queues.len()].join(", ")));
@@ -473,32 +491,30 @@ pub(crate) fn runnable(
     }
     sql.push_str(" ORDER BY priority DESC, id LIMIT ?");
     args.push((limit as i64).into());
-    let tx = conn.unchecked_transaction()?;
-    let mut picked = tx
-        .prepare_cached(&sql)?
-        .query_map(rusqlite::params_from_iter(args), |row| {
-            Ok(Runnable { job: job_from_row(row)?, input: row.get(21)?, attempt: 0 })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    for runnable in &mut picked {
-        runnable.attempt = next_attempt(&tx, runnable.job.id)?;
-    }
-    tx.commit()?;
-    Ok(picked)
+    let mut stmt = conn.prepare_cached(&sql)?;
+    stmt.query_map(rusqlite::params_from_iter(args), |row| {
+        Ok(Runnable { job: job_from_row(row)?, input: row.get(21)?, attempt: row.get(22)? })
+    })?
+    .collect()
 }
 
 /// The earliest time after `now_ms` at which a waiting job becomes runnable.
 pub(crate) fn next_run_at(conn: &Connection, now_ms: u64) -> rusqlite::Result<Option<u64>> {
-    conn.prepare_cached("SELECT MIN(run_at_ms) FROM jobs WHERE state IN ('queued', 'retry_wait') AND run_at_ms > ?1")?
-        .query_row([i(now_ms)], |r| r.get::<_, Option<i64>>(0))
-        .map(opt_u)
+    conn.prepare_cached(
+        "SELECT MIN(run_at_ms) FROM jobs INDEXED BY jobs_pending_at WHERE state IN ('queued', 'retry_wait') \
+         AND run_at_ms > ?1",
+    )?
+    .query_row([i(now_ms)], |r| r.get::<_, Option<i64>>(0))
+    .map(opt_u)
 }
 
 /// When the job that has waited longest for a worker became runnable.
 pub(crate) fn oldest_runnable(conn: &Connection, now_ms: u64) -> rusqlite::Result<Option<u64>> {
-    conn.prepare_cached("SELECT MIN(run_at_ms) FROM jobs WHERE state IN ('queued', 'retry_wait')")?
-        .query_row([], |r| r.get::<_, Option<i64>>(0))
-        .map(|v| opt_u(v).filter(|at| *at <= now_ms))
+    conn.prepare_cached(
+        "SELECT MIN(run_at_ms) FROM jobs INDEXED BY jobs_pending_at WHERE state IN ('queued', 'retry_wait')",
+    )?
+    .query_row([], |r| r.get::<_, Option<i64>>(0))
+    .map(|v| opt_u(v).filter(|at| *at <= now_ms))
 }
 
 /// Jobs that reached a final state since `since_ms`.

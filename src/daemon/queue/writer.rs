@@ -682,6 +682,9 @@ mod tests {
         assert_eq!(skipped.await.unwrap_err().code, ErrorCode::JobFinished);
         let end = AttemptEnd::without_output(Outcome::Interrupted, "stopped".into());
         w.call(Op::Finish { id: job.id, n: Some(1), end }).await.unwrap();
+        let readers = store::Readers::new(dir.path().join(store::DB_FILE));
+        let picked = readers.with(|c| store::runnable(c, clock.now_ms(), &[], &[], 10)).unwrap();
+        assert_eq!(picked.iter().map(|r| (r.job.id, r.attempt)).collect::<Vec<_>>(), [(job.id, 2)]);
         assert_eq!(w.call(start(3)).await.unwrap_err().code, ErrorCode::Internal, "attempt 2 comes next");
         // A cancel that lands before the start wins: the start is refused.
         let cancel = w.send(Op::Cancel { id: job.id });
