@@ -24,6 +24,7 @@
 //! (the thread that cloned cannot exit before the child execs: it waits for
 //! it), so a daemon that dies then takes the child with it.
 
+use std::cell::Cell;
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -190,7 +191,7 @@ pub(crate) fn spawn(cmd: &JobCommand, running: &RunningDir, job: u64, n: u32) ->
         start_time: AtomicU64::new(u64::MAX),
     };
 
-    let stack = Stack::new().map_err(failed)?;
+    let stack = STACK.with(Cell::take).map_or_else(Stack::new, Ok).map_err(failed)?;
     let mut pidfd: libc::c_int = -1;
     // SAFETY: every signal is blocked in this thread for the clone (see the
     // module docs) and restored right after. The child runs `child_main` on
@@ -214,7 +215,7 @@ pub(crate) fn spawn(cmd: &JobCommand, running: &RunningDir, job: u64, n: u32) ->
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
         (pid, clone_errno)
     };
-    drop(stack);
+    STACK.with(|kept| kept.set(Some(stack)));
     drop((stdin_child, stdout_w, stderr_w));
     if pid < 0 {
         return match clone_errno.raw_os_error() {
@@ -248,7 +249,14 @@ pub(crate) fn spawn(cmd: &JobCommand, running: &RunningDir, job: u64, n: u32) ->
     Ok(Started { child, pid: pid as u32, start_time, stdin: stdin_parent, stdout: stdout_r, stderr: stderr_r })
 }
 
-/// The child's stack: mapped for one clone, with a guard page below it.
+thread_local! {
+    /// This thread's child stack, kept from one clone to the next (mapping
+    /// a fresh one costs syscalls, a TLB shootdown and page faults). The
+    /// thread waits while its child uses it, so it is never used twice at once.
+    static STACK: Cell<Option<Stack>> = const { Cell::new(None) };
+}
+
+/// A child's stack, with a guard page below it.
 struct Stack {
     base: *mut libc::c_void,
     len: usize,
