@@ -3,9 +3,12 @@
 //! The dispatcher is one thread that sleeps until something can change what
 //! may run: a commit (a submit, a retry, a cancel, an attempt's end), an
 //! attempt leaving its worker slot, or the earliest `run_at_ms` of a waiting
-//! job. It never polls. Each attempt is a task: spawn behind the gate,
-//! commit the pid, open the gate, copy output to the logs with a cap, wait
-//! for the exit (or a timeout, a cancel, a shutdown), commit the end.
+//! job. It never polls. Each attempt is a task: start the process with its
+//! record written under `running/` before the program runs, commit the
+//! start meanwhile (no fsync between one job's end and the next one's
+//! start), copy output to the logs with a cap once the start is in, wait
+//! for the exit (or a timeout, a cancel, a shutdown, a refused start), free
+//! the worker, commit the end, drop the record.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
