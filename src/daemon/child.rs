@@ -38,6 +38,7 @@ pub fn command(program: impl AsRef<OsStr>, args: &[impl AsRef<OsStr>]) -> tokio:
 
 /// The open-file limit (soft, hard) to give the processes the daemon starts,
 /// when the daemon raised its own; `None` when it did not.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // the queue's clone, Linux only
 pub(crate) fn original_nofile_limit() -> Option<(libc::rlim_t, libc::rlim_t)> {
     let &(soft, hard) = ORIGINAL_NOFILE.get()?;
     let mut current = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
