@@ -154,7 +154,8 @@ fn main() {
     println!("\nend to end: {jobs} `true` jobs, 2 workers (all runnable at once, timed by the daemon's clock)");
     let e2e = StateDir::new();
     let _e2e_daemon = e2e.start(&["--queue-workers", "2"]);
-    let runs_at = hearth::time::now_ms() + 1000 + (jobs as f64 / conc_rate * 2000.0) as u64;
+    // The jobs are submitted one by one on one connection: plan with that rate.
+    let runs_at = hearth::time::now_ms() + 1000 + (jobs as f64 / seq_rate * 2000.0) as u64;
     let last_finish = runtime.block_on(async {
         let mut c = QueueClient::connect(e2e.socket()).await.unwrap();
         let mut ids = Vec::with_capacity(jobs);
