@@ -523,6 +523,44 @@ fn kill_9_after_a_program_started_but_before_its_start_was_committed() {
 }
 
 #[test]
+fn a_start_the_store_refuses_kills_the_program_and_leaves_no_trace() {
+    // As above, but the daemon lives on: with the store's write lock held
+    // past the writer's busy timeout (10 s), the start of the running
+    // program fails to commit. The program must be killed, nothing of it
+    // recorded, and the job run again once the store takes writes.
+    let state = StateDir::new();
+    let marker = state.dir.path().join("ran once");
+    let script = format!(
+        "if [ -e '{m}' ]; then echo second; exit 0; fi; touch '{m}'; echo first; sleep 1000; : refused-token-47",
+        m = marker.display()
+    );
+    let mut daemon = state.start(&[]);
+    let mut q = Q::connect(&state);
+    let mut s = spec(&["sh", "-c", &script]);
+    s.run_at_ms = Some(hearth::time::now_ms() + 86_400_000);
+    let job = q.submit(s);
+    assert_eq!(daemon.stop(), 0);
+    let db = rusqlite::Connection::open(state.state_dir().join("queue/queue.db")).unwrap();
+    db.execute("UPDATE jobs SET run_at_ms = 0 WHERE id = ?1", [i64::try_from(job.id).unwrap()]).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+    let _daemon = state.start(&[]);
+    let record_path = state.state_dir().join(format!("queue/running/{}.1", job.id));
+    assert!(wait_for(LONG, || record_path.exists() && !processes_mentioning("refused-token-47").is_empty()));
+    let record: Value = serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+    let pgid = u32::try_from(record["pid"].as_u64().unwrap()).unwrap();
+    assert!(wait_for(Duration::from_secs(60), || !group_alive(pgid)), "a refused start kills the program");
+    db.execute_batch("ROLLBACK").unwrap();
+    drop(db);
+
+    let mut q = Q::connect(&state);
+    let done = q.wait(job.id);
+    assert_eq!((done.state, done.attempts), (JobState::Succeeded, 1));
+    assert_eq!(q.get(job.id).1.len(), 1, "refused starts leave no attempt");
+    assert_eq!(q.log(job.id, LogStream::Stdout), b"second\n", "nor any output");
+}
+
+#[test]
 fn a_graceful_stop_requeues_running_jobs_without_counting_and_ends_waits() {
     let state = StateDir::new();
     let mut daemon = state.start(&[]);
