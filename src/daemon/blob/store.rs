@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::ops::Bound;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
@@ -232,6 +232,25 @@ impl Store {
         self.objects.join(&hash.hex()[..2])
     }
 
+    /// Makes sure `hash`'s fan-out directory exists as a real, private
+    /// directory, creating it (durably) on first use: a fresh store does not
+    /// pay for 256 directories at start-up.
+    fn fanout_dir(&self, hash: &BlobHash) -> Result<(), StoreError> {
+        let dir = self.fanout(hash);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(_) => real_dir(&dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return real_dir(&dir),
+                    Err(e) => return Err(StoreError::io(format!("cannot create {dir:?}"), e)),
+                }
+                fsutil::fsync_dir(&self.objects).map_err(|e| StoreError::io("cannot sync blobs/sha256", e))
+            }
+            Err(e) => Err(StoreError::io(format!("cannot stat {dir:?}"), e)),
+        }
+    }
+
     /// Where a blob's content lives. Only a [`BlobHash`] maps to a path.
     pub(crate) fn content_path(&self, hash: &BlobHash) -> PathBuf {
         self.fanout(hash).join(hash.hex())
@@ -265,23 +284,15 @@ impl Store {
     /// Builds the index from the fan-out directories.
     fn load(&self) -> Result<(), StoreError> {
         let mut index = Index::default();
-        let mut created = false;
         for prefix in 0..=255u8 {
             let dir = self.objects.join(format!("{prefix:02x}"));
             match std::fs::symlink_metadata(&dir) {
                 Ok(_) => real_dir(&dir)?,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fsutil::create_private_dir(&dir)
-                        .map_err(|e| StoreError::io(format!("cannot create {dir:?}"), e))?;
-                    created = true;
-                    continue;
-                }
+                // Created by the first put that needs it.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(StoreError::io(format!("cannot read {dir:?}"), e)),
             }
             self.load_dir(&dir, &format!("{prefix:02x}"), &mut index)?;
-        }
-        if created {
-            fsutil::fsync_dir(&self.objects).map_err(|e| StoreError::io("cannot sync blobs/sha256", e))?;
         }
         // Accesses of earlier runs are ordered by their times.
         let mut order: Vec<(u64, BlobHash)> =
@@ -421,6 +432,7 @@ impl Store {
             self.existing(hash, meta.pin)?;
             return Ok(true);
         }
+        self.fanout_dir(hash)?;
         let content = self.content_path(hash);
         std::fs::rename(&temp.path, &content).map_err(|e| StoreError::io("cannot move a put into place", e))?;
         temp.committed = true;
