@@ -50,27 +50,46 @@ impl Services {
         stop: &CancellationToken,
         tracker: &TaskTracker,
     ) -> Services {
+        // The services start side by side: a fresh state directory's store
+        // creation (the queue's SQLite file, the pools' and blobs'
+        // directories) costs the longest of them, not their sum.
+        if config.queue.enabled || config.pool.enabled || config.blob.enabled {
+            notifier.extend_timeout(START_EXTENSION);
+        }
+        let queue = async {
+            match config.queue.enabled {
+                true => Some(QueueService::start(&config.queue, paths.state_dir(), Arc::new(SystemClock)).await),
+                false => None,
+            }
+        };
+        let pool = async {
+            match config.pool.enabled {
+                true => Some(PoolService::start(config, paths).await),
+                false => None,
+            }
+        };
+        let blob = async {
+            match config.blob.enabled {
+                true => Some(BlobService::start(&config.blob, paths, stop, tracker).await),
+                false => None,
+            }
+        };
+        let (queue, pool, blob) = tokio::join!(queue, pool, blob);
         let mut services = Services::default();
-        if config.queue.enabled {
-            notifier.extend_timeout(START_EXTENSION);
-            match QueueService::start(&config.queue, paths.state_dir(), Arc::new(SystemClock)).await {
-                Ok(queue) => services.queue = Some(queue),
-                Err(e) => services.fail(Channel::Queue, e),
-            }
+        match queue {
+            Some(Ok(queue)) => services.queue = Some(queue),
+            Some(Err(e)) => services.fail(Channel::Queue, e),
+            None => {}
         }
-        if config.pool.enabled {
-            notifier.extend_timeout(START_EXTENSION);
-            match PoolService::start(config, paths).await {
-                Ok(pool) => services.pool = Some(pool),
-                Err(e) => services.fail(Channel::Pool, e),
-            }
+        match pool {
+            Some(Ok(pool)) => services.pool = Some(pool),
+            Some(Err(e)) => services.fail(Channel::Pool, e),
+            None => {}
         }
-        if config.blob.enabled {
-            notifier.extend_timeout(START_EXTENSION);
-            match BlobService::start(&config.blob, paths, stop, tracker).await {
-                Ok(blob) => services.blob = Some(blob),
-                Err(e) => services.fail(Channel::Blob, e),
-            }
+        match blob {
+            Some(Ok(blob)) => services.blob = Some(blob),
+            Some(Err(e)) => services.fail(Channel::Blob, e),
+            None => {}
         }
         services
     }
