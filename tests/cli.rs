@@ -432,3 +432,59 @@ fn a_daemon_that_handshakes_but_never_answers_is_not_waited_for_forever() {
     let out = state.run(&["daemon", "stop", "--no-force", "--timeout", "200ms"]);
     assert_eq!(out.status.code(), Some(4), "gives up instead of hanging: {}", stderr(&out));
 }
+
+/// The `Commands:` section of a help text: each subcommand and its one-line summary.
+fn subcommands_listed(help: &str) -> Vec<(String, String)> {
+    help.lines()
+        .skip_while(|l| *l != "Commands:")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+        .filter_map(|l| {
+            let (name, summary) = l.trim_start().split_once(' ')?;
+            (name != "help").then(|| (name.to_owned(), summary.trim().to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn every_command_has_help_that_describes_it_and_each_of_its_options() {
+    let help = |path: &[String]| {
+        let out = Command::new(common::hearth_bin()).args(path).arg("--help").output().unwrap();
+        assert!(out.status.success(), "hearth {path:?} --help: {}", stderr(&out));
+        stdout(&out)
+    };
+    let mut todo: Vec<(Vec<String>, Option<String>)> = vec![(vec![], None)];
+    let mut seen = 0;
+    while let Some((path, summary)) = todo.pop() {
+        let text = help(&path);
+        seen += 1;
+        let first = text.lines().next().unwrap_or_default();
+        assert!(!first.is_empty() && !first.starts_with("Usage:"), "hearth {path:?} has no description:\n{text}");
+        if let Some(summary) = summary {
+            // The parent's one-line summary (possibly wrapped) opens the command's own help.
+            let head = summary.trim_end_matches('.');
+            assert!(
+                first.starts_with(&head[..head.len().min(40)]),
+                "hearth {path:?} opens with {first:?}, listed as {summary:?}"
+            );
+        }
+        // Every option and argument has a description under it or beside it.
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let t = line.trim_start();
+            let indent = line.len() - t.len();
+            if (t.starts_with('-') || t.starts_with('<') || t.starts_with('[')) && indent <= 6 && i > 0 {
+                let described = t.contains("  ")
+                    || lines.get(i + 1).is_some_and(|next| next.len() - next.trim_start().len() > indent);
+                assert!(described, "hearth {path:?}: {t:?} has no description:\n{text}");
+            }
+        }
+        for (name, summary) in subcommands_listed(&text) {
+            let mut sub = path.clone();
+            sub.push(name);
+            todo.push((sub, Some(summary)));
+        }
+    }
+    assert!(seen > 40, "walked only {seen} commands");
+}

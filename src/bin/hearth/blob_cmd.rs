@@ -13,6 +13,7 @@ use crate::progress::{Progress, ProgressRead, ProgressWrite};
 use crate::{Ctx, output};
 
 #[derive(Debug, clap::Subcommand)]
+#[command(defer = true)]
 pub(crate) enum BlobCommand {
     /// Store a file (or stdin, with `-`) and print its hash
     Put(PutArgs),

@@ -31,6 +31,7 @@ Exit status:
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub(crate) enum DaemonCommand {
     /// Start the daemon in the background, or report the one running (idempotent)
     Start(StartArgs),

@@ -66,6 +66,7 @@ struct Global {
 }
 
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 enum Command {
     /// Check that the daemon answers (never starts one)
     Ping(status_cmd::PingArgs),

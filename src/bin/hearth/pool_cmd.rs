@@ -18,6 +18,7 @@ use crate::error::{CliError, EXIT_OK};
 use crate::{Ctx, output};
 
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub(crate) enum PoolCommand {
     /// Show each pool: ready, building, taken, target, warm-hit rate, build times, failures
     Status(StatusArgs),

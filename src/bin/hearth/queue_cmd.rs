@@ -30,6 +30,7 @@ it was canceled, 127 when its program could not be started; 1, 3 or 4 when
 hearth itself failed (see `hearth --help`; --json tells the cases apart).";
 
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub(crate) enum QueueCommand {
     /// Add a job and print its id at once (the daemon runs it in the background)
     Submit(SubmitArgs),
@@ -56,7 +57,8 @@ pub(crate) enum QueueCommand {
     Purge(SelectArgs),
 }
 
-/// What to run and how; shared by `queue submit` and `run`.
+// What to run and how; shared by `queue submit` and `run` (a `//` comment:
+// a doc comment would replace their help text).
 #[derive(Debug, clap::Args)]
 pub(crate) struct SubmitArgs {
     /// Queue to add the job to
