@@ -132,6 +132,8 @@ fn a_real_venv_pool_end_to_end_through_the_cli() {
     assert_eq!(status["failures"], 0, "{status}");
     let summary = &daemon_status(&state)["services"]["pool"]["pools"]["venv"];
     assert_eq!(summary["warm_hit_rate"], 0.5, "{summary}");
+    assert_eq!((&summary["builds"], &summary["failures_total"]), (&status["builds"], &json!(0)), "{summary}");
+    assert!(summary["builds"].as_u64().unwrap() >= 2, "{summary}");
     assert_eq!(daemon.stop(), 0);
 }
 

@@ -204,6 +204,20 @@ fn failures_retry_with_backoff_then_die_and_the_dlq_can_retry_and_purge() {
     assert_eq!(purged["ids"], json!([doomed.id]));
     assert!(!log_file.exists());
     assert_eq!(code_of(&q.0.call(async |c| c.get(doomed.id).await).unwrap_err()), ErrorCode::JobNotFound);
+
+    // The status summary (and so the heartbeat) counts attempts since start.
+    let summary = || {
+        let out = state.run(&["--json", "status"]);
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["services"]["queue"].clone()
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let s = summary();
+            s["succeeded"] == 1 && s["attempts_failed"] == 4 && s["store_errors"] == 0
+        }),
+        "{}",
+        summary()
+    );
 }
 
 #[test]

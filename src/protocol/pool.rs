@@ -492,6 +492,12 @@ pub struct PoolBrief {
     pub mean_build_ms: Option<u64>,
     /// Builds failed in a row.
     pub failures: u64,
+    /// Successful builds since the daemon started.
+    #[serde(default)]
+    pub builds: u64,
+    /// Builds failed since the daemon started.
+    #[serde(default)]
+    pub failures_total: u64,
     /// The first line of the last failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,

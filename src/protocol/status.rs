@@ -211,6 +211,16 @@ pub struct QueueSummary {
     pub running: u64,
     /// Jobs in the dead-letter queue.
     pub dead: u64,
+    /// Jobs that succeeded since the daemon started.
+    #[serde(default)]
+    pub succeeded: u64,
+    /// Attempts that failed (non-zero exit, signal, timeout, spawn failure,
+    /// lost in a crash) since the daemon started.
+    #[serde(default)]
+    pub attempts_failed: u64,
+    /// Transactions the store could not commit since the daemon started.
+    #[serde(default)]
+    pub store_errors: u64,
     /// Workers in the pool.
     pub workers: u32,
     /// Age of the oldest job that could run but waits for a worker.

@@ -87,8 +87,21 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// When the store last failed with an I/O error (a full disk included), and
+/// why: reported as `blob_store_errors` in health for a while.
+static LAST_STORE_ERROR: std::sync::Mutex<Option<(u64, String)>> = std::sync::Mutex::new(None);
+
+/// The last I/O failure of the store, if any: when (ms since the epoch) and what.
+pub(crate) fn last_store_error() -> Option<(u64, String)> {
+    LAST_STORE_ERROR.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+}
+
 /// The wire form of a store failure (I/O details go to the log, not to the peer).
 pub(crate) fn wire_error(e: StoreError) -> WireError {
+    if matches!(e, StoreError::Io { .. }) {
+        *LAST_STORE_ERROR.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((crate::time::now_ms(), e.to_string()));
+    }
     match e {
         StoreError::NotFound(hash) => not_found(&hash),
         StoreError::Pinned(_) => WireError::new(ErrorCode::BlobPinned, e.to_string()),

@@ -14,6 +14,9 @@ use crate::paths::Paths;
 use crate::protocol::blob::Usage;
 use crate::protocol::status::{HealthReason, HealthState};
 
+/// How long `blob_store_errors` is reported after the store last failed.
+const STORE_ERROR_WINDOW_MS: u64 = 10 * 60 * 1000;
+
 mod handler;
 mod http;
 mod ingest;
@@ -97,6 +100,16 @@ impl BlobService {
                 code: "blob_http_unavailable".into(),
                 severity: HealthState::Degraded,
                 message: format!("the blob HTTP server could not start: {failure}"),
+            });
+        }
+        let now = crate::time::now_ms();
+        if let Some((at, message)) =
+            handler::last_store_error().filter(|(at, _)| now.saturating_sub(*at) < STORE_ERROR_WINDOW_MS)
+        {
+            reasons.push(HealthReason {
+                code: "blob_store_errors".into(),
+                severity: HealthState::Degraded,
+                message: format!("the blob store failed {}s ago: {message}", now.saturating_sub(at) / 1000),
             });
         }
         let usage = self.store.usage();

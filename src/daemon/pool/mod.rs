@@ -576,6 +576,8 @@ impl PoolService {
                     warm_hit_rate: hit_rate(s.warm_takes, s.takes),
                     mean_build_ms: s.build_ms_total.checked_div(s.builds),
                     failures: s.failures,
+                    builds: s.builds,
+                    failures_total: s.failures_total,
                     last_error: s.last_error.as_ref().map(|e| e.message.lines().next().unwrap_or("").to_owned()),
                 };
                 (p.name.clone(), brief)

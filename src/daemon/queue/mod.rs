@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -80,6 +81,8 @@ pub(crate) struct QueueService {
     writer: writer::Writer,
     readers: store::Readers,
     counts: Arc<Mutex<BTreeMap<String, StateCounts>>>,
+    /// What happened since the daemon started.
+    pub(crate) activity: Arc<Activity>,
     events: broadcast::Sender<writer::Transition>,
     wake: Arc<Notify>,
     in_flight: Mutex<HashMap<u64, InFlight>>,
@@ -92,6 +95,41 @@ pub(crate) struct QueueService {
     draining: std::sync::atomic::AtomicBool,
     /// The pruner and every attempt.
     tasks: TaskTracker,
+}
+
+/// How long `queue_store_errors` is reported after the store last failed.
+const STORE_ERROR_WINDOW_MS: u64 = 10 * 60 * 1000;
+
+/// Counters since the daemon started, for the status summary and the heartbeat.
+#[derive(Debug, Default)]
+pub(crate) struct Activity {
+    /// Jobs that succeeded.
+    pub(crate) succeeded: AtomicU64,
+    /// Attempts that failed and count against `max_attempts`.
+    pub(crate) attempts_failed: AtomicU64,
+    /// Transactions the store could not commit.
+    store_errors: AtomicU64,
+    /// When the store last failed, and why.
+    last_store_error: Mutex<Option<(u64, String)>>,
+}
+
+impl Activity {
+    fn store_failed(&self, now_ms: u64, error: &str) {
+        self.store_errors.fetch_add(1, Ordering::Relaxed);
+        *self.last_store_error.lock().unwrap_or_else(PoisonError::into_inner) = Some((now_ms, error.to_owned()));
+    }
+
+    /// Counts an attempt whose end was committed.
+    pub(crate) fn ended(&self, outcome: crate::protocol::queue::Outcome) {
+        use crate::protocol::queue::Outcome;
+        match outcome {
+            Outcome::Succeeded => self.succeeded.fetch_add(1, Ordering::Relaxed),
+            Outcome::Failed | Outcome::TimedOut | Outcome::SpawnFailed | Outcome::Lost => {
+                self.attempts_failed.fetch_add(1, Ordering::Relaxed)
+            }
+            Outcome::Canceled | Outcome::Interrupted => 0,
+        };
+    }
 }
 
 /// Why the queue service cannot start.
@@ -131,9 +169,15 @@ impl QueueService {
         let counts = Arc::new(Mutex::new(initial));
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let wake = Arc::new(Notify::new());
+        let activity = Arc::new(Activity::default());
         let on_commit = {
             let (counts, events, wake) = (counts.clone(), events.clone(), wake.clone());
-            Box::new(move |transitions: &[writer::Transition]| {
+            let (activity, clock) = (activity.clone(), clock.clone());
+            Box::new(move |committed: Result<&[writer::Transition], &str>| {
+                let transitions = match committed {
+                    Ok(transitions) => transitions,
+                    Err(e) => return activity.store_failed(clock.now_ms(), e),
+                };
                 if transitions.is_empty() {
                     return;
                 }
@@ -169,6 +213,7 @@ impl QueueService {
             clock,
             writer,
             counts,
+            activity,
             events,
             wake,
             in_flight: Mutex::new(HashMap::new()),
@@ -346,6 +391,9 @@ impl QueueService {
             pending: total.queued + total.retry_wait,
             running: total.running,
             dead: total.dead,
+            succeeded: self.activity.succeeded.load(Ordering::Relaxed),
+            attempts_failed: self.activity.attempts_failed.load(Ordering::Relaxed),
+            store_errors: self.activity.store_errors.load(Ordering::Relaxed),
             workers: self.workers,
             oldest_queued_ms: self.oldest_waiting_ms(),
             store_moved_to: self.recovery.as_ref().map(|r| r.moved_to.clone()),
@@ -361,6 +409,19 @@ impl QueueService {
                 message: format!(
                     "the queue store was corrupt or unopenable ({}); it was moved to {} and a fresh store started",
                     r.reason, r.moved_to
+                ),
+            });
+        }
+        let now = self.clock.now_ms();
+        let last_error = self.activity.last_store_error.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Some((at, message)) = last_error.filter(|(at, _)| now.saturating_sub(*at) < STORE_ERROR_WINDOW_MS) {
+            reasons.push(HealthReason {
+                code: "queue_store_errors".into(),
+                severity: HealthState::Degraded,
+                message: format!(
+                    "the queue store failed to commit {}s ago ({message}); {} failures since start",
+                    now.saturating_sub(at) / 1000,
+                    self.activity.store_errors.load(Ordering::Relaxed)
                 ),
             });
         }

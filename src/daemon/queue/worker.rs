@@ -183,6 +183,7 @@ async fn finish(service: &QueueService, id: u64, n: Option<u32>, end: AttemptEnd
     let outcome = end.outcome;
     match service.writer.call(Op::Finish { id, n, end }).await {
         Ok(Reply::Job(job)) => {
+            service.activity.ended(outcome);
             tracing::debug!(job = id, attempt = ?n, outcome = outcome.as_str(), state = %job.state, "attempt ended");
             true
         }

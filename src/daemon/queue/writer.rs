@@ -124,8 +124,9 @@ pub(crate) struct Transition {
     pub(crate) to: Option<JobState>,
 }
 
-/// Called on the writer thread after each successful commit.
-pub(crate) type OnCommit = Box<dyn FnMut(&[Transition]) + Send>;
+/// Called on the writer thread after each commit: the transitions it
+/// committed, or why it failed.
+pub(crate) type OnCommit = Box<dyn FnMut(Result<&[Transition], &str>) + Send>;
 
 struct Envelope {
     op: Op,
@@ -193,13 +194,14 @@ fn run(mut conn: Connection, rx: &mpsc::Receiver<Envelope>, clock: &dyn Clock, m
         let result = commit_batch(&mut conn, &mut batch, clock, &mut transitions);
         match result {
             Ok(results) => {
-                on_commit(&transitions);
+                on_commit(Ok(&transitions));
                 for (envelope, result) in batch.into_iter().zip(results) {
                     let _ = envelope.reply.send(result);
                 }
             }
             Err(e) => {
                 tracing::error!("the queue store cannot commit: {e}");
+                on_commit(Err(&e.to_string()));
                 for envelope in batch {
                     let error = WireError::new(ErrorCode::StoreFailed, format!("the queue store cannot commit: {e}"));
                     let _ = envelope.reply.send(Err(error));
@@ -567,7 +569,7 @@ mod tests {
 
     fn writer(dir: &std::path::Path, clock: Arc<ManualClock>) -> Writer {
         let opened = store::open_store(dir, clock.now_ms()).unwrap();
-        Writer::spawn(opened.conn, clock, Box::new(|_| {})).unwrap()
+        Writer::spawn(opened.conn, clock, Box::new(|_: Result<&[Transition], &str>| {})).unwrap()
     }
 
     fn new_job(argv: &[&str], key: Option<&str>) -> Box<NewJob> {
