@@ -511,13 +511,16 @@ impl Store {
 
     /// Removes a blob (a pinned one only with `force`); returns its size.
     pub(crate) fn delete(&self, hash: &BlobHash, force: bool) -> Result<u64, StoreError> {
-        self.delete_if(hash, |e| {
+        let size = self.delete_if(hash, |e| {
             if e.meta.pinned && !force {
                 return Err(StoreError::Pinned(hash.clone()));
             }
             Ok(true)
-        })
-        .map(|size| size.unwrap_or(0))
+        })?;
+        // Durable like a put: a deleted blob must not come back after a
+        // crash (a collected one may, and is collected again).
+        fsutil::fsync_dir(&self.fanout(hash)).map_err(|e| StoreError::io("cannot sync the blob directory", e))?;
+        Ok(size.unwrap_or(0))
     }
 
     /// Removes a blob if `check` says so (under its claim). `Ok(None)`: the
