@@ -29,6 +29,40 @@ impl Connection {
         Self { framed: Framed::new(stream, FrameCodec::new(max_frame)) }
     }
 
+    /// Resolves once the peer has closed its end or the connection broke,
+    /// reading nothing: for a long wait that sends nothing until an event
+    /// (`wait`, `logs --follow`), so that a client that gave up frees its
+    /// connection at once rather than when the event comes. Never resolves
+    /// while data from the peer waits unread: that is left to the next read.
+    pub async fn peer_closed(&self) {
+        if !self.framed.read_buffer().is_empty() {
+            return std::future::pending().await;
+        }
+        let stream = self.framed.get_ref();
+        loop {
+            if stream.readable().await.is_err() {
+                return;
+            }
+            let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
+                use std::os::fd::AsRawFd;
+                let mut byte = 0u8;
+                // SAFETY: a one-byte peek into a local buffer on a descriptor
+                // the stream owns; MSG_PEEK leaves the data where it is.
+                #[allow(unsafe_code)]
+                let n = unsafe {
+                    libc::recv(stream.as_raw_fd(), (&raw mut byte).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+                };
+                if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(n) }
+            });
+            match peeked {
+                Ok(0) => return,
+                Ok(_) => return std::future::pending().await,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
     /// The next frame, or `None` at a clean end of stream.
     pub async fn read_frame(&mut self) -> Result<Option<Bytes>, FrameError> {
         self.framed.next().await.transpose()

@@ -739,3 +739,37 @@ fn logs_follow_streams_until_the_job_ends() {
     assert_eq!(second, json!({"type": "log_data", "offset": 6, "data": "c2Vjb25kCg=="}));
     assert_eq!(follower.read_json().unwrap(), json!({"type": "log_end", "offset": 13, "state": "succeeded"}));
 }
+
+#[test]
+fn a_client_that_leaves_a_wait_or_a_follow_frees_its_connection_at_once() {
+    let state = StateDir::new();
+    let _daemon = state.start(&[]);
+    let marker = format!("hearth-left-wait-{}", std::process::id());
+    let mut c = RawConn::open(state.socket(), "queue");
+    let r = c.request(&json!({"type": "submit", "argv": ["sh", "-c", "sleep 300", &marker]}));
+    let id = r["job"]["id"].as_u64().unwrap();
+    let active = || {
+        let status = RawConn::open(state.socket(), "status").request(&json!({"type": "status"}));
+        status["connections"]["active"].as_u64().unwrap()
+    };
+    for request in
+        [json!({"type": "wait", "id": id}), json!({"type": "logs", "id": id, "stream": "stdout", "follow": true})]
+    {
+        let mut waiter = RawConn::open(state.socket(), "queue");
+        waiter.send_json(&request);
+        if request["type"] == "wait" {
+            assert_eq!(waiter.read_json().unwrap()["type"], "job_event");
+        }
+        // (A follow of an empty log sends nothing until output comes.)
+        assert!(wait_for(Duration::from_secs(10), || active() == 3), "c, the waiter and the status probe");
+        drop(waiter);
+        // The job runs for minutes: only noticing the peer left frees the slot.
+        assert!(
+            wait_for(Duration::from_secs(10), || active() == 2),
+            "{request}: the waiter's connection is still open"
+        );
+    }
+    let r = c.request(&json!({"type": "cancel", "id": id}));
+    assert_eq!(r["type"], "canceled", "{r}");
+    assert!(wait_for(Duration::from_secs(10), || processes_mentioning(&marker).is_empty()));
+}

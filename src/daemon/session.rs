@@ -81,6 +81,11 @@ impl<C: ChannelProtocol> Session<C> {
         Some(frame)
     }
 
+    /// Resolves once the peer is gone (see [`Connection::peer_closed`]).
+    pub(crate) async fn peer_closed(&self) {
+        self.conn.peer_closed().await;
+    }
+
     /// Writes one raw frame, giving up after the write timeout.
     pub(crate) async fn send_frame(&mut self, payload: Bytes) -> Result<(), Closed> {
         let timeout = self.shared.config.server.write_timeout.0;

@@ -260,6 +260,7 @@ async fn wait(session: &mut Session<QueueChannel>, service: &Arc<QueueService>, 
                 session.send(&shutting_down()).await?;
                 return Err(Closed);
             }
+            () = session.peer_closed() => return Err(Closed),
             () = next_event_for(&mut events, id) => {}
         }
     }
@@ -314,6 +315,7 @@ async fn logs(
                 session.send(&shutting_down()).await?;
                 return Err(Closed);
             }
+            () = session.peer_closed() => return Err(Closed),
             () = grew => {}
             () = next_event_for(&mut events, req.id) => {}
         }
