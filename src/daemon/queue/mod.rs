@@ -88,7 +88,7 @@ pub(crate) struct QueueService {
 /// Why the queue service cannot start.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StartError {
-    #[error("cannot create {path:?}: {source}")]
+    #[error("cannot use {path:?}: {source}")]
     Dir { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Open(#[from] store::OpenError),
@@ -107,7 +107,7 @@ impl QueueService {
         let dir = state_dir.join("queue");
         let logs_dir = dir.join("logs");
         for path in [&dir, &logs_dir] {
-            fsutil::create_private_dir(path).map_err(|source| StartError::Dir { path: path.clone(), source })?;
+            fsutil::private_subdir(path).map_err(|source| StartError::Dir { path: path.clone(), source })?;
         }
         let now = clock.now_ms();
         let open_dir = dir.clone();
