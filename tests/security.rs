@@ -84,3 +84,45 @@ fn queue_directories_that_are_symlinks_are_refused_and_nothing_outside_changes()
         outside.assert_untouched(planted);
     }
 }
+
+/// Submits `argv` on the queue channel and waits for the job to end; returns it.
+fn run_job(state: &StateDir, argv: &[&str]) -> Value {
+    let mut q = RawConn::open(state.socket(), "queue");
+    let submitted = q.request(&json!({"type": "submit", "argv": argv}));
+    let id = submitted["job"]["id"].as_u64().unwrap_or_else(|| panic!("{submitted}"));
+    q.send_json(&json!({"type": "wait", "id": id}));
+    loop {
+        let event = q.read_json().expect("a job event");
+        let job = &event["job"];
+        if ["succeeded", "failed", "dead", "canceled"].contains(&job["state"].as_str().unwrap_or_default()) {
+            return job.clone();
+        }
+    }
+}
+
+#[test]
+fn a_state_dir_reached_through_a_symlinked_parent_keeps_its_queue() {
+    // A home directory, or a temp directory, reached through a symlink is
+    // common; the queue store must open there, and never be moved aside.
+    let base = tempfile::Builder::new().prefix("hearth-test-").tempdir().unwrap();
+    std::fs::create_dir(base.path().join("real")).unwrap();
+    symlink(base.path().join("real"), base.path().join("link")).unwrap();
+    let state = StateDir { paths: hearth::paths::Paths::new(base.path().join("link/state")), dir: base };
+    let mut daemon = state.start(&[]);
+    assert_eq!(health_reason(&status(&state), "queue_unavailable"), None);
+    let job = run_job(&state, &["true"]);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    daemon.stop();
+
+    let _daemon = state.start(&[]);
+    let status = status(&state);
+    assert_eq!(health_reason(&status, "queue_store_recovered"), None, "{status}");
+    let mut q = RawConn::open(state.socket(), "queue");
+    let kept = q.request(&json!({"type": "get", "id": job["id"]}));
+    assert_eq!(kept["job"]["state"], "succeeded", "the job survived the restart: {kept}");
+    let names: Vec<String> = std::fs::read_dir(state.state_dir().join("queue"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains("corrupt")), "{names:?}");
+}

@@ -109,6 +109,10 @@ impl QueueService {
         for path in [&dir, &logs_dir] {
             fsutil::private_subdir(path).map_err(|source| StartError::Dir { path: path.clone(), source })?;
         }
+        // SQLite's no-follow flag refuses a symlink anywhere in the path, so
+        // the store is opened by the directory's real path: a state directory
+        // reached through a symlinked parent must not look like a broken store.
+        let dir = std::fs::canonicalize(&dir).map_err(|source| StartError::Dir { path: dir.clone(), source })?;
         let now = clock.now_ms();
         let open_dir = dir.clone();
         let opened = tokio::task::spawn_blocking(move || store::open_store(&open_dir, now))
