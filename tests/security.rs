@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 struct Outside {
     dir: PathBuf,
     precious: PathBuf,
+    content: Vec<u8>,
     stamp: (u64, i64, u32),
 }
 
@@ -22,12 +23,18 @@ const PRECIOUS: &[u8] = b"outside the state directory: never to be touched\n";
 
 impl Outside {
     fn new(state: &StateDir, name: &str) -> Outside {
+        Outside::holding(state, name, PRECIOUS)
+    }
+
+    /// An outside file with `content` (one the daemon would understand, to
+    /// show that it is not read either).
+    fn holding(state: &StateDir, name: &str, content: &[u8]) -> Outside {
         let dir = state.dir.path().join(name);
         std::fs::create_dir(&dir).unwrap();
         let precious = dir.join("precious");
-        std::fs::write(&precious, PRECIOUS).unwrap();
+        std::fs::write(&precious, content).unwrap();
         let meta = std::fs::metadata(&precious).unwrap();
-        Outside { stamp: (meta.ino(), meta.mtime_nsec(), meta.mode()), dir, precious }
+        Outside { stamp: (meta.ino(), meta.mtime_nsec(), meta.mode()), content: content.to_vec(), dir, precious }
     }
 
     /// Asserts that the directory holds exactly what it held at the start.
@@ -37,7 +44,7 @@ impl Outside {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, ["precious"], "{context}: the daemon changed {:?}", self.dir);
-        assert_eq!(std::fs::read(&self.precious).unwrap(), PRECIOUS, "{context}: the file outside was modified");
+        assert_eq!(std::fs::read(&self.precious).unwrap(), self.content, "{context}: the file outside was modified");
         let meta = std::fs::metadata(&self.precious).unwrap();
         assert_eq!((meta.ino(), meta.mtime_nsec(), meta.mode()), self.stamp, "{context}: the file outside changed");
     }
@@ -125,4 +132,55 @@ fn a_state_dir_reached_through_a_symlinked_parent_keeps_its_queue() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert!(!names.iter().any(|n| n.contains("corrupt")), "{names:?}");
+}
+
+/// Stores `data` over raw frames; returns its hash.
+fn put_blob(state: &StateDir, data: &[u8], name: &str) -> String {
+    let mut raw = RawConn::open(state.socket(), "blob");
+    assert_eq!(raw.request(&json!({"type": "put", "name": name})), json!({"type": "ready"}));
+    raw.send_frame(data);
+    raw.send_frame(b"");
+    let stored = raw.read_json().unwrap();
+    assert_eq!(stored["type"], "stored", "{stored}");
+    stored["hash"].as_str().unwrap().to_owned()
+}
+
+fn blob_stat(state: &StateDir, hash: &str) -> Value {
+    RawConn::open(state.socket(), "blob").request(&json!({"type": "stat", "hash": hash}))
+}
+
+#[test]
+fn sidecars_and_the_port_file_are_never_read_through_a_symlink() {
+    let state = StateDir::new();
+    let mut daemon = state.start(&[]);
+    let data = b"a blob whose sidecar is replaced";
+    let hash = put_blob(&state, data, "inside.txt");
+    daemon.stop();
+
+    // Outside files the daemon would understand: a valid sidecar for this
+    // blob, and a port number.
+    let fake_sidecar = json!({"size": data.len(), "name": "read-from-outside", "pinned": true,
+        "created_at_ms": 1, "last_access_at_ms": 1});
+    let sidecar_target = Outside::holding(&state, "sidecar", fake_sidecar.to_string().as_bytes());
+    let hex = &hash["sha256:".len()..];
+    let sidecar = state.state_dir().join(format!("blobs/sha256/{}/{hex}.json", &hex[..2]));
+    std::fs::remove_file(&sidecar).unwrap();
+    symlink(&sidecar_target.precious, &sidecar).unwrap();
+    let port_target = Outside::holding(&state, "port", b"1\n");
+    let port_file = state.state_dir().join("blobs/http-port");
+    std::fs::remove_file(&port_file).unwrap();
+    symlink(&port_target.precious, &port_file).unwrap();
+
+    let _daemon = state.start(&[]);
+    let stat = blob_stat(&state, &hash);
+    assert_eq!(stat["type"], "stat", "{stat}");
+    assert_ne!(stat["name"], "read-from-outside", "the sidecar was read through the symlink: {stat}");
+    assert_eq!((stat["size"].as_u64(), stat["pinned"].as_bool()), (Some(data.len() as u64), Some(false)), "{stat}");
+    for (path, outside) in [(&sidecar, &sidecar_target), (&port_file, &port_target)] {
+        let meta = std::fs::symlink_metadata(path).unwrap();
+        assert!(meta.is_file(), "{path:?} was replaced by a file of the store's own");
+        outside.assert_untouched(&path.display().to_string());
+    }
+    let port = std::fs::read_to_string(&port_file).unwrap();
+    assert!(state.blob_url().ends_with(&format!(":{}", port.trim())), "{port} vs {}", state.blob_url());
 }
