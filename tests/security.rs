@@ -6,8 +6,9 @@ mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use common::{RawConn, StateDir};
+use common::{RawConn, StateDir, wait_for};
 use serde_json::{Value, json};
 
 /// A directory outside the state directory, holding one file the daemon
@@ -183,4 +184,59 @@ fn sidecars_and_the_port_file_are_never_read_through_a_symlink() {
     }
     let port = std::fs::read_to_string(&port_file).unwrap();
     assert!(state.blob_url().ends_with(&format!(":{}", port.trim())), "{port} vs {}", state.blob_url());
+}
+
+fn pool_status(state: &StateDir, pool: &str) -> Value {
+    let reply = RawConn::open(state.socket(), "pool").request(&json!({"type": "status", "pool": pool}));
+    assert_eq!(reply["type"], "status", "{reply}");
+    reply["pools"][0].clone()
+}
+
+/// Polls a pool's status until `done` holds.
+fn wait_pool(state: &StateDir, pool: &str, what: &str, done: impl Fn(&Value) -> bool) {
+    let mut last = Value::Null;
+    let ok = wait_for(Duration::from_secs(30), || {
+        last = pool_status(state, pool);
+        done(&last)
+    });
+    assert!(ok, "pool {pool}: {what} never happened; last status: {last:#}");
+}
+
+/// A pool whose resources are directories with a `work/` inside.
+fn mkdir_pool(name: &str, size: u32, extra: &str) -> String {
+    format!("[pool.{name}]\ncreate = [\"sh\", \"-c\", \"mkdir -p {{path}}/work\"]\nsize = {size}\n{extra}\n")
+}
+
+/// Takes a resource: its lease and its directory.
+fn take(c: &mut RawConn, pool: &str) -> (String, PathBuf) {
+    let reply = c.request(&json!({"type": "take", "pool": pool}));
+    assert_eq!(reply["type"], "taken", "{reply}");
+    (reply["lease"].as_str().unwrap().to_owned(), PathBuf::from(reply["path"].as_str().unwrap()))
+}
+
+#[test]
+fn a_trash_directory_swapped_for_a_symlink_is_never_emptied() {
+    let state = StateDir::new();
+    let outside = Outside::new(&state, "outside");
+    state.write_config(&mkdir_pool("p", 1, ""));
+    let _daemon = state.start(&[]);
+    wait_pool(&state, "p", "1 ready", |s| s["ready"] == 1);
+
+    // While the daemon runs, its trash becomes a link to a directory of the
+    // user's; then a released resource goes to the trash.
+    let trash = state.state_dir().join("pools/.trash");
+    std::fs::remove_dir(&trash).unwrap();
+    symlink(&outside.dir, &trash).unwrap();
+    let mut c = RawConn::open(state.socket(), "pool");
+    let (lease, path) = take(&mut c, "p");
+    let released = c.request(&json!({"type": "release", "lease": lease}));
+    assert_eq!(released["type"], "released", "{released}");
+
+    let emptied = wait_for(Duration::from_secs(10), || {
+        !path.exists()
+            && std::fs::symlink_metadata(&trash).is_ok_and(|m| m.is_dir())
+            && std::fs::read_dir(&trash).is_ok_and(|mut d| d.next().is_none())
+    });
+    outside.assert_untouched("pools/.trash");
+    assert!(emptied, "the released resource was removed through a trash of the daemon's own");
 }
