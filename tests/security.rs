@@ -240,3 +240,34 @@ fn a_trash_directory_swapped_for_a_symlink_is_never_emptied() {
     outside.assert_untouched("pools/.trash");
     assert!(emptied, "the released resource was removed through a trash of the daemon's own");
 }
+
+#[test]
+fn a_released_resource_whose_directory_became_a_symlink_is_removed_not_reset() {
+    let state = StateDir::new();
+    let outside = Outside::new(&state, "outside");
+    // Builds wait while the gate is missing, so that the replacement build
+    // a take starts cannot fill the pool before the release.
+    let gate = state.dir.path().join("gate");
+    std::fs::write(&gate, b"").unwrap();
+    state.write_config(&format!(
+        "[pool.r]\ncreate = [\"sh\", \"-c\", \"while [ ! -e \\\"$GATE\\\" ]; do sleep 0.01; done; mkdir {{path}}/work\"]\n\
+         size = 1\nenv = {{ GATE = \"{}\" }}\nreset = [\"sh\", \"-c\", \"rm -rf {{path}}/*\"]\n",
+        gate.display()
+    ));
+    let _daemon = state.start(&[]);
+    wait_pool(&state, "r", "1 ready", |s| s["ready"] == 1);
+    std::fs::remove_file(&gate).unwrap();
+    let mut c = RawConn::open(state.socket(), "pool");
+    let (lease, path) = take(&mut c, "r");
+
+    // The holder replaces its directory with a link to one of the user's.
+    std::fs::remove_dir_all(&path).unwrap();
+    symlink(&outside.dir, &path).unwrap();
+    let released = c.request(&json!({"type": "release", "lease": lease, "reuse": true}));
+    assert_eq!(released["type"], "released", "{released}");
+    assert_eq!(released["outcome"], "resetting", "{released}");
+    wait_pool(&state, "r", "the reset to end", |s| s["resetting"] == 0);
+    outside.assert_untouched("a reset through a symlink");
+    assert_eq!(pool_status(&state, "r")["ready"], 0, "the resource was removed, not put back");
+    assert!(wait_for(Duration::from_secs(10), || std::fs::symlink_metadata(&path).is_err()), "the link is removed");
+}

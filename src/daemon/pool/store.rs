@@ -226,6 +226,12 @@ impl Store {
         self.ensure_dir(&self.pool_dir(pool))
     }
 
+    /// Whether a resource's directory is still a real directory (not a
+    /// symlink its holder put in its place).
+    pub(crate) fn is_real_resource_dir(&self, pool: &str, id: &str) -> bool {
+        fs::symlink_metadata(self.resource_dir(pool, id)).is_ok_and(|m| m.is_dir())
+    }
+
     /// Creates a fresh, empty resource directory (mode 0700).
     pub(crate) fn create_resource_dir(&self, pool: &str, id: &str) -> io::Result<PathBuf> {
         use std::os::unix::fs::DirBuilderExt;
