@@ -8,7 +8,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{RawConn, StateDir, wait_for};
+use common::{RawConn, StateDir, stderr, wait_for};
 use serde_json::{Value, json};
 
 /// A directory outside the state directory, holding one file the daemon
@@ -270,4 +270,61 @@ fn a_released_resource_whose_directory_became_a_symlink_is_removed_not_reset() {
     outside.assert_untouched("a reset through a symlink");
     assert_eq!(pool_status(&state, "r")["ready"], 0, "the resource was removed, not put back");
     assert!(wait_for(Duration::from_secs(10), || std::fs::symlink_metadata(&path).is_err()), "the link is removed");
+}
+
+/// Stops the daemon of a state directory when dropped (for daemons started
+/// with `--detach`, which are not the test's children).
+struct StopOnDrop<'a>(&'a StateDir);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["daemon", "stop"]);
+    }
+}
+
+/// Whether every write end of the pipe whose read end is `fd` is closed.
+#[allow(unsafe_code)]
+fn pipe_hung_up(fd: i32) -> bool {
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd owned by this frame; a zero timeout.
+    let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
+    rc > 0 && pfd.revents & libc::POLLHUP != 0
+}
+
+#[test]
+#[allow(unsafe_code)]
+fn a_detached_daemon_keeps_none_of_its_callers_descriptors() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    let state = StateDir::new();
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array we own.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both were just created and belong to nobody else.
+    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // The caller hands down the write end as descriptor 5, the way a build
+    // tool hands down its jobserver pipe or a shell a redirection; it waits
+    // for the end of that pipe to know that everything it started is done.
+    let raw = write_end.as_raw_fd();
+    let mut cmd = state.hearthd();
+    cmd.arg("--detach");
+    // SAFETY: dup2 is async-signal-safe; it runs in the child before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 5) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = common::run_bounded(&mut cmd, Duration::from_secs(60));
+    let _stop = StopOnDrop(&state);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", stderr(&out)));
+    assert_eq!(report["event"], "ready", "{report}");
+    drop(write_end);
+    assert!(
+        wait_for(Duration::from_secs(10), || pipe_hung_up(read_end.as_raw_fd())),
+        "the detached daemon (pid {}) still holds its caller's pipe",
+        report["pid"]
+    );
 }
