@@ -328,3 +328,80 @@ fn a_detached_daemon_keeps_none_of_its_callers_descriptors() {
         report["pid"]
     );
 }
+
+/// Whether this test runs as root (and so can act as a second user).
+#[allow(unsafe_code)]
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn clients_refuse_a_daemon_of_another_user() {
+    use std::os::unix::process::CommandExt;
+    if !is_root() {
+        eprintln!("skipped: needs root to serve a socket as a second uid");
+        return;
+    }
+    // Another user serves a socket where this user's client looks (a
+    // directory both can write), and answers like a daemon would.
+    let state = StateDir::new();
+    let shared = state.dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(state.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let socket = shared.join("h.sock");
+    let received = shared.join("received");
+    let fake = r#"
+import json, os, socket, struct, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1]); os.chmod(sys.argv[1], 0o666); s.listen(8)
+print("listening", flush=True)
+while True:
+    c, _ = s.accept()
+    def frame():
+        n = struct.unpack(">I", c.recv(4, socket.MSG_WAITALL))[0]
+        return c.recv(n, socket.MSG_WAITALL)
+    def send(v):
+        b = json.dumps(v).encode(); c.sendall(struct.pack(">I", len(b)) + b)
+    try:
+        frame()
+        send({"ok": True, "protocol": 1, "daemon": {"version": "0.1.0", "pid": os.getpid()}, "channel": "queue", "max_frame": 1 << 24})
+        with open(sys.argv[2], "ab") as f: f.write(frame() + b"\n")
+    except Exception:
+        pass
+    c.close()
+"#;
+    let mut server = std::process::Command::new("python3")
+        .args(["-c", fake])
+        .arg(&socket)
+        .arg(&received)
+        .uid(65534)
+        .gid(65534)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 is installed (.ci/run installs it)");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.as_mut().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "listening");
+
+    let out = state.run(&[
+        "--json",
+        "--no-spawn",
+        "--socket",
+        socket.to_str().unwrap(),
+        "queue",
+        "submit",
+        "--",
+        "echo",
+        "secret",
+    ]);
+    let _ = server.kill();
+    let _ = server.wait();
+    let leaked = std::fs::read_to_string(&received).unwrap_or_default();
+    assert!(!leaked.contains("secret"), "the job was sent to another user's process: {leaked}");
+    assert_ne!(out.status.code(), Some(0));
+    let err: Value = serde_json::from_slice(&out.stderr).unwrap_or_else(|_| panic!("{}", stderr(&out)));
+    assert_eq!(err["error"]["code"], "daemon_of_another_user", "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("uid 65534"), "{err}");
+}
