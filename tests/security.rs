@@ -73,11 +73,11 @@ fn health_reason(status: &Value, code: &str) -> Option<String> {
 
 #[test]
 fn queue_directories_that_are_symlinks_are_refused_and_nothing_outside_changes() {
-    for planted in ["queue", "queue/logs"] {
+    for planted in ["queue", "queue/logs", "queue/running"] {
         let state = StateDir::new();
         let outside = Outside::new(&state, "outside");
         let dir = make_state_dir(&state);
-        if planted == "queue/logs" {
+        if planted != "queue" {
             std::fs::create_dir(dir.join("queue")).unwrap();
         }
         symlink(&outside.dir, dir.join(planted)).unwrap();
