@@ -405,3 +405,96 @@ while True:
     assert_eq!(err["error"]["code"], "daemon_of_another_user", "{err}");
     assert!(err["error"]["message"].as_str().unwrap().contains("uid 65534"), "{err}");
 }
+
+fn start_failure(state: &StateDir, args: &[&str]) -> String {
+    let out = common::run_bounded(state.hearthd().args(args), Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(1), "hearthd {args:?} should refuse to start: {}", stderr(&out));
+    stderr(&out)
+}
+
+#[test]
+fn a_state_dir_that_is_a_symlink_is_judged_by_what_it_leads_to() {
+    use std::os::unix::fs::chown;
+    // To a directory others can write: refused, and nothing is created there.
+    let state = StateDir::new();
+    let loose = state.dir.path().join("loose");
+    std::fs::create_dir(&loose).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o777)).unwrap();
+    symlink(&loose, state.state_dir()).unwrap();
+    let err = start_failure(&state, &[]);
+    assert!(err.contains("state_dir_insecure") && err.contains("writable by group or others"), "{err}");
+    assert_eq!(std::fs::read_dir(&loose).unwrap().count(), 0, "nothing was created in {loose:?}");
+
+    if is_root() {
+        // To another user's private directory: refused, nothing created.
+        let theirs = state.dir.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).unwrap();
+        chown(&theirs, Some(65534), Some(65534)).unwrap();
+        std::fs::remove_file(state.state_dir()).unwrap();
+        symlink(&theirs, state.state_dir()).unwrap();
+        let err = start_failure(&state, &[]);
+        assert!(err.contains("state_dir_insecure") && err.contains("owned by uid 65534"), "{err}");
+        assert_eq!(std::fs::read_dir(&theirs).unwrap().count(), 0, "nothing was created in {theirs:?}");
+    }
+
+    // To a private directory of the user's own: that is where the state lives.
+    let mine = state.dir.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::remove_file(state.state_dir()).unwrap();
+    symlink(&mine, state.state_dir()).unwrap();
+    let _daemon = state.start(&[]);
+    assert!(mine.join("daemon.lock").exists() && mine.join("queue/queue.db").exists());
+}
+
+#[test]
+fn directories_another_user_could_replace_are_refused_for_the_state_and_the_socket() {
+    // A state directory of the user's own, inside a directory that a group
+    // can write: anyone in it could move the state directory away and put
+    // theirs in its place while the daemon runs.
+    let base = tempfile::Builder::new().prefix("hearth-test-").tempdir().unwrap();
+    let shared = base.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    // (Root's group is a shared one; another user's own private group, one
+    // named after them with no other member, may write: see check_route.)
+    let mode = if is_root() { 0o770 } else { 0o777 };
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(mode)).unwrap();
+    let state = StateDir { paths: hearth::paths::Paths::new(shared.join("state")), dir: base };
+    let err = start_failure(&state, &[]);
+    assert!(err.contains("state_dir_insecure") && err.contains("shared") && err.contains("sticky"), "{err}");
+    assert!(!state.paths.lock_file().exists(), "nothing was created");
+
+    // The same for the socket's directory; a sticky one (as /tmp) is fine.
+    let state = StateDir::new();
+    let sockets = state.dir.path().join("sockets");
+    std::fs::create_dir(&sockets).unwrap();
+    std::fs::set_permissions(&sockets, std::fs::Permissions::from_mode(0o775)).unwrap();
+    let socket = sockets.join("h.sock");
+    let err = start_failure(&state, &["--socket", socket.to_str().unwrap()]);
+    assert!(err.contains("socket_dir_insecure") && err.contains("sockets"), "{err}");
+    assert!(!socket.exists());
+    std::fs::set_permissions(&sockets, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let mut cmd = state.hearthd();
+    cmd.arg("--socket").arg(&socket);
+    let mut daemon = common::Daemon {
+        child: Some(cmd.stderr(std::process::Stdio::null()).spawn().unwrap()),
+        log: state.dir.path().join("unused.log"),
+        socket: socket.clone(),
+        info: state.paths.info_file(),
+    };
+    assert!(wait_for(Duration::from_secs(20), || RawConn::try_connect(&socket).is_some()), "serves in a sticky dir");
+    assert_eq!(daemon.stop(), 0);
+
+    if is_root() {
+        // A parent owned by another user, even one only they can write.
+        let state = StateDir::new();
+        let theirs = state.dir.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        let socket = theirs.join("h.sock");
+        let err = start_failure(&state, &["--socket", socket.to_str().unwrap()]);
+        assert!(err.contains("socket_dir_insecure") && err.contains("uid 65534"), "{err}");
+    }
+}
