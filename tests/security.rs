@@ -8,7 +8,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{RawConn, StateDir, stderr, wait_for};
+use common::{RawConn, StateDir, curl, stderr, wait_for};
 use serde_json::{Value, json};
 
 /// A directory outside the state directory, holding one file the daemon
@@ -497,4 +497,97 @@ fn directories_another_user_could_replace_are_refused_for_the_state_and_the_sock
         let err = start_failure(&state, &["--socket", socket.to_str().unwrap()]);
         assert!(err.contains("socket_dir_insecure") && err.contains("uid 65534"), "{err}");
     }
+}
+
+#[test]
+fn symlinks_at_the_daemons_own_files_are_never_followed() {
+    // The lock, the log and the socket: start-up is refused, nothing outside changes.
+    for (planted, args, code) in [
+        ("daemon.lock", &[][..], "lock_failed"),
+        ("daemon.log", &["--log-to-file"][..], "startup_failed"),
+        ("hearth.sock", &[][..], "socket_path_occupied"),
+    ] {
+        let state = StateDir::new();
+        let outside = Outside::new(&state, "outside");
+        let dir = make_state_dir(&state);
+        symlink(&outside.precious, dir.join(planted)).unwrap();
+        let err = start_failure(&state, args);
+        assert!(err.contains(code), "{planted}: {err}");
+        outside.assert_untouched(planted);
+        assert!(std::fs::symlink_metadata(dir.join(planted)).unwrap().file_type().is_symlink(), "{planted} kept");
+    }
+
+    // The files written by rename replace the link and never write through it;
+    // the stores refuse a symlinked root and the other channels serve on.
+    let state = StateDir::new();
+    let dir = make_state_dir(&state);
+    let mut outsides = Vec::new();
+    for planted in ["daemon.json", "heartbeat.json", "blobs", "pools"] {
+        let outside = Outside::new(&state, &format!("outside-{}", planted.replace('.', "-")));
+        let target = if planted.contains('.') { &outside.precious } else { &outside.dir };
+        symlink(target, dir.join(planted)).unwrap();
+        outsides.push((planted, outside));
+    }
+    let mut daemon = state.start(&["--heartbeat-interval", "1s"]);
+    let regular = |name: &str| std::fs::symlink_metadata(dir.join(name)).is_ok_and(|m| m.file_type().is_file());
+    assert!(wait_for(Duration::from_secs(20), || regular("daemon.json") && regular("heartbeat.json")));
+    let status = status(&state);
+    for code in ["blob_unavailable", "pool_unavailable"] {
+        assert!(health_reason(&status, code).is_some(), "{code}: {status}");
+    }
+    RawConn::open(state.socket(), "queue");
+    assert_eq!(daemon.stop(), 0);
+    for (planted, outside) in &outsides {
+        outside.assert_untouched(planted);
+    }
+}
+
+#[test]
+fn only_listed_origins_get_cors_and_the_http_connection_cap_holds() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let state = StateDir::new();
+    make_state_dir(&state);
+    state.write_config(
+        "[blob]\nhttp_cors_origins = [\"http://localhost:5173\"]\nhttp_max_connections = 2\n\
+         http_header_timeout = \"60s\"\n",
+    );
+    let _daemon = state.start(&[]);
+    let hash = put_blob(&state, b"<script>alert(1)</script>", "page.html");
+    let url = format!("{}/blob/{hash}", state.blob_url());
+
+    // The listed origin may read; any other gets no CORS header at all, and
+    // no preflight.
+    let listed = curl(&["-H", "Origin: http://localhost:5173", &url]);
+    assert_eq!(listed.header("access-control-allow-origin"), Some("http://localhost:5173"));
+    assert_eq!(listed.header("vary"), Some("Origin"));
+    for origin in ["http://evil.example", "http://localhost:5174", "null"] {
+        let other = curl(&["-H", &format!("Origin: {origin}"), &url]);
+        assert_eq!(other.status, 200, "{origin}");
+        assert!(other.headers.iter().all(|(n, _)| !n.starts_with("access-control-")), "{origin}: {:?}", other.headers);
+        let preflight = curl(&["-X", "OPTIONS", "-H", &format!("Origin: {origin}"), &url]);
+        assert_eq!(preflight.status, 405, "{origin}");
+        assert!(preflight.headers.iter().all(|(n, _)| !n.starts_with("access-control-")), "{origin}");
+    }
+    // Whatever was stored, it is served as an inert type that is not sniffed.
+    assert_eq!(listed.header("content-type"), Some("application/octet-stream"));
+    assert_eq!(listed.header("x-content-type-options"), Some("nosniff"));
+
+    // Two idle connections take the two slots; a third is closed at once
+    // without an answer, and a slot freed serves again.
+    let port: u16 = state.blob_url().rsplit(':').next().unwrap().parse().unwrap();
+    let idle: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    let request = format!("GET /blob/{hash} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    let attempt = || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let _ = s.write_all(request.as_bytes());
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    // The idle connections may not have been accepted yet: wait until the cap bites.
+    assert!(wait_for(Duration::from_secs(20), || attempt().is_empty()), "a third connection is refused");
+    drop(idle);
+    assert!(wait_for(Duration::from_secs(20), || attempt().starts_with("HTTP/1.1 200")), "served again");
 }
