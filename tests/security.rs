@@ -591,3 +591,40 @@ fn only_listed_origins_get_cors_and_the_http_connection_cap_holds() {
     drop(idle);
     assert!(wait_for(Duration::from_secs(20), || attempt().starts_with("HTTP/1.1 200")), "served again");
 }
+
+#[test]
+fn the_pre_handshake_cap_and_the_blob_size_limit_hold() {
+    let state = StateDir::new();
+    make_state_dir(&state);
+    state.write_config("[blob]\nmax_blob_size = \"1KiB\"\n");
+    let _daemon = state.start(&[]);
+
+    // Before the handshake a frame is at most 4 KiB; after it, the same
+    // length is just a (malformed) request.
+    let mut c = RawConn::connect(state.socket());
+    c.send_raw(&4097u32.to_be_bytes()).unwrap();
+    let reply = c.read_json().expect("a refusal");
+    assert_eq!(reply["error"]["code"], "frame_too_large", "{reply}");
+    assert!(c.is_closed());
+    let mut c = RawConn::open(state.socket(), "status");
+    c.send_frame(&[b' '; 4097]);
+    let reply = c.read_json().expect("an error frame");
+    assert_eq!(reply["code"], "malformed_json", "{reply}");
+
+    // A put announced over blob.max_blob_size is refused before any data,
+    // one that does not announce its size is cut off once it passes it,
+    // and nothing stays behind.
+    let mut b = RawConn::open(state.socket(), "blob");
+    let r = b.request(&json!({"type": "put", "size": 1025}));
+    assert_eq!(r["code"], "blob_too_large", "{r}");
+    assert_eq!(b.request(&json!({"type": "put"})), json!({"type": "ready"}));
+    b.send_frame(&[7u8; 600]);
+    b.send_frame(&[7u8; 600]);
+    b.send_frame(b"");
+    let r = b.read_json().unwrap();
+    assert_eq!(r["code"], "blob_too_large", "{r}");
+    let tmp = state.state_dir().join("blobs/tmp");
+    assert!(wait_for(Duration::from_secs(20), || std::fs::read_dir(&tmp).unwrap().count() == 0), "no temp file");
+    let list = RawConn::open(state.socket(), "blob").request(&json!({"type": "list"}));
+    assert_eq!(list["blobs"], json!([]), "{list}");
+}
