@@ -374,6 +374,17 @@ fn another_user_is_refused_before_any_request() {
         d
     };
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // A raw client (the CLI itself refuses a daemon of another user before
+    // sending anything): the daemon answers its handshake with a refusal.
+    let raw = "import json, socket, struct, sys\n\
+               s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n\
+               b = json.dumps({'channel': 'status', 'protocol': 1}).encode()\n\
+               s.sendall(struct.pack('>I', len(b)) + b)\n\
+               n = struct.unpack('>I', s.recv(4, socket.MSG_WAITALL))[0]\n\
+               print(s.recv(n, socket.MSG_WAITALL).decode())\n";
+    let out = Command::new("python3").args(["-c", raw]).arg(&socket).uid(65534).gid(65534).output().unwrap();
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", stderr(&out)));
+    assert_eq!((reply["ok"].as_bool(), reply["error"]["code"].as_str()), (Some(false), Some("permission_denied")));
     let out = Command::new(&hearth)
         .args(["--json", "ping", "--socket"])
         .arg(&socket)
@@ -384,11 +395,12 @@ fn another_user_is_refused_before_any_request() {
         .unwrap();
     assert_ne!(out.status.code(), Some(0));
     let err: Value = serde_json::from_slice(&out.stderr).unwrap_or_else(|_| panic!("{}", stderr(&out)));
-    assert_eq!(err["error"]["code"], "permission_denied", "{err}");
+    assert_eq!(err["error"]["code"], "daemon_of_another_user", "{err}");
 
     let mut c = RawConn::open(&socket, "status");
     let status = c.request(&json!({"type": "status"}));
-    assert_eq!(status["connections"]["refused_peer"], 1);
+    // Both connected; the daemon refused both before reading a byte.
+    assert_eq!(status["connections"]["refused_peer"], 2);
 }
 
 #[test]

@@ -292,6 +292,15 @@ fn main() -> ExitCode {
 fn start_and_run(paths: Paths, config: Config, reporter: &mut Reporter, to_file: bool) -> Result<(), StartupError> {
     // The lock comes first: a second daemon leaves before touching anything
     // of the first one, its log included.
+    // Nothing is created before every directory on the way to the state
+    // directory and to the socket is known to be safe from other users. A
+    // socket the service manager passed is the manager's: its path is not
+    // judged.
+    let activated = singleton::activated_listener()?;
+    singleton::check_state_dir(paths.state_dir())?;
+    if activated.is_none() {
+        singleton::check_socket_dir(paths.socket())?;
+    }
     let log_file = paths.log_file();
     let mut instance = Instance::acquire(paths)?;
     let target = if to_file {
@@ -303,7 +312,7 @@ fn start_and_run(paths: Paths, config: Config, reporter: &mut Reporter, to_file:
         .map_err(|e| StartupError::Other(format!("cannot open {log_file:?}: {e}")))?;
     // Bound (or adopted from the service manager) before any thread starts:
     // binding adjusts the process umask.
-    let listener = match singleton::activated_listener()? {
+    let listener = match activated {
         Some(listener) => instance.adopt(listener)?,
         None => instance.bind()?,
     };

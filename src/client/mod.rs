@@ -64,6 +64,17 @@ pub enum ClientError {
         #[source]
         source: io::Error,
     },
+    /// The process serving the socket runs as another user: nothing was
+    /// sent to it. (A socket in a directory others can write may be theirs.)
+    #[error("refusing to talk to the daemon at {socket:?}: it runs as uid {uid}, not as you (uid {me})")]
+    ForeignDaemon {
+        /// The socket tried.
+        socket: PathBuf,
+        /// The user serving it.
+        uid: u32,
+        /// This process's effective uid.
+        me: u32,
+    },
     /// A path is unusable (e.g. the socket path is too long).
     #[error(transparent)]
     Path(#[from] PathError),
@@ -215,6 +226,7 @@ impl<C: ChannelProtocol> Client<C> {
                 _ => ClientError::Connect { socket, source },
             }
         })?;
+        check_daemon_user(&stream, &options.socket)?;
         let mut conn = Connection::new(stream, DEFAULT_MAX_FRAME);
         let handshake = Handshake::new(C::CHANNEL, Some(options.client_name.clone()));
         conn.write_json(&handshake).await.map_err(closed_on_reset)?;
@@ -264,6 +276,20 @@ impl<C: ChannelProtocol> Client<C> {
     pub fn connection(&mut self) -> &mut Connection {
         &mut self.conn
     }
+}
+
+/// The daemon must run as this user, as it only serves this user: the
+/// kernel's record of who listens on the socket is checked before anything
+/// (a job's command line, a blob's bytes) is sent.
+fn check_daemon_user(stream: &UnixStream, socket: &Path) -> Result<(), ClientError> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    #[allow(unsafe_code)]
+    let me = unsafe { libc::geteuid() };
+    let cred = stream.peer_cred().map_err(|source| ClientError::Connect { socket: socket.to_owned(), source })?;
+    if cred.uid() != me {
+        return Err(ClientError::ForeignDaemon { socket: socket.to_owned(), uid: cred.uid(), me });
+    }
+    Ok(())
 }
 
 /// A reset or broken pipe from the daemon means it closed the connection.

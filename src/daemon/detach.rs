@@ -69,12 +69,13 @@ pub enum Forked {
     Child(Reporter),
 }
 
-/// Forks. Call this before any thread exists.
+/// Forks. Call this before any thread exists, and before the process holds
+/// a descriptor of its own beyond stdio (the child closes all the others).
 ///
 /// The parent waits up to `ready_timeout` for the child's report, prints it
 /// on stdout and returns [`Forked::Parent`]. The child starts a new session,
-/// points its standard descriptors at `/dev/null`, moves to `/`, and returns
-/// [`Forked::Child`].
+/// points its standard descriptors at `/dev/null`, closes every other
+/// descriptor it inherited, moves to `/`, and returns [`Forked::Child`].
 #[allow(unsafe_code)]
 pub fn fork(ready_timeout: Duration) -> io::Result<Forked> {
     let mut fds = [0; 2];
@@ -102,6 +103,7 @@ pub fn fork(ready_timeout: Duration) -> io::Result<Forked> {
             // SAFETY: setsid has no memory-safety preconditions.
             unsafe { libc::setsid() };
             redirect_stdio_to_null()?;
+            close_inherited_fds(write_end.as_raw_fd())?;
             std::env::set_current_dir("/")?;
             Ok(Forked::Child(Reporter { pipe: Some(File::from(write_end)) }))
         }
@@ -158,6 +160,26 @@ fn poll_readable(file: &File, timeout: Duration) -> bool {
     // SAFETY: one valid pollfd, owned by this frame.
     let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
     rc > 0
+}
+
+/// Closes every descriptor above stderr but `keep`. A caller may hand down
+/// more than stdio (a build tool's jobserver pipe, a shell's redirection)
+/// and wait for those to close; the daemon outlives it and must not hold
+/// them. Nothing in this process owns them (the precondition of [`fork`]).
+#[allow(unsafe_code)]
+fn close_inherited_fds(keep: libc::c_int) -> io::Result<()> {
+    let dir = if cfg!(target_os = "linux") { "/proc/self/fd" } else { "/dev/fd" };
+    let fds: Vec<libc::c_int> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2 && *fd != keep)
+        .collect();
+    for fd in fds {
+        // SAFETY: no object of this process owns these descriptors (see
+        // above); the directory listing's own one is closed already, and
+        // closing it again only fails with EBADF.
+        unsafe { libc::close(fd) };
+    }
+    Ok(())
 }
 
 #[allow(unsafe_code)]

@@ -44,6 +44,17 @@ pub fn create_new(path: &Path, mode: u32) -> io::Result<File> {
     OpenOptions::new().write(true).create_new(true).mode(mode).custom_flags(libc::O_NOFOLLOW).open(path)
 }
 
+/// Reads at most `max` bytes of the file at `path`, refusing to follow a
+/// symlink there (`ELOOP`): for the small files the daemon keeps beside its
+/// data, whose content it trusts.
+pub fn read_small(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+    let mut bytes = Vec::new();
+    file.take(max).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// Fsyncs a directory so that renames and unlinks in it are durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -53,6 +64,34 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Makes `dir`, whose parent exists, a private directory of this user
+/// without ever following a symlink at `dir`: created with mode 0700 when
+/// missing; refused when it is a symlink, not a directory, or owned by
+/// someone else; narrowed to 0700 when group or others have access.
+pub fn private_subdir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::symlink_metadata(dir)?;
+    let refuse = |why: String| Err(io::Error::other(format!("{} {why}", dir.display())));
+    if meta.file_type().is_symlink() {
+        return refuse("is a symbolic link; hearthd keeps its data in real directories of its state directory".into());
+    }
+    if !meta.is_dir() {
+        return refuse("is not a directory".into());
+    }
+    if meta.uid() != euid() {
+        return refuse(format!("is owned by uid {}, not by you (uid {})", meta.uid(), euid()));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 /// Marks every descriptor above stderr close-on-exec, so that nothing the

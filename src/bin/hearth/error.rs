@@ -47,6 +47,8 @@ impl From<ClientError> for CliError {
             }
             ClientError::Connect { .. } => CliError::new("connect_failed", message)
                 .hint("check the socket's owner and mode; `hearth daemon status` shows what runs"),
+            ClientError::ForeignDaemon { .. } => CliError::new("daemon_of_another_user", message)
+                .hint("use a socket path in a directory only you can write (--socket, HEARTH_SOCKET)"),
             ClientError::Path(_) => CliError::new("socket_path_too_long", message),
             ClientError::Refused { ref error, .. } | ClientError::Daemon(ref error) => {
                 let hint = hint_for(&error.code);

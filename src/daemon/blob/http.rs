@@ -98,7 +98,10 @@ fn bind(root: &Path, configured: Option<u16>) -> io::Result<std::net::TcpListene
             .map_err(|e| io::Error::new(e.kind(), format!("cannot bind 127.0.0.1:{port} (blob.http_port): {e}")));
     }
     let file = root.join(PORT_FILE);
-    let last = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse::<u16>().ok()).filter(|p| *p != 0);
+    let last = fsutil::read_small(&file, 16)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok()?.trim().parse::<u16>().ok())
+        .filter(|p| *p != 0);
     let listener = match last {
         Some(port) => std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).or_else(|e| {
             tracing::warn!("the blob HTTP port of the previous run, {port}, is not available ({e}); choosing another");

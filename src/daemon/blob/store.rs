@@ -33,6 +33,9 @@ use crate::protocol::blob::{BlobHash, BlobInfo, GcReport, Usage};
 /// Mode of stored content: read-only, for the owner only.
 const CONTENT_MODE: u32 = 0o400;
 
+/// A sidecar larger than this is not one of ours (it is rebuilt).
+const MAX_SIDECAR: u64 = 64 * 1024;
+
 /// Why a store operation failed, in terms a client can act on.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StoreError {
@@ -357,8 +360,9 @@ impl Store {
     fn load_one(&self, hash: &BlobHash) -> Result<Sidecar, StoreError> {
         let content = self.content_path(hash);
         let stat = std::fs::symlink_metadata(&content).map_err(|e| StoreError::io(format!("cannot stat {hash}"), e))?;
-        let sidecar =
-            std::fs::read(self.sidecar_path(hash)).ok().and_then(|b| serde_json::from_slice::<Sidecar>(&b).ok());
+        let sidecar = fsutil::read_small(&self.sidecar_path(hash), MAX_SIDECAR)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Sidecar>(&b).ok());
         match sidecar {
             Some(meta) if meta.size == stat.len() => Ok(meta),
             other => {

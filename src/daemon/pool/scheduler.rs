@@ -308,7 +308,21 @@ async fn reset(service: &Arc<PoolService>, pool: &str, id: &str, def: &PoolDefin
     let mut record =
         Record { id: id.to_owned(), state: RecordState::Resetting { process: None }, spec, created_at_ms, build_ms };
     let steps: Vec<Vec<String>> = def.reset.iter().cloned().collect();
-    let outcome = run_steps(service, pool, id, def, &steps, &mut record, &service.stop).await;
+    // A reset works on `{path}`; if its holder swapped the directory for a
+    // symlink, the reset would work on wherever that leads.
+    let outcome = if service.store.is_real_resource_dir(pool, id) {
+        run_steps(service, pool, id, def, &steps, &mut record, &service.stop).await
+    } else {
+        Outcome {
+            result: Err(StepError::Failed {
+                command: "reset".into(),
+                status: "was not run: the resource's directory is no longer a directory (a symlink?)".into(),
+            }),
+            log: None,
+            elapsed: Duration::ZERO,
+            tail: String::new(),
+        }
+    };
     if outcome.result.is_ok() {
         record.state = RecordState::Ready;
         if service.store.write_record(pool, &record).is_ok() {

@@ -194,6 +194,17 @@ impl Store {
         self.root.join(TRASH_DIR)
     }
 
+    /// The trash, made a real directory again first if something replaced
+    /// it: everything in it is deleted, so it must never lead elsewhere.
+    fn real_trash(&self) -> io::Result<PathBuf> {
+        let trash = self.trash();
+        if !fs::symlink_metadata(&trash).is_ok_and(|m| m.is_dir()) {
+            tracing::warn!("{} is not a directory of the pool store; replacing it", trash.display());
+            self.ensure_dir(&trash)?;
+        }
+        Ok(trash)
+    }
+
     /// Makes `dir` a real directory of ours: a symlink or a file in its
     /// place is removed first.
     fn ensure_dir(&self, dir: &Path) -> io::Result<()> {
@@ -213,6 +224,12 @@ impl Store {
     /// Creates the pool's directory.
     pub(crate) fn create_pool_dir(&self, pool: &str) -> io::Result<()> {
         self.ensure_dir(&self.pool_dir(pool))
+    }
+
+    /// Whether a resource's directory is still a real directory (not a
+    /// symlink its holder put in its place).
+    pub(crate) fn is_real_resource_dir(&self, pool: &str, id: &str) -> bool {
+        fs::symlink_metadata(self.resource_dir(pool, id)).is_ok_and(|m| m.is_dir())
     }
 
     /// Creates a fresh, empty resource directory (mode 0700).
@@ -291,7 +308,7 @@ impl Store {
     /// atomic); [`Store::empty_trash`] deletes it. A missing directory is fine.
     pub(crate) fn trash_resource(&self, pool: &str, id: &str) -> io::Result<()> {
         let from = self.resource_dir(pool, id);
-        let to = self.trash().join(format!("{pool}.{id}"));
+        let to = self.real_trash()?.join(format!("{pool}.{id}"));
         match fs::rename(&from, &to) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -307,7 +324,14 @@ impl Store {
     /// Deletes everything in the trash. Slow for big trees: run it off the
     /// async workers.
     pub(crate) fn empty_trash(&self) {
-        let Ok(entries) = fs::read_dir(self.trash()) else { return };
+        let trash = match self.real_trash() {
+            Ok(trash) => trash,
+            Err(e) => {
+                tracing::warn!("cannot use {}: {e}", self.trash().display());
+                return;
+            }
+        };
+        let Ok(entries) = fs::read_dir(trash) else { return };
         for entry in entries.flatten() {
             if let Err(e) = remove_tree(&entry.path()) {
                 tracing::warn!("cannot delete {}: {e}", entry.path().display());

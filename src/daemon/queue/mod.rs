@@ -135,7 +135,7 @@ impl Activity {
 /// Why the queue service cannot start.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StartError {
-    #[error("cannot create {path:?}: {source}")]
+    #[error("cannot use {path:?}: {source}")]
     Dir { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Open(#[from] store::OpenError),
@@ -154,8 +154,12 @@ impl QueueService {
         let dir = state_dir.join("queue");
         let logs_dir = dir.join("logs");
         for path in [&dir, &logs_dir] {
-            fsutil::create_private_dir(path).map_err(|source| StartError::Dir { path: path.clone(), source })?;
+            fsutil::private_subdir(path).map_err(|source| StartError::Dir { path: path.clone(), source })?;
         }
+        // SQLite's no-follow flag refuses a symlink anywhere in the path, so
+        // the store is opened by the directory's real path: a state directory
+        // reached through a symlinked parent must not look like a broken store.
+        let dir = std::fs::canonicalize(&dir).map_err(|source| StartError::Dir { path: dir.clone(), source })?;
         let running_dir = dir.join("running");
         let running = running::RunningDir::open(running_dir.clone())
             .map_err(|source| StartError::Dir { path: running_dir, source })?;

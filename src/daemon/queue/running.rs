@@ -52,9 +52,9 @@ pub(crate) struct RunningDir {
 }
 
 impl RunningDir {
-    /// Creates `dir` (0700) if needed.
+    /// Creates `dir` (0700) if needed; refuses one that is a symlink.
     pub(crate) fn open(dir: PathBuf) -> io::Result<RunningDir> {
-        fsutil::create_private_dir(&dir)?;
+        fsutil::private_subdir(&dir)?;
         Ok(RunningDir { dir, boot_id: boot_id() })
     }
 
