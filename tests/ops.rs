@@ -517,6 +517,15 @@ fn doctor_reports_each_code_from_its_real_condition() {
     std::fs::set_permissions(state.state_dir(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     assert!(doctor_codes(&state, &["--unit-dir", unit_dir]).contains(&"state_dir_insecure".into()));
     std::fs::set_permissions(state.state_dir(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    // A socket in a directory others can write (and not sticky), as hearthd would refuse it.
+    let open = state.dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let in_open = open.join("h.sock");
+    let codes = doctor_codes(&state, &["--unit-dir", unit_dir, "--socket", in_open.to_str().unwrap()]);
+    assert!(codes.contains(&"socket_dir_insecure".into()), "{codes:?}");
+    let out = state.hearthd().arg("--socket").arg(&in_open).output().unwrap();
+    assert!(stderr(&out).contains("socket_dir_insecure"), "hearthd agrees: {}", stderr(&out));
 
     // Too long a socket path.
     let long = format!("/tmp/{}/hearth.sock", "s".repeat(120));

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hearth::client::{ConnectOptions, StatusClient};
 use hearth::daemon::fsutil;
-use hearth::daemon::singleton::{LockState, probe_lock};
+use hearth::daemon::singleton::{LockState, check_route, probe_lock};
 use hearth::protocol::info::{DaemonInfo, Heartbeat};
 use hearth::service::{SYSTEMD_SERVICE, SYSTEMD_SOCKET};
 use serde::Serialize;
@@ -17,7 +17,7 @@ use crate::service_cmd::{Locations, Profile};
 use crate::{Ctx, output};
 
 const DOCTOR_HELP: &str = "\
-Reason codes: state_dir_not_writable, state_dir_insecure, socket_stale,
+Reason codes: state_dir_not_writable, state_dir_insecure, socket_dir_insecure, socket_stale,
 socket_path_too_long, lock_held_by_other_process, info_file_stale,
 version_mismatch, daemon_not_responding, heartbeat_stale, service_file_missing,
 service_points_to_missing_executable, profile_not_supported_on_host.
@@ -94,6 +94,23 @@ async fn check_state(ctx: &Ctx, problems: &mut Vec<Problem>) {
             Severity::Error,
             e.to_string(),
             "set --socket or HEARTH_SOCKET to a shorter path, e.g. $XDG_RUNTIME_DIR/hearth.sock",
+        ));
+    }
+    // The directories on the way, as hearthd checks them before it starts.
+    if let Err(step) = check_route(dir, true) {
+        problems.push(problem(
+            "state_dir_insecure",
+            Severity::Error,
+            format!("another user could replace the state directory: {step}"),
+            "move the state directory under a directory only you (or root) can write (--state-dir)",
+        ));
+    }
+    if let Err(step) = check_route(paths.socket(), false) {
+        problems.push(problem(
+            "socket_dir_insecure",
+            Severity::Error,
+            format!("another user could replace the socket: {step}"),
+            "put the socket in a directory only you (or root) can write (--socket)",
         ));
     }
     match std::fs::metadata(dir) {
