@@ -320,3 +320,32 @@ fn a_store_that_cannot_open_leaves_the_other_channels_serving() {
     assert_eq!(err["error"]["code"], "channel_unavailable");
     assert!(err["error"]["message"].as_str().unwrap().contains("blob store"), "{err}");
 }
+
+/// The local addresses with a listening TCP socket on `port`, from the kernel's tables.
+fn listening_addresses(port: u16) -> Vec<String> {
+    let mut found = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address is HEXIP:HEXPORT; state 0A is LISTEN.
+            let (Some(local), Some(state)) = (fields.get(1), fields.get(3)) else { continue };
+            let Some((ip, p)) = local.split_once(':') else { continue };
+            if *state == "0A" && u16::from_str_radix(p, 16) == Ok(port) {
+                found.push(ip.to_owned());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_http_server_listens_on_loopback_only() {
+    let state = StateDir::new();
+    let _daemon = state.start(&[]);
+    let url = state.blob_url();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    // 127.0.0.1 as the kernel writes it (little-endian hex), and nothing else:
+    // not 0.0.0.0, not :: (which would take IPv4 too on a dual-stack socket).
+    assert_eq!(listening_addresses(port_of(&url)), ["0100007F"], "{url}");
+}
