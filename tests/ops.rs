@@ -619,6 +619,34 @@ fn log_rotation_and_sighup_reopen() {
         .is_ok_and(|t| t.contains("connection opened"))));
 }
 
+// --- stopping during start-up ------------------------------------------------------
+
+#[test]
+fn a_sigterm_as_soon_as_the_socket_appears_is_a_clean_stop() {
+    // The socket exists before the signal handlers do; a stop sent in that
+    // window used to kill the daemon with the default action (through the
+    // log writer's thread) and leave its socket behind.
+    for _ in 0..5 {
+        let state = StateDir::new();
+        let mut cmd = state.hearthd();
+        let mut daemon = common::Daemon {
+            child: Some(cmd.stderr(Stdio::null()).spawn().unwrap()),
+            log: state.dir.path().join("unused.log"),
+            socket: state.socket().to_owned(),
+            info: state.paths.info_file(),
+        };
+        let mut seen = false;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !seen && Instant::now() < deadline {
+            seen = state.socket().exists();
+            std::hint::spin_loop();
+        }
+        assert!(seen, "the socket appeared");
+        assert_eq!(daemon.stop(), 0, "a clean exit");
+        assert!(!state.socket().exists() && !state.paths.info_file().exists(), "cleaned up");
+    }
+}
+
 // --- idle exit ----------------------------------------------------------------------
 
 #[test]

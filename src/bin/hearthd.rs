@@ -290,6 +290,12 @@ fn main() -> ExitCode {
 }
 
 fn start_and_run(paths: Paths, config: Config, reporter: &mut Reporter, to_file: bool) -> Result<(), StartupError> {
+    // A SIGTERM during start-up must stop cleanly once the socket can be
+    // seen: the stop signals wait until the handlers are installed. Held
+    // before any thread starts (the log writer's is the first), since a
+    // thread that does not block them would take them with the default
+    // action.
+    let held = singleton::HeldSignals::hold();
     // The lock comes first: a second daemon leaves before touching anything
     // of the first one, its log included.
     // Nothing is created before every directory on the way to the state
@@ -325,6 +331,7 @@ fn start_and_run(paths: Paths, config: Config, reporter: &mut Reporter, to_file:
         // Handlers first, so that a SIGTERM during start-up still stops cleanly.
         let stop = stop_signal().map_err(|e| StartupError::Other(format!("cannot install signal handlers: {e}")))?;
         reopen_log_on_sighup(log).map_err(|e| StartupError::Other(format!("cannot install signal handlers: {e}")))?;
+        held.release();
         let daemon = Daemon::start(instance, listener, config).await?;
         let info = daemon.info();
         reporter.report(&LaunchReport::Ready {
