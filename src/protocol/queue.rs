@@ -616,4 +616,22 @@ mod tests {
             super::super::decode_request::<QueueRequest>(text.as_bytes()).unwrap();
         }
     }
+
+    #[test]
+    fn a_jobs_json_input_reaches_it_with_every_number_as_sent() {
+        // Found by the `requests` fuzz target: without correctly rounded
+        // float parsing a number could come out one unit in the last place
+        // away from what the client sent, and the job would see another value.
+        let big = format!("600080{}", "8".repeat(69));
+        let frame = format!(
+            r#"{{"type":"submit","argv":["cat"],"input":{{"a":{big},"b":0.1,"c":1e-300,"d":18446744073709551615}}}}"#
+        );
+        let QueueRequest::Submit(spec) = super::super::decode_request::<QueueRequest>(frame.as_bytes()).unwrap() else {
+            panic!("not a submit")
+        };
+        let input = serde_json::to_string(spec.input.as_ref().unwrap()).unwrap();
+        // The nearest double to the 75-digit integer, as Python's float() gives it.
+        assert_eq!(input, r#"{"a":6.000808888888889e+74,"b":0.1,"c":1e-300,"d":18446744073709551615}"#);
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&input).unwrap(), *spec.input.as_ref().unwrap());
+    }
 }
