@@ -628,6 +628,52 @@ pub fn probe_lock(paths: &Paths) -> io::Result<LockState> {
     }
 }
 
+/// SIGTERM, SIGINT and SIGHUP held back (blocked in the calling thread) from
+/// before any thread starts until the daemon's handlers are in place, so a
+/// stop asked for during start-up is a clean stop rather than the default
+/// action killing a daemon that already shows its socket. Threads started
+/// meanwhile inherit the mask, which leaves the calling thread to receive
+/// these signals once [`HeldSignals::release`] unblocks them; child
+/// processes start with an empty mask (std's spawn and the job spawner both
+/// reset it).
+pub struct HeldSignals {
+    old: libc::sigset_t,
+}
+
+impl std::fmt::Debug for HeldSignals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeldSignals")
+    }
+}
+
+impl HeldSignals {
+    #[must_use]
+    pub fn hold() -> Self {
+        // SAFETY: the sets are plain values initialised by sigemptyset before
+        // use; pthread_sigmask only changes this thread's mask.
+        #[allow(unsafe_code)]
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+                libc::sigaddset(&mut set, signal);
+            }
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+            Self { old }
+        }
+    }
+
+    /// Restores the mask: a signal that arrived meanwhile is delivered now.
+    pub fn release(self) {
+        // SAFETY: `old` is the mask pthread_sigmask returned in `hold`.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -732,45 +778,5 @@ mod tests {
         assert_eq!(inst.bind().unwrap_err().code(), "socket_path_occupied");
         inst.release();
         assert_eq!(std::fs::read(paths.socket()).unwrap(), b"precious");
-    }
-}
-
-/// SIGTERM, SIGINT and SIGHUP held back (blocked in the calling thread) from
-/// before any thread starts until the daemon's handlers are in place, so a
-/// stop asked for during start-up is a clean stop rather than the default
-/// action killing a daemon that already shows its socket. Threads started
-/// meanwhile inherit the mask, which leaves the calling thread to receive
-/// these signals once [`HeldSignals::release`] unblocks them; child
-/// processes start with an empty mask (std's spawn and the job spawner both
-/// reset it).
-pub struct HeldSignals {
-    old: libc::sigset_t,
-}
-
-impl HeldSignals {
-    #[must_use]
-    pub fn hold() -> Self {
-        // SAFETY: the sets are plain values initialised by sigemptyset before
-        // use; pthread_sigmask only changes this thread's mask.
-        #[allow(unsafe_code)]
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            let mut old: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-                libc::sigaddset(&mut set, signal);
-            }
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
-            Self { old }
-        }
-    }
-
-    /// Restores the mask: a signal that arrived meanwhile is delivered now.
-    pub fn release(self) {
-        // SAFETY: `old` is the mask pthread_sigmask returned in `hold`.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut());
-        }
     }
 }
