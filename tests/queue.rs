@@ -465,6 +465,102 @@ fn kill_9_with_jobs_running_kills_the_leftovers_and_retries_them() {
 }
 
 #[test]
+fn kill_9_after_a_program_started_but_before_its_start_was_committed() {
+    // A program runs as soon as its process is recorded under running/; its
+    // start is committed meanwhile. Hold the store's write lock so that the
+    // commit cannot land, kill the daemon while the program runs, and the
+    // next daemon must still find and kill it, and run the job again as if
+    // the attempt had never been.
+    let state = StateDir::new();
+    let marker = state.dir.path().join("ran once");
+    let script = format!(
+        "if [ -e '{m}' ]; then echo second; exit 0; fi; touch '{m}'; echo first; sleep 1000; : window-token-31",
+        m = marker.display()
+    );
+    let mut daemon = state.start(&[]);
+    let mut q = Q::connect(&state);
+    let mut s = spec(&["sh", "-c", &script]);
+    s.run_at_ms = Some(hearth::time::now_ms() + 86_400_000);
+    let job = q.submit(s);
+    assert_eq!(daemon.stop(), 0);
+    let db_path = state.state_dir().join("queue/queue.db");
+    let db = rusqlite::Connection::open(&db_path).unwrap();
+    let id = i64::try_from(job.id).unwrap();
+    db.execute("UPDATE jobs SET run_at_ms = 0 WHERE id = ?1", [id]).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+    let mut daemon = state.start(&[]);
+    let record_path = state.state_dir().join(format!("queue/running/{}.1", job.id));
+    assert!(wait_for(LONG, || record_path.exists() && !processes_mentioning("window-token-31").is_empty()));
+    let record: Value = serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+    let pgid = u32::try_from(record["pid"].as_u64().unwrap()).unwrap();
+    assert_eq!(record["job"], json!(job.id));
+    assert!(processes_mentioning("window-token-31").contains(&pgid), "the record names the program's process");
+    daemon.kill9();
+    db.execute_batch("ROLLBACK").unwrap();
+    let (state_then, attempts): (String, i64) = db
+        .query_row(
+            "SELECT state, (SELECT COUNT(*) FROM attempts WHERE job_id = id) FROM jobs WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((state_then.as_str(), attempts), ("queued", 0), "the start never reached the store");
+    drop(db);
+    assert!(group_alive(pgid), "the program outlives the killed daemon");
+
+    let _daemon = state.start(&[]);
+    assert!(wait_for(LONG, || !group_alive(pgid)), "the next daemon killed the leftover group");
+    let mut q = Q::connect(&state);
+    let done = q.wait(job.id);
+    assert_eq!((done.state, done.attempts), (JobState::Succeeded, 1), "the lost run is not counted");
+    let (_, attempts) = q.get(job.id);
+    assert_eq!(attempts.len(), 1, "the unrecorded run leaves no attempt: {attempts:?}");
+    assert_eq!(attempts[0].outcome, Some(Outcome::Succeeded));
+    assert_eq!(q.log(job.id, LogStream::Stdout), b"second\n", "nothing of the unrecorded run reaches the logs");
+    let running = state.state_dir().join("queue/running");
+    assert!(wait_for(LONG, || std::fs::read_dir(&running).unwrap().next().is_none()), "every record is dropped");
+}
+
+#[test]
+fn a_start_the_store_refuses_kills_the_program_and_leaves_no_trace() {
+    // As above, but the daemon lives on: with the store's write lock held
+    // past the writer's busy timeout (10 s), the start of the running
+    // program fails to commit. The program must be killed, nothing of it
+    // recorded, and the job run again once the store takes writes.
+    let state = StateDir::new();
+    let marker = state.dir.path().join("ran once");
+    let script = format!(
+        "if [ -e '{m}' ]; then echo second; exit 0; fi; touch '{m}'; echo first; sleep 1000; : refused-token-47",
+        m = marker.display()
+    );
+    let mut daemon = state.start(&[]);
+    let mut q = Q::connect(&state);
+    let mut s = spec(&["sh", "-c", &script]);
+    s.run_at_ms = Some(hearth::time::now_ms() + 86_400_000);
+    let job = q.submit(s);
+    assert_eq!(daemon.stop(), 0);
+    let db = rusqlite::Connection::open(state.state_dir().join("queue/queue.db")).unwrap();
+    db.execute("UPDATE jobs SET run_at_ms = 0 WHERE id = ?1", [i64::try_from(job.id).unwrap()]).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+    let _daemon = state.start(&[]);
+    let record_path = state.state_dir().join(format!("queue/running/{}.1", job.id));
+    assert!(wait_for(LONG, || record_path.exists() && !processes_mentioning("refused-token-47").is_empty()));
+    let record: Value = serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+    let pgid = u32::try_from(record["pid"].as_u64().unwrap()).unwrap();
+    assert!(wait_for(Duration::from_secs(60), || !group_alive(pgid)), "a refused start kills the program");
+    db.execute_batch("ROLLBACK").unwrap();
+    drop(db);
+
+    let mut q = Q::connect(&state);
+    let done = q.wait(job.id);
+    assert_eq!((done.state, done.attempts), (JobState::Succeeded, 1));
+    assert_eq!(q.get(job.id).1.len(), 1, "refused starts leave no attempt");
+    assert_eq!(q.log(job.id, LogStream::Stdout), b"second\n", "nor any output");
+}
+
+#[test]
 fn a_graceful_stop_requeues_running_jobs_without_counting_and_ends_waits() {
     let state = StateDir::new();
     let mut daemon = state.start(&[]);

@@ -36,6 +36,18 @@ pub fn command(program: impl AsRef<OsStr>, args: &[impl AsRef<OsStr>]) -> tokio:
     cmd
 }
 
+/// The open-file limit (soft, hard) to give the processes the daemon starts,
+/// when the daemon raised its own; `None` when it did not.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // the queue's clone, Linux only
+pub(crate) fn original_nofile_limit() -> Option<(libc::rlim_t, libc::rlim_t)> {
+    let &(soft, hard) = ORIGINAL_NOFILE.get()?;
+    let mut current = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut current) };
+    (rc == 0 && current.rlim_cur != soft).then_some((soft, hard))
+}
+
 #[allow(unsafe_code)]
 fn restore_nofile(cmd: &mut tokio::process::Command, soft: libc::rlim_t, hard: libc::rlim_t) {
     let mut current = libc::rlimit { rlim_cur: 0, rlim_max: 0 };

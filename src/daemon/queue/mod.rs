@@ -5,8 +5,10 @@
 //! - `store.rs`: the SQLite file, its schema, and every read.
 //! - `writer.rs`: the single writer thread and its group commit; every
 //!   state change goes through it.
-//! - `spawn.rs`: starting an attempt so that its pid is committed before
-//!   its program runs.
+//! - `running.rs`: the attempts whose processes exist, one file each, so
+//!   that a restarted daemon can find them.
+//! - `spawn.rs`: starting an attempt so that its process is recorded before
+//!   its program runs; `vfork.rs`: how, on Linux, without copying the daemon.
 //! - `worker.rs`: the dispatcher, the attempts, and recovery at start-up.
 //! - `handler.rs`: the channel's requests.
 
@@ -26,8 +28,11 @@ use crate::protocol::status::{HealthReason, HealthState, QueueSummary};
 use crate::protocol::{ErrorCode, WireError};
 
 mod handler;
+mod running;
 mod spawn;
 mod store;
+#[cfg(target_os = "linux")]
+mod vfork;
 mod worker;
 mod writer;
 
@@ -50,10 +55,13 @@ pub(crate) enum KillReason {
     Shutdown,
 }
 
-/// An attempt in flight (from the moment it is picked until its end is committed).
+/// An attempt in flight: from the moment it is picked until the store
+/// says what became of it (its start and end committed, or its start refused).
 #[derive(Debug)]
 struct InFlight {
     queue: String,
+    /// It takes a worker: from the pick until its processes are gone.
+    holds_slot: bool,
     kill: watch::Sender<Option<KillReason>>,
     /// Bumped whenever the attempt's output grows.
     output: watch::Sender<u64>,
@@ -66,6 +74,7 @@ pub(crate) struct QueueService {
     workers: u32,
     db_path: PathBuf,
     logs_dir: PathBuf,
+    running: running::RunningDir,
     home: String,
     clock: Arc<dyn Clock>,
     writer: writer::Writer,
@@ -109,6 +118,9 @@ impl QueueService {
         for path in [&dir, &logs_dir] {
             fsutil::create_private_dir(path).map_err(|source| StartError::Dir { path: path.clone(), source })?;
         }
+        let running_dir = dir.join("running");
+        let running = running::RunningDir::open(running_dir.clone())
+            .map_err(|source| StartError::Dir { path: running_dir, source })?;
         let now = clock.now_ms();
         let open_dir = dir.clone();
         let opened = tokio::task::spawn_blocking(move || store::open_store(&open_dir, now))
@@ -152,6 +164,7 @@ impl QueueService {
             readers: store::Readers::new(db_path.clone()),
             db_path,
             logs_dir,
+            running,
             home,
             clock,
             writer,
@@ -212,7 +225,8 @@ impl QueueService {
     /// Jobs waiting or running, if any: they keep the daemon from idling.
     pub(crate) fn busy(&self) -> Option<String> {
         let (total, _) = self.total_counts();
-        let (pending, running) = (total.queued + total.retry_wait, total.running.max(self.busy_workers().into()));
+        let in_flight = self.lock_in_flight().len() as u64;
+        let (pending, running) = (total.queued + total.retry_wait, total.running.max(in_flight));
         (pending + running > 0).then(|| format!("{running} jobs running, {pending} waiting"))
     }
 
@@ -251,7 +265,7 @@ impl QueueService {
         self.draining.store(true, std::sync::atomic::Ordering::SeqCst);
         self.wake.notify_one();
         loop {
-            let running = self.busy_workers();
+            let running = self.lock_in_flight().len();
             if running == 0 || tokio::time::Instant::now() >= deadline {
                 return;
             }
@@ -310,8 +324,19 @@ impl QueueService {
         }
     }
 
+    /// Workers taken by an attempt whose processes are not all gone yet.
     fn busy_workers(&self) -> u32 {
-        self.lock_in_flight().len() as u32
+        self.lock_in_flight().values().filter(|f| f.holds_slot).count() as u32
+    }
+
+    /// Gives the worker of job `id`'s attempt back (its processes are gone),
+    /// while the job stays out of the dispatcher's picks until the store
+    /// says what became of the attempt.
+    fn free_slot(&self, id: u64) {
+        if let Some(f) = self.lock_in_flight().get_mut(&id) {
+            f.holds_slot = false;
+        }
+        self.wake.notify_one();
     }
 
     /// The status channel's summary.

@@ -1,7 +1,7 @@
 //! The queue's store: one SQLite file, `<state-dir>/queue/queue.db`.
 //!
 //! Every connection is opened by [`open_connection`], which sets WAL,
-//! `synchronous=FULL`, foreign keys and a busy timeout (pragmas are
+//! `synchronous=FULL`, foreign keys, stable query plans and a busy timeout (pragmas are
 //! per-connection, so setting them once is not enough). One writer thread
 //! owns the only write connection (see `writer.rs`); reads use their own
 //! connections. The schema carries its version in `PRAGMA user_version`.
@@ -89,6 +89,10 @@ pub(crate) fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    // Plans that do not depend on the values bound: otherwise SQLite (built
+    // with STAT4) prepares a statement again each time a parameter it could
+    // plan with (a time, a LIMIT) is bound, as the dispatcher does each time.
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     Ok(conn)
 }
 
@@ -439,10 +443,27 @@ pub(crate) fn list(conn: &Connection, filter: &ListFilter, limit: u32) -> rusqli
 pub(crate) struct Runnable {
     pub(crate) job: Job,
     pub(crate) input: Option<Vec<u8>>,
+    /// The number its next attempt gets in its history (see [`next_attempt`]).
+    pub(crate) attempt: u32,
+}
+
+/// The number the next attempt of job `id` gets: attempts are numbered from
+/// 1 over the job's whole life.
+pub(crate) fn next_attempt(conn: &Connection, id: u64) -> rusqlite::Result<u32> {
+    conn.prepare_cached("SELECT COALESCE(MAX(n), 0) + 1 FROM attempts WHERE job_id = ?1")?
+        .query_row([i(id)], |r| r.get(0))
 }
 
 /// Jobs that may start now, highest priority first, then oldest first;
-/// none of `exclude_queues` and none of `exclude_ids`.
+/// none of `exclude_queues` and none of `exclude_ids`; each with the number
+/// its next attempt gets (one statement, so the two agree).
+///
+/// The dispatcher runs this after every commit, so it must not cost more
+/// as the queue grows: a range lookup on `jobs_pending_at` first says
+/// whether anything is due at all (jobs parked for later are never read),
+/// then `jobs_pending` is walked in priority order until `limit` due jobs
+/// are found, with no sort. (Left to itself the planner scans every waiting
+/// job through `jobs_state` and sorts them, on every dispatch.)
 pub(crate) fn runnable(
     conn: &Connection,
     now_ms: u64,
@@ -450,38 +471,58 @@ pub(crate) fn runnable(
     exclude_ids: &[u64],
     limit: usize,
 ) -> rusqlite::Result<Vec<Runnable>> {
-    let mut sql =
-        format!("SELECT {JOB_COLUMNS}, input FROM jobs WHERE state IN ('queued', 'retry_wait') AND run_at_ms <= ?");
+    let due: bool = conn.prepare_cached(ANY_DUE)?.query_row([i(now_ms)], |r| r.get(0))?;
+    if !due {
+        return Ok(Vec::new());
+    }
     let mut args: Vec<rusqlite::types::Value> = vec![i(now_ms).into()];
-    if !exclude_queues.is_empty() {
-        sql.push_str(&format!(" AND queue NOT IN ({})", vec!["?"; exclude_queues.len()].join(", ")));
-        args.extend(exclude_queues.iter().map(|q| q.clone().into()));
-    }
-    if !exclude_ids.is_empty() {
-        sql.push_str(&format!(" AND id NOT IN ({})", vec!["?"; exclude_ids.len()].join(", ")));
-        args.extend(exclude_ids.iter().map(|id| i(*id).into()));
-    }
-    sql.push_str(" ORDER BY priority DESC, id LIMIT ?");
+    args.extend(exclude_queues.iter().map(|q| q.clone().into()));
+    args.extend(exclude_ids.iter().map(|id| i(*id).into()));
     args.push((limit as i64).into());
-    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut stmt = conn.prepare_cached(&runnable_sql(exclude_queues.len(), exclude_ids.len()))?;
     stmt.query_map(rusqlite::params_from_iter(args), |row| {
-        Ok(Runnable { job: job_from_row(row)?, input: row.get(21)? })
+        Ok(Runnable { job: job_from_row(row)?, input: row.get(21)?, attempt: row.get(22)? })
     })?
     .collect()
 }
 
+/// Whether any waiting job is due at `?1`.
+const ANY_DUE: &str = "SELECT EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_pending_at \
+     WHERE state IN ('queued', 'retry_wait') AND run_at_ms <= ?1)";
+
+/// The earliest time after `?1` at which a waiting job becomes due.
+const NEXT_RUN_AT: &str = "SELECT MIN(run_at_ms) FROM jobs INDEXED BY jobs_pending_at \
+     WHERE state IN ('queued', 'retry_wait') AND run_at_ms > ?1";
+
+/// [`runnable`]'s query, leaving out `queues` queues and `ids` jobs.
+fn runnable_sql(queues: usize, ids: usize) -> String {
+    let mut sql = format!(
+        "SELECT {JOB_COLUMNS}, input, (SELECT COALESCE(MAX(n), 0) + 1 FROM attempts WHERE attempts.job_id = jobs.id) \
+         FROM jobs INDEXED BY jobs_pending WHERE state IN ('queued', 'retry_wait') \
+         AND run_at_ms <= ?"
+    );
+    if queues > 0 {
+        sql.push_str(&format!(" AND queue NOT IN ({})", vec!["?"; queues].join(", ")));
+    }
+    if ids > 0 {
+        sql.push_str(&format!(" AND id NOT IN ({})", vec!["?"; ids].join(", ")));
+    }
+    sql.push_str(" ORDER BY priority DESC, id LIMIT ?");
+    sql
+}
+
 /// The earliest time after `now_ms` at which a waiting job becomes runnable.
 pub(crate) fn next_run_at(conn: &Connection, now_ms: u64) -> rusqlite::Result<Option<u64>> {
-    conn.prepare_cached("SELECT MIN(run_at_ms) FROM jobs WHERE state IN ('queued', 'retry_wait') AND run_at_ms > ?1")?
-        .query_row([i(now_ms)], |r| r.get::<_, Option<i64>>(0))
-        .map(opt_u)
+    conn.prepare_cached(NEXT_RUN_AT)?.query_row([i(now_ms)], |r| r.get::<_, Option<i64>>(0)).map(opt_u)
 }
 
 /// When the job that has waited longest for a worker became runnable.
 pub(crate) fn oldest_runnable(conn: &Connection, now_ms: u64) -> rusqlite::Result<Option<u64>> {
-    conn.prepare_cached("SELECT MIN(run_at_ms) FROM jobs WHERE state IN ('queued', 'retry_wait')")?
-        .query_row([], |r| r.get::<_, Option<i64>>(0))
-        .map(|v| opt_u(v).filter(|at| *at <= now_ms))
+    conn.prepare_cached(
+        "SELECT MIN(run_at_ms) FROM jobs INDEXED BY jobs_pending_at WHERE state IN ('queued', 'retry_wait')",
+    )?
+    .query_row([], |r| r.get::<_, Option<i64>>(0))
+    .map(|v| opt_u(v).filter(|at| *at <= now_ms))
 }
 
 /// Jobs that reached a final state since `since_ms`.
@@ -527,6 +568,14 @@ pub(crate) fn orphans(conn: &Connection) -> rusqlite::Result<Vec<Orphan>> {
         })
     })?
     .collect()
+}
+
+/// Whether attempt `n` of job `id` is in the store (`None`: it is not),
+/// and has ended.
+pub(crate) fn attempt_ended(conn: &Connection, id: u64, n: u32) -> rusqlite::Result<Option<bool>> {
+    conn.prepare_cached("SELECT ended_at_ms IS NOT NULL FROM attempts WHERE job_id = ?1 AND n = ?2")?
+        .query_row(rusqlite::params![i(id), n], |r| r.get(0))
+        .optional()
 }
 
 /// Pool of read connections.
@@ -576,10 +625,33 @@ mod tests {
             assert_eq!(sync, 2, "synchronous=FULL");
             let fk: i64 = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0)).unwrap();
             assert_eq!(fk, 1);
+            let stable = conn.db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG).unwrap();
+            assert!(stable, "query plans do not depend on bound values");
             let busy: i64 = conn.query_row("PRAGMA busy_timeout", [], |r| r.get(0)).unwrap();
             assert_eq!(busy, BUSY_TIMEOUT.as_millis() as i64);
             let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
             assert_eq!(version, SCHEMA_VERSION);
+        }
+    }
+
+    #[test]
+    fn the_dispatch_queries_are_not_prepared_again_as_time_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_store(dir.path(), 1).unwrap().conn;
+        conn.execute_batch(
+            "INSERT INTO jobs (queue, state, priority, argv, env, cwd, input_bytes, max_attempts, backoff_base_ms, \
+             backoff_cap_ms, created_at_ms, run_at_ms) VALUES ('default', 'queued', 0, '[\"true\"]', '{}', '/', 0, 3, \
+             1000, 60000, 1, 500)",
+        )
+        .unwrap();
+        for now in [100, 200, 600, 700] {
+            let picked = runnable(&conn, now, &[], &[], 2).unwrap();
+            assert_eq!(picked.len(), usize::from(now >= 500));
+            assert_eq!(next_run_at(&conn, now).unwrap(), (now < 500).then_some(500));
+        }
+        for sql in [ANY_DUE.to_owned(), NEXT_RUN_AT.to_owned(), runnable_sql(0, 0)] {
+            let stmt = conn.prepare_cached(&sql).unwrap();
+            assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0, "{sql}");
         }
     }
 

@@ -3,24 +3,31 @@
 //! The dispatcher is one thread that sleeps until something can change what
 //! may run: a commit (a submit, a retry, a cancel, an attempt's end), an
 //! attempt leaving its worker slot, or the earliest `run_at_ms` of a waiting
-//! job. It never polls. Each attempt is a task: spawn behind the gate,
-//! commit the pid, open the gate, copy output to the logs with a cap, wait
-//! for the exit (or a timeout, a cancel, a shutdown), commit the end.
+//! job. It never polls. Each attempt is a task: start the process with its
+//! record written under `running/` before the program runs, commit the
+//! start meanwhile (no fsync between one job's end and the next one's
+//! start), copy output to the logs with a cap once the start is in, wait
+//! for the exit (or a timeout, a cancel, a shutdown, a refused start), free
+//! the worker, commit the end, drop the record.
 
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::spawn::spawn_gated;
+use super::running::Record;
+use super::spawn::{JobCommand, Process, Spawned, spawn_recorded};
 use super::store::{self, Runnable};
 use super::writer::{AttemptEnd, Op, Reply};
 use super::{InFlight, KillReason, QueueService};
 use crate::daemon::child;
+use crate::protocol::WireError;
 use crate::protocol::queue::{Job, LogStream, Outcome};
 
 /// Size of one read from a job's output pipe.
@@ -83,14 +90,17 @@ fn fill_slots(
         }
         let (free, saturated, in_flight) = {
             let in_flight = service.lock_in_flight();
-            let free = service.workers.saturating_sub(in_flight.len() as u32) as usize;
+            let busy = || in_flight.values().filter(|f| f.holds_slot);
+            let free = service.workers.saturating_sub(busy().count() as u32) as usize;
             let saturated: Vec<String> = service
                 .config
                 .limits
                 .iter()
-                .filter(|(queue, limit)| in_flight.values().filter(|f| &f.queue == *queue).count() >= **limit as usize)
+                .filter(|(queue, limit)| busy().filter(|f| &f.queue == *queue).count() >= **limit as usize)
                 .map(|(queue, _)| queue.clone())
                 .collect();
+            // Every job in flight is left out, also one whose worker is free
+            // again: the store may not say yet what became of its attempt.
             (free, saturated, in_flight.keys().copied().collect::<Vec<_>>())
         };
         if free == 0 {
@@ -123,17 +133,18 @@ fn read<T>(
 /// Takes a worker slot for `job`, unless none is free or its queue is at its limit.
 fn claim(service: &QueueService, job: &Job) -> Option<(watch::Receiver<Option<KillReason>>, watch::Sender<u64>)> {
     let mut in_flight = service.lock_in_flight();
-    if in_flight.len() as u32 >= service.workers || in_flight.contains_key(&job.id) {
+    let busy = in_flight.values().filter(|f| f.holds_slot).count();
+    if busy as u32 >= service.workers || in_flight.contains_key(&job.id) {
         return None;
     }
     if let Some(limit) = service.config.limits.get(&job.queue) {
-        if in_flight.values().filter(|f| f.queue == job.queue).count() >= *limit as usize {
+        if in_flight.values().filter(|f| f.holds_slot && f.queue == job.queue).count() >= *limit as usize {
             return None;
         }
     }
     let (kill, kill_rx) = watch::channel(None);
     let (output, _) = watch::channel(0);
-    in_flight.insert(job.id, InFlight { queue: job.queue.clone(), kill, output: output.clone() });
+    in_flight.insert(job.id, InFlight { queue: job.queue.clone(), holds_slot: true, kill, output: output.clone() });
     Some((kill_rx, output))
 }
 
@@ -144,71 +155,91 @@ async fn run_attempt(
     output: watch::Sender<u64>,
 ) {
     let id = runnable.job.id;
-    let result = attempt(&service, runnable, kill, &output).await;
-    let release = || {
+    let settle = || {
         service.lock_in_flight().remove(&id);
         service.wake.notify_one();
     };
-    // A job whose start is committed stays `running` in the store until its
-    // end is committed, so the dispatcher cannot pick it again: its worker
-    // is free as soon as its process is gone, and the next attempt's start
-    // can share a commit with this one's end. A job that never started is
-    // still runnable in the store: it keeps its slot until its end is in.
-    let started = matches!(result, Some((Some(_), _)));
-    if started {
-        release();
-    }
-    if let Some((n, end)) = result {
-        let outcome = end.outcome;
-        match service.writer.call(Op::Finish { id, n, end }).await {
-            Ok(Reply::Job(job)) => {
-                tracing::debug!(job = id, attempt = ?n, outcome = outcome.as_str(), state = %job.state, "attempt ended");
-            }
-            Ok(other) => tracing::error!(job = id, "unexpected answer to finish: {other:?}"),
-            Err(e) => tracing::error!(job = id, "cannot record the end of an attempt: {e}; the next start recovers it"),
+    match attempt(&service, runnable, kill, &output).await {
+        Attempted::Refused => settle(),
+        // The job is still runnable in the store: it stays out of the
+        // dispatcher's picks until the failed attempt is committed.
+        Attempted::NotStarted(end) => {
+            finish(&service, id, None, end).await;
+            settle();
         }
-    }
-    if !started {
-        release();
+        // Its start is committed, so the store says `running` until its end
+        // is: the dispatcher cannot pick it again meanwhile.
+        Attempted::Ended(n, end) => {
+            settle();
+            if finish(&service, id, Some(n), end).await {
+                service.running.remove(id, n);
+            }
+        }
     }
 }
 
-/// Runs one attempt. `None` when it did not happen (the job was canceled
-/// before it could start, or the store refused the start).
+/// Commits the end of an attempt; whether it worked.
+async fn finish(service: &QueueService, id: u64, n: Option<u32>, end: AttemptEnd) -> bool {
+    let outcome = end.outcome;
+    match service.writer.call(Op::Finish { id, n, end }).await {
+        Ok(Reply::Job(job)) => {
+            tracing::debug!(job = id, attempt = ?n, outcome = outcome.as_str(), state = %job.state, "attempt ended");
+            true
+        }
+        Ok(other) => {
+            tracing::error!(job = id, "unexpected answer to finish: {other:?}");
+            false
+        }
+        Err(e) => {
+            tracing::error!(job = id, "cannot record the end of an attempt: {e}; the next start recovers it");
+            false
+        }
+    }
+}
+
+/// What became of an attempt.
+enum Attempted {
+    /// No process ran its program (e.g. a missing program): a failed
+    /// attempt to record.
+    NotStarted(AttemptEnd),
+    /// It ran as attempt `n`, whose start is committed; its end is to be recorded.
+    Ended(u32, AttemptEnd),
+    /// Nothing to record: the store refused its start (the job was canceled
+    /// meanwhile, or the store failed), and its process group was killed.
+    Refused,
+}
+
+/// Runs one attempt. Its program starts as soon as its process is recorded
+/// under `running/`; its start is committed meanwhile, and its output only
+/// reaches the logs once that commit is in (nothing of a refused attempt does).
 async fn attempt(
     service: &Arc<QueueService>,
     runnable: Runnable,
     mut kill: watch::Receiver<Option<KillReason>>,
     output: &watch::Sender<u64>,
-) -> Option<(Option<u32>, AttemptEnd)> {
-    let Runnable { job, input } = runnable;
+) -> Attempted {
+    let Runnable { job, input, attempt: n } = runnable;
     let program = job.argv.first().cloned().unwrap_or_default();
-    let spawn_failed = |n, e: &dyn std::fmt::Display| {
-        Some((n, AttemptEnd::without_output(Outcome::SpawnFailed, format!("cannot start {program:?}: {e}"))))
+    let cmd = JobCommand {
+        program: program.clone().into(),
+        args: job.argv.iter().skip(1).map(Into::into).collect(),
+        env: job_env(&job),
+        cwd: job.cwd.clone().into(),
+        stdin_piped: input.is_some(),
     };
-    let mut cmd = child::command(&program, &job.argv[1..]);
-    cmd.envs(&job.env)
-        .env("HEARTH_JOB_ID", job.id.to_string())
-        .env("HEARTH_JOB_QUEUE", &job.queue)
-        .env("HEARTH_JOB_ATTEMPT", (job.attempts + 1).to_string())
-        .current_dir(&job.cwd)
-        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let gated = match spawn_gated(cmd).await {
-        Ok(gated) => gated,
-        Err(e) => return spawn_failed(None, &e),
-    };
-    let pid = gated.pid;
-    let start = Op::Start { id: job.id, pid, pid_start_time: child::process_start_time(pid) };
-    let n = match service.writer.call(start).await {
-        Ok(Reply::Started(n)) => n,
-        other => {
-            tracing::debug!(job = job.id, "attempt not started: {other:?}");
-            gated.abort().await;
-            return None;
+    let spawned = spawn_recorded(cmd, &service.running, job.id, n).await;
+    let Spawned { process: mut child, pid, start_time, stdin, stdout, stderr } = match spawned {
+        Ok(spawned) => spawned,
+        Err(e) => {
+            let error = format!("cannot start {program:?}: {e}");
+            return Attempted::NotStarted(AttemptEnd::without_output(Outcome::SpawnFailed, error));
         }
     };
+    let begun = tokio::time::Instant::now();
+    let mut start = std::pin::pin!(service.writer.send(Op::Start { id: job.id, n, pid, pid_start_time: start_time }));
+    tracing::debug!(job = job.id, attempt = n, pid, "attempt started");
+
+    let (confirm, confirmed) = watch::channel(None);
     // Later attempts announce themselves in the logs they write to.
     let header = (n > 1).then(|| {
         format!(
@@ -218,42 +249,62 @@ async fn attempt(
             crate::time::rfc3339_ms(service.clock.now_ms())
         )
     });
-    let stdout_log = LogSink::new(service.log_path(job.id, LogStream::Stdout), header.clone());
-    let stderr_log = LogSink::new(service.log_path(job.id, LogStream::Stderr), header);
-    let mut child = match gated.open().await {
-        Ok(child) => child,
-        Err(e) => return spawn_failed(Some(n), &e),
-    };
-    tracing::debug!(job = job.id, attempt = n, pid, "attempt started");
-
-    if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
+    let stdout_log = LogSink::new(service.log_path(job.id, LogStream::Stdout), header.clone(), confirmed.clone());
+    let stderr_log = LogSink::new(service.log_path(job.id, LogStream::Stderr), header, confirmed);
+    if let (Some(mut stdin), Some(input)) = (stdin, input) {
         tokio::spawn(async move {
             // A job that exits without reading its input is not an error.
             let _ = stdin.write_all(&input).await;
         });
     }
     let cap = service.config.log_max.0;
-    let copy_out = tokio::spawn(copy_capped(child.stdout.take(), stdout_log, cap, "stdout", output.clone()));
-    let copy_err = tokio::spawn(copy_capped(child.stderr.take(), stderr_log, cap, "stderr", output.clone()));
+    let copy_out = tokio::spawn(copy_capped(stdout, stdout_log, cap, "stdout", output.clone()));
+    let copy_err = tokio::spawn(copy_capped(stderr, stderr_log, cap, "stderr", output.clone()));
 
     let grace = service.config.kill_grace.0;
     let timeout = job.timeout_ms.filter(|t| *t > 0).map(Duration::from_millis);
+    let mut verdict: Option<Result<(), String>> = None;
     let mut ended_by = None;
-    let status = tokio::select! {
-        status = child.wait() => status,
-        () = sleep_or_forever(timeout) => {
-            ended_by = Some(Outcome::TimedOut);
-            terminate(&mut child, pid, grace).await
-        }
-        reason = async { kill.wait_for(Option::is_some).await.ok().and_then(|r| *r) } => {
-            ended_by = Some(if reason == Some(KillReason::Shutdown) { Outcome::Interrupted } else { Outcome::Canceled });
-            terminate(&mut child, pid, grace).await
+    let status = loop {
+        let refused = matches!(verdict, Some(Err(_)));
+        tokio::select! {
+            reply = &mut start, if verdict.is_none() => {
+                let v = start_verdict(reply, n);
+                confirm.send_replace(Some(v.is_ok()));
+                if v.is_err() {
+                    let _ = child::kill_group(pid, libc::SIGKILL);
+                }
+                verdict = Some(v);
+            }
+            status = child.wait() => break status,
+            () = sleep_until_or_forever(timeout.map(|t| begun + t)), if !refused => {
+                ended_by = Some(Outcome::TimedOut);
+                break terminate(&mut child, pid, grace).await;
+            }
+            reason = async { kill.wait_for(Option::is_some).await.ok().and_then(|r| *r) }, if !refused => {
+                ended_by = Some(if reason == Some(KillReason::Shutdown) { Outcome::Interrupted } else { Outcome::Canceled });
+                break terminate(&mut child, pid, grace).await;
+            }
         }
     };
     // The attempt is its main process: whatever it left in its group goes too.
     let _ = child::kill_group(pid, libc::SIGKILL);
+    service.free_slot(job.id);
+    let verdict = match verdict {
+        Some(v) => v,
+        None => {
+            let v = start_verdict(start.await, n);
+            confirm.send_replace(Some(v.is_ok()));
+            v
+        }
+    };
     let (stdout_bytes, out_cut) = join_copy(copy_out, grace).await;
     let (stderr_bytes, err_cut) = join_copy(copy_err, grace).await;
+    if let Err(why) = verdict {
+        tracing::debug!(job = job.id, attempt = n, pid, "attempt not started, its group was killed: {why}");
+        service.running.remove(job.id, n);
+        return Attempted::Refused;
+    }
     let mut end = AttemptEnd {
         outcome: Outcome::Failed,
         exit_code: None,
@@ -282,7 +333,28 @@ async fn attempt(
         }
         _ => {}
     }
-    Some((Some(n), end))
+    Attempted::Ended(n, end)
+}
+
+/// The environment of a job's process: the daemon's (less the service
+/// manager's variables), the job's, and `HEARTH_JOB_*`.
+fn job_env(job: &Job) -> Vec<(OsString, OsString)> {
+    let mut env: BTreeMap<OsString, OsString> =
+        std::env::vars_os().filter(|(k, _)| !child::SERVICE_MANAGER_VARS.iter().any(|v| k == v)).collect();
+    env.extend(job.env.iter().map(|(k, v)| (k.into(), v.into())));
+    env.insert("HEARTH_JOB_ID".into(), job.id.to_string().into());
+    env.insert("HEARTH_JOB_QUEUE".into(), job.queue.clone().into());
+    env.insert("HEARTH_JOB_ATTEMPT".into(), (job.attempts + 1).to_string().into());
+    env.into_iter().collect()
+}
+
+/// Whether the store recorded the start of attempt `n`.
+fn start_verdict(reply: Result<Reply, WireError>, n: u32) -> Result<(), String> {
+    match reply {
+        Ok(Reply::Started(m)) if m == n => Ok(()),
+        Ok(other) => Err(format!("unexpected answer to start: {other:?}")),
+        Err(e) => Err(e.message),
+    }
 }
 
 fn describe_exit(end: &mut AttemptEnd, status: ExitStatus) {
@@ -297,15 +369,15 @@ fn describe_exit(end: &mut AttemptEnd, status: ExitStatus) {
     }
 }
 
-async fn sleep_or_forever(d: Option<Duration>) {
-    match d {
-        Some(d) => tokio::time::sleep(d).await,
+async fn sleep_until_or_forever(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
 
 /// SIGTERM to the group; SIGKILL after `grace` if the main process is still there.
-async fn terminate(child: &mut tokio::process::Child, pgid: u32, grace: Duration) -> std::io::Result<ExitStatus> {
+async fn terminate(child: &mut Process, pgid: u32, grace: Duration) -> std::io::Result<ExitStatus> {
     let _ = child::kill_group(pgid, libc::SIGTERM);
     if let Ok(status) = tokio::time::timeout(grace, child.wait()).await {
         return status;
@@ -316,20 +388,32 @@ async fn terminate(child: &mut tokio::process::Child, pgid: u32, grace: Duration
 
 /// A job's log file, created on the first byte an attempt writes (most jobs
 /// of some queues write nothing, and creating files is not free), appended
-/// to, never through a symlink.
+/// to, never through a symlink. Nothing is written before the store has
+/// recorded the attempt's start (`recorded`), and nothing at all if it
+/// refused it.
 struct LogSink {
     path: PathBuf,
     header: Option<String>,
     file: Option<tokio::fs::File>,
+    recorded: watch::Receiver<Option<bool>>,
+    discard: bool,
 }
 
 impl LogSink {
-    fn new(path: PathBuf, header: Option<String>) -> Self {
-        Self { path, header, file: None }
+    fn new(path: PathBuf, header: Option<String>, recorded: watch::Receiver<Option<bool>>) -> Self {
+        Self { path, header, file: None, recorded, discard: false }
     }
 
     async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.discard {
+            return Ok(());
+        }
         if self.file.is_none() {
+            let recorded = self.recorded.wait_for(Option::is_some).await.is_ok_and(|r| *r == Some(true));
+            if !recorded {
+                self.discard = true;
+                return Ok(());
+            }
             use std::os::unix::fs::OpenOptionsExt;
             let file = std::fs::OpenOptions::new()
                 .append(true)
@@ -416,8 +500,11 @@ async fn join_copy(task: tokio::task::JoinHandle<(u64, bool)>, grace: Duration) 
 
 /// Finds the attempts a previous daemon left running, kills what is left of
 /// their process groups (a group is ours only if its leader still has the
-/// recorded start time, or is gone while the group lives on), and ends them
-/// as `lost`, which counts and applies the retry policy.
+/// recorded start time, or is gone while the group lives on), and ends
+/// those whose start is in the store as `lost`, which counts and applies
+/// the retry policy. An attempt recorded under `running/` whose start never
+/// reached the store leaves no trace: its group is killed, and its job,
+/// still runnable in the store, runs again.
 pub(super) async fn recover(service: &Arc<QueueService>) {
     let orphans = match service.read(store::orphans).await {
         Ok(orphans) => orphans,
@@ -426,17 +513,75 @@ pub(super) async fn recover(service: &Arc<QueueService>) {
             return;
         }
     };
+    let found = service.running.scan().unwrap_or_else(|e| {
+        tracing::error!(dir = %service.running.path().display(), "cannot read the running attempts' records: {e}");
+        Vec::new()
+    });
+    let mut records = HashMap::new();
+    for found in found {
+        match found.record {
+            Ok(record) => {
+                records.insert((record.job, record.attempt), (found.path, record));
+            }
+            // Its process was killed before it could run anything: the
+            // record is written before the program runs.
+            Err(why) => {
+                tracing::warn!(path = %found.path.display(), "dropping a running-attempt record: {why}");
+                service.running.remove_file(&found.path);
+            }
+        }
+    }
+
     for orphan in orphans {
-        let what = match orphan.pid {
-            Some(pid) => kill_leftover(pid, orphan.pid_start_time).await,
-            None => "it had no process yet".to_string(),
+        let record = records.remove(&(orphan.job_id, orphan.n));
+        let what = match (orphan.pid, &record) {
+            (_, Some((_, record))) if !service.running.this_boot(record) => {
+                "its processes ended with the system's restart".to_string()
+            }
+            (Some(pid), _) => kill_leftover(pid, orphan.pid_start_time).await,
+            (None, _) => "it had no process yet".to_string(),
         };
         let error = format!("hearthd stopped unexpectedly while this attempt ran; {what}");
         tracing::warn!(job = orphan.job_id, attempt = orphan.n, "recovering an interrupted attempt: {error}");
         let end = AttemptEnd::without_output(Outcome::Lost, error);
-        if let Err(e) = service.writer.call(Op::Finish { id: orphan.job_id, n: Some(orphan.n), end }).await {
-            tracing::error!(job = orphan.job_id, "cannot record a recovered attempt: {e}");
+        match service.writer.call(Op::Finish { id: orphan.job_id, n: Some(orphan.n), end }).await {
+            Ok(_) => {
+                if let Some((path, _)) = record {
+                    service.running.remove_file(&path);
+                }
+            }
+            Err(e) => tracing::error!(job = orphan.job_id, "cannot record a recovered attempt: {e}"),
         }
+    }
+
+    let records: Vec<(PathBuf, Record)> = records.into_values().collect();
+    let keys: Vec<(u64, u32)> = records.iter().map(|(_, r)| (r.job, r.attempt)).collect();
+    let looked_up = service
+        .read(move |c| keys.iter().map(|&(id, n)| store::attempt_ended(c, id, n)).collect::<Result<Vec<_>, _>>())
+        .await;
+    let ended = match looked_up {
+        Ok(ended) => ended,
+        Err(e) => {
+            tracing::error!("cannot look up the recorded attempts: {e}; keeping their records for the next start");
+            return;
+        }
+    };
+    for (ended, (path, record)) in ended.into_iter().zip(records) {
+        let (job, attempt) = (record.job, record.attempt);
+        if service.running.this_boot(&record) {
+            let what = kill_leftover(record.pid, record.pid_start_time).await;
+            match ended {
+                // The daemon stopped between committing its end and dropping the record.
+                Some(true) => tracing::debug!(job, attempt, "a record of an attempt that had ended: {what}"),
+                _ => tracing::warn!(
+                    job,
+                    attempt,
+                    "hearthd stopped before the start of this attempt was committed; {what}; the job runs again \
+                     and the attempt is not counted"
+                ),
+            }
+        }
+        service.running.remove_file(&path);
     }
 }
 

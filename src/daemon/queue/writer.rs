@@ -72,10 +72,11 @@ impl AttemptEnd {
 #[derive(Debug)]
 pub(crate) enum Op {
     Submit(Box<NewJob>),
-    /// An attempt's process exists (gated, not yet running the program):
-    /// record it and mark the job running. Fails unless the job is runnable.
+    /// Attempt `n` of a job got a process: record it and mark the job
+    /// running. Fails unless the job is runnable and `n` is its next attempt.
     Start {
         id: u64,
+        n: u32,
         pid: u32,
         pid_start_time: Option<u64>,
     },
@@ -150,11 +151,24 @@ impl Writer {
 
     /// Sends `op` and waits until it is committed (or failed).
     pub(crate) async fn call(&self, op: Op) -> Result<Reply, WireError> {
+        self.send(op).await
+    }
+
+    /// Queues `op` now (so it is applied after everything sent before it)
+    /// and returns its answer, which comes once it is committed, to await
+    /// whenever the caller needs it.
+    pub(crate) fn send(&self, op: Op) -> impl Future<Output = Result<Reply, WireError>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
         let sender = self.tx.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let closed = || WireError::new(ErrorCode::ShuttingDown, "the queue store is closed");
-        sender.ok_or_else(closed)?.send(Envelope { op, reply }).map_err(|_| closed())?;
-        answer.await.map_err(|_| closed())?
+        let sent = match sender {
+            Some(sender) => sender.send(Envelope { op, reply }).map_err(|_| closed()),
+            None => Err(closed()),
+        };
+        async move {
+            sent?;
+            answer.await.map_err(|_| closed())?
+        }
     }
 
     /// Lets the thread commit what is queued, then waits for it to end.
@@ -256,7 +270,7 @@ fn load(tx: &Transaction<'_>, id: u64) -> Result<Job, Failed> {
 fn apply(tx: &Transaction<'_>, op: Op, now: u64, out: &mut Vec<Transition>) -> Result<Reply, Failed> {
     match op {
         Op::Submit(job) => submit(tx, &job, now, out),
-        Op::Start { id, pid, pid_start_time } => start(tx, id, pid, pid_start_time, now, out),
+        Op::Start { id, n, pid, pid_start_time } => start(tx, id, n, pid, pid_start_time, now, out),
         Op::Finish { id, n, end } => finish(tx, id, n, &end, now, out).map(Reply::Job),
         Op::Cancel { id } => cancel(tx, id, now, out),
         Op::Retry(selection) => retry(tx, &selection, now, out).map(Reply::Ids),
@@ -336,6 +350,7 @@ fn submit(tx: &Transaction<'_>, new: &NewJob, now: u64, out: &mut Vec<Transition
 fn start(
     tx: &Transaction<'_>,
     id: u64,
+    n: u32,
     pid: u32,
     pid_start_time: Option<u64>,
     now: u64,
@@ -348,7 +363,13 @@ fn start(
             format!("job {id} is {} and cannot start", job.state),
         )));
     }
-    let n = next_attempt(tx, id)?;
+    let next = store::next_attempt(tx, id)?;
+    if n != next {
+        return Err(Failed::Request(WireError::new(
+            ErrorCode::Internal,
+            format!("job {id}: attempt {n} cannot start, the next attempt is {next}"),
+        )));
+    }
     tx.prepare_cached(
         "INSERT INTO attempts (job_id, n, started_at_ms, pid, pid_start_time) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
@@ -357,11 +378,6 @@ fn start(
         .execute(params![i(id), i(now)])?;
     set_state(tx, &job, JobState::Running, out)?;
     Ok(Reply::Started(n))
-}
-
-fn next_attempt(tx: &Transaction<'_>, id: u64) -> rusqlite::Result<u32> {
-    tx.prepare_cached("SELECT COALESCE(MAX(n), 0) + 1 FROM attempts WHERE job_id = ?1")?
-        .query_row([i(id)], |r| r.get(0))
 }
 
 fn finish(
@@ -378,7 +394,7 @@ fn finish(
         Some(n) => n,
         None => {
             // The attempt never got a process: it starts and ends now.
-            let n = next_attempt(tx, id)?;
+            let n = store::next_attempt(tx, id)?;
             tx.prepare_cached("INSERT INTO attempts (job_id, n, started_at_ms) VALUES (?1, ?2, ?3)")?
                 .execute(params![i(id), n, i(now)])?;
             tx.prepare_cached("UPDATE jobs SET attempts = attempts + 1, started_at_ms = ?2 WHERE id = ?1")?
@@ -614,10 +630,13 @@ mod tests {
         let failed = || AttemptEnd::without_output(Outcome::Failed, "exited with status 1".into());
         let mut expected_max = 1000;
         for k in 1..=3u32 {
-            let Reply::Started(n) = w.call(Op::Start { id: job.id, pid: 1, pid_start_time: None }).await.unwrap()
+            let n = 2 * k - 1;
+            let Reply::Started(started) =
+                w.call(Op::Start { id: job.id, n, pid: 1, pid_start_time: None }).await.unwrap()
             else {
                 panic!()
             };
+            assert_eq!(started, n);
             let Reply::Job(after) = w.call(Op::Finish { id: job.id, n: Some(n), end: failed() }).await.unwrap() else {
                 panic!()
             };
@@ -628,7 +647,7 @@ mod tests {
                 assert!((expected_max / 2..=expected_max).contains(&delay), "retry {k}: {delay}ms");
                 expected_max *= 2;
                 // An interruption (daemon stop) requeues without counting.
-                w.call(Op::Start { id: job.id, pid: 1, pid_start_time: None }).await.unwrap();
+                w.call(Op::Start { id: job.id, n: n + 1, pid: 1, pid_start_time: None }).await.unwrap();
                 let end = AttemptEnd::without_output(Outcome::Interrupted, "stopped".into());
                 let Reply::Job(again) = w.call(Op::Finish { id: job.id, n: Some(n + 1), end }).await.unwrap() else {
                     panic!()
@@ -649,8 +668,37 @@ mod tests {
         w.close();
     }
 
+    #[tokio::test]
+    async fn a_start_needs_a_runnable_job_and_its_next_attempt_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let w = writer(dir.path(), clock.clone());
+        let (job, _) = submit(&w, new_job(&["true"], None)).await.unwrap();
+        let start = |n| Op::Start { id: job.id, n, pid: 1, pid_start_time: None };
+        // Sent together, applied in order: the second start of attempt 1 is refused.
+        let (first, twice, skipped) = (w.send(start(1)), w.send(start(1)), w.send(start(3)));
+        assert!(matches!(first.await, Ok(Reply::Started(1))));
+        assert_eq!(twice.await.unwrap_err().code, ErrorCode::JobFinished, "the job is running already");
+        assert_eq!(skipped.await.unwrap_err().code, ErrorCode::JobFinished);
+        let end = AttemptEnd::without_output(Outcome::Interrupted, "stopped".into());
+        w.call(Op::Finish { id: job.id, n: Some(1), end }).await.unwrap();
+        let readers = store::Readers::new(dir.path().join(store::DB_FILE));
+        let picked = readers.with(|c| store::runnable(c, clock.now_ms(), &[], &[], 10)).unwrap();
+        assert_eq!(picked.iter().map(|r| (r.job.id, r.attempt)).collect::<Vec<_>>(), [(job.id, 2)]);
+        assert_eq!(w.call(start(3)).await.unwrap_err().code, ErrorCode::Internal, "attempt 2 comes next");
+        // A cancel that lands before the start wins: the start is refused.
+        let cancel = w.send(Op::Cancel { id: job.id });
+        let late = w.send(start(2));
+        assert!(matches!(cancel.await, Ok(Reply::Job(Job { state: JobState::Canceled, .. }))));
+        assert_eq!(late.await.unwrap_err().code, ErrorCode::JobFinished);
+        w.close();
+    }
+
+    /// Runs a fresh job's first attempt to `outcome`.
     async fn run_to(w: &Writer, id: u64, outcome: Outcome) -> Job {
-        let Reply::Started(n) = w.call(Op::Start { id, pid: 1, pid_start_time: None }).await.unwrap() else { panic!() };
+        let Reply::Started(n) = w.call(Op::Start { id, n: 1, pid: 1, pid_start_time: None }).await.unwrap() else {
+            panic!()
+        };
         let end = AttemptEnd::without_output(outcome, "x".into());
         let Reply::Job(job) = w.call(Op::Finish { id, n: Some(n), end }).await.unwrap() else { panic!() };
         job
