@@ -1,0 +1,233 @@
+//! Resource exhaustion against the real `hearthd`: a low open-file limit
+//! with every connection slot taken. The test skips with a message where
+//! the machine has no `prlimit`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{RawConn, StateDir, open_fds, wait_for};
+use hearth::client::{BlobClient, ClientError, PoolClient, PutOptions, QueueClient, StatusClient};
+use hearth::protocol::blob::BlobHash;
+use hearth::protocol::queue::{JobSpec, JobState, LogStream, LogsRequest};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A pool whose builds only make a directory and write a file into it.
+const FAST_POOL: &str =
+    "[pool.fast]\ncreate = [\"sh\", \"-c\", \"mkdir -p {path}/work && echo built > {path}/work/f\"]\nsize = 1\n";
+
+fn hash_of(data: &[u8]) -> BlobHash {
+    BlobHash::from_digest(&Sha256::digest(data).into())
+}
+
+/// Deterministic bytes that do not compress.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn tmp_files(state_dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(state_dir.join("blobs/tmp")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+}
+
+fn have(tool: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// One connection per channel, opened while the daemon has room.
+struct Clients {
+    status: StatusClient,
+    queue: QueueClient,
+    blob: BlobClient,
+    pool: PoolClient,
+}
+
+impl Clients {
+    async fn connect(socket: &Path) -> Result<Clients, ClientError> {
+        Ok(Clients {
+            status: StatusClient::connect(socket).await?,
+            queue: QueueClient::connect(socket).await?,
+            blob: BlobClient::connect(socket).await?,
+            pool: PoolClient::connect(socket).await?,
+        })
+    }
+
+    /// Connects, retrying while the daemon is still counting connections
+    /// that clients have just closed.
+    async fn connect_patiently(socket: &Path) -> Clients {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            match Clients::connect(socket).await {
+                Ok(clients) => return clients,
+                Err(err) if tokio::time::Instant::now() < deadline => {
+                    assert_eq!(err.code(), Some(&hearth::protocol::ErrorCode::TooManyConnections), "{err}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(err) => panic!("no room after {PATIENCE:?}: {err}"),
+            }
+        }
+    }
+
+    /// One round of real work on every channel: a job that writes to both
+    /// streams (pipes, log files, the store), a blob put and get (a temp
+    /// file), a pool take and release (a build), a status report.
+    async fn work(&mut self, round: u64) -> Result<(), String> {
+        let e = |what: &'static str| move |err: ClientError| format!("{what}: {err}");
+        self.status.status().await.map_err(e("status"))?;
+
+        let spec = JobSpec {
+            argv: ["sh", "-c", "echo out $0; echo err >&2", &format!("round-{round}")].map(String::from).to_vec(),
+            ..JobSpec::default()
+        };
+        let id = self.queue.submit(spec).await.map_err(e("submit"))?.job.id;
+        let done = self.queue.wait(id, |_| {}).await.map_err(e("wait"))?;
+        if done.state != JobState::Succeeded {
+            return Err(format!("job {id} ended {}: {:?}", done.state, done.last_error));
+        }
+        let mut out = Vec::new();
+        let request = LogsRequest { id, stream: LogStream::Stdout, offset: 0, follow: false };
+        self.queue.logs(request, |d| out.extend_from_slice(d)).await.map_err(e("logs"))?;
+        if out != format!("out round-{round}\n").as_bytes() {
+            return Err(format!("job {id} logged {:?}", String::from_utf8_lossy(&out)));
+        }
+
+        let data = pattern(300_000, round);
+        let stored = self.blob.put_bytes(&data, PutOptions::new()).await.map_err(e("put"))?;
+        if stored.hash != hash_of(&data) || self.blob.get_bytes(&stored.hash).await.map_err(e("get"))? != data {
+            return Err("a blob did not read back".into());
+        }
+
+        let lease = self.pool.take_within("fast", PATIENCE).await.map_err(e("take"))?;
+        if !lease.path.join("work/f").exists() {
+            return Err(format!("{} was not built", lease.path.display()));
+        }
+        self.pool.release(&lease.lease, false).await.map_err(e("release"))?;
+        Ok(())
+    }
+}
+
+/// `heartbeat.json`'s cycle: how many self-checks have passed.
+fn heartbeat_cycle(state: &StateDir) -> u64 {
+    std::fs::read(state.paths.heartbeat_file())
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["cycle"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Connects and opens a blob put that sends a little data and then stalls:
+/// the connection holds its socket and the put's temp file. `None` when the
+/// daemon refused the connection (its code is returned).
+fn stalled_put(socket: &Path) -> Result<RawConn, String> {
+    let mut c = RawConn::connect(socket);
+    let reply = c.handshake("blob");
+    if reply["ok"] != json!(true) {
+        return Err(reply["error"]["code"].as_str().unwrap_or("?").to_owned());
+    }
+    let ready = c.request(&json!({"type": "put"}));
+    if ready["type"] != "ready" {
+        return Err(format!("a put under the connection cap must start: {ready}"));
+    }
+    c.send_frame(&pattern(4096, 1));
+    Ok(c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_open_file_limit_with_every_connection_taken() {
+    if !have("prlimit") {
+        eprintln!("SKIPPED: prlimit is not installed");
+        return;
+    }
+    const NOFILE: u64 = 256;
+    let state = StateDir::new();
+    state.write_config(&format!("[queue]\nworkers = 4\n[daemon]\nheartbeat_interval = \"200ms\"\n{FAST_POOL}"));
+    let limit = format!("--nofile={NOFILE}:{NOFILE}");
+    let daemon = state.start_cmd(state.hearthd_via(&["prlimit", &limit, "--"]));
+    let socket = state.socket().to_owned();
+    let mut clients = Clients::connect(&socket).await.unwrap();
+    let max = clients.status.status().await.unwrap().limits.max_connections;
+    assert!(max < NOFILE, "max_connections ({max}) must leave descriptors for the services");
+    clients.work(0).await.unwrap();
+
+    // Every other slot taken by a put that stalls mid-stream, holding its
+    // socket and its temp file.
+    let mut idle = Vec::new();
+    let refused = loop {
+        match stalled_put(&socket) {
+            Ok(c) => idle.push(c),
+            Err(code) => break code,
+        }
+        assert!(idle.len() as u64 <= max, "more connections accepted than max_connections ({max})");
+    };
+    assert_eq!(refused, "too_many_connections", "after {} stalled puts; log:\n{}", idle.len(), daemon.log_text());
+    eprintln!("{} stalled puts; the daemon holds {:?} descriptors of {NOFILE}", idle.len(), open_fds(daemon.pid()));
+
+    // The status channel answers, and says why; the daemon's self-check
+    // (which needs a connection of its own) keeps passing.
+    let report = clients.status.status().await.unwrap();
+    let reasons: Vec<&str> = report.health.reasons.iter().map(|r| r.code.as_str()).collect();
+    assert!(reasons.contains(&"connections_near_limit"), "{reasons:?}");
+    let cycle = heartbeat_cycle(&state);
+    assert!(
+        wait_for(PATIENCE, || heartbeat_cycle(&state) >= cycle + 3),
+        "the heartbeat stopped while the connections were all taken; log:\n{}",
+        daemon.log_text()
+    );
+
+    // Every channel works through its open connection, and the stalled
+    // puts can still complete: the services have the descriptors they need.
+    for round in 1..=3 {
+        let result = clients.work(round).await;
+        assert!(result.is_ok(), "round {round} failed: {result:?}; log:\n{}", daemon.log_text());
+    }
+    let mut finished = idle.split_off(idle.len() / 2);
+    for c in &mut finished {
+        c.send_frame(b"");
+        let stored = c.read_json().expect("an answer");
+        assert_eq!(stored["type"], "stored", "a put that held its slot must complete: {stored}");
+    }
+    drop(finished);
+
+    // The rest leave: every slot comes back, and nothing of their puts remains.
+    drop(idle);
+    assert!(wait_for(PATIENCE, || tmp_files(state.state_dir()).is_empty()), "{:?}", tmp_files(state.state_dir()));
+    let mut open = Vec::new();
+    assert!(
+        wait_for(PATIENCE, || {
+            while (open.len() as u64) < max - 4 {
+                match stalled_put(&socket) {
+                    Ok(c) => open.push(c),
+                    Err(_) => return false,
+                }
+            }
+            true
+        }),
+        "only {} of {max} slots came back",
+        open.len()
+    );
+    drop(open);
+    let mut fresh = Clients::connect_patiently(&socket).await;
+    let result = fresh.work(4).await;
+    assert!(result.is_ok(), "after recovery: {result:?}; log:\n{}", daemon.log_text());
+    let mut last = json!(null);
+    let healthy = wait_for(PATIENCE, || {
+        last = RawConn::open(&socket, "status").request(&json!({"type": "status"}))["health"].clone();
+        last["state"] == "healthy"
+    });
+    assert!(healthy, "health did not recover: {last}");
+}
