@@ -1,6 +1,7 @@
 //! Resource exhaustion against the real `hearthd`: a low open-file limit
-//! with every connection slot taken. The test skips with a message where
-//! the machine has no `prlimit`.
+//! with every connection slot taken, and a full disk (a small tmpfs).
+//! Each test skips with a message where the machine does not allow it
+//! (no `prlimit`, no permission to mount).
 
 mod common;
 
@@ -230,4 +231,68 @@ async fn a_low_open_file_limit_with_every_connection_taken() {
         last["state"] == "healthy"
     });
     assert!(healthy, "health did not recover: {last}");
+}
+
+/// A tmpfs of `size` mounted on `dir` (unmounted on drop), or `None` when
+/// the machine does not let this process mount one.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).expect("mount point");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(dir)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            eprintln!("SKIPPED: cannot mount a tmpfs: {}", String::from_utf8_lossy(&out.stderr).trim());
+            return None;
+        }
+        Some(Tmpfs(dir.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Writes `path` until the filesystem refuses: the disk is full.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).expect("filler");
+    let chunk = vec![0xa5u8; 64 * 1024];
+    loop {
+        if let Err(e) = file.write_all(&chunk) {
+            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+            break;
+        }
+    }
+    // Single pages may still fit.
+    while file.write_all(&chunk[..512]).is_ok() {}
+}
+
+fn is_code(err: &ClientError, codes: &[&str]) -> bool {
+    err.code().is_some_and(|c| codes.contains(&c.as_str()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_refused_by_a_full_disk_after_its_last_frame_leaves_the_connection_in_step() {
+    let state = StateDir::new();
+    let Some(_mount) = Tmpfs::mount(state.state_dir(), "4m") else { return };
+    let _daemon = state.start(&[]);
+    let mut blob = BlobClient::connect(state.socket()).await.unwrap();
+    fill(&state.state_dir().join("filler"));
+    // One frame: the end marker follows it at once, before the disk thread
+    // finds out that it cannot write.
+    let data = pattern(100_000, 7);
+    let err = blob.put_bytes(&data, PutOptions::new()).await.unwrap_err();
+    assert!(is_code(&err, &["storage_full"]), "{err}");
+    // The next request on the same connection is answered, not swallowed
+    // as a frame of the refused put.
+    let next = tokio::time::timeout(PATIENCE, blob.has(&hash_of(&data))).await;
+    assert!(matches!(next, Ok(Ok(false))), "{next:?}");
 }

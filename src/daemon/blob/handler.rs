@@ -208,6 +208,8 @@ async fn receive_put(
         }
     };
     drop(tx);
+    // After the end marker, nothing of this put is left to discard.
+    let marker_read = matches!(ended, Ended::Complete);
     let written = match writer.await {
         Ok(Ok(written)) => Ok(written),
         Ok(Err(e)) => Err(io_error("cannot write a put", e)),
@@ -222,6 +224,9 @@ async fn receive_put(
         Ok(written) => written,
         Err(e) => {
             session.send(&BlobResponse::Error(e)).await?;
+            if marker_read {
+                return Ok(());
+            }
             return drain(session).await;
         }
     };
