@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{RawConn, StateDir, open_fds, wait_for};
+use common::{RawConn, StateDir, open_fds, processes_marked, rss_kib, wait_for};
 use hearth::client::{BlobClient, ClientError, PoolClient, PutOptions, QueueClient, StatusClient};
 use hearth::protocol::blob::BlobHash;
 use hearth::protocol::queue::{JobSpec, JobState, LogStream, LogsRequest};
@@ -275,6 +275,11 @@ fn fill(path: &Path) {
     while file.write_all(&chunk[..512]).is_ok() {}
 }
 
+/// `fut`, failing the test if it takes longer than [`PATIENCE`] (a hang).
+async fn bounded<T>(fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, fut).await.expect("no answer within the patience: a hang")
+}
+
 fn is_code(err: &ClientError, codes: &[&str]) -> bool {
     err.code().is_some_and(|c| codes.contains(&c.as_str()))
 }
@@ -295,4 +300,159 @@ async fn a_put_refused_by_a_full_disk_after_its_last_frame_leaves_the_connection
     // as a frame of the refused put.
     let next = tokio::time::timeout(PATIENCE, blob.has(&hash_of(&data))).await;
     assert!(matches!(next, Ok(Ok(false))), "{next:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_explicitly_stores_what_it_acknowledges_and_recovers() {
+    let state = StateDir::new();
+    let Some(_mount) = Tmpfs::mount(state.state_dir(), "24m") else { return };
+    state.write_config("[queue]\nworkers = 2\n");
+    let mut daemon = state.start(&[]);
+    let socket = state.socket().to_owned();
+    let mut blob = BlobClient::connect(&socket).await.unwrap();
+    let mut queue = QueueClient::connect(&socket).await.unwrap();
+    let marker = format!("hearth-disk-{}", std::process::id());
+
+    // Space that comes back later.
+    std::fs::write(state.state_dir().join("ballast"), vec![0x5au8; 8 << 20]).unwrap();
+
+    // Blobs and jobs until the disk is full: every answer is an
+    // acknowledgement or an explicit refusal (`storage_full`,
+    // `store_failed`), never a crash, a hang or a vague error.
+    let mut acknowledged = Vec::new();
+    let mut refusals = 0;
+    let mut jobs = Vec::new();
+    let mut job_refusals = 0;
+    let mut submit = async |queue: &mut QueueClient, n: u64| {
+        let spec = JobSpec { argv: ["true", &marker, &n.to_string()].map(String::from).to_vec(), ..JobSpec::default() };
+        match bounded(queue.submit(spec)).await {
+            Ok(submitted) => jobs.push(submitted.job.id),
+            Err(err) if is_code(&err, &["store_failed"]) => job_refusals += 1,
+            Err(err) => panic!("submit {n}: {err}"),
+        }
+    };
+    for n in 0..200u64 {
+        submit(&mut queue, n).await;
+        // Sizes from a few bytes to several frames.
+        let data = pattern(if n % 5 == 0 { 7 + n as usize } else { 700_000 + 1000 * n as usize }, n);
+        match bounded(blob.put_bytes(&data, PutOptions::new())).await {
+            Ok(stored) => {
+                assert_eq!(stored.hash, hash_of(&data));
+                acknowledged.push(data);
+            }
+            Err(err) if is_code(&err, &["storage_full"]) => {
+                refusals += 1;
+                if refusals == 3 {
+                    break;
+                }
+            }
+            Err(err) => panic!("put {n}: {err}; log:\n{}", daemon.log_text()),
+        }
+    }
+    assert!(refusals == 3, "the disk never filled ({} blobs stored)", acknowledged.len());
+    // Whatever space is left, a file takes.
+    fill(&state.state_dir().join("filler"));
+
+    // Jobs on a full disk: each is acknowledged or refused as `store_failed`.
+    for n in 200..220 {
+        submit(&mut queue, n).await;
+    }
+    let full_put = blob.put_bytes(&pattern(200_000, 999), PutOptions::new()).await;
+    assert!(full_put.as_ref().is_err_and(|e| is_code(e, &["storage_full"])), "{:?}", full_put.map(|s| s.hash));
+    eprintln!(
+        "full disk: {} blobs stored, {refusals} puts refused; {} jobs acknowledged, {job_refusals} refused",
+        acknowledged.len(),
+        jobs.len()
+    );
+    let mut status = StatusClient::connect(&socket).await.unwrap();
+    status.status().await.expect("the status channel answers on a full disk");
+
+    // Space comes back: the same connections work again, no restart.
+    std::fs::remove_file(state.state_dir().join("filler")).unwrap();
+    std::fs::remove_file(state.state_dir().join("ballast")).unwrap();
+    let data = pattern(1_500_000, 1234);
+    let stored = blob.put_bytes(&data, PutOptions::new()).await.expect("a put once space is back");
+    assert_eq!(blob.get_bytes(&stored.hash).await.unwrap(), data);
+    acknowledged.push(data);
+    let spec = JobSpec { argv: ["sh", "-c", "echo back", &marker].map(String::from).to_vec(), ..JobSpec::default() };
+    let id = queue.submit(spec).await.expect("a submit once space is back").job.id;
+    let done = queue.wait(id, |_| {}).await.unwrap();
+    assert_eq!(done.state, JobState::Succeeded, "{:?}", done.last_error);
+    jobs.push(id);
+
+    // Nothing acknowledged was lost, before and after a crash.
+    for round in ["without restart", "after kill -9"] {
+        for data in &acknowledged {
+            let hash = hash_of(data);
+            let back = blob.get_bytes(&hash).await.unwrap_or_else(|e| panic!("{round}: blob {hash}: {e}"));
+            assert!(hash_of(&back) == hash, "{round}: blob {hash} reads back other bytes");
+        }
+        for id in &jobs {
+            let job = queue.get(*id).await.unwrap_or_else(|e| panic!("{round}: acknowledged job {id}: {e}")).0;
+            if round != "without restart" {
+                continue;
+            }
+            // Jobs acknowledged on the full disk run once space is back.
+            let done = queue.wait(job.id, |_| {}).await.unwrap();
+            assert!(done.state.is_final(), "{round}: job {id} is {}", done.state);
+        }
+        if round == "without restart" {
+            assert!(
+                wait_for(PATIENCE, || tmp_files(state.state_dir()).is_empty()),
+                "refused puts left temp files: {:?}",
+                tmp_files(state.state_dir())
+            );
+            daemon.kill9();
+            daemon = state.start(&[]);
+            blob = BlobClient::connect(&socket).await.unwrap();
+            queue = QueueClient::connect(&socket).await.unwrap();
+        }
+    }
+    assert!(processes_marked(&marker).is_empty(), "job processes left: {:?}", processes_marked(&marker));
+}
+
+/// `n` rounds of every channel's work from `clients` connections at once.
+async fn load(socket: &Path, clients: u64, rounds: u64) {
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let socket = socket.to_owned();
+            tokio::spawn(async move {
+                let mut clients = Clients::connect(&socket).await.unwrap();
+                for round in 0..rounds {
+                    if let Err(e) = clients.work(c * 1_000_000 + round).await {
+                        panic!("client {c} round {round}: {e}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_and_descriptors_stay_flat_under_sustained_work() {
+    let rounds: u64 = std::env::var("HEARTH_MEMORY_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
+    let state = StateDir::new();
+    state.write_config(&format!("[queue]\nworkers = 4\n{FAST_POOL}"));
+    let daemon = state.start(&[]);
+    let socket = state.socket().to_owned();
+    // Warm up: allocator arenas, SQLite caches, thread pools.
+    load(&socket, 4, 5).await;
+    let (rss_start, fds_start) = (rss_kib(daemon.pid()).unwrap(), open_fds(daemon.pid()).unwrap());
+    load(&socket, 4, rounds).await;
+    // The connections just closed: their descriptors go once the daemon sees them go.
+    let mut fds_end = 0;
+    wait_for(PATIENCE, || {
+        fds_end = open_fds(daemon.pid()).unwrap();
+        fds_end <= fds_start
+    });
+    let rss_end = rss_kib(daemon.pid()).unwrap();
+    eprintln!(
+        "daemon after warm-up: {rss_start} KiB RSS, {fds_start} descriptors; after {} rounds on every channel: {rss_end} KiB, {fds_end} descriptors",
+        4 * rounds
+    );
+    assert!(rss_end < rss_start + 32 * 1024, "RSS grew from {rss_start} KiB to {rss_end} KiB");
+    assert!(fds_end <= fds_start, "descriptors grew from {fds_start} to {fds_end}");
 }
