@@ -76,6 +76,8 @@ struct Counts {
 struct Record {
     /// Acknowledged jobs: id → idempotency key.
     jobs: Mutex<BTreeMap<u64, Option<String>>>,
+    /// Acknowledged jobs that would run for ten minutes unless canceled.
+    long: Mutex<HashSet<u64>>,
     /// Idempotency key → the job id every acknowledgement named.
     keys: Mutex<HashMap<String, u64>>,
     /// Acknowledged blobs: hash → size.
@@ -137,7 +139,7 @@ macro_rules! client {
                         $self.$field = Some(c);
                         break;
                     }
-                    Err(e) if Instant::now() < deadline && from_kill(&e) => {
+                    Err(_) if Instant::now() < deadline => {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                     Err(e) => panic!("client {}: cannot connect within {RECONNECT:?}: {e}", $self.n),
@@ -191,7 +193,38 @@ impl Worker {
         }
     }
 
+    /// A job that would run for ten minutes, canceled after a moment: a
+    /// kill in between leaves its process for the restarted daemon to find.
+    async fn long_job(&mut self) {
+        let spec = JobSpec {
+            argv: ["sh", "-c", "sleep \"$1\"", &self.marker, "600"].map(String::from).to_vec(),
+            ..JobSpec::default()
+        };
+        let result = client!(self.queue, QueueClient).submit(spec).await;
+        if !self.tally(|r| &r.queue, "submit", &result) {
+            self.queue = None;
+            return;
+        }
+        let id = result.unwrap().job.id;
+        self.record.jobs.lock().unwrap().insert(id, None);
+        self.record.long.lock().unwrap().insert(id);
+        tokio::time::sleep(Duration::from_millis(200 + self.rng.below(1800))).await;
+        for _ in 0..10 {
+            let result = client!(self.queue, QueueClient).cancel(id).await;
+            if matches!(&result, Err(ClientError::Daemon(e)) if e.code.as_str() == "job_finished") {
+                return;
+            }
+            if self.tally(|r| &r.queue, "cancel", &result) {
+                return;
+            }
+            self.queue = None;
+        }
+    }
+
     async fn job(&mut self) {
+        if self.rng.below(5) == 0 {
+            return self.long_job().await;
+        }
         self.seq += 1;
         let tag = format!("{}-{}", self.n, self.seq);
         let kind = self.rng.below(4);
@@ -410,6 +443,13 @@ fn chaos_soak() {
     let socket = state.socket().to_owned();
     let (leftover, reported_leases) = runtime.block_on(async {
         let mut queue = QueueClient::connect(&socket).await.unwrap();
+        // Long jobs whose cancel a kill cut off are canceled now.
+        let long: Vec<u64> = record.long.lock().unwrap().iter().copied().collect();
+        for id in long {
+            if !queue.get(id).await.unwrap().0.state.is_final() {
+                let _ = queue.cancel(id).await;
+            }
+        }
         let deadline = tokio::time::Instant::now() + DRAIN;
         loop {
             let status = StatusClient::connect(&socket).await.unwrap().status().await.unwrap();
