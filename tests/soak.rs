@@ -533,6 +533,15 @@ fn chaos_soak() {
     let orphans = processes_marked(&marker);
     if !orphans.is_empty() {
         record.violation(format!("job processes left behind: {orphans:?}"));
+        // Each job leads its own process group: take the groups down, so
+        // that a failed run leaves nothing running either.
+        for pid in orphans {
+            // SAFETY: kill has no memory-safety preconditions.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(-(pid as i32), libc::SIGKILL);
+            }
+        }
     }
 
     let line = |name: &str, c: &Counts| {
