@@ -567,7 +567,11 @@ fn chaos_soak() {
         reported_leases
     );
     eprintln!("jobs not final after the drain: {leftover:?}");
-    eprintln!("daemon RSS: {rss_start:?} KiB at the start, {rss_end:?} KiB before the final stop");
+    eprintln!(
+        "daemon RSS: {} KiB (the first daemon, at its start), {} KiB (the last one, up since the last kill, before the final stop)",
+        rss_start.unwrap_or(0),
+        rss_end.unwrap_or(0)
+    );
     eprintln!("other errors: {}; invariant violations: {}", unexpected.len(), violations.len());
     assert!(unexpected.is_empty(), "errors no kill explains:\n{}", unexpected.join("\n"));
     assert!(violations.is_empty(), "invariants violated (seed {seed}):\n{}", violations.join("\n"));
