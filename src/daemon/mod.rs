@@ -94,6 +94,9 @@ pub(crate) struct Shared {
     pub(crate) draining: AtomicBool,
     /// Why the last self-check failed, if it did.
     pub(crate) self_check: Mutex<Option<String>>,
+    /// Set while the self-check connects: one connection from this process
+    /// may then be served beyond the connection cap.
+    pub(crate) self_check_pass: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -261,6 +264,7 @@ impl Daemon {
             services,
             draining: AtomicBool::new(false),
             self_check: Mutex::new(None),
+            self_check_pass: AtomicBool::new(false),
             paths: paths.clone(),
             config,
         });

@@ -2,6 +2,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -57,7 +58,7 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 fn dispatch(stream: UnixStream, shared: &Arc<Shared>) {
     let permit = match shared.connection_slots.clone().try_acquire_owned() {
         Ok(permit) => Some(permit),
-        Err(_) if from_this_process(&stream) => None,
+        Err(_) if from_this_process(&stream) && shared.self_check_pass.swap(false, Ordering::SeqCst) => None,
         Err(_) => {
             refuse_busy(stream, shared);
             return;
@@ -70,7 +71,9 @@ fn dispatch(stream: UnixStream, shared: &Arc<Shared>) {
     });
 }
 
-/// Whether the peer is this process (the supervisor's self-check).
+/// Whether the peer is this process. Only the self-check's pass makes
+/// that count: a daemon run inside an app (or a test) must not exempt the
+/// app's own clients from the cap.
 fn from_this_process(stream: &UnixStream) -> bool {
     stream.peer_cred().ok().and_then(|cred| cred.pid()) == i32::try_from(std::process::id()).ok()
 }
