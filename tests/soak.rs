@@ -499,6 +499,13 @@ fn chaos_soak() {
         temp.extend(dir_entries(&dir.join("blobs/tmp")));
         temp.extend(dir_entries(&dir.join("pools/.trash")));
         files_under(dir, &|name| name.contains(".tmp"), &mut temp);
+        // A resource directory without its record is a build nobody finished.
+        let pool = dir.join("pools/soak");
+        temp.extend(dir_entries(&pool).into_iter().filter(|p| {
+            p.is_dir()
+                && !p.ends_with("logs")
+                && !pool.join(format!("{}.json", p.file_name().unwrap().to_string_lossy())).exists()
+        }));
         temp.is_empty()
     });
     d.stop();
