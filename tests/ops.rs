@@ -486,6 +486,37 @@ fn heartbeat_is_fresh_while_progressing_and_stale_when_stalled() {
     }));
 }
 
+#[test]
+fn a_daemon_with_every_connection_taken_keeps_its_heartbeat() {
+    let state = StateDir::new();
+    let daemon = state.start(&["--heartbeat-interval", "150ms", "--max-connections", "3"]);
+    let mut held: Vec<RawConn> = Vec::new();
+    assert!(wait_for(Duration::from_secs(10), || {
+        while held.len() < 3 {
+            let Some(mut c) = RawConn::try_connect(state.socket()) else { return false };
+            if c.handshake("status")["ok"] != json!(true) {
+                return false;
+            }
+            held.push(c);
+        }
+        true
+    }));
+    let over = RawConn::connect(state.socket()).read_json().expect("a refusal");
+    assert_eq!(over["error"]["code"], "too_many_connections", "{over}");
+
+    // Busy is not hung: the self-checks keep passing.
+    let cycle = heartbeat(&state).and_then(|h| h["cycle"].as_u64()).unwrap_or(0);
+    let advanced =
+        wait_for(Duration::from_secs(10), || heartbeat(&state).is_some_and(|h| h["cycle"].as_u64() >= Some(cycle + 3)));
+    assert!(advanced, "the heartbeat stopped while every slot was taken; log:\n{}", daemon.log_text());
+    let status = held[0].request(&json!({"type": "status"}));
+    let codes: Vec<&str> =
+        status["health"]["reasons"].as_array().unwrap().iter().filter_map(|r| r["code"].as_str()).collect();
+    assert!(codes.contains(&"connections_near_limit"), "{status}");
+    assert!(!codes.contains(&"self_check_failed"), "{status}");
+    assert_eq!(status["connections"]["active"], 3, "the self-check is not counted: {status}");
+}
+
 fn doctor_codes(state: &StateDir, extra: &[&str]) -> Vec<String> {
     let out = state.hearth().args(["--json", "doctor"]).args(extra).output().unwrap();
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", stderr(&out)));

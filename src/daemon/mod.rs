@@ -57,9 +57,22 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// excess connections are closed without a word.
 const MAX_PENDING_REFUSALS: usize = 64;
 
-/// Descriptors kept back from connections for the daemon's own files,
-/// stores and child processes.
-const RESERVED_FDS: u64 = 128;
+/// Descriptors the daemon needs whatever its load: its lock, log and
+/// listeners, the queue store's writer, dispatcher and idle readers, the
+/// files of atomic writes and directory syncs.
+const BASE_FDS: u64 = 64;
+/// Descriptors one running queue attempt holds at its peak: its pid and
+/// gate pipes and stdio pipes while it is spawned, then two pipes, two log
+/// files and a pidfd.
+const FDS_PER_WORKER: u64 = 12;
+/// Descriptors one pool build, check or reset holds at its peak.
+const FDS_PER_BUILD: u64 = 10;
+/// Descriptors one client connection holds at its peak: its socket, and a
+/// blob put's temp file with a directory or sidecar being synced, or a
+/// queue read's SQLite connection (its database and WAL files).
+const FDS_PER_CONNECTION: u64 = 3;
+/// Descriptors one blob HTTP connection holds: its socket and the blob it sends.
+const FDS_PER_HTTP_CONNECTION: u64 = 2;
 
 /// State shared by every task of one daemon.
 #[derive(Debug)]
@@ -81,6 +94,9 @@ pub(crate) struct Shared {
     pub(crate) draining: AtomicBool,
     /// Why the last self-check failed, if it did.
     pub(crate) self_check: Mutex<Option<String>>,
+    /// Set while the self-check connects: one connection from this process
+    /// may then be served beyond the connection cap.
+    pub(crate) self_check_pass: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -225,10 +241,11 @@ impl Daemon {
     pub async fn start(
         mut instance: Instance,
         listener: std::os::unix::net::UnixListener,
-        config: Config,
+        mut config: Config,
     ) -> Result<Daemon, StartupError> {
         let paths = instance.paths().clone();
-        let max_connections = effective_max_connections(config.server.max_connections);
+        fit_open_file_limit(&mut config, raise_nofile_limit());
+        let max_connections = config.server.max_connections;
         let started_at = SystemTime::now();
         let notifier = Notifier::from_env();
         let stop = CancellationToken::new();
@@ -247,6 +264,7 @@ impl Daemon {
             services,
             draining: AtomicBool::new(false),
             self_check: Mutex::new(None),
+            self_check_pass: AtomicBool::new(false),
             paths: paths.clone(),
             config,
         });
@@ -337,21 +355,47 @@ fn service_manager() -> Option<&'static str> {
     }
 }
 
-/// `configured`, lowered so that connections cannot use up the descriptors
-/// the daemon needs for itself. Raises the soft open-file limit to the hard
-/// limit first.
-fn effective_max_connections(configured: u64) -> u64 {
-    let limit = raise_nofile_limit();
-    let budget = limit.saturating_sub(RESERVED_FDS).max(1);
-    if configured > budget {
+/// Lowers `server.max_connections` and `blob.http_max_connections` (in
+/// the same proportion) until every connection at its peak, every queue
+/// worker and every pool build fit the open-file limit `limit` together,
+/// so that clients can never take the descriptors a job, a build or the
+/// store needs: a full daemon refuses connections instead of failing work.
+fn fit_open_file_limit(config: &mut Config, limit: u64) {
+    let workers = u64::from(config.queue.effective_workers()) * u64::from(config.queue.enabled);
+    let builds = u64::from(config.pool.max_concurrent_builds) * u64::from(config.pool.enabled);
+    let reserved = BASE_FDS + workers * FDS_PER_WORKER + builds * FDS_PER_BUILD;
+    let available = limit.saturating_sub(reserved);
+    if available == 0 {
         tracing::warn!(
-            configured,
             open_file_limit = limit,
-            "max_connections lowered to {budget} to fit the open-file limit"
+            reserved,
+            "the open-file limit is too low for queue.workers and pool.max_concurrent_builds; raise it (ulimit -n)"
         );
-        return budget;
     }
-    configured
+    let connections = config.server.max_connections;
+    let http = if config.blob.enabled && config.blob.http { config.blob.http_max_connections } else { 0 };
+    let wanted = connections * FDS_PER_CONNECTION + http * FDS_PER_HTTP_CONNECTION;
+    if wanted <= available {
+        return;
+    }
+    let scale =
+        |n: u64| if n == 0 { 0 } else { ((u128::from(n) * u128::from(available) / u128::from(wanted)) as u64).max(1) };
+    config.server.max_connections = scale(connections);
+    tracing::warn!(
+        configured = connections,
+        open_file_limit = limit,
+        reserved,
+        "max_connections lowered to {} to fit the open-file limit",
+        config.server.max_connections
+    );
+    if http > 0 {
+        config.blob.http_max_connections = scale(http);
+        tracing::warn!(
+            configured = http,
+            "blob.http_max_connections lowered to {} to fit the open-file limit",
+            config.blob.http_max_connections
+        );
+    }
 }
 
 #[allow(unsafe_code)]
@@ -383,4 +427,34 @@ pub(crate) fn uptime(shared: &Shared) -> Duration {
 /// Counter increment shorthand.
 pub(crate) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fitted(limit: u64, edit: impl FnOnce(&mut Config)) -> (u64, u64) {
+        let mut config = Config::default();
+        config.queue.workers = 4;
+        edit(&mut config);
+        fit_open_file_limit(&mut config, limit);
+        (config.server.max_connections, config.blob.http_max_connections)
+    }
+
+    #[test]
+    fn connections_fit_the_open_file_limit_beside_the_workers_and_builds() {
+        let reserved = BASE_FDS + 4 * FDS_PER_WORKER + FDS_PER_BUILD;
+        assert_eq!(fitted(1 << 20, |_| {}), (1024, 128), "a generous limit changes nothing");
+        for limit in [256, 1024, 2048] {
+            let (connections, http) = fitted(limit, |_| {});
+            assert!(connections < 1024 && http < 128, "{limit}: ({connections}, {http})");
+            let peak = reserved + connections * FDS_PER_CONNECTION + http * FDS_PER_HTTP_CONNECTION;
+            assert!(peak <= limit, "{limit}: {peak} descriptors at the peak");
+        }
+        // Without the HTTP server, the socket gets all of it.
+        let (alone, _) = fitted(1024, |c| c.blob.http = false);
+        assert_eq!(alone, (1024 - reserved) / FDS_PER_CONNECTION);
+        // A limit below the reserve still serves one connection of each kind.
+        assert_eq!(fitted(16, |_| {}), (1, 1));
+    }
 }

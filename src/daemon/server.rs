@@ -2,6 +2,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -51,32 +52,47 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 }
 
 /// Hands a new connection to its own task, or refuses it when the daemon is
-/// at its connection cap.
+/// at its connection cap. The daemon's own self-check is served even then:
+/// a daemon whose slots are all taken is busy, not hung, and must keep its
+/// heartbeat and watchdog (its descriptor comes from the daemon's reserve).
 fn dispatch(stream: UnixStream, shared: &Arc<Shared>) {
-    match shared.connection_slots.clone().try_acquire_owned() {
-        Ok(permit) => {
-            let shared_conn = shared.clone();
-            shared.tracker.spawn(async move {
-                router::serve_connection(stream, shared_conn).await;
-                drop(permit);
-            });
-        }
+    let permit = match shared.connection_slots.clone().try_acquire_owned() {
+        Ok(permit) => Some(permit),
+        Err(_) if from_this_process(&stream) && shared.self_check_pass.swap(false, Ordering::SeqCst) => None,
         Err(_) => {
-            bump(&shared.stats.refused_busy);
-            let Ok(slot) = shared.refusal_slots.clone().try_acquire_owned() else {
-                return; // Dropping the stream closes it.
-            };
-            let error = WireError::new(
-                ErrorCode::TooManyConnections,
-                format!("the daemon is serving its maximum of {} connections; retry later", shared.max_connections),
-            );
-            let daemon = Some(shared.ident.clone());
-            shared.tracker.spawn(async move {
-                refuse(stream, error, daemon).await;
-                drop(slot);
-            });
+            refuse_busy(stream, shared);
+            return;
         }
-    }
+    };
+    let shared_conn = shared.clone();
+    shared.tracker.spawn(async move {
+        router::serve_connection(stream, shared_conn).await;
+        drop(permit);
+    });
+}
+
+/// Whether the peer is this process. Only the self-check's pass makes
+/// that count: a daemon run inside an app (or a test) must not exempt the
+/// app's own clients from the cap.
+fn from_this_process(stream: &UnixStream) -> bool {
+    stream.peer_cred().ok().and_then(|cred| cred.pid()) == i32::try_from(std::process::id()).ok()
+}
+
+/// Refuses a connection over the cap with `too_many_connections`.
+fn refuse_busy(stream: UnixStream, shared: &Arc<Shared>) {
+    bump(&shared.stats.refused_busy);
+    let Ok(slot) = shared.refusal_slots.clone().try_acquire_owned() else {
+        return; // Dropping the stream closes it.
+    };
+    let error = WireError::new(
+        ErrorCode::TooManyConnections,
+        format!("the daemon is serving its maximum of {} connections; retry later", shared.max_connections),
+    );
+    let daemon = Some(shared.ident.clone());
+    shared.tracker.spawn(async move {
+        refuse(stream, error, daemon).await;
+        drop(slot);
+    });
 }
 
 /// Writes a refused handshake reply, then closes the connection.

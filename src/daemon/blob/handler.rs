@@ -221,6 +221,8 @@ async fn receive_put(
         }
     };
     drop(tx);
+    // After the end marker, nothing of this put is left to discard.
+    let marker_read = matches!(ended, Ended::Complete);
     let written = match writer.await {
         Ok(Ok(written)) => Ok(written),
         Ok(Err(e)) => Err(io_error("cannot write a put", e)),
@@ -235,6 +237,9 @@ async fn receive_put(
         Ok(written) => written,
         Err(e) => {
             session.send(&BlobResponse::Error(e)).await?;
+            if marker_read {
+                return Ok(());
+            }
             return drain(session).await;
         }
     };
