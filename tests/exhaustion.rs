@@ -12,6 +12,7 @@ use common::{RawConn, StateDir, open_fds, processes_marked, rss_kib, wait_for};
 use hearth::client::{BlobClient, ClientError, PoolClient, PutOptions, QueueClient, StatusClient};
 use hearth::protocol::blob::BlobHash;
 use hearth::protocol::queue::{JobSpec, JobState, LogStream, LogsRequest};
+use hearth::protocol::status::HealthState;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -365,7 +366,15 @@ async fn a_full_disk_refuses_explicitly_stores_what_it_acknowledges_and_recovers
         jobs.len()
     );
     let mut status = StatusClient::connect(&socket).await.unwrap();
-    status.status().await.expect("the status channel answers on a full disk");
+    let report = status.status().await.expect("the status channel answers on a full disk");
+    // Health says the disk is full and which stores failed on it; the
+    // daemon stays up. (This tmpfs is below the unhealthy threshold even
+    // when empty, so the state stays unhealthy after recovery too.)
+    let reasons: Vec<&str> = report.health.reasons.iter().map(|r| r.code.as_str()).collect();
+    assert!(reasons.contains(&"disk_space_critical"), "{reasons:?}");
+    assert!(reasons.contains(&"blob_store_errors"), "{reasons:?}");
+    assert_eq!(reasons.contains(&"queue_store_errors"), job_refusals > 0, "{reasons:?}");
+    assert_eq!(report.health.state, HealthState::Unhealthy, "{reasons:?}");
 
     // Space comes back: the same connections work again, no restart.
     std::fs::remove_file(state.state_dir().join("filler")).unwrap();
