@@ -281,6 +281,33 @@ async fn a_daemon_killed_during_a_put_keeps_what_it_acknowledged_and_nothing_els
     assert_eq!(c.usage().await.unwrap().count, 1);
 }
 
+/// A put whose reader has stalled (a pipe whose writer is alive but idle)
+/// still sees the daemon go away: it fails at once instead of waiting for
+/// input that may never come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_waiting_on_a_stalled_reader_fails_when_the_daemon_dies() {
+    let state = StateDir::new();
+    let mut daemon = state.start(&[]);
+    let (mut writer, reader) = tokio::io::duplex(64 * 1024);
+    let put = tokio::spawn({
+        let mut c = client(&state).await;
+        async move { c.put_reader(reader, PutOptions::new()).await }
+    });
+    tokio::io::AsyncWriteExt::write_all(&mut writer, &pattern(1_500_000, 9)).await.unwrap();
+    assert!(
+        wait_for(Duration::from_secs(20), || tmp_files(&state)
+            .iter()
+            .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))),
+        "the put's data never reached the daemon"
+    );
+    daemon.kill9();
+    // `writer` stays open: only the connection can end the put.
+    let result =
+        tokio::time::timeout(Duration::from_secs(20), put).await.expect("the put noticed the daemon's death").unwrap();
+    assert!(matches!(result, Err(ClientError::Closed)), "{result:?}");
+    drop(writer);
+}
+
 #[tokio::test]
 async fn collection_removes_least_recently_used_unpinned_blobs() {
     let state = StateDir::new();

@@ -31,6 +31,7 @@ use crate::protocol::blob::{
     BlobChannel, BlobHash, BlobInfo, BlobRequest, BlobResponse, Content, GcReport, GetRequest, PutRequest, Stored,
     Usage,
 };
+use crate::protocol::frame::FrameError;
 
 /// A client of the `blob` channel.
 pub type BlobClient = Client<BlobChannel>;
@@ -151,8 +152,20 @@ impl Client<BlobChannel> {
             let mut buf = BytesMut::with_capacity(chunk);
             while buf.len() < chunk {
                 let room = chunk - buf.len();
-                let n =
-                    reader.read_buf(&mut (&mut buf).limit(room)).await.map_err(local("cannot read the data to put"))?;
+                // While the reader has nothing (a pipe whose writer is slow
+                // or idle), watch the connection: a daemon that gives up on
+                // the put, or goes away, ends it now rather than whenever
+                // the reader next yields.
+                let mut window = (&mut buf).limit(room);
+                let n = tokio::select! {
+                    read = reader.read_buf(&mut window) => {
+                        read.map_err(local("cannot read the data to put"))?
+                    }
+                    frame = self.conn.read_frame() => {
+                        let early = Self::early_error(frame)?;
+                        return Err(self.end_put_early(guard, early).await);
+                    }
+                };
                 if n == 0 {
                     break;
                 }
@@ -160,11 +173,9 @@ impl Client<BlobChannel> {
             if buf.is_empty() {
                 break;
             }
-            if let Some(early) = self.early_answer()? {
-                // The daemon gave up on this put and discards frames up to the end marker.
-                self.conn.write_raw(Bytes::new()).await.map_err(closed_on_reset)?;
-                guard.disarm();
-                return Err(early);
+            if let Some(frame) = self.conn.read_frame().now_or_never() {
+                let early = Self::early_error(frame)?;
+                return Err(self.end_put_early(guard, early).await);
             }
             self.conn.write_raw(buf.freeze()).await.map_err(closed_on_reset)?;
         }
@@ -178,15 +189,25 @@ impl Client<BlobChannel> {
 
     /// A response that arrived while the data was still being sent: always
     /// an error (the daemon answers a good put only after the end marker).
-    fn early_answer(&mut self) -> Result<Option<ClientError>, ClientError> {
-        let Some(read) = self.conn.read_frame().now_or_never() else { return Ok(None) };
-        let frame = read.map_err(closed_on_reset)?.ok_or(ClientError::Closed)?;
+    /// `Err` when the connection itself failed or closed.
+    fn early_error(frame: Result<Option<Bytes>, FrameError>) -> Result<ClientError, ClientError> {
+        let frame = frame.map_err(closed_on_reset)?.ok_or(ClientError::Closed)?;
         let response: BlobResponse = serde_json::from_slice(&frame)
             .map_err(|e| ClientError::Protocol(format!("cannot decode response: {e}")))?;
-        Ok(Some(match response.into_result() {
+        Ok(match response.into_result() {
             Err(error) => ClientError::Daemon(error),
             Ok(other) => unexpected("nothing before the end of the put", other),
-        }))
+        })
+    }
+
+    /// The daemon gave up on this put and discards frames up to the end
+    /// marker: send it, so the connection stays usable, and return `early`.
+    async fn end_put_early(&mut self, guard: StreamGuard, early: ClientError) -> ClientError {
+        if let Err(e) = self.conn.write_raw(Bytes::new()).await {
+            return closed_on_reset(e);
+        }
+        guard.disarm();
+        early
     }
 
     /// Stores `data` (announcing its size).

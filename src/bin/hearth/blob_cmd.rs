@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::error::{CliError, EXIT_OK};
 use crate::progress::{Progress, ProgressRead, ProgressWrite};
+use crate::stdin_read::StdinRead;
 use crate::{Ctx, output};
 
 #[derive(Debug, clap::Subcommand)]
@@ -189,7 +190,8 @@ async fn put(ctx: &Ctx, client: &mut BlobClient, args: PutArgs) -> Result<u8, Cl
     }
     let stored = if stdin {
         let mut progress = Progress::new("put", None);
-        let reader = ProgressRead { inner: BlockingIo(std::io::stdin()), progress: &mut progress };
+        let stdin = StdinRead::spawn().map_err(|e| CliError::new("io_error", format!("cannot read stdin: {e}")))?;
+        let reader = ProgressRead { inner: stdin, progress: &mut progress };
         client.put_reader(reader, options).await?
     } else {
         let file = std::fs::File::open(&args.file).map_err(|e| io_error("open", &args.file, &e))?;

@@ -18,6 +18,7 @@ mod progress;
 mod queue_cmd;
 mod service_cmd;
 mod status_cmd;
+mod stdin_read;
 
 use error::CliError;
 
