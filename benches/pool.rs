@@ -223,15 +223,28 @@ fn main() {
         let (cold_t, cold_b) = cold_takes(&mut pool, "trivial-cold", cold).await;
         let warm_lib = stats(warm_takes(&mut pool, "trivial", 16, takes).await);
         // Each CLI take starts with the pool full and idle, as a user's
-        // or a script's single take would.
+        // or a script's single take would. A process started right after a
+        // refill (the last build's child just reaped, caches cold) is slower
+        // than one in a tight loop, so the `hearth ping` floor for this figure
+        // is measured in alternate rounds under the very same conditions: the
+        // round before each measurement cycles one resource, then waits for
+        // the pool to refill.
         let mut cli = Vec::new();
-        while cli.len() < cli_takes {
+        let mut cli_pings_same = Vec::new();
+        for round in 0..cli_takes * 2 {
             wait_full(&mut pool, "trivial", 16).await;
-            let (elapsed, lease) = cli_take(&daemon, "trivial");
-            cli.push(elapsed);
+            let lease = if round % 2 == 0 {
+                cli_pings_same.push(cli_ping(&daemon));
+                pool.take("trivial").await.unwrap().lease
+            } else {
+                let (elapsed, lease) = cli_take(&daemon, "trivial");
+                cli.push(elapsed);
+                lease
+            };
             pool.release(&lease, false).await.unwrap();
         }
         let warm_cli = stats(cli);
+        let cli_floor_same = stats(cli_pings_same);
         pool.drain("trivial").await.unwrap();
         let (cold_t, cold_b) = (stats(cold_t), stats(cold_b));
 
@@ -242,6 +255,7 @@ fn main() {
         println!("trivial kind: sh -c 'mkdir -p {{path}}/work'");
         line("warm take (library)", &warm_lib);
         line("warm take (`hearth pool take`, whole process)", &warm_cli);
+        line("  `hearth ping` in the same conditions", &cli_floor_same);
         line("cold take (built on demand)", &cold_t);
         line("  of which the build", &cold_b);
         println!(
@@ -285,9 +299,10 @@ fn main() {
             warm_lib.p50.as_secs_f64() / ping.p50.as_secs_f64().max(1e-9)
         );
         println!(
-            "target: warm take p50 < 3 ms through the CLI: {} ({}; `hearth ping` floor {})",
+            "target: warm take p50 < 3 ms through the CLI: {} ({}; `hearth ping` {} in the same conditions, {} back to back)",
             verdict(warm_cli.p50 < Duration::from_millis(3)),
             show(warm_cli.p50),
+            show(cli_floor_same.p50),
             show(cli_floor.p50)
         );
     });
