@@ -6,28 +6,41 @@
 //! request handlers); the rest is split at `0xFF` bytes into pieces, each
 //! sent as one frame, except pieces starting with `0xFE`, sent raw (broken
 //! length prefixes, half frames). After each input the daemon must still
-//! answer a ping on a fresh connection.
+//! answer a ping on a fresh connection, unless the input asked it to stop
+//! (`shutdown` on the status channel, which any peer of the same user may
+//! send): then its task must have ended cleanly, and it is started again.
 //!
 //! The queue and pool services are disabled: fuzzed requests must never run
 //! programs (a `submit` or a `define` can name any command). The blob
 //! channel is on (its store lives in a temp dir), without its HTTP server.
 #![no_main]
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::path::Path;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use hearth::client::StatusClient;
+use hearth::client::{ClientError, StatusClient};
 use hearth::daemon::{Config, Daemon, Instance};
 use hearth::paths::Paths;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
 
 struct Live {
     runtime: Runtime,
-    socket: PathBuf,
+    paths: Paths,
+    config: Config,
+    daemon: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Starts the daemon on `paths`; the task ends only when a request stops it.
+async fn start_daemon(paths: &Paths, config: &Config) -> JoinHandle<()> {
+    let mut instance = Instance::acquire(paths.clone()).expect("lock");
+    let listener = instance.bind().expect("bind");
+    let daemon = Daemon::start(instance, listener, config.clone()).await.expect("start");
+    tokio::spawn(daemon.run_until(std::future::pending()))
 }
 
 fn live() -> &'static Live {
@@ -43,15 +56,13 @@ fn live() -> &'static Live {
         config.server.handshake_timeout = hearth::units::HumanDuration(Duration::from_secs(2));
         config.server.max_frame = hearth::units::ByteSize(64 * 1024);
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let socket = paths.socket().to_owned();
-        runtime.block_on(async {
-            let mut instance = Instance::acquire(paths).expect("lock");
-            let listener = instance.bind().expect("bind");
-            let daemon = Daemon::start(instance, listener, config).await.expect("start");
-            tokio::spawn(daemon.run_until(std::future::pending()));
-        });
-        Live { runtime, socket }
+        let handle = runtime.block_on(start_daemon(&paths, &config));
+        Live { runtime, paths, config, daemon: Mutex::new(Some(handle)) }
     })
+}
+
+async fn ping(socket: &Path) -> Result<(), ClientError> {
+    StatusClient::connect(socket).await?.ping().await.map(drop)
 }
 
 fn frame(piece: &[u8]) -> Vec<u8> {
@@ -75,7 +86,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     live.runtime.block_on(async {
-        let mut stream = UnixStream::connect(&live.socket).await.expect("the daemon accepts");
+        let mut stream = UnixStream::connect(live.paths.socket()).await.expect("the daemon accepts");
         let _ = stream.write_all(&bytes).await;
         let _ = stream.shutdown().await;
         // Read whatever the daemon answers, until it closes or goes quiet.
@@ -85,8 +96,19 @@ fuzz_target!(|data: &[u8]| {
                 break;
             }
         }
-        // Whatever that connection did, the daemon still serves others.
-        let mut client = StatusClient::connect(&live.socket).await.expect("the daemon still accepts");
-        client.ping().await.expect("the daemon still answers");
+        // Whatever that connection did, the daemon still serves others...
+        let socket = live.paths.socket();
+        if let Err(e) = ping(socket).await {
+            // ...unless it was asked to stop: then it stops cleanly, in time.
+            let handle = live.daemon.lock().unwrap().take().expect("a daemon task");
+            match tokio::time::timeout(Duration::from_secs(30), handle).await {
+                Ok(Ok(())) => {}
+                Ok(Err(join)) => panic!("the daemon task failed: {join}"),
+                Err(_) => panic!("the daemon neither answers ({e}) nor stops"),
+            }
+            let handle = start_daemon(&live.paths, &live.config).await;
+            *live.daemon.lock().unwrap() = Some(handle);
+            ping(socket).await.expect("the restarted daemon answers");
+        }
     });
 });
