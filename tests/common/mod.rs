@@ -418,3 +418,16 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 pub fn open_fds(pid: u32) -> Option<usize> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
 }
+
+/// What each of `pid`'s open descriptors refers to (`socket:[…]`, a path…),
+/// sorted: to say which ones a failing check found.
+#[allow(dead_code)]
+pub fn fd_targets(pid: u32) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten().filter_map(|e| std::fs::read_link(e.path()).ok()).map(|t| t.display().to_string()).collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
