@@ -11,7 +11,8 @@
 //!   connection, with resources ready (the pool refills between rounds, and
 //!   its replacement builds run while the takes are measured, as they would);
 //! - warm take through the CLI: a whole `hearth --json pool take NAME`
-//!   process, start to exit, each started with the pool full and idle;
+//!   process, start to exit, each started with the pool full and idle,
+//!   beside `hearth ping` started in the same conditions;
 //! - cold: a `take` on a pool of size 0, which builds on demand.
 //!
 //! Targets: warm take p50 under 1 ms through the library and under 3 ms

@@ -161,10 +161,7 @@ impl Client<BlobChannel> {
                     read = reader.read_buf(&mut window) => {
                         read.map_err(local("cannot read the data to put"))?
                     }
-                    frame = self.conn.read_frame() => {
-                        let early = Self::early_error(frame)?;
-                        return Err(self.end_put_early(guard, early).await);
-                    }
+                    frame = self.conn.read_frame() => return Err(self.end_put_early(guard, frame).await),
                 };
                 if n == 0 {
                     break;
@@ -174,8 +171,7 @@ impl Client<BlobChannel> {
                 break;
             }
             if let Some(frame) = self.conn.read_frame().now_or_never() {
-                let early = Self::early_error(frame)?;
-                return Err(self.end_put_early(guard, early).await);
+                return Err(self.end_put_early(guard, frame).await);
             }
             self.conn.write_raw(buf.freeze()).await.map_err(closed_on_reset)?;
         }
@@ -200,9 +196,15 @@ impl Client<BlobChannel> {
         })
     }
 
-    /// The daemon gave up on this put and discards frames up to the end
-    /// marker: send it, so the connection stays usable, and return `early`.
-    async fn end_put_early(&mut self, guard: StreamGuard, early: ClientError) -> ClientError {
+    /// A frame arrived before the end of the put: the daemon gave up on it
+    /// and discards frames up to the end marker. Sends the marker, so the
+    /// connection stays usable, and returns the daemon's error; if the
+    /// connection itself failed, `guard` shuts it down.
+    async fn end_put_early(&mut self, guard: StreamGuard, frame: Result<Option<Bytes>, FrameError>) -> ClientError {
+        let early = match Self::early_error(frame) {
+            Ok(early) => early,
+            Err(broken) => return broken,
+        };
         if let Err(e) = self.conn.write_raw(Bytes::new()).await {
             return closed_on_reset(e);
         }
