@@ -24,10 +24,12 @@ pub mod daemon;
 pub mod paths;
 #[cfg(feature = "client")]
 pub mod protocol;
-#[cfg(feature = "cli")]
-pub mod service;
+#[cfg(feature = "client")]
+pub mod sys;
 #[cfg(feature = "client")]
 pub mod time;
+#[cfg(feature = "cli")]
+pub mod unit_files;
 #[cfg(feature = "daemon")]
 pub mod units;
 

@@ -147,7 +147,7 @@ impl Shared {
                 message: format!("{active} of {} connections in use", self.max_connections),
             });
         }
-        match fsutil::free_space(self.paths.state_dir()) {
+        match crate::sys::free_space(self.paths.state_dir()) {
             Ok(free) => {
                 let h = &self.config.health;
                 let severity = if free < h.disk_free_unhealthy.0 {
@@ -398,24 +398,15 @@ fn fit_open_file_limit(config: &mut Config, limit: u64) {
     }
 }
 
-#[allow(unsafe_code)]
+/// Raises the open-file soft limit to the hard limit (at most 2^20) and
+/// returns the limit now in force; the original is remembered for children.
 fn raise_nofile_limit() -> u64 {
-    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes into the struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
-        return 1024;
-    }
-    child::remember_nofile_limit(rl.rlim_cur, rl.rlim_max);
-    let wanted = rl.rlim_max.min(1 << 20);
-    if rl.rlim_cur < wanted {
-        let raised = libc::rlimit { rlim_cur: wanted, rlim_max: rl.rlim_max };
-        // SAFETY: setrlimit reads the struct we own.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            rl.rlim_cur = wanted;
-        }
-    }
-    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
-    let current = rl.rlim_cur as u64;
+    let Ok((soft, hard)) = crate::sys::nofile_limit() else { return 1024 };
+    child::remember_nofile_limit(soft, hard);
+    let wanted = hard.min(1 << 20);
+    let current = if soft < wanted && crate::sys::set_nofile_limit(wanted, hard).is_ok() { wanted } else { soft };
+    #[allow(clippy::unnecessary_cast, reason = "rlim_t is u64 here but not on every platform (so not `expect`)")]
+    let current = current as u64;
     current
 }
 

@@ -22,7 +22,7 @@ pub(crate) async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
             return;
         }
     };
-    if peer.uid() != super::fsutil::euid() {
+    if peer.uid() != crate::sys::euid() {
         bump(&shared.stats.refused_peer);
         tracing::warn!(uid = peer.uid(), pid = ?peer.pid(), "refused a connection from another user");
         let error = WireError::new(ErrorCode::PermissionDenied, "this daemon serves only the user it runs as");

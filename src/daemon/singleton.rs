@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 
 use fd_lock::RwLock;
 
-use super::fsutil::{self, euid};
+use super::fsutil;
 use crate::paths::{PathError, Paths};
 use crate::protocol::info::DaemonInfo;
+use crate::sys::euid;
 
 /// Why the daemon cannot start. Each variant has a stable [`code`](StartupError::code).
 #[derive(Debug, thiserror::Error)]
@@ -291,46 +292,13 @@ fn step_verdict(dir: &Path, uid: u32, mode: u32, private_group: bool, me: u32) -
 
 /// Whether `gid` is this user's private group: the user's primary group,
 /// named after the user, with no other member listed. Group 0 never is.
-#[allow(unsafe_code)]
 fn is_private_group(gid: u32) -> bool {
-    use std::ffi::CStr;
     if gid == 0 {
         return false;
     }
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: passwd is plain data; getpwuid_r fills it with pointers into
-    // `buf`, which outlives every use below.
-    let user = unsafe {
-        let mut pw: libc::passwd = std::mem::zeroed();
-        let mut out: *mut libc::passwd = std::ptr::null_mut();
-        if libc::getpwuid_r(euid(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) != 0 || out.is_null() {
-            return false;
-        }
-        if pw.pw_gid != gid {
-            return false;
-        }
-        CStr::from_ptr(pw.pw_name).to_owned()
-    };
-    // SAFETY: as above, for the group entry; gr_mem is a NULL-terminated
-    // array of C strings in `buf`.
-    unsafe {
-        let mut gr: libc::group = std::mem::zeroed();
-        let mut out: *mut libc::group = std::ptr::null_mut();
-        if libc::getgrgid_r(gid, &mut gr, buf.as_mut_ptr(), buf.len(), &mut out) != 0 || out.is_null() {
-            return false;
-        }
-        if CStr::from_ptr(gr.gr_name) != user.as_c_str() {
-            return false;
-        }
-        let mut member = gr.gr_mem;
-        while !member.is_null() && !(*member).is_null() {
-            if CStr::from_ptr(*member) != user.as_c_str() {
-                return false;
-            }
-            member = member.add(1);
-        }
-    }
-    true
+    let Some((user, primary)) = crate::sys::user_entry(euid()) else { return false };
+    let Some((name, members)) = crate::sys::group_entry(gid) else { return false };
+    primary == gid && name == user && members.iter().all(|m| *m == user)
 }
 
 fn check_private_dir(dir: &Path, meta: &std::fs::Metadata) -> Result<(), StartupError> {
@@ -544,21 +512,13 @@ impl Drop for Instance {
 /// The listening socket passed by the service manager, when `LISTEN_PID`
 /// names this process (otherwise the variables are someone else's and are
 /// ignored). It must be a listening Unix stream socket with a path.
-#[allow(unsafe_code)]
 pub fn activated_listener() -> Result<Option<UnixListener>, StartupError> {
-    use std::os::fd::FromRawFd;
     let mut fds = sd_notify::listen_fds().map_err(|e| StartupError::Activation(e.to_string()))?;
     let Some(fd) = fds.next() else { return Ok(None) };
     if fds.len() > 0 {
         tracing::warn!("socket activation passed {} sockets; serving only the first", fds.len() + 1);
     }
-    let int_opt = |level, name| -> io::Result<libc::c_int> {
-        let mut value: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into `value`.
-        let rc = unsafe { libc::getsockopt(fd, level, name, (&raw mut value).cast(), &mut len) };
-        if rc != 0 { Err(io::Error::last_os_error()) } else { Ok(value) }
-    };
+    let int_opt = |level, name| crate::sys::socket_option(fd, level, name);
     let bad = |what: String| StartupError::Activation(format!("descriptor {fd} {what}"));
     match int_opt(libc::SOL_SOCKET, libc::SO_TYPE) {
         Ok(t) if t == libc::SOCK_STREAM => {}
@@ -569,9 +529,7 @@ pub fn activated_listener() -> Result<Option<UnixListener>, StartupError> {
     if int_opt(libc::SOL_SOCKET, libc::SO_ACCEPTCONN).map_err(|e| bad(e.to_string()))? == 0 {
         return Err(bad("is not listening".into()));
     }
-    // SAFETY: the descriptor was passed to this process for this purpose and
-    // nothing else owns it.
-    let listener = unsafe { UnixListener::from_raw_fd(fd) };
+    let listener = crate::sys::adopt_passed_listener(fd).map_err(|e| bad(e.to_string()))?;
     match listener.local_addr() {
         Ok(addr) if addr.as_pathname().is_some() => Ok(Some(listener)),
         Ok(_) => Err(bad("is not a Unix socket with a path".into())),
@@ -580,14 +538,8 @@ pub fn activated_listener() -> Result<Option<UnixListener>, StartupError> {
 }
 
 /// Binds a listening socket that is never visible with bits looser than 0600.
-#[allow(unsafe_code)]
 fn bind_private(path: &Path) -> io::Result<UnixListener> {
-    // SAFETY: umask only swaps the process file-creation mask.
-    let old = unsafe { libc::umask(0o177) };
-    let result = UnixListener::bind(path);
-    // SAFETY: as above; restores the previous mask.
-    unsafe { libc::umask(old) };
-    let listener = result?;
+    let listener = crate::sys::with_umask(0o177, || UnixListener::bind(path))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
@@ -636,41 +588,19 @@ pub fn probe_lock(paths: &Paths) -> io::Result<LockState> {
 /// these signals once [`HeldSignals::release`] unblocks them; child
 /// processes start with an empty mask (std's spawn and the job spawner both
 /// reset it).
-pub struct HeldSignals {
-    old: libc::sigset_t,
-}
-
-impl std::fmt::Debug for HeldSignals {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HeldSignals")
-    }
-}
+#[derive(Debug)]
+pub struct HeldSignals(crate::sys::BlockedSignals);
 
 impl HeldSignals {
+    /// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread.
     #[must_use]
     pub fn hold() -> Self {
-        // SAFETY: the sets are plain values initialised by sigemptyset before
-        // use; pthread_sigmask only changes this thread's mask.
-        #[allow(unsafe_code)]
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            let mut old: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-                libc::sigaddset(&mut set, signal);
-            }
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
-            Self { old }
-        }
+        Self(crate::sys::BlockedSignals::block(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]))
     }
 
     /// Restores the mask: a signal that arrived meanwhile is delivered now.
     pub fn release(self) {
-        // SAFETY: `old` is the mask pthread_sigmask returned in `hold`.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut());
-        }
+        self.0.restore();
     }
 }
 

@@ -12,11 +12,11 @@ mod blob_cmd;
 mod daemon_cmd;
 mod doctor_cmd;
 mod error;
+mod install_cmd;
 mod output;
 mod pool_cmd;
 mod progress;
 mod queue_cmd;
-mod service_cmd;
 mod status_cmd;
 mod stdin_read;
 
