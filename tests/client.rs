@@ -66,7 +66,10 @@ async fn shutdown_request_stops_the_in_process_daemon() {
     let grace = client.shutdown(Some("client test".into())).await.unwrap();
     assert_eq!(grace, Duration::from_secs(10));
     tokio::time::timeout(Duration::from_secs(15), task).await.expect("stopped").unwrap();
-    assert!(hearth::daemon::singleton::probe_lock(&state.paths).unwrap() == hearth::daemon::singleton::LockState::Free);
+    assert!(
+        hearth::daemon::lifecycle::singleton::probe_lock(&state.paths).unwrap()
+            == hearth::daemon::lifecycle::singleton::LockState::Free
+    );
 }
 
 #[tokio::test]

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hearth::daemon::config::Override;
-use hearth::daemon::detach::{self, Forked, Reporter};
-use hearth::daemon::logging::LogTarget;
-use hearth::daemon::{Config, Daemon, Instance, StartupError, logging, singleton};
+use hearth::daemon::lifecycle::detach::{self, Forked, Reporter};
+use hearth::daemon::lifecycle::logging::{self, LogTarget};
+use hearth::daemon::lifecycle::{activation, permissions, signals};
+use hearth::daemon::{Config, Daemon, Instance, StartupError};
 use hearth::paths::Paths;
 use hearth::protocol::info::LaunchReport;
 use hearth::units::{ByteSize, HumanDuration};
@@ -295,17 +296,17 @@ fn start_and_run(paths: Paths, config: Config, reporter: &mut Reporter, to_file:
     // before any thread starts (the log writer's is the first), since a
     // thread that does not block them would take them with the default
     // action.
-    let held = singleton::HeldSignals::hold();
+    let held = signals::HeldSignals::hold();
     // The lock comes first: a second daemon leaves before touching anything
     // of the first one, its log included.
     // Nothing is created before every directory on the way to the state
     // directory and to the socket is known to be safe from other users. A
     // socket the service manager passed is the manager's: its path is not
     // judged.
-    let activated = singleton::activated_listener()?;
-    singleton::check_state_dir(paths.state_dir())?;
+    let activated = activation::activated_listener()?;
+    permissions::check_state_dir(paths.state_dir())?;
     if activated.is_none() {
-        singleton::check_socket_dir(paths.socket())?;
+        permissions::check_socket_dir(paths.socket())?;
     }
     let log_file = paths.log_file();
     let mut instance = Instance::acquire(paths)?;

@@ -31,24 +31,21 @@ use crate::protocol::status::{Health, HealthReason, HealthState, Limits};
 mod blob;
 pub mod child;
 pub mod config;
-pub mod detach;
+mod conn;
 pub mod fsutil;
-pub mod logging;
-pub mod notify;
+pub mod lifecycle;
 pub mod pool;
 pub mod queue;
 pub mod random;
-mod router;
-mod server;
 mod services;
-mod session;
-pub mod singleton;
 mod status;
-mod supervisor;
 
 pub use config::Config;
-pub use notify::Notifier;
-pub use singleton::{Instance, StartupError};
+use conn::{router, server};
+pub use lifecycle::StartupError;
+pub use lifecycle::notify::Notifier;
+pub use lifecycle::singleton::Instance;
+use lifecycle::supervisor;
 
 /// This daemon's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

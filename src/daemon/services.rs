@@ -19,7 +19,7 @@ use crate::protocol::info::Endpoints;
 use crate::protocol::status::{HealthReason, HealthState, ServiceSummaries};
 
 use super::Config;
-use super::notify::Notifier;
+use super::lifecycle::notify::Notifier;
 
 /// How much more time the service manager gives each service's start.
 const START_EXTENSION: Duration = Duration::from_secs(90);

@@ -1,6 +1,6 @@
 //! The `status` channel handler.
 
-use super::session::Session;
+use super::conn::session::Session;
 use super::{Shared, uptime};
 use crate::protocol::PROTOCOL_VERSION;
 use crate::protocol::status::{ConnectionStats, StatusChannel, StatusReport, StatusRequest, StatusResponse};

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use clap::Subcommand;
 use hearth::client::{ClientError, ConnectOptions, ReplacePolicy, StatusClient, ensure_daemon_running};
-use hearth::daemon::singleton::{LockState, probe_lock};
+use hearth::daemon::lifecycle::singleton::{LockState, probe_lock};
 use hearth::paths::Paths;
 use hearth::protocol::info::DaemonInfo;
 use hearth::protocol::status::{HealthState, StatusReport};

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use hearth::client::{ConnectOptions, StatusClient};
 use hearth::daemon::fsutil;
-use hearth::daemon::singleton::{LockState, check_route, probe_lock};
+use hearth::daemon::lifecycle::permissions::check_route;
+use hearth::daemon::lifecycle::singleton::{LockState, probe_lock};
 use hearth::protocol::info::{DaemonInfo, Heartbeat};
 use hearth::unit_files::{SYSTEMD_SERVICE, SYSTEMD_SOCKET};
 use serde::Serialize;

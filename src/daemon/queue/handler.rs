@@ -7,7 +7,7 @@ use tokio::sync::broadcast;
 
 use super::writer::{NewJob, Op, Reply, Transition};
 use super::{KillReason, QueueService, store};
-use crate::daemon::session::{Closed, Session};
+use crate::daemon::conn::session::{Closed, Session};
 use crate::protocol::queue::{
     Base64, DEFAULT_QUEUE, Job, JobSpec, JobState, LogsRequest, QueueChannel, QueueRequest, QueueResponse, QueueStats,
 };

@@ -8,7 +8,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
-use super::{Shared, bump, router};
+use super::router;
+use crate::daemon::{Shared, bump};
 use crate::protocol::frame::{FrameCodec, Json};
 use crate::protocol::handshake::{HandshakeReply, Refused};
 use crate::protocol::{ErrorCode, PROTOCOL_VERSION, WireError};

@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::Shared;
 use crate::connection::Connection;
+use crate::daemon::Shared;
 use crate::protocol::frame::FrameError;
 use crate::protocol::{ChannelProtocol, ErrorCode, Response, WireError, decode_request};
 

@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use tokio::net::UnixStream;
 
-use super::pool::{PoolHolder, PoolService};
+use super::server;
 use super::session::Session;
-use super::{Shared, blob, bump, pool, server, status};
 use crate::connection::Connection;
+use crate::daemon::pool::{PoolHolder, PoolService};
+use crate::daemon::{Shared, blob, bump, pool, status};
 use crate::protocol::frame::FrameError;
 use crate::protocol::handshake::{Accepted, Channel, Handshake, HandshakeReply, Refused};
 use crate::protocol::{ErrorCode, PROTOCOL_VERSION, WireError};
@@ -72,7 +73,7 @@ pub(crate) async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
         pid = ?peer.pid(),
         "connection opened"
     );
-    let _counted = (handshake.client.as_deref() != Some(super::supervisor::SELF_CHECK_CLIENT)).then(|| {
+    let _counted = (handshake.client.as_deref() != Some(crate::daemon::supervisor::SELF_CHECK_CLIENT)).then(|| {
         bump(&shared.stats.total);
         ActiveGuard::new(&shared)
     });
@@ -93,7 +94,7 @@ pub(crate) async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
             let holder = PoolHolder { client: handshake.client, pid: peer.pid().and_then(|p| u32::try_from(p).ok()) };
             pool::serve(Session::new(conn, shared), service, holder).await;
         }
-        Route::Queue(queue) => super::queue::serve(Session::new(conn, shared), queue).await,
+        Route::Queue(queue) => crate::daemon::queue::serve(Session::new(conn, shared), queue).await,
         Route::Blob(service) => blob::serve(Session::new(conn, shared), service).await,
     }
 }
@@ -102,7 +103,7 @@ pub(crate) async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
 pub(crate) enum Route {
     Status,
     Pool(Arc<PoolService>),
-    Queue(Arc<super::queue::QueueService>),
+    Queue(Arc<crate::daemon::queue::QueueService>),
     Blob(Arc<blob::BlobService>),
 }
 
@@ -136,7 +137,7 @@ pub(crate) fn route(shared: &Shared, channel: Channel) -> Result<Route, WireErro
             let message = if disabled {
                 format!("the {channel} channel is disabled in this daemon's configuration ({channel}.enabled = false)")
             } else {
-                format!("the {channel} channel is not available in hearthd {}", super::VERSION)
+                format!("the {channel} channel is not available in hearthd {}", crate::daemon::VERSION)
             };
             Err(WireError::new(ErrorCode::ChannelUnavailable, message))
         }
