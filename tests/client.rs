@@ -113,7 +113,7 @@ async fn ensure_returns_the_daemons_own_startup_error() {
     std::fs::set_permissions(state.state_dir(), std::fs::Permissions::from_mode(0o777)).unwrap();
     match ensure_daemon_running(&ensure_options(&state)).await {
         Err(ClientError::StartFailed { code, message }) => {
-            assert_eq!(code, "state_dir_insecure");
+            assert_eq!(code, hearth::protocol::info::LaunchCode::StateDirInsecure);
             assert!(message.contains("writable by group or others"), "{message}");
         }
         other => panic!("expected StartFailed, got {other:?}"),

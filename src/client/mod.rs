@@ -138,7 +138,7 @@ pub enum ClientError {
     #[error("hearthd could not start: {message} ({code})")]
     StartFailed {
         /// The daemon's startup error code.
-        code: String,
+        code: crate::protocol::info::LaunchCode,
         /// The daemon's own explanation.
         message: String,
     },

@@ -7,7 +7,7 @@ use hearth::client::{ClientError, ConnectOptions, ReplacePolicy, StatusClient, e
 use hearth::daemon::lifecycle::singleton::{LockState, probe_lock};
 use hearth::paths::Paths;
 use hearth::protocol::info::DaemonInfo;
-use hearth::protocol::status::{HealthState, StatusReport};
+use hearth::protocol::status::{HealthCode, HealthReason, HealthState, StatusReport};
 use hearth::units::HumanDuration;
 use serde::Serialize;
 
@@ -384,15 +384,12 @@ async fn status(ctx: &Ctx) -> Result<u8, CliError> {
                     state.pid = Some(report.pid);
                     if let Some(hb) = state.heartbeat.as_ref().filter(|h| h.stale) {
                         let mut reasons = std::mem::take(&mut report.health.reasons);
-                        reasons.push(hearth::protocol::status::HealthReason {
-                            code: "heartbeat_stale".into(),
-                            severity: HealthState::Unhealthy,
-                            message: format!(
-                                "the last heartbeat is {} old (interval {}): alive but not progressing",
-                                output::duration(Duration::from_millis(hb.age_ms)),
-                                output::duration(Duration::from_millis(hb.interval_ms))
-                            ),
-                        });
+                        let message = format!(
+                            "the last heartbeat is {} old (interval {}): alive but not progressing",
+                            output::duration(Duration::from_millis(hb.age_ms)),
+                            output::duration(Duration::from_millis(hb.interval_ms))
+                        );
+                        reasons.push(HealthReason::new(HealthCode::HeartbeatStale, message));
                         report.health = hearth::protocol::status::Health::from_reasons(reasons);
                     }
                     let exit = match report.health.state {

@@ -18,7 +18,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
-use crate::protocol::info::LaunchReport;
+use crate::protocol::info::{LaunchCode, LaunchReport};
 
 /// Exit status: the daemon is ready.
 pub const EXIT_READY: u8 = 0;
@@ -112,7 +112,7 @@ fn wait_for_report(mut pipe: File, child: u32, timeout: Duration) -> LaunchRepor
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return LaunchReport::Failed {
-                code: "start_timeout".into(),
+                code: LaunchCode::StartTimeout,
                 message: format!(
                     "hearthd (pid {child}) did not report ready within {timeout:?}; it may still be starting: see its log"
                 ),
@@ -134,7 +134,7 @@ fn wait_for_report(mut pipe: File, child: u32, timeout: Duration) -> LaunchRepor
     }
     let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
     serde_json::from_slice(line).unwrap_or_else(|_| LaunchReport::Failed {
-        code: "startup_crashed".into(),
+        code: LaunchCode::StartupCrashed,
         message: format!("hearthd (pid {child}) exited during start-up without a report; see its log"),
     })
 }

@@ -16,6 +16,7 @@ use std::io;
 use std::path::PathBuf;
 
 use crate::paths::PathError;
+use crate::protocol::info::LaunchCode;
 
 pub mod activation;
 pub mod detach;
@@ -119,22 +120,22 @@ pub enum StartupError {
 }
 
 impl StartupError {
-    /// A stable snake_case code for launch reports and scripts.
-    pub fn code(&self) -> &'static str {
+    /// The stable code of this failure.
+    pub fn code(&self) -> LaunchCode {
         match self {
-            StartupError::StateDirInsecure { .. } => "state_dir_insecure",
-            StartupError::SocketDirInsecure { .. } => "socket_dir_insecure",
-            StartupError::StateDirUnusable { .. } => "state_dir_unusable",
-            StartupError::AlreadyRunning { .. } => "already_running",
-            StartupError::Lock { .. } => "lock_failed",
-            StartupError::SocketPathTooLong(_) => "socket_path_too_long",
-            StartupError::SocketPathOccupied { .. } => "socket_path_occupied",
-            StartupError::Bind { .. } => "bind_failed",
-            StartupError::InfoFile { .. } => "info_write_failed",
-            StartupError::Config(_) => "config_invalid",
-            StartupError::Activation(_) => "socket_activation_invalid",
-            StartupError::Service { .. } => "service_failed",
-            StartupError::Other(_) => "startup_failed",
+            StartupError::StateDirInsecure { .. } => LaunchCode::StateDirInsecure,
+            StartupError::SocketDirInsecure { .. } => LaunchCode::SocketDirInsecure,
+            StartupError::StateDirUnusable { .. } => LaunchCode::StateDirUnusable,
+            StartupError::AlreadyRunning { .. } => LaunchCode::AlreadyRunning,
+            StartupError::Lock { .. } => LaunchCode::LockFailed,
+            StartupError::SocketPathTooLong(_) => LaunchCode::SocketPathTooLong,
+            StartupError::SocketPathOccupied { .. } => LaunchCode::SocketPathOccupied,
+            StartupError::Bind { .. } => LaunchCode::BindFailed,
+            StartupError::InfoFile { .. } => LaunchCode::InfoWriteFailed,
+            StartupError::Config(_) => LaunchCode::ConfigInvalid,
+            StartupError::Activation(_) => LaunchCode::SocketActivationInvalid,
+            StartupError::Service { .. } => LaunchCode::ServiceFailed,
+            StartupError::Other(_) => LaunchCode::StartupFailed,
         }
     }
 }

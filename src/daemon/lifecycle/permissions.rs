@@ -206,6 +206,7 @@ fn check_private_dir(dir: &Path, meta: &std::fs::Metadata) -> Result<(), Startup
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::info::LaunchCode;
 
     #[test]
     fn state_dir_checks() {
@@ -217,12 +218,12 @@ mod tests {
 
         std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o770)).unwrap();
         let err = prepare_state_dir(&state).unwrap_err();
-        assert_eq!(err.code(), "state_dir_insecure");
+        assert_eq!(err.code(), LaunchCode::StateDirInsecure);
         assert!(err.to_string().contains("chmod 700"), "{err}");
 
         let file = dir.path().join("file");
         std::fs::write(&file, "").unwrap();
-        assert_eq!(prepare_state_dir(&file).unwrap_err().code(), "state_dir_unusable");
+        assert_eq!(prepare_state_dir(&file).unwrap_err().code(), LaunchCode::StateDirUnusable);
     }
 
     #[test]

@@ -250,6 +250,7 @@ pub fn probe_lock(paths: &Paths) -> io::Result<LockState> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::info::LaunchCode;
 
     #[test]
     fn second_instance_is_refused_with_the_pid() {
@@ -279,7 +280,7 @@ mod tests {
         let listener = inst.bind().unwrap();
         // A live socket of someone else is refused.
         let err = inst.bind().unwrap_err();
-        assert_eq!(err.code(), "socket_path_occupied");
+        assert_eq!(err.code(), LaunchCode::SocketPathOccupied);
         drop(listener);
         inst.release();
         assert!(!paths.socket().exists());
@@ -287,7 +288,7 @@ mod tests {
         // A regular file at the socket path is never removed.
         let mut inst = Instance::acquire(paths.clone()).unwrap();
         std::fs::write(paths.socket(), "precious").unwrap();
-        assert_eq!(inst.bind().unwrap_err().code(), "socket_path_occupied");
+        assert_eq!(inst.bind().unwrap_err().code(), LaunchCode::SocketPathOccupied);
         inst.release();
         assert_eq!(std::fs::read(paths.socket()).unwrap(), b"precious");
     }
