@@ -320,6 +320,11 @@ function basename(path: string): string {
  * Sends `source` as data frames. Returns the daemon's error if it gave up
  * on the put part-way (after sending the end marker, so that the
  * connection stays usable); throws when the connection itself fails.
+ *
+ * Chunks are gathered into frames of up to {@link PUT_CHUNK} bytes, but
+ * what has been gathered is sent as soon as the source has nothing more
+ * ready (a slow pipe), so that the daemon sees the data, and can judge it,
+ * as it comes.
  */
 async function streamData(exchange: Exchange, source: PutSource): Promise<HearthError | undefined> {
   const chunkSize = Math.max(1, Math.min(exchange.maxFrame, PUT_CHUNK));
@@ -338,26 +343,28 @@ async function streamData(exchange: Exchange, source: PutSource): Promise<Hearth
     await exchange.sendData(data);
     return undefined;
   };
-  // While the source has nothing (a slow pipe), watch the connection: a
-  // daemon that gives up on the put, or goes away, ends it now.
-  const arrived = exchange.arrival().then((): typeof ARRIVED => ARRIVED);
   try {
     for (;;) {
       const next = iterator.next();
-      let step: IteratorResult<Uint8Array | string>;
-      if (exchange.conn.hasArrival()) {
+      let outcome = await nextOrEvent(exchange, next, filled > 0);
+      if (outcome === IDLE) {
+        const early = await flush(buffer.subarray(0, filled));
+        if (early) return early;
+        // The socket may still hold the sent buffer: fill a new one.
+        buffer = Buffer.allocUnsafe(chunkSize);
+        filled = 0;
+        outcome = await nextOrEvent(exchange, next, false);
+      }
+      if (outcome === ARRIVED) {
+        // The daemon gave up on the put (or went away) while the source was busy.
         next.catch(() => undefined);
         return await endEarly(exchange);
       }
-      const raced = await Promise.race([next.then(wrapStep, wrapFailure), arrived]);
-      if (raced === ARRIVED) {
-        next.catch(() => undefined);
-        return await endEarly(exchange);
-      }
-      if ("failure" in raced) throw new LocalIoError("cannot read the data to put", raced.failure);
-      step = raced.step;
-      if (step.done) break;
-      let chunk = typeof step.value === "string" ? Buffer.from(step.value) : step.value;
+      if (outcome === IDLE) continue;
+      if ("failure" in outcome) throw new LocalIoError("cannot read the data to put", outcome.failure);
+      if (outcome.step.done) break;
+      const value = outcome.step.value;
+      let chunk = typeof value === "string" ? Buffer.from(value) : value;
       if (filled === 0 && chunk.length === chunkSize) {
         const early = await flush(chunk);
         if (early) return early;
@@ -371,7 +378,6 @@ async function streamData(exchange: Exchange, source: PutSource): Promise<Hearth
         if (filled === chunkSize) {
           const early = await flush(buffer);
           if (early) return early;
-          // The socket may still hold the sent buffer: fill a new one.
           buffer = Buffer.allocUnsafe(chunkSize);
           filled = 0;
         }
@@ -380,18 +386,45 @@ async function streamData(exchange: Exchange, source: PutSource): Promise<Hearth
     if (filled > 0) return await flush(buffer.subarray(0, filled));
     return undefined;
   } finally {
-    await iterator.return?.()?.catch(() => undefined);
+    // Not awaited: a source busy producing (a generator inside an `await`)
+    // answers `return` only once that step ends, which may be never.
+    iterator.return?.()?.catch(() => undefined);
   }
 }
 
 const ARRIVED: unique symbol = Symbol("arrived");
+const IDLE: unique symbol = Symbol("idle");
 
-function wrapStep(step: IteratorResult<Uint8Array | string>): { step: IteratorResult<Uint8Array | string> } {
-  return { step };
-}
+type Outcome = { step: IteratorResult<Uint8Array | string> } | { failure: unknown } | typeof ARRIVED | typeof IDLE;
 
-function wrapFailure(failure: unknown): { failure: unknown } {
-  return { failure };
+/**
+ * Whichever comes first: the source's next chunk, a frame from the daemon,
+ * or (with `idle`) the source having nothing ready by the event loop's
+ * next turn.
+ */
+function nextOrEvent(
+  exchange: Exchange,
+  next: Promise<IteratorResult<Uint8Array | string>>,
+  idle: boolean,
+): Promise<Outcome> {
+  return new Promise<Outcome>((resolve) => {
+    let settled = false;
+    let cancelArrival: (() => void) | undefined;
+    let timer: NodeJS.Immediate | undefined;
+    const settle = (outcome: Outcome): void => {
+      if (settled) return;
+      settled = true;
+      cancelArrival?.();
+      if (timer) clearImmediate(timer);
+      resolve(outcome);
+    };
+    cancelArrival = exchange.onArrival(() => settle(ARRIVED));
+    if (!settled && idle) timer = setImmediate(() => settle(IDLE));
+    next.then(
+      (step) => settle({ step }),
+      (failure: unknown) => settle({ failure }),
+    );
+  });
 }
 
 /**

@@ -323,10 +323,22 @@ export class Connection {
     return frame;
   }
 
-  /** @internal Resolves once a frame has arrived or the connection has ended. */
-  arrival(): Promise<void> {
-    if (this.frames.length > 0 || this.closeError) return Promise.resolve();
-    return new Promise<void>((resolve) => this.arrivals.push(resolve));
+  /**
+   * @internal Calls `listener` once a frame has arrived or the connection
+   * has ended (at once if so already); returns a function that cancels it.
+   * (A listener, not a promise: racing a long-lived promise in a loop keeps
+   * every loser's value alive until it settles.)
+   */
+  onArrival(listener: () => void): () => void {
+    if (this.hasArrival()) {
+      listener();
+      return () => undefined;
+    }
+    this.arrivals.push(listener);
+    return () => {
+      const index = this.arrivals.indexOf(listener);
+      if (index >= 0) this.arrivals.splice(index, 1);
+    };
   }
 
   /** @internal Whether a frame is waiting, or the connection has ended. */
@@ -453,9 +465,9 @@ export class Exchange {
     return this.conn.takeFrame();
   }
 
-  /** Resolves once a frame has arrived (or the connection ended). */
-  arrival(): Promise<void> {
-    return this.conn.arrival();
+  /** Calls `listener` once a frame has arrived (or the connection ended); returns its cancel. */
+  onArrival(listener: () => void): () => void {
+    return this.conn.onArrival(listener);
   }
 
   /** The next frame as a JSON response; `{"type": "error"}` is returned, not thrown. */

@@ -119,14 +119,17 @@ export class FrameDecoder {
     }
     const out = Buffer.allocUnsafe(n);
     let filled = 0;
+    let used = 0;
     while (filled < n) {
-      const chunk = this.chunks[0] as Buffer;
+      const chunk = this.chunks[used] as Buffer;
       const take = Math.min(chunk.length, n - filled);
       chunk.copy(out, filled, 0, take);
       filled += take;
-      if (take === chunk.length) this.chunks.shift();
-      else this.chunks[0] = chunk.subarray(take);
+      if (take === chunk.length) used++;
+      else this.chunks[used] = chunk.subarray(take);
     }
+    // One splice: shifting chunk by chunk is quadratic when reads are tiny.
+    this.chunks.splice(0, used);
     return out;
   }
 }
