@@ -138,14 +138,20 @@ export class Connection {
 
   /**
    * Connects to the daemon and completes the handshake for `channel`.
-   * `extra` adds fields to the handshake (a channel that takes more, like
-   * sync's `doc`).
+   * `extra` adds fields to the handshake, or replaces them (a channel that
+   * takes more, like sync's `doc`); a field set to `null` is left out.
    */
   static async open(channel: string, options: ConnectOptions = {}, extra?: Record<string, unknown>): Promise<Connection> {
     const paths = resolvePaths({ stateDir: options.stateDir, socket: options.socket });
     checkSocketPath(paths.socket);
     const timeoutMs = options.timeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
-    const handshake = { channel, protocol: PROTOCOL_VERSION, client: options.clientName ?? DEFAULT_CLIENT_NAME, ...extra };
+    const handshake: Record<string, unknown> = {
+      channel,
+      protocol: PROTOCOL_VERSION,
+      client: options.clientName ?? DEFAULT_CLIENT_NAME,
+      ...extra,
+    };
+    for (const [field, value] of Object.entries(handshake)) if (value === null) delete handshake[field];
     return withDeadline(`connect and handshake on ${paths.socket}`, timeoutMs, options.signal, (onCleanup) =>
       handshakeOn(paths.socket, channel, handshake, onCleanup),
     );
@@ -556,7 +562,7 @@ export function unexpected(expected: string, got: AnyResponse): ProtocolError {
 export function abortError(what: string, signal: AbortSignal): HearthError {
   const reason: unknown = signal.reason;
   if (reason instanceof HearthError) return reason;
-  if (reason instanceof Error && reason.name === "TimeoutError") return new Timeout(what, NaN, reason);
+  if (reason instanceof Error && reason.name === "TimeoutError") return new Timeout(what, undefined, reason);
   return new Aborted(what, reason);
 }
 

@@ -189,10 +189,11 @@ export class RequestError extends HearthError {
 export class Timeout extends HearthError {
   constructor(
     readonly what: string,
-    readonly afterMs: number,
+    /** The deadline, when this library set it (not for an `AbortSignal.timeout()`). */
+    readonly afterMs?: number,
     cause?: unknown,
   ) {
-    super("timeout", `timed out after ${afterMs} ms waiting for ${what}`, { cause });
+    super("timeout", `timed out ${afterMs === undefined ? "" : `after ${afterMs} ms `}waiting for ${what}`, { cause });
   }
 }
 

@@ -42,10 +42,11 @@ function cargoBinary(name: string): string {
   return path;
 }
 
-/** The `hearthd` the tests run. */
-export function hearthdBin(): string {
-  return cargoBinary("hearthd");
-}
+/** The `hearthd` the tests run: `HEARTH_DAEMON_BIN` when set, else the one cargo built. */
+export const hearthdBin: () => string = (() => {
+  const fromEnv = process.env.HEARTH_DAEMON_BIN;
+  return () => (fromEnv !== undefined && fromEnv !== "" ? fromEnv : cargoBinary("hearthd"));
+})();
 
 /** The `hearth` CLI. */
 export function hearthBin(): string {
@@ -130,6 +131,7 @@ export class TempState {
     const childEnv: NodeJS.ProcessEnv = { ...process.env, HEARTH_LOG: "debug", ...env };
     delete childEnv.HEARTH_SOCKET;
     delete childEnv.HEARTH_CONFIG;
+    delete childEnv.HEARTH_STATE_DIR;
     const child = spawn(hearthdBin(), ["--state-dir", this.stateDir, ...args], {
       stdio: ["ignore", "ignore", fd],
       env: childEnv,
