@@ -40,20 +40,25 @@ export abstract class ChannelClient {
    * Sends `request` and returns its answer, which must be of type
    * `expected`; an error answer rejects with a `RequestError`.
    */
-  protected async call<T>(what: string, request: object, expected: string, options: CallOptions = {}): Promise<T> {
-    const exchange = await this.conn.begin(what, options.signal);
-    try {
-      const response = await exchange.request(request);
-      if (response.type !== expected) throw unexpected(expected, response);
-      return response as unknown as T;
-    } finally {
-      exchange.end();
-    }
+  protected call<T>(what: string, request: object, expected: string, options: CallOptions = {}): Promise<T> {
+    const now = this.conn.beginNow(what, options.signal);
+    if (now) return answer<T>(now, request, expected);
+    return this.conn.begin(what, options.signal).then((exchange) => answer<T>(exchange, request, expected));
   }
 
   /** Starts an exchange that reads several frames (a stream); end it with `exchange.end()`. */
   protected begin(what: string, options: CallOptions = {}): Promise<Exchange> {
     return this.conn.begin(what, options.signal);
+  }
+}
+
+async function answer<T>(exchange: Exchange, request: object, expected: string): Promise<T> {
+  try {
+    const response = await exchange.request(request);
+    if (response.type !== expected) throw unexpected(expected, response);
+    return response as unknown as T;
+  } finally {
+    exchange.end();
   }
 }
 

@@ -174,9 +174,8 @@ export class Connection {
   begin(what: string, signal: AbortSignal | undefined): Promise<Exchange> {
     if (signal?.aborted) return Promise.reject(abortError(what, signal));
     if (this.closeError) return Promise.reject(this.closeError);
-    if (this.current === undefined && this.queue.length === 0) {
-      return Promise.resolve(this.startExchange(what, signal));
-    }
+    const now = this.beginNow(what, signal);
+    if (now) return Promise.resolve(now);
     return new Promise<Exchange>((resolve, reject) => {
       const entry = {
         start: () => {
@@ -198,6 +197,15 @@ export class Connection {
       signal?.addEventListener("abort", onAbort, { once: true });
       this.queue.push(entry);
     });
+  }
+
+  /**
+   * Starts an exchange at once when the connection is free (and open, and
+   * `signal` has not fired); else `undefined`, and {@link begin} waits.
+   */
+  beginNow(what: string, signal: AbortSignal | undefined): Exchange | undefined {
+    if (this.current !== undefined || this.queue.length > 0 || this.closeError || signal?.aborted) return undefined;
+    return this.startExchange(what, signal);
   }
 
   private startExchange(what: string, signal: AbortSignal | undefined): Exchange {
@@ -496,11 +504,23 @@ export class Exchange {
   }
 
   /** Sends `request` and reads its single answer (see {@link readAnswer}); completes the exchange. */
-  async request(request: object): Promise<AnyResponse> {
-    const sent = this.send(request);
-    if (sent) await sent;
-    const response = await this.readAnswer();
+  request(request: object): Promise<AnyResponse> {
+    // Written without `async` layers: this is every simple call's path.
+    let sent: Promise<void> | undefined;
+    try {
+      sent = this.send(request);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const answer = (): Promise<AnyResponse> => this.conn.nextFrame().then((frame) => this.answerOf(frame));
+    return sent ? sent.then(answer) : answer();
+  }
+
+  private answerOf(frame: Buffer): AnyResponse {
+    this.check();
+    const response = parseResponse(frame);
     this.complete();
+    if (response.type === "error") throw this.errorOf(response);
     return response;
   }
 
