@@ -29,9 +29,10 @@ import {
   HearthError,
   NotRunning,
   ProtocolError,
-  Refused,
-  RequestError,
+  type RequestError,
   Timeout,
+  refusal,
+  requestError,
   type WireError,
 } from "./errors.js";
 import { DEFAULT_MAX_FRAME, FrameDecoder, FrameTooLargeError, encodeJsonFrame, frameHeader } from "./framing.js";
@@ -526,7 +527,7 @@ export class Exchange {
 
   /** Turns an error answer into a {@link RequestError}, closing the connection if the daemon closes it. */
   errorOf(response: AnyResponse): RequestError {
-    const error = new RequestError(String(response.code), String(response.message ?? ""));
+    const error = requestError({ code: String(response.code), message: String(response.message ?? "") });
     if (!error.connectionUsable) {
       this.conn.destroy(
         new ConnectionClosed(`the daemon closed the connection: ${error.wireMessage} (${error.code})`, error),
@@ -690,7 +691,7 @@ async function handshakeOn(
   socket.destroy();
   const error = value.error as Partial<WireError> | undefined;
   if (value.ok === false && error && typeof error.code === "string") {
-    throw new Refused(error.code, String(error.message ?? ""), isDaemonIdent(value.daemon) ? value.daemon : undefined);
+    throw refusal({ code: error.code, message: String(error.message ?? "") }, isDaemonIdent(value.daemon) ? value.daemon : undefined);
   }
   throw new ProtocolError(`bad handshake reply: ${reply.toString("utf8").slice(0, 200)}`);
 }

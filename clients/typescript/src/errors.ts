@@ -15,8 +15,10 @@
  *
  * and a few rarer ones ({@link ConnectFailed}, {@link ForeignDaemon},
  * {@link PathError}, {@link DaemonNotFound}, {@link SpawnFailed},
- * {@link ProtocolError}, {@link LocalIoError}). Codes the daemon sends are
- * listed in {@link ERROR_CODES}, one entry per row of proto-docs/errors.md.
+ * {@link ProtocolError}, {@link LocalIoError}). Every code the daemon sends
+ * also has its own class ({@link UnknownPool}, {@link BlobNotFound}, …, a
+ * {@link Refused} or a {@link RequestError}), listed in {@link ERROR_CODES}
+ * with one entry per row of proto-docs/errors.md.
  *
  * @module
  */
@@ -29,59 +31,47 @@ export interface ErrorCodeInfo {
   readonly connection: "closed" | "usable";
 }
 
-/**
- * Every error code the daemon sends, exactly the rows of proto-docs/errors.md
- * (a test compares the two). A code missing here (from a newer daemon) is
- * still reported, as a {@link RequestError} or {@link Refused} with that code.
- */
-export const ERROR_CODES = {
-  invalid_handshake: { sent: "handshake", connection: "closed" },
-  unsupported_protocol: { sent: "handshake", connection: "closed" },
-  unknown_channel: { sent: "handshake", connection: "closed" },
-  channel_unavailable: { sent: "handshake", connection: "closed" },
-  handshake_timeout: { sent: "handshake", connection: "closed" },
-  too_many_connections: { sent: "handshake", connection: "closed" },
-  permission_denied: { sent: "handshake", connection: "closed" },
-  shutting_down: { sent: "both", connection: "closed" },
-  frame_too_large: { sent: "both", connection: "closed" },
-  idle_timeout: { sent: "request", connection: "closed" },
-  malformed_json: { sent: "request", connection: "usable" },
-  unknown_request: { sent: "request", connection: "usable" },
-  invalid_request: { sent: "request", connection: "usable" },
-  internal: { sent: "request", connection: "usable" },
-  unknown_pool: { sent: "request", connection: "usable" },
-  unknown_lease: { sent: "request", connection: "usable" },
-  take_timeout: { sent: "request", connection: "usable" },
-  build_failed: { sent: "request", connection: "usable" },
-  invalid_definition: { sent: "request", connection: "usable" },
-  not_runtime_defined: { sent: "request", connection: "usable" },
-  too_many_pools: { sent: "request", connection: "usable" },
-  job_not_found: { sent: "request", connection: "usable" },
-  idempotency_conflict: { sent: "request", connection: "usable" },
-  job_finished: { sent: "request", connection: "usable" },
-  job_not_dead: { sent: "request", connection: "usable" },
-  input_too_large: { sent: "request", connection: "usable" },
-  store_failed: { sent: "request", connection: "usable" },
-  blob_not_found: { sent: "request", connection: "usable" },
-  hash_mismatch: { sent: "request", connection: "usable" },
-  size_mismatch: { sent: "request", connection: "usable" },
-  blob_too_large: { sent: "request", connection: "usable" },
-  blob_pinned: { sent: "request", connection: "usable" },
-  range_not_satisfiable: { sent: "request", connection: "usable" },
-  storage_full: { sent: "request", connection: "usable" },
-} as const satisfies Record<string, ErrorCodeInfo>;
 
 /** A code the daemon sends (see {@link ERROR_CODES}). */
-export type ErrorCode = keyof typeof ERROR_CODES;
+export type ErrorCode =
+  | "invalid_handshake"
+  | "unsupported_protocol"
+  | "unknown_channel"
+  | "channel_unavailable"
+  | "handshake_timeout"
+  | "too_many_connections"
+  | "permission_denied"
+  | "shutting_down"
+  | "frame_too_large"
+  | "idle_timeout"
+  | "malformed_json"
+  | "unknown_request"
+  | "invalid_request"
+  | "internal"
+  | "unknown_pool"
+  | "unknown_lease"
+  | "take_timeout"
+  | "build_failed"
+  | "invalid_definition"
+  | "not_runtime_defined"
+  | "too_many_pools"
+  | "job_not_found"
+  | "idempotency_conflict"
+  | "job_finished"
+  | "job_not_dead"
+  | "input_too_large"
+  | "store_failed"
+  | "blob_not_found"
+  | "hash_mismatch"
+  | "size_mismatch"
+  | "blob_too_large"
+  | "blob_pinned"
+  | "range_not_satisfiable"
+  | "storage_full";
 
 /** A known code, or any other string (a newer daemon's). */
 // `string & {}` keeps editors suggesting the known codes.
 export type AnyErrorCode = ErrorCode | (string & {});
-
-/** Whether `code` is one this library knows. */
-export function isKnownErrorCode(code: string): code is ErrorCode {
-  return Object.prototype.hasOwnProperty.call(ERROR_CODES, code);
-}
 
 /** The error object of the wire: `{"code": ..., "message": ...}`. */
 export interface WireError {
@@ -263,9 +253,156 @@ export class LocalIoError extends HearthError {
   }
 }
 
-/** The error a failed request's `{"type": "error", ...}` answer stands for. */
+// --- one class per code ----------------------------------------------------
+//
+// In the order of proto-docs/errors.md. A code sent only in handshakes is a
+// Refused, one sent only as a request's answer a RequestError. The two sent
+// in both places (shutting_down, frame_too_large) are raised as a Refused or
+// a RequestError according to where they came from; their own class matches
+// either with `instanceof`.
+
+/** `invalid_handshake`: the first frame is not `{"channel": ..., "protocol": ...}`. */
+export class InvalidHandshake extends Refused {}
+/** `unsupported_protocol`: the daemon speaks another protocol version; upgrade the older side. */
+export class UnsupportedProtocol extends Refused {}
+/** `unknown_channel`: no such channel. */
+export class UnknownChannel extends Refused {}
+/** `channel_unavailable`: the daemon does not serve this channel (`status` says why). */
+export class ChannelUnavailable extends Refused {}
+/** `handshake_timeout`: no complete handshake within the deadline. */
+export class HandshakeTimeout extends Refused {}
+/** `too_many_connections`: the daemon serves its maximum of connections; retry with backoff. */
+export class TooManyConnections extends Refused {}
+/** `permission_denied`: the peer is another user. */
+export class PermissionDenied extends Refused {}
+/** `shutting_down`: the daemon is stopping; retry after it restarts. Matches a Refused or a RequestError of this code. */
+export class ShuttingDown extends RequestError {
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    return value instanceof HearthError && value.code === "shutting_down";
+  }
+}
+/** `frame_too_large`: a length prefix above the maximum frame size. Matches a Refused or a RequestError of this code. */
+export class FrameTooLarge extends RequestError {
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    return value instanceof HearthError && value.code === "frame_too_large";
+  }
+}
+/** `idle_timeout`: no request for longer than the idle timeout; the connection is closed. */
+export class IdleTimeout extends RequestError {}
+/** `malformed_json`: the frame is not valid UTF-8 JSON, or nests too deeply. */
+export class MalformedJson extends RequestError {}
+/** `unknown_request`: the `type` is not a request of this channel. */
+export class UnknownRequest extends RequestError {}
+/** `invalid_request`: missing, mistyped or out-of-range fields; the message names the field. */
+export class InvalidRequest extends RequestError {}
+/** `internal`: the daemon failed in a way that is not the request's fault; its log has details. */
+export class Internal extends RequestError {}
+/** `unknown_pool`: no pool of that name is defined. */
+export class UnknownPool extends RequestError {}
+/** `unknown_lease`: no resource is held under that lease; nothing was touched. */
+export class UnknownLease extends RequestError {}
+/** `take_timeout`: no resource became ready within the take's timeout. */
+export class TakeTimeout extends RequestError {}
+/** `build_failed`: the build the take waited for failed; the message has its output. */
+export class BuildFailed extends RequestError {}
+/** `invalid_definition`: a definition field is missing or out of range. */
+export class InvalidDefinition extends RequestError {}
+/** `not_runtime_defined`: the pool is defined in config.toml or built in. */
+export class NotRuntimeDefined extends RequestError {}
+/** `too_many_pools`: the daemon already has its maximum of 64 pools. */
+export class TooManyPools extends RequestError {}
+/** `job_not_found`: no job has this id. */
+export class JobNotFound extends RequestError {}
+/** `idempotency_conflict`: the key belongs to a job with a different command, environment, directory or input. */
+export class IdempotencyConflict extends RequestError {}
+/** `job_finished`: the job already ended, so there is nothing to cancel. */
+export class JobFinished extends RequestError {}
+/** `job_not_dead`: only dead jobs can be retried or purged. */
+export class JobNotDead extends RequestError {}
+/** `input_too_large`: the job's input is larger than `queue.max_input`. */
+export class InputTooLarge extends RequestError {}
+/** `store_failed`: the queue's store could not commit or read; nothing was changed. */
+export class StoreFailed extends RequestError {}
+/** `blob_not_found`: no blob with that hash is stored. */
+export class BlobNotFound extends RequestError {}
+/** `hash_mismatch`: the data does not hash to the announced `sha256`; nothing was stored. */
+export class HashMismatch extends RequestError {}
+/** `size_mismatch`: the data is longer or shorter than the announced `size`; nothing was stored. */
+export class SizeMismatch extends RequestError {}
+/** `blob_too_large`: the blob exceeds `blob.max_blob_size`; nothing was stored. */
+export class BlobTooLarge extends RequestError {}
+/** `blob_pinned`: unpin the blob first, or delete it with `force`. */
+export class BlobPinned extends RequestError {}
+/** `range_not_satisfiable`: the offset is past the end of the blob. */
+export class RangeNotSatisfiable extends RequestError {}
+/** `storage_full`: the store's filesystem is full or over quota; nothing was stored. */
+export class StorageFull extends RequestError {}
+
+/** What a code is: where the daemon sends it, what happens to the connection, and its class. */
+export interface ErrorCodeEntry extends ErrorCodeInfo {
+  readonly error: typeof Refused | typeof RequestError;
+}
+
+/**
+ * Every error code the daemon sends, exactly the rows of proto-docs/errors.md
+ * (a test compares the two). A code missing here (from a newer daemon) is
+ * still reported, as a plain {@link RequestError} or {@link Refused} with
+ * that code.
+ */
+export const ERROR_CODES: { readonly [code in ErrorCode]: ErrorCodeEntry } = {
+  invalid_handshake: { sent: "handshake", connection: "closed", error: InvalidHandshake },
+  unsupported_protocol: { sent: "handshake", connection: "closed", error: UnsupportedProtocol },
+  unknown_channel: { sent: "handshake", connection: "closed", error: UnknownChannel },
+  channel_unavailable: { sent: "handshake", connection: "closed", error: ChannelUnavailable },
+  handshake_timeout: { sent: "handshake", connection: "closed", error: HandshakeTimeout },
+  too_many_connections: { sent: "handshake", connection: "closed", error: TooManyConnections },
+  permission_denied: { sent: "handshake", connection: "closed", error: PermissionDenied },
+  shutting_down: { sent: "both", connection: "closed", error: ShuttingDown },
+  frame_too_large: { sent: "both", connection: "closed", error: FrameTooLarge },
+  idle_timeout: { sent: "request", connection: "closed", error: IdleTimeout },
+  malformed_json: { sent: "request", connection: "usable", error: MalformedJson },
+  unknown_request: { sent: "request", connection: "usable", error: UnknownRequest },
+  invalid_request: { sent: "request", connection: "usable", error: InvalidRequest },
+  internal: { sent: "request", connection: "usable", error: Internal },
+  unknown_pool: { sent: "request", connection: "usable", error: UnknownPool },
+  unknown_lease: { sent: "request", connection: "usable", error: UnknownLease },
+  take_timeout: { sent: "request", connection: "usable", error: TakeTimeout },
+  build_failed: { sent: "request", connection: "usable", error: BuildFailed },
+  invalid_definition: { sent: "request", connection: "usable", error: InvalidDefinition },
+  not_runtime_defined: { sent: "request", connection: "usable", error: NotRuntimeDefined },
+  too_many_pools: { sent: "request", connection: "usable", error: TooManyPools },
+  job_not_found: { sent: "request", connection: "usable", error: JobNotFound },
+  idempotency_conflict: { sent: "request", connection: "usable", error: IdempotencyConflict },
+  job_finished: { sent: "request", connection: "usable", error: JobFinished },
+  job_not_dead: { sent: "request", connection: "usable", error: JobNotDead },
+  input_too_large: { sent: "request", connection: "usable", error: InputTooLarge },
+  store_failed: { sent: "request", connection: "usable", error: StoreFailed },
+  blob_not_found: { sent: "request", connection: "usable", error: BlobNotFound },
+  hash_mismatch: { sent: "request", connection: "usable", error: HashMismatch },
+  size_mismatch: { sent: "request", connection: "usable", error: SizeMismatch },
+  blob_too_large: { sent: "request", connection: "usable", error: BlobTooLarge },
+  blob_pinned: { sent: "request", connection: "usable", error: BlobPinned },
+  range_not_satisfiable: { sent: "request", connection: "usable", error: RangeNotSatisfiable },
+  storage_full: { sent: "request", connection: "usable", error: StorageFull },
+};
+
+/** Whether `code` is one this library knows. */
+export function isKnownErrorCode(code: string): code is ErrorCode {
+  return Object.prototype.hasOwnProperty.call(ERROR_CODES, code);
+}
+
+/** The error a failed request's `{"type": "error", ...}` answer stands for: its code's class. */
 export function requestError(wire: WireError): RequestError {
-  return new RequestError(wire.code, wire.message);
+  const entry = isKnownErrorCode(wire.code) ? ERROR_CODES[wire.code] : undefined;
+  const Class = entry && entry.sent !== "handshake" ? (entry.error as typeof RequestError) : RequestError;
+  return new Class(wire.code, wire.message);
+}
+
+/** The error a refused handshake stands for: its code's class. */
+export function refusal(wire: WireError, daemon?: DaemonIdent): Refused {
+  const entry = isKnownErrorCode(wire.code) ? ERROR_CODES[wire.code] : undefined;
+  const Class = entry && entry.sent === "handshake" ? (entry.error as typeof Refused) : Refused;
+  return new Class(wire.code, wire.message, daemon);
 }
 
 function causeText(cause: unknown): string {

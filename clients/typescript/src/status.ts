@@ -83,7 +83,7 @@ export interface StatusReport {
 }
 
 /** The answer to `shutdown`: the stop has begun. */
-export interface ShuttingDown {
+export interface ShutdownStarted {
   /** How long requests in flight may still run. */
   grace_ms: number;
   /** With `drain`: the longest running work may take first. */
@@ -119,11 +119,11 @@ export class StatusClient extends ChannelClient {
    * Asks the daemon to stop gracefully. The daemon is still running when
    * this returns: the answer means the stop has begun.
    */
-  async shutdown(options: ShutdownOptions = {}): Promise<ShuttingDown> {
+  async shutdown(options: ShutdownOptions = {}): Promise<ShutdownStarted> {
     const request: Record<string, unknown> = { type: "shutdown" };
     if (options.reason !== undefined) request.reason = options.reason;
     if (options.drain) request.drain = true;
-    const answer = await this.call<ShuttingDown & { type: string }>("shutdown", request, "shutting_down", options);
+    const answer = await this.call<ShutdownStarted & { type: string }>("shutdown", request, "shutting_down", options);
     return answer.drain_ms === undefined
       ? { grace_ms: answer.grace_ms }
       : { grace_ms: answer.grace_ms, drain_ms: answer.drain_ms };

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { Readable, Writable } from "node:stream";
 import { after, before, describe, test } from "node:test";
 
-import { BlobClient, type BlobHash, RequestError } from "../src/index.js";
+import { BlobClient, type BlobHash, BlobNotFound, RequestError } from "../src/index.js";
 import { TempState, waitFor, within } from "./helpers.js";
 
 function hasCode(code: string) {
@@ -105,7 +105,7 @@ describe("the blob channel", () => {
     assert.equal((await blobs.stat(hash)).pinned, false);
     await blobs.pin(hash);
     assert.equal(await blobs.delete(hash, { force: true }), data.length);
-    await assert.rejects(blobs.stat(hash), hasCode("blob_not_found"));
+    await assert.rejects(blobs.stat(hash), BlobNotFound);
     const usage = await blobs.usage();
     assert.ok(usage.count >= 1);
     assert.match(usage.http_url ?? "", /^http:\/\/127\.0\.0\.1:\d+$/);

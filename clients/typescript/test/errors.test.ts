@@ -3,7 +3,20 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 
-import { ERROR_CODES, HearthError, RequestError, VERSION, isKnownErrorCode } from "../src/index.js";
+import {
+  BlobNotFound,
+  ERROR_CODES,
+  HearthError,
+  Refused,
+  RequestError,
+  ShuttingDown,
+  UnknownChannel,
+  UnknownPool,
+  VERSION,
+  isKnownErrorCode,
+  refusal,
+  requestError,
+} from "../src/index.js";
 import { PACKAGE_DIR, REPO_ROOT } from "./helpers.js";
 
 /** The rows of the table in proto-docs/errors.md: code → "closed" | "usable". */
@@ -30,12 +43,41 @@ test("every code in proto-docs/errors.md is in the table, with what it does to t
   }
 });
 
+test("every code has its own class, of the family of where the daemon sends it", () => {
+  const names = new Set<string>();
+  for (const [code, entry] of Object.entries(ERROR_CODES)) {
+    const camel = code.replace(/(^|_)([a-z])/g, (_, __, c: string) => c.toUpperCase());
+    assert.equal(entry.error.name, camel, `the class of ${code}`);
+    assert.ok(!names.has(entry.error.name));
+    names.add(entry.error.name);
+    if (entry.sent !== "request") {
+      const refused = refusal({ code, message: "m" });
+      assert.ok(refused instanceof Refused && refused instanceof entry.error && refused.code === code, code);
+    }
+    if (entry.sent !== "handshake") {
+      const failed = requestError({ code, message: "m" });
+      assert.ok(failed instanceof RequestError && failed instanceof entry.error && failed.code === code, code);
+      assert.equal(failed.connectionUsable, entry.connection === "usable", code);
+    }
+  }
+  assert.ok(requestError({ code: "blob_not_found", message: "m" }) instanceof BlobNotFound);
+  assert.ok(!(requestError({ code: "blob_not_found", message: "m" }) instanceof UnknownPool));
+  assert.ok(refusal({ code: "unknown_channel", message: "m" }) instanceof UnknownChannel);
+  assert.ok(refusal({ code: "shutting_down", message: "m" }) instanceof ShuttingDown);
+  assert.ok(requestError({ code: "shutting_down", message: "m" }) instanceof ShuttingDown);
+  // A code from a newer daemon is still a request error with its code.
+  const newer = requestError({ code: "from_a_newer_daemon", message: "m" });
+  assert.equal(newer.constructor, RequestError);
+  assert.equal(newer.code, "from_a_newer_daemon");
+});
+
 test("a request error carries the daemon's code and message, and whether the connection lives on", () => {
-  const error = new RequestError("unknown_pool", "no pool named \"x\"");
+  const error = requestError({ code: "unknown_pool", message: "no pool named \"x\"" });
   assert.ok(error instanceof HearthError);
   assert.equal(error.code, "unknown_pool");
   assert.equal(error.wireMessage, "no pool named \"x\"");
-  assert.equal(error.name, "RequestError");
+  assert.equal(error.name, "UnknownPool");
+  assert.ok(error instanceof UnknownPool);
   assert.ok(error.connectionUsable);
   assert.ok(!new RequestError("idle_timeout", "idle").connectionUsable);
   assert.ok(new RequestError("from_a_newer_daemon", "?").connectionUsable);

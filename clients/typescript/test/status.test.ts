@@ -12,6 +12,7 @@ import {
   RequestError,
   StatusClient,
   Timeout,
+  UnknownChannel,
 } from "../src/index.js";
 import { type Daemon, TempState, waitFor } from "./helpers.js";
 
@@ -60,6 +61,7 @@ describe("the status channel", () => {
   test("an unknown channel is refused with its code and the daemon's identity", async () => {
     await assert.rejects(Connection.open("jobs", state.options), (error: unknown) => {
       assert.ok(error instanceof Refused);
+      assert.ok(error instanceof UnknownChannel);
       assert.equal(error.code, "unknown_channel");
       assert.equal(error.daemon?.pid, daemon.pid);
       assert.match(error.wireMessage, /jobs/);
