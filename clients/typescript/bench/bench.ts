@@ -12,7 +12,7 @@
  * `npm run bench`. Uses `HEARTH_DAEMON_BIN` / `HEARTH_CLI_BIN` when set,
  * else the repository's release build when there is one, else the debug
  * build. Knobs: `HEARTH_BENCH_PINGS` (20000), `HEARTH_BENCH_SUBMITS`
- * (4000), `HEARTH_BENCH_BLOB_MIB` (256), `HEARTH_BENCH_ROUNDS` (3).
+ * (4000), `HEARTH_BENCH_BLOB_MIB` (256), `HEARTH_BENCH_ROUNDS` (5).
  */
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -27,7 +27,7 @@ const knob = (name: string, fallback: number): number => Number(process.env[name
 const PINGS = knob("HEARTH_BENCH_PINGS", 20_000);
 const SUBMITS = knob("HEARTH_BENCH_SUBMITS", 4000);
 const BLOB_MIB = knob("HEARTH_BENCH_BLOB_MIB", 256);
-const ROUNDS = knob("HEARTH_BENCH_ROUNDS", 3);
+const ROUNDS = knob("HEARTH_BENCH_ROUNDS", 5);
 const CONNECTIONS = 16;
 
 function binary(env: string, name: string): string {
@@ -256,10 +256,13 @@ async function main(): Promise<void> {
       cliSecs.push(await putSeconds(file, hash, false));
       clientSecs.push(await putSeconds(file, hash, true));
     }
+    // A durable put ends with an fsync of the whole blob, whose time varies
+    // from round to round with the disk's other writers: best and median.
     const mibps = (s: number): string => `${(BLOB_MIB / s).toFixed(0)} MiB/s`;
-    line("`hearth blob put FILE` (the Rust CLI, process start included)", mibps(median(cliSecs)));
-    line("hearth-client BlobClient.putFile()", mibps(median(clientSecs)));
-    line("client throughput / CLI throughput", `${(median(cliSecs) / median(clientSecs)).toFixed(2)}x`);
+    const both = (secs: number[]): string => `${mibps(Math.min(...secs))} best, ${mibps(median(secs))} median`;
+    line("`hearth blob put FILE` (the Rust CLI, process start included)", both(cliSecs));
+    line("hearth-client BlobClient.putFile()", both(clientSecs));
+    line("client throughput / CLI throughput (best rounds)", `${(Math.min(...cliSecs) / Math.min(...clientSecs)).toFixed(2)}x`);
   } finally {
     await scratch.cleanup();
   }

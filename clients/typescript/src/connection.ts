@@ -51,6 +51,8 @@ export const DEFAULT_CONNECT_TIMEOUT_MS = 5000;
 /** Frames queued unread before the socket stops reading (keeps a slow consumer's memory flat). */
 const QUEUE_HIGH_WATER = 4 * 1024 * 1024;
 const QUEUE_LOW_WATER = 1024 * 1024;
+/** Data-frame bytes a transfer may queue in the socket's buffer before it waits for it to drain. */
+const WRITE_AHEAD = 2 * 1024 * 1024;
 
 /** How to reach the daemon. */
 export interface ConnectOptions {
@@ -370,14 +372,19 @@ export class Connection {
     return this.drained();
   }
 
-  /** @internal Writes a data frame (header and payload). */
+  /**
+   * @internal Writes a data frame (header and payload). Resolves at once
+   * while at most {@link WRITE_AHEAD} bytes wait in the socket's buffer, so
+   * that the next frame is being read from its source while this one is
+   * sent; beyond that, once the buffer has drained.
+   */
   writeFrame(payload: Uint8Array): Promise<void> | undefined {
     if (this.closeError) return Promise.reject(this.closeError);
     this.socket.cork();
     this.socket.write(frameHeader(payload.length));
     const flushed = this.socket.write(payload);
     this.socket.uncork();
-    return flushed ? undefined : this.drained();
+    return flushed || this.socket.writableLength <= WRITE_AHEAD ? undefined : this.drained();
   }
 
   private drained(): Promise<void> {
