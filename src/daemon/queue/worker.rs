@@ -24,10 +24,9 @@ use tokio::sync::watch;
 use super::running::Record;
 use super::spawn::{JobCommand, Process, Spawned, spawn_recorded};
 use super::store::{self, Runnable};
-use super::writer::{AttemptEnd, Op, Reply};
+use super::writer::AttemptEnd;
 use super::{InFlight, KillReason, QueueService};
 use crate::daemon::child;
-use crate::protocol::WireError;
 use crate::protocol::queue::{Job, LogStream, Outcome};
 
 /// Size of one read from a job's output pipe.
@@ -181,15 +180,11 @@ async fn run_attempt(
 /// Commits the end of an attempt; whether it worked.
 async fn finish(service: &QueueService, id: u64, n: Option<u32>, end: AttemptEnd) -> bool {
     let outcome = end.outcome;
-    match service.writer.call(Op::Finish { id, n, end }).await {
-        Ok(Reply::Job(job)) => {
+    match service.writer.finish(id, n, end).await {
+        Ok(job) => {
             service.activity.ended(outcome);
             tracing::debug!(job = id, attempt = ?n, outcome = outcome.as_str(), state = %job.state, "attempt ended");
             true
-        }
-        Ok(other) => {
-            tracing::error!(job = id, "unexpected answer to finish: {other:?}");
-            false
         }
         Err(e) => {
             tracing::error!(job = id, "cannot record the end of an attempt: {e}; the next start recovers it");
@@ -237,7 +232,7 @@ async fn attempt(
         }
     };
     let begun = tokio::time::Instant::now();
-    let mut start = std::pin::pin!(service.writer.send(Op::Start { id: job.id, n, pid, pid_start_time: start_time }));
+    let mut start = std::pin::pin!(service.writer.start(job.id, n, pid, start_time));
     tracing::debug!(job = job.id, attempt = n, pid, "attempt started");
 
     let (confirm, confirmed) = watch::channel(None);
@@ -270,7 +265,7 @@ async fn attempt(
         let refused = matches!(verdict, Some(Err(_)));
         tokio::select! {
             reply = &mut start, if verdict.is_none() => {
-                let v = start_verdict(reply, n);
+                let v = reply.map_err(|e| e.message);
                 confirm.send_replace(Some(v.is_ok()));
                 if v.is_err() {
                     let _ = child::kill_group(pid, libc::SIGKILL);
@@ -294,7 +289,7 @@ async fn attempt(
     let verdict = match verdict {
         Some(v) => v,
         None => {
-            let v = start_verdict(start.await, n);
+            let v = start.await.map_err(|e| e.message);
             confirm.send_replace(Some(v.is_ok()));
             v
         }
@@ -347,15 +342,6 @@ fn job_env(job: &Job) -> Vec<(OsString, OsString)> {
     env.insert("HEARTH_JOB_QUEUE".into(), job.queue.clone().into());
     env.insert("HEARTH_JOB_ATTEMPT".into(), (job.attempts + 1).to_string().into());
     env.into_iter().collect()
-}
-
-/// Whether the store recorded the start of attempt `n`.
-fn start_verdict(reply: Result<Reply, WireError>, n: u32) -> Result<(), String> {
-    match reply {
-        Ok(Reply::Started(m)) if m == n => Ok(()),
-        Ok(other) => Err(format!("unexpected answer to start: {other:?}")),
-        Err(e) => Err(e.message),
-    }
 }
 
 fn describe_exit(end: &mut AttemptEnd, status: ExitStatus) {
@@ -545,7 +531,7 @@ pub(super) async fn recover(service: &Arc<QueueService>) {
         let error = format!("hearthd stopped unexpectedly while this attempt ran; {what}");
         tracing::warn!(job = orphan.job_id, attempt = orphan.n, "recovering an interrupted attempt: {error}");
         let end = AttemptEnd::without_output(Outcome::Lost, error);
-        match service.writer.call(Op::Finish { id: orphan.job_id, n: Some(orphan.n), end }).await {
+        match service.writer.finish(orphan.job_id, Some(orphan.n), end).await {
             Ok(_) => {
                 if let Some((path, _)) = record {
                     service.running.remove_file(&path);
