@@ -427,7 +427,9 @@ export class Exchange {
   ) {
     if (signal) {
       this.onAbort = () => this.abort(abortError(what, signal));
-      signal.addEventListener("abort", this.onAbort, { once: true });
+      // A signal that fired while the exchange waited its turn fires no more events.
+      if (signal.aborted) this.onAbort();
+      else signal.addEventListener("abort", this.onAbort, { once: true });
     }
   }
 

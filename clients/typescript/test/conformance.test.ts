@@ -453,8 +453,11 @@ const files = existsSync(CASES_DIR)
       .sort()
   : [];
 
-if (files.length === 0) {
-  test("the conformance suite", { skip: `no cases at ${CASES_DIR}` }, () => undefined);
+if (!existsSync(CASES_DIR)) {
+  // Only a checkout without the suite (an older tree) gets here.
+  test("the conformance suite", { skip: `no tests/conformance/ at ${CASES_DIR}` }, () => undefined);
+} else if (files.length === 0) {
+  test("the conformance suite", () => assert.fail(`${CASES_DIR} holds no *.json cases`));
 }
 
 for (const file of files) {
