@@ -293,8 +293,7 @@ export class Connection {
       : error
         ? `the connection to the daemon failed: ${error.message}`
         : "the daemon closed the connection";
-    this.closeError = new ConnectionClosed(message, error);
-    (this.closeError as { daemonError?: WireError }).daemonError = daemonError;
+    this.closeError = new ConnectionClosed(message, error, daemonError);
     this.socket.destroy();
     // Frames already received are still delivered (a final error frame, the
     // end of a stream); only a read past them fails.

@@ -200,7 +200,12 @@ export class StartFailed extends HearthError {
 
 /** The connection ended: the daemon closed it or died, or a call on it was aborted. */
 export class ConnectionClosed extends HearthError {
-  constructor(message = "the daemon closed the connection", cause?: unknown) {
+  constructor(
+    message = "the daemon closed the connection",
+    cause?: unknown,
+    /** The error the daemon said it closed the connection with, unasked (`idle_timeout`, `shutting_down`). */
+    readonly daemonError?: WireError,
+  ) {
     super("connection_closed", message, { cause });
   }
 }

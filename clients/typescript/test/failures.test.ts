@@ -225,3 +225,21 @@ test("a connect aborted before it starts, or by its signal, is Aborted", async (
     await state.cleanup();
   }
 });
+
+test("an idle connection the daemon closes says why at the next call", async () => {
+  const state = new TempState();
+  try {
+    await state.start(["--connection-idle-timeout", "300ms"]);
+    const status = await StatusClient.connect(state.options);
+    await status.ping();
+    await waitFor("the daemon to close the idle connection", 10_000, () => status.closed);
+    await assert.rejects(status.ping(), (error: unknown) => {
+      assert.ok(error instanceof ConnectionClosed);
+      assert.equal(error.daemonError?.code, "idle_timeout");
+      assert.match(error.message, /idle_timeout/);
+      return true;
+    });
+  } finally {
+    await state.cleanup();
+  }
+});
