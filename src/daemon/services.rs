@@ -104,6 +104,30 @@ impl StartError {
     }
 }
 
+/// How long a store's failure stays a health reason after it happened.
+pub(crate) const STORE_ERROR_WINDOW: Duration = Duration::from_secs(10 * 60);
+
+/// When something last failed, and why: a service reports it in health for
+/// a while after (see [`STORE_ERROR_WINDOW`]).
+#[derive(Debug, Default)]
+pub(crate) struct LastFailure(std::sync::Mutex<Option<(u64, String)>>);
+
+impl LastFailure {
+    /// Remembers a failure at `at_ms` (ms since the epoch).
+    pub(crate) fn record(&self, at_ms: u64, why: String) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((at_ms, why));
+    }
+
+    /// How long before `now_ms` the last failure was, and why, if it was
+    /// within [`STORE_ERROR_WINDOW`].
+    pub(crate) fn recent(&self, now_ms: u64) -> Option<(Duration, String)> {
+        let last = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let (at, why) = last?;
+        let ago = Duration::from_millis(now_ms.saturating_sub(at));
+        (ago < STORE_ERROR_WINDOW).then_some((ago, why))
+    }
+}
+
 /// A handshaked connection, handed to its channel's service.
 #[derive(Debug)]
 pub(crate) struct Opened {

@@ -69,6 +69,7 @@
 
 pub mod blob;
 pub mod channel;
+mod codes;
 pub mod error;
 pub mod frame;
 pub mod handshake;

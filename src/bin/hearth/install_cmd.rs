@@ -122,6 +122,12 @@ struct Outcome {
     manual: Vec<String>,
 }
 
+impl Outcome {
+    fn new(profile: Profile, dry_run: bool) -> Self {
+        Self { profile, dry_run, files: Vec::new(), commands: Vec::new(), state: None, manual: Vec::new() }
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct FileChange {
     path: PathBuf,
@@ -207,14 +213,7 @@ pub(crate) async fn install(ctx: &Ctx, args: &InstallArgs) -> Result<u8, CliErro
         socket_activation: args.socket_activation,
         label: args.locations.label.clone(),
     };
-    let mut outcome = Outcome {
-        profile,
-        dry_run: args.dry_run,
-        files: Vec::new(),
-        commands: Vec::new(),
-        state: None,
-        manual: Vec::new(),
-    };
+    let mut outcome = Outcome::new(profile, args.dry_run);
     match profile {
         Profile::Launchd => install_launchd(&spec, &args.locations, &mut outcome)?,
         _ => install_systemd(&spec, &args.locations, &mut outcome)?,
@@ -313,14 +312,7 @@ fn install_launchd(spec: &ServiceSpec, loc: &Locations, out: &mut Outcome) -> Re
 
 pub(crate) async fn uninstall(ctx: &Ctx, args: &UninstallArgs) -> Result<u8, CliError> {
     let profile = args.locations.profile.resolve();
-    let mut out = Outcome {
-        profile,
-        dry_run: args.dry_run,
-        files: Vec::new(),
-        commands: Vec::new(),
-        state: None,
-        manual: Vec::new(),
-    };
+    let mut out = Outcome::new(profile, args.dry_run);
     match profile {
         Profile::Launchd => {
             let plist_path = args.locations.plist_path()?;

@@ -2,7 +2,7 @@
 //! its socket channel, its HTTP read server, and background upkeep
 //! (collection against the size budget, batched last-access writes).
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -11,15 +11,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::daemon::Config;
 use crate::daemon::config::BlobConfig;
-use crate::daemon::services::{BoxFuture, Opened, PROBE_TIMEOUT, Service, StartCtx, StartError, StartService};
+use crate::daemon::services::{
+    BoxFuture, LastFailure, Opened, PROBE_TIMEOUT, Service, StartCtx, StartError, StartService,
+};
 use crate::paths::Paths;
 use crate::protocol::Channel;
 use crate::protocol::blob::Usage;
 use crate::protocol::info::Endpoints;
 use crate::protocol::status::{HealthCode, HealthReason, ServiceSummaries};
-
-/// How long `blob_store_errors` is reported after the store last failed.
-const STORE_ERROR_WINDOW_MS: u64 = 10 * 60 * 1000;
 
 mod handler;
 mod http;
@@ -43,7 +42,7 @@ pub(crate) struct BlobService {
     collect_now: Notify,
     /// When the store last failed with an I/O error (a full disk included),
     /// and why: reported as `blob_store_errors` in health for a while.
-    last_store_error: Mutex<Option<(u64, String)>>,
+    last_store_error: LastFailure,
 }
 
 impl BlobService {
@@ -78,7 +77,7 @@ impl BlobService {
             http_url,
             http_failure,
             collect_now: Notify::new(),
-            last_store_error: Mutex::new(None),
+            last_store_error: LastFailure::default(),
         });
         tracker.spawn(upkeep(service.clone(), stop.clone(), config.gc_interval.0));
         Ok(service)
@@ -91,7 +90,7 @@ impl BlobService {
 
     /// Remembers that the store failed, for health.
     fn store_failed(&self, error: String) {
-        *self.last_store_error.lock().unwrap_or_else(PoisonError::into_inner) = Some((crate::time::now_ms(), error));
+        self.last_store_error.record(crate::time::now_ms(), error);
     }
 
     /// Called after a put stored new content.
@@ -128,10 +127,8 @@ impl Service for BlobService {
             let message = format!("the blob HTTP server could not start: {failure}");
             reasons.push(HealthReason::new(HealthCode::BlobHttpUnavailable, message));
         }
-        let now = crate::time::now_ms();
-        let last = self.last_store_error.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        if let Some((at, message)) = last.filter(|(at, _)| now.saturating_sub(*at) < STORE_ERROR_WINDOW_MS) {
-            let message = format!("the blob store failed {}s ago: {message}", now.saturating_sub(at) / 1000);
+        if let Some((ago, message)) = self.last_store_error.recent(crate::time::now_ms()) {
+            let message = format!("the blob store failed {}s ago: {message}", ago.as_secs());
             reasons.push(HealthReason::new(HealthCode::BlobStoreErrors, message));
         }
         let usage = self.store.usage();

@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use super::Config;
 use super::config::QueueConfig;
 use super::fsutil;
-use super::services::{BoxFuture, Opened, PROBE_TIMEOUT, Service, StartCtx, StartError, StartService};
+use super::services::{BoxFuture, LastFailure, Opened, PROBE_TIMEOUT, Service, StartCtx, StartError, StartService};
 use crate::protocol::Channel;
 use crate::protocol::queue::QueueSummary;
 use crate::protocol::queue::{JobState, StateCounts, StoreRecovery};
@@ -103,9 +103,6 @@ pub(crate) struct QueueService {
     tasks: TaskTracker,
 }
 
-/// How long `queue_store_errors` is reported after the store last failed.
-const STORE_ERROR_WINDOW_MS: u64 = 10 * 60 * 1000;
-
 /// Counters since the daemon started, for the status summary and the heartbeat.
 #[derive(Debug, Default)]
 pub(crate) struct Activity {
@@ -116,13 +113,13 @@ pub(crate) struct Activity {
     /// Transactions the store could not commit.
     store_errors: AtomicU64,
     /// When the store last failed, and why.
-    last_store_error: Mutex<Option<(u64, String)>>,
+    last_store_error: LastFailure,
 }
 
 impl Activity {
     fn store_failed(&self, now_ms: u64, error: &str) {
         self.store_errors.fetch_add(1, Ordering::Relaxed);
-        *self.last_store_error.lock().unwrap_or_else(PoisonError::into_inner) = Some((now_ms, error.to_owned()));
+        self.last_store_error.record(now_ms, error.to_owned());
     }
 
     /// Counts an attempt whose end was committed.
@@ -316,11 +313,10 @@ impl Service for QueueService {
             reasons.push(HealthReason::new(HealthCode::QueueStoreRecovered, message));
         }
         let now = self.clock.now_ms();
-        let last_error = self.activity.last_store_error.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        if let Some((at, message)) = last_error.filter(|(at, _)| now.saturating_sub(*at) < STORE_ERROR_WINDOW_MS) {
+        if let Some((ago, message)) = self.activity.last_store_error.recent(now) {
             let message = format!(
                 "the queue store failed to commit {}s ago ({message}); {} failures since start",
-                now.saturating_sub(at) / 1000,
+                ago.as_secs(),
                 self.activity.store_errors.load(Ordering::Relaxed)
             );
             reasons.push(HealthReason::new(HealthCode::QueueStoreErrors, message));
