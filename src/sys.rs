@@ -231,6 +231,13 @@ pub fn peek_byte(socket: BorrowedFd<'_>) -> io::Result<usize> {
     if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
 }
 
+/// Clock ticks per second, the unit of process start times in `/proc`.
+pub fn clock_ticks_per_second() -> Option<u64> {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(ticks).ok().filter(|t| *t > 0)
+}
+
 /// The length of the longest socket path `sockaddr_un` holds.
 pub fn max_socket_path_len() -> usize {
     // SAFETY: sockaddr_un is plain old data; an all-zero value is valid.

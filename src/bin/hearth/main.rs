@@ -34,6 +34,7 @@ Exit status:
   2  usage error
   3  no daemon is running (ping, status, shutdown never start one)
   4  no answer within the deadline
+  5  daemon stop/restart refused to signal a process it could not prove to be the daemon
   `hearth daemon status` has its own (see its --help).";
 
 /// Talk to the hearth daemon: one per user, shared by every app, CLI and
