@@ -12,7 +12,7 @@ use hearth::daemon::config::Override;
 use hearth::daemon::lifecycle::detach::{self, Forked, Reporter};
 use hearth::daemon::lifecycle::logging::{self, LogTarget};
 use hearth::daemon::lifecycle::{activation, permissions, signals};
-use hearth::daemon::{Config, Daemon, Instance, StartupError};
+use hearth::daemon::{Config, Daemon, Instance, StartupError, Stopped};
 use hearth::paths::Paths;
 use hearth::protocol::info::{LaunchCode, LaunchReport};
 use hearth::units::{ByteSize, HumanDuration};
@@ -26,7 +26,9 @@ use hearth::units::{ByteSize, HumanDuration};
 /// detached; HEARTH_LOG (or RUST_LOG) sets the filter, e.g. HEARTH_LOG=debug.
 ///
 /// Exit status: 0 after a clean stop, 1 when it cannot start, 3 when another
-/// hearthd already runs for the state directory.
+/// hearthd already runs for the state directory, 4 when it stopped because
+/// its socket was removed or replaced while it ran (no client could reach
+/// it; the next client's start binds the socket again).
 #[derive(Debug, Parser)]
 #[command(name = "hearthd", version, max_term_width = 100)]
 struct Args {
@@ -279,7 +281,8 @@ fn main() -> ExitCode {
     };
 
     match start_and_run(paths, config, &mut reporter, args.detach || args.log_to_file) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Stopped::SocketLost(_)) => ExitCode::from(EXIT_SOCKET_LOST),
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             let report = match e {
                 StartupError::AlreadyRunning { pid } => LaunchReport::AlreadyRunning { pid },
@@ -293,7 +296,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn start_and_run(paths: Paths, config: Config, reporter: &mut Reporter, to_file: bool) -> Result<(), StartupError> {
+/// Exit status: the daemon stopped because its socket was removed or replaced.
+const EXIT_SOCKET_LOST: u8 = 4;
+
+fn start_and_run(
+    paths: Paths,
+    config: Config,
+    reporter: &mut Reporter,
+    to_file: bool,
+) -> Result<Stopped, StartupError> {
     // A SIGTERM during start-up must stop cleanly once the socket can be
     // seen: the stop signals wait until the handlers are installed. Held
     // before any thread starts (the log writer's is the first), since a
@@ -331,7 +342,7 @@ fn start_and_run(paths: Paths, config: Config, reporter: &mut Reporter, to_file:
         .thread_name("hearthd")
         .build()
         .map_err(|e| StartupError::Other(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(async {
+    let stopped = runtime.block_on(async {
         // Handlers first, so that a SIGTERM during start-up still stops cleanly.
         let stop = stop_signal().map_err(|e| StartupError::Other(format!("cannot install signal handlers: {e}")))?;
         reopen_log_on_sighup(log).map_err(|e| StartupError::Other(format!("cannot install signal handlers: {e}")))?;
@@ -343,11 +354,10 @@ fn start_and_run(paths: Paths, config: Config, reporter: &mut Reporter, to_file:
             version: info.version.clone(),
             socket: info.socket.clone(),
         });
-        daemon.run_until(stop).await;
-        Ok::<(), StartupError>(())
+        Ok::<_, StartupError>(daemon.serve_until(stop).await)
     })?;
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    Ok(())
+    Ok(stopped)
 }
 
 /// SIGHUP reopens the log file (after logrotate moved it away).

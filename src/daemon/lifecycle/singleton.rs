@@ -138,6 +138,13 @@ impl Instance {
         Ok(listener)
     }
 
+    /// The device and inode of the socket this instance bound (`None` for
+    /// an adopted one, or before `bind`): while the daemon runs, the socket
+    /// path must keep leading to it.
+    pub fn bound_socket(&self) -> Option<(u64, u64)> {
+        self.socket_id
+    }
+
     /// Serves on a socket the service manager passed (socket activation)
     /// instead of binding one. The socket belongs to the manager: it is
     /// never removed, and the paths follow its real address.
