@@ -249,8 +249,12 @@ fn main() -> ExitCode {
         Ok(paths) => paths,
         Err(e) => return fail(args.detach, LaunchCode::StateDirUnusable, &e.to_string()),
     };
+    // Absolute, as the detached daemon reads it from `/`.
     let (config_file, required) = match &args.config {
-        Some(file) => (file.clone(), true),
+        Some(file) => match std::path::absolute(file) {
+            Ok(file) => (file, true),
+            Err(e) => return fail(args.detach, LaunchCode::ConfigInvalid, &format!("{}: {e}", file.display())),
+        },
         None => (paths.config_file(), false),
     };
     let mut overrides = args.server.overrides();
@@ -258,11 +262,11 @@ fn main() -> ExitCode {
     overrides.extend(args.pool.overrides());
     overrides.extend(args.queue.overrides());
     overrides.extend(args.blob.overrides());
-    let config = match Config::load(&config_file, required, &overrides) {
-        Ok(config) => config,
-        Err(e) => return fail(args.detach, LaunchCode::ConfigInvalid, &e.to_string()),
-    };
     if args.print_config {
+        let config = match Config::load(&config_file, required, &overrides) {
+            Ok(config) => config,
+            Err(e) => return fail(false, LaunchCode::ConfigInvalid, &e.to_string()),
+        };
         println!("# state_dir = {:?}", paths.state_dir());
         println!("# socket = {:?}", paths.socket());
         println!("# config file = {config_file:?}");
@@ -270,6 +274,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
+    // Forked before anything is read or locked, so that whatever start-up
+    // waits for (the settings file, the lock, the services' stores) is
+    // within the parent's --ready-timeout.
     let mut reporter = if args.detach {
         match detach::fork(args.ready_timeout.0) {
             Ok(Forked::Parent(status)) => return ExitCode::from(status),
@@ -280,7 +287,10 @@ fn main() -> ExitCode {
         Reporter::foreground()
     };
 
-    match start_and_run(paths, config, &mut reporter, args.detach || args.log_to_file) {
+    let started = Config::load(&config_file, required, &overrides)
+        .map_err(StartupError::from)
+        .and_then(|config| start_and_run(paths, config, &mut reporter, args.detach || args.log_to_file));
+    match started {
         Ok(Stopped::SocketLost(_)) => ExitCode::from(EXIT_SOCKET_LOST),
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
