@@ -640,3 +640,48 @@ fn stop_refuses_a_lock_holder_that_started_after_daemon_json_was_written() {
     assert_eq!(json_of(&out)["how"], "sigkill");
     assert!(daemon.wait_exit(Duration::from_secs(10)).is_some());
 }
+
+/// Runs `hearth args` with a stdout nobody reads (the read end of its pipe
+/// is closed before it starts): every write gets EPIPE, as under `| head -1`
+/// once `head` has gone.
+fn run_with_closed_stdout(state: &StateDir, args: &[&str]) -> std::process::Output {
+    let (reader, writer) = hearth::sys::pipe().unwrap();
+    drop(reader);
+    let child = state.hearth().args(args).stdout(writer).stderr(Stdio::piped()).spawn().unwrap();
+    common::output_within(child, common::COMMAND_LIMIT, &format!("hearth {args:?}"))
+}
+
+#[test]
+fn a_closed_stdout_ends_every_command_quietly_with_status_141() {
+    let state = StateDir::new();
+    assert!(state.run(&["daemon", "start"]).status.success());
+    let out = state.run(&["--json", "queue", "submit", "--", "echo", "hello"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = json_of(&out)["job"]["id"].as_u64().unwrap_or_else(|| panic!("no id: {}", stdout(&out))).to_string();
+    assert!(state.run(&["queue", "wait", &id]).status.success());
+    let file = state.dir.path().join("data.txt");
+    std::fs::write(&file, "blob\n").unwrap();
+    let out = state.run(&["blob", "put", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let hash = stdout(&out).trim().to_owned();
+
+    let commands: &[&[&str]] = &[
+        &["queue", "list", "--limit", "500"],
+        &["--json", "queue", "list"],
+        &["queue", "show", &id],
+        &["queue", "logs", &id],
+        &["status"],
+        &["--json", "daemon", "status"],
+        &["daemon", "logs"],
+        &["blob", "get", &hash],
+        &["blob", "ls"],
+        &["pool", "status"],
+        &["ping"],
+    ];
+    for args in commands {
+        let out = run_with_closed_stdout(&state, args);
+        assert_eq!(out.status.code(), Some(141), "hearth {args:?}: {}", stderr(&out));
+        assert_eq!(stderr(&out), "", "hearth {args:?} is quiet");
+    }
+    assert!(state.run(&["daemon", "stop"]).status.success());
+}

@@ -141,10 +141,10 @@ async fn start(ctx: &Ctx, args: &StartArgs) -> Result<u8, CliError> {
         let d = &ensured.daemon;
         match (&ensured.replaced, ensured.spawned) {
             (Some(old), _) => {
-                println!("replaced hearthd {} (pid {}) with {} (pid {})", old.version, old.pid, d.version, d.pid);
+                outln!("replaced hearthd {} (pid {}) with {} (pid {})", old.version, old.pid, d.version, d.pid);
             }
-            (None, true) => println!("started hearthd {} (pid {})", d.version, d.pid),
-            (None, false) => println!("hearthd {} is already running (pid {})", d.version, d.pid),
+            (None, true) => outln!("started hearthd {} (pid {})", d.version, d.pid),
+            (None, false) => outln!("hearthd {} is already running (pid {})", d.version, d.pid),
         }
     }
     Ok(EXIT_OK)
@@ -165,13 +165,10 @@ async fn stop(ctx: &Ctx, args: &StopArgs) -> Result<u8, CliError> {
         output::json(&stopped)?;
     } else {
         match (stopped.pid, stopped.how) {
-            (_, "none") => println!("hearthd is not running"),
-            (Some(pid), "request") => println!("stopped hearthd (pid {pid})"),
+            (_, "none") => outln!("hearthd is not running"),
+            (Some(pid), "request") => outln!("stopped hearthd (pid {pid})"),
             (pid, how) => {
-                println!(
-                    "stopped hearthd (pid {}) with {how}",
-                    pid.map_or_else(|| "unknown".into(), |p| p.to_string())
-                );
+                outln!("stopped hearthd (pid {}) with {how}", pid.map_or_else(|| "unknown".into(), |p| p.to_string()));
             }
         }
     }
@@ -320,15 +317,15 @@ async fn restart(ctx: &Ctx, args: &RestartArgs) -> Result<u8, CliError> {
         )?;
     } else {
         match stopped.pid {
-            Some(old) => println!("restarted hearthd: pid {old} -> {pid}"),
-            None => println!("started hearthd (pid {pid}); none was running"),
+            Some(old) => outln!("restarted hearthd: pid {old} -> {pid}"),
+            None => outln!("started hearthd (pid {pid}); none was running"),
         }
     }
     Ok(EXIT_OK)
 }
 
 async fn logs(ctx: &Ctx, args: &LogsArgs) -> Result<u8, CliError> {
-    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::io::{Read, Seek, SeekFrom};
     use std::os::unix::fs::MetadataExt;
     let path = ctx.paths.log_file();
     let Ok(mut file) = std::fs::File::open(&path) else {
@@ -355,11 +352,9 @@ async fn logs(ctx: &Ctx, args: &LogsArgs) -> Result<u8, CliError> {
     let mut text = String::new();
     file.read_to_string(&mut text)?;
     let lines: Vec<&str> = text.lines().collect();
-    let mut stdout = std::io::stdout().lock();
     for line in &lines[lines.len().saturating_sub(args.lines)..] {
-        writeln!(stdout, "{line}")?;
+        outln!("{line}");
     }
-    stdout.flush()?;
     if !args.follow {
         return Ok(EXIT_OK);
     }
@@ -380,8 +375,7 @@ async fn logs(ctx: &Ctx, args: &LogsArgs) -> Result<u8, CliError> {
         file.read_to_end(&mut chunk)?;
         if !chunk.is_empty() {
             pos += chunk.len() as u64;
-            stdout.write_all(&chunk)?;
-            stdout.flush()?;
+            output::bytes_out(&chunk);
         }
     }
 }
@@ -489,33 +483,33 @@ async fn status(ctx: &Ctx) -> Result<u8, CliError> {
             }
             print_heartbeat(state.heartbeat.as_ref());
         }
-        "not_responding" => println!(
+        "not_responding" => outln!(
             "hearthd (pid {}) holds the lock but its socket {} does not answer; \
              it may be hung: `hearth daemon stop` signals it",
             state.pid.map_or_else(|| "unknown".into(), |p| p.to_string()),
             paths.socket().display()
         ),
 
-        "stale" => println!(
+        "stale" => outln!(
             "hearthd is not running; a daemon{} crashed and left {}; the next start cleans up",
             state.pid.map_or_else(String::new, |p| format!(" (pid {p})")),
             state.stale_files.join(", ")
         ),
-        _ => println!("hearthd is not running (state dir {})", paths.state_dir().display()),
+        _ => outln!("hearthd is not running (state dir {})", paths.state_dir().display()),
     }
     Ok(exit)
 }
 
 fn print_heartbeat(heartbeat: Option<&HeartbeatAge>) {
     match heartbeat {
-        Some(h) if h.stale => println!(
+        Some(h) if h.stale => outln!(
             "  heartbeat:    STALE, {} old (cycle {}): alive but not progressing",
             output::duration(Duration::from_millis(h.age_ms)),
             h.cycle
         ),
         Some(h) => {
-            println!("  heartbeat:    {} ago (cycle {})", output::duration(Duration::from_millis(h.age_ms)), h.cycle);
+            outln!("  heartbeat:    {} ago (cycle {})", output::duration(Duration::from_millis(h.age_ms)), h.cycle);
         }
-        None => println!("  heartbeat:    none yet"),
+        None => outln!("  heartbeat:    none yet"),
     }
 }
