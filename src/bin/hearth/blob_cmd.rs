@@ -69,7 +69,8 @@ pub(crate) enum BlobCommand {
 pub(crate) struct PutArgs {
     /// The file to store; `-` reads stdin
     file: PathBuf,
-    /// Media type, e.g. image/png [default: guessed from the file's extension]
+    /// Media type, e.g. image/png [default: guessed from the file's extension (png, jpg, pdf, json,
+    /// txt… as listed in the README); none for stdin or another extension]
     #[arg(long, value_name = "TYPE")]
     media_type: Option<String>,
     /// A name for people [default: the file's name]
@@ -348,4 +349,22 @@ fn guess_media_type(path: &Path) -> Option<String> {
         _ => return None,
     };
     Some(media_type.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_types_are_guessed_from_the_extension_in_any_case() {
+        let guess = |name: &str| guess_media_type(Path::new(name));
+        assert_eq!(guess("plot.png").as_deref(), Some("image/png"));
+        assert_eq!(guess("dir.d/PHOTO.JPEG").as_deref(), Some("image/jpeg"));
+        assert_eq!(guess("notes.Md").as_deref(), Some("text/markdown"));
+        assert_eq!(guess("archive.tar.gz").as_deref(), Some("application/gzip"));
+        assert_eq!(guess("page.html").as_deref(), Some("text/html"), "stored as given; served as octet-stream");
+        for none in ["data.bin", "README", ".png", "archive.tgz", "png"] {
+            assert_eq!(guess(none), None, "{none}");
+        }
+    }
 }
