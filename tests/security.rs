@@ -681,3 +681,29 @@ fn the_pre_handshake_cap_and_the_blob_size_limit_hold() {
     let list = RawConn::open(state.socket(), "blob").request(&json!({"type": "list"}));
     assert_eq!(list["blobs"], json!([]), "{list}");
 }
+
+#[test]
+fn the_queue_store_and_its_wal_are_private_and_tightened_at_start() {
+    let state = StateDir::new();
+    let mut daemon = state.start(&[]);
+    run_job(&state, &["true"]);
+    let queue = state.state_dir().join("queue");
+    let files = ["queue.db", "queue.db-wal", "queue.db-shm"];
+    let mode = |name: &str| std::fs::metadata(queue.join(name)).map(|m| m.permissions().mode() & 0o777).ok();
+    for name in files {
+        assert_eq!(mode(name), Some(0o600), "{name} of a fresh store");
+    }
+    // Loosened while the daemon was away: tightened at the next start.
+    assert_eq!(daemon.stop(), 0);
+    for name in ["queue.db", "queue.db-wal", "queue.db-shm"] {
+        let path = queue.join(name);
+        if path.exists() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+    let _daemon = state.start(&[]);
+    run_job(&state, &["true"]);
+    for name in files {
+        assert_eq!(mode(name), Some(0o600), "{name} after a start");
+    }
+}
