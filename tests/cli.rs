@@ -685,3 +685,31 @@ fn a_closed_stdout_ends_every_command_quietly_with_status_141() {
     }
     assert!(state.run(&["daemon", "stop"]).status.success());
 }
+
+#[test]
+fn a_start_after_daemon_lock_was_deleted_names_this_state_directorys_daemon() {
+    let state = StateDir::new();
+    let mut daemon = state.start(&[]);
+    std::fs::remove_file(state.paths.lock_file()).unwrap();
+    let out = common::run_bounded(&mut state.hearthd(), common::COMMAND_LIMIT);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("socket_path_occupied"), "{err}");
+    assert!(
+        err.contains(&format!("the daemon of this state directory (pid {}) is listening on it", daemon.pid()))
+            && err.contains("daemon.lock was deleted or replaced"),
+        "{err}"
+    );
+    assert!(!err.contains("another state directory"), "{err}");
+    // And the remedy it names works.
+    assert!(state.run(&["shutdown"]).status.success());
+    assert_eq!(daemon.wait_exit(Duration::from_secs(20)), Some(0), "the daemon did not stop within 20s");
+
+    // A daemon of another state directory on the same socket is named as such.
+    let other = StateDir::new();
+    let socket = state.socket().to_str().unwrap();
+    let _daemon = state.start(&[]);
+    let out = common::run_bounded(other.hearthd().args(["--socket", socket]), common::COMMAND_LIMIT);
+    let err = stderr(&out);
+    assert!(err.contains("a daemon of another state directory is listening on it"), "{err}");
+}
