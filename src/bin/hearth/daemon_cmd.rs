@@ -237,9 +237,17 @@ async fn stop_daemon(paths: &Paths, timeout: Duration, force: bool, drain: bool)
         [(libc::SIGTERM, "sigterm", Duration::from_secs(3)), (libc::SIGKILL, "sigkill", Duration::from_secs(5))]
     {
         let pid = owner.pid();
-        owner.signal(signal).map_err(|e| CliError::new("stop_failed", format!("cannot signal pid {pid}: {e}")))?;
+        let sent =
+            owner.signal(signal).map_err(|e| CliError::new("stop_failed", format!("cannot signal pid {pid}: {e}")))?;
         if wait_for_release(paths, wait).await? {
             return Ok(Stopped { pid: Some(pid), how: name });
+        }
+        if !sent {
+            return Err(CliError::new(
+                "stop_failed",
+                format!("pid {pid} has ended, but another process holds the lock now; nothing more was signalled"),
+            )
+            .hint("a new daemon may have started: `hearth daemon status` shows it; run the stop again"));
         }
     }
     Err(CliError::new("stop_failed", format!("pid {} still holds the lock after SIGKILL", owner.pid()))

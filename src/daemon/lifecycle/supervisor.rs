@@ -50,17 +50,32 @@ pub(crate) async fn run(shared: Arc<Shared>, notifier: Notifier) {
 /// bound (see the module docs). Returns at once for an adopted socket.
 async fn watch_socket(shared: Arc<Shared>) {
     let Some(bound) = shared.bound_socket else { return };
+    let mut warned = false;
     loop {
         tokio::select! {
             () = shared.stop.cancelled() => return,
             () = tokio::time::sleep(SOCKET_WATCH_INTERVAL) => {}
         }
-        let Some(lost) = socket_lost(shared.paths.socket(), bound) else { continue };
+        let lost = match socket_lost(shared.paths.socket(), bound) {
+            Ok(None) => {
+                warned = false;
+                continue;
+            }
+            Ok(Some(lost)) => lost,
+            // Unreadable (a directory on the way changed modes): judged
+            // again at the next look, and said once.
+            Err(e) => {
+                if !std::mem::replace(&mut warned, true) {
+                    tracing::warn!(socket = %shared.paths.socket().display(), "cannot check the socket: {e}");
+                }
+                continue;
+            }
+        };
         tracing::error!(
             socket = %shared.paths.socket().display(),
             "{lost}: no client can reach this daemon; stopping so that the next client starts one that binds it again"
         );
-        let _ = shared.socket_lost.set(lost);
+        let _ = shared.socket_lost.set(lost.to_owned());
         shared.stop.cancel();
         return;
     }
@@ -68,18 +83,15 @@ async fn watch_socket(shared: Arc<Shared>) {
 
 /// What became of the socket at `path`, if it is no longer the one with
 /// device and inode `bound`.
-fn socket_lost(path: &std::path::Path, bound: (u64, u64)) -> Option<String> {
+fn socket_lost(path: &std::path::Path, bound: (u64, u64)) -> std::io::Result<Option<&'static str>> {
     use std::os::unix::fs::MetadataExt;
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if (meta.dev(), meta.ino()) == bound => None,
-        Ok(_) => Some("the socket was replaced".into()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("the socket was removed".into()),
-        // Unreadable for a moment (a directory on the way changed modes):
-        // judged again at the next look, as is anything transient.
-        Err(e) => {
-            tracing::warn!(socket = %path.display(), "cannot check the socket: {e}");
-            None
+        Ok(meta) if (meta.dev(), meta.ino()) == bound => Ok(None),
+        Ok(_) => Ok(Some("the socket was replaced")),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+            Ok(Some("the socket was removed"))
         }
+        Err(e) => Err(e),
     }
 }
 
