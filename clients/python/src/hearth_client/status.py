@@ -1,0 +1,116 @@
+"""The ``status`` channel: ``ping``, ``status``, ``shutdown`` (proto-docs/status.md)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, TypedDict
+
+from ._channel import DEFAULT, AsyncChannel, SyncChannel, TimeoutArg
+from .protocol import Json, drop_none, expect_type
+
+__all__ = ["StatusReport", "Health", "HealthReason", "ShutdownAnswer", "StatusClient", "AsyncStatusClient"]
+
+
+class HealthReason(TypedDict):
+    """One thing that is not right: ``code``, ``severity`` (``degraded``/``unhealthy``), ``message``."""
+
+    code: str
+    severity: str
+    message: str
+
+
+class Health(TypedDict):
+    """``state`` is ``healthy``, ``degraded`` or ``unhealthy``: the worst of ``reasons``."""
+
+    state: str
+    reasons: List[HealthReason]
+
+
+class StatusReport(TypedDict, total=False):
+    """The daemon's status (unknown fields from newer daemons are kept)."""
+
+    type: str
+    pid: int
+    version: str
+    protocol: int
+    uptime_ms: int
+    started_at: str
+    socket: str
+    state_dir: str
+    connections: Dict[str, int]
+    channels: List[str]
+    health: Health
+    limits: Dict[str, int]
+    services: Dict[str, Any]
+
+
+class ShutdownAnswer(TypedDict, total=False):
+    """The answer to ``shutdown``: the stop has begun (not ended)."""
+
+    type: str
+    grace_ms: int
+    drain_ms: int
+
+
+# -- sans-IO: requests and the reading of their answers ----------------------
+
+PING: Json = {"type": "ping"}
+STATUS: Json = {"type": "status"}
+
+
+def shutdown_request(reason: Optional[str], drain: bool) -> Json:
+    return drop_none({"type": "shutdown", "reason": reason, "drain": True if drain else None})
+
+
+def read_pong(response: Json) -> None:
+    expect_type(response, "pong")
+
+
+def read_status(response: Json) -> StatusReport:
+    return expect_type(response, "status")  # type: ignore[return-value]
+
+
+def read_shutdown(response: Json) -> ShutdownAnswer:
+    return expect_type(response, "shutting_down")  # type: ignore[return-value]
+
+
+# -- the clients ----------------------------------------------------------
+
+
+class StatusClient(SyncChannel):
+    """The ``status`` channel, blocking."""
+
+    CHANNEL = "status"
+
+    def ping(self, timeout: TimeoutArg = DEFAULT) -> None:
+        """The cheapest round trip: proves the daemon answers."""
+        read_pong(self._request(PING, timeout))
+
+    def status(self, timeout: TimeoutArg = DEFAULT) -> StatusReport:
+        """Health, identity, connections, limits and per-service summaries."""
+        return read_status(self._request(STATUS, timeout))
+
+    def shutdown(
+        self, reason: Optional[str] = None, drain: bool = False, timeout: TimeoutArg = DEFAULT
+    ) -> ShutdownAnswer:
+        """Asks the daemon to stop gracefully (with ``drain``: after its running work); it still runs on return."""
+        return read_shutdown(self._request(shutdown_request(reason, drain), timeout))
+
+
+class AsyncStatusClient(AsyncChannel):
+    """The ``status`` channel, asyncio."""
+
+    CHANNEL = "status"
+
+    async def ping(self, timeout: TimeoutArg = DEFAULT) -> None:
+        """The cheapest round trip: proves the daemon answers."""
+        read_pong(await self._request(PING, timeout))
+
+    async def status(self, timeout: TimeoutArg = DEFAULT) -> StatusReport:
+        """Health, identity, connections, limits and per-service summaries."""
+        return read_status(await self._request(STATUS, timeout))
+
+    async def shutdown(
+        self, reason: Optional[str] = None, drain: bool = False, timeout: TimeoutArg = DEFAULT
+    ) -> ShutdownAnswer:
+        """Asks the daemon to stop gracefully. It is still running on return."""
+        return read_shutdown(await self._request(shutdown_request(reason, drain), timeout))
