@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from hearth_client import ConnectionClosed, HearthError, Refused
 from hearth_client._transport import Connection
 from hearth_client.protocol import parse_handshake_reply, parse_json
+
 from support import CONFORMANCE, Daemon, StateDir
 
 _TYPES: Dict[str, Callable[[Any], bool]] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -11,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from hearth_client import HearthError
+from hearth_client import Client, HearthError, NotRunning
 from hearth_client._transport import Connection
 
 REPO = Path(__file__).resolve().parents[3]
@@ -138,3 +139,29 @@ class DaemonFixture:
             self.daemon.stop()
         finally:
             self.state.cleanup()
+
+
+def lock_free(state_dir: str) -> bool:
+    """True when no daemon holds ``daemon.lock`` (the singleton lock) of ``state_dir``."""
+    path = os.path.join(state_dir, "daemon.lock")
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def stop_detached(state_dir: str) -> None:
+    """Stops a daemon started with ``--detach`` on ``state_dir`` and waits until its lock is free."""
+    try:
+        with Client(state_dir=state_dir, timeout=5.0) as client:
+            client.shutdown("test over")
+    except NotRunning:
+        pass
+    wait_for(f"the daemon of {state_dir} to release its lock", lambda: lock_free(state_dir))

@@ -117,7 +117,7 @@ class ListPage(NamedTuple):
 
 
 class Readable(Protocol):
-    def read(self, size: int = ..., /) -> Any: ...
+    def read(self, size: int, /) -> Any: ...
 
 
 class Writable(Protocol):

@@ -14,8 +14,10 @@ import binascii
 import time
 from typing import (
     Any,
+    AsyncGenerator,
     AsyncIterator,
     Dict,
+    Generator,
     Iterable,
     Iterator,
     List,
@@ -348,7 +350,7 @@ class QueueClient(SyncChannel):
         """Cancels a job (a running one is killed first); returns it, canceled."""
         return read_job(self._request({"type": "cancel", "id": job_id}, timeout), "canceled")
 
-    def wait(self, job_id: int, timeout: Optional[float] = None) -> Iterator[Job]:
+    def wait(self, job_id: int, timeout: Optional[float] = None) -> Generator[Job, None, None]:
         """The job now, then at each change of state, until a final state (the last item).
 
         ``timeout`` bounds the whole stream (default: none).
@@ -530,7 +532,7 @@ class AsyncQueueClient(AsyncChannel):
         """Cancels a job; returns it, canceled."""
         return read_job(await self._request({"type": "cancel", "id": job_id}, timeout), "canceled")
 
-    async def wait(self, job_id: int, timeout: Optional[float] = None) -> AsyncIterator[Job]:
+    async def wait(self, job_id: int, timeout: Optional[float] = None) -> AsyncGenerator[Job, None]:
         """The job now, then at each change of state, until a final state (the last item)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         conn = await self.connection()
