@@ -35,6 +35,7 @@ from .paths import check_socket_path
 from .protocol import (
     DEFAULT_CLIENT_NAME,
     DEFAULT_MAX_FRAME,
+    HEADER_LEN,
     Accepted,
     FrameDecoder,
     Json,
@@ -51,6 +52,10 @@ __all__ = ["Connection", "AsyncConnection", "DEFAULT_TIMEOUT"]
 DEFAULT_TIMEOUT = 30.0
 
 _READ_SIZE = 256 * 1024
+_U32 = struct.Struct(">I")
+# How far past a call's deadline the kernel timeout in force may lie before it
+# is moved: a few milliseconds late is not worth a system call per request.
+_DEADLINE_SLACK = 0.01
 # Payloads at least this large are written straight from their buffer,
 # after their own header, instead of being copied into one frame first.
 _DIRECT_WRITE_MIN = 64 * 1024
@@ -101,20 +106,36 @@ def _timeout(what: str, after: Optional[float]) -> Timeout:
 class Connection:
     """A blocking, handshaked connection to one channel.
 
-    Not thread-safe: give each thread its own (connections are cheap).
+    Deadlines are the kernel's (``SO_RCVTIMEO``/``SO_SNDTIMEO`` on a blocking
+    socket), changed only when a call's deadline is nearer than the one in
+    force: a round trip costs two system calls, as it would without any
+    deadline. Not thread-safe: give each thread its own (connections are cheap).
     """
 
-    def __init__(self, sock: socket.socket, accepted: Optional[Accepted], path: str) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        accepted: Optional[Accepted],
+        path: str,
+        timeout: Optional[float] = DEFAULT_TIMEOUT,
+    ) -> None:
         max_frame = accepted.max_frame if accepted is not None else DEFAULT_MAX_FRAME
         self._sock: Optional[socket.socket] = sock
         self._decoder = FrameDecoder(max_frame)
         self._rbuf = bytearray(_READ_SIZE)
-        self._timeout_set: Optional[float] = -1.0
+        self._rview = memoryview(self._rbuf)
         #: The daemon's accepted handshake (``None`` on a connection that sent none).
         self.accepted = accepted
         self.path = path
         #: The largest frame the daemon accepts (and sends) on this connection.
         self.max_frame = max_frame
+        sock.settimeout(None)
+        # The kernel timeouts in force (0: none).
+        self._rcvtimeo = 0.0
+        self._sndtimeo = 0.0
+        if timeout is not None:
+            self._set_kernel_timeout(socket.SO_RCVTIMEO, timeout)
+            self._set_kernel_timeout(socket.SO_SNDTIMEO, timeout)
 
     @classmethod
     def open(
@@ -149,7 +170,7 @@ class Connection:
         except BaseException:
             sock.close()
             raise
-        return cls(sock, accepted, path)
+        return cls(sock, accepted, path, timeout)
 
     @staticmethod
     def open_unchecked(path: str, timeout: Optional[float] = DEFAULT_TIMEOUT) -> socket.socket:
@@ -203,36 +224,64 @@ class Connection:
             raise _closed()
         return self._sock
 
-    # -- frames --------------------------------------------------------------
+    # -- deadlines -----------------------------------------------------------
 
-    def _set_timeout(self, sock: socket.socket, deadline: Optional[float], what: str, after: Optional[float]) -> None:
+    def _set_kernel_timeout(self, option: int, seconds: float) -> None:
+        # A zero timeval means "wait forever": never round a deadline down to it.
+        micros = max(int(seconds * 1_000_000), 1)
+        self._socket().setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", micros // 1_000_000, micros % 1_000_000))
+        if option == socket.SO_RCVTIMEO:
+            self._rcvtimeo = micros / 1_000_000
+        else:
+            self._sndtimeo = micros / 1_000_000
+
+    def _arm(self, option: int, in_force: float, deadline: Optional[float], what: str, after: Optional[float]) -> None:
+        """Makes the kernel give up no later than ``deadline`` (within a few ms)."""
         if deadline is None:
-            if self._timeout_set is not None:
-                sock.settimeout(None)
-                self._timeout_set = None
             return
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _timeout(what, after)
-        sock.settimeout(remaining)
-        self._timeout_set = remaining
+        if in_force == 0.0 or in_force > remaining + _DEADLINE_SLACK:
+            self._set_kernel_timeout(option, remaining)
+
+    def _fail(self, error: BaseException, what: str, after: Optional[float]) -> BaseException:
+        """Closes the connection and says why, for an exception raised part-way through an exchange."""
+        self.close()
+        if isinstance(error, (BlockingIOError, socket.timeout)):
+            return _timeout(what, after)
+        if isinstance(error, OSError):
+            return _closed(error)
+        return error
+
+    # -- frames --------------------------------------------------------------
+
+    def _send_all(self, data: Bytes, deadline: Optional[float], after: Optional[float]) -> None:
+        sock = self._socket()
+        view = memoryview(data).cast("B")
+        sent = 0
+        what = "the daemon to take a frame"
+        while sent < len(view):
+            self._arm(socket.SO_SNDTIMEO, self._sndtimeo, deadline, what, after)
+            try:
+                sent += sock.send(view[sent:])
+            except BlockingIOError:
+                # SO_SNDTIMEO elapsed with nothing sent: past the deadline, or
+                # only past an earlier, shorter kernel timeout.
+                if deadline is None:
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise
+                self._set_kernel_timeout(socket.SO_SNDTIMEO, remaining)
 
     def send_bytes(self, data: Bytes, timeout: Optional[float] = DEFAULT_TIMEOUT) -> None:
         """Writes bytes as they are (a whole frame, or anything else on purpose)."""
-        sock = self._socket()
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            self._set_timeout(sock, deadline, "the daemon to take a frame", timeout)
-            sock.sendall(data)
-        except socket.timeout:
-            self.close()
-            raise _timeout("the daemon to take a frame", timeout) from None
-        except OSError as e:
-            self.close()
-            raise _closed(e) from None
-        except BaseException:
-            self.close()
-            raise
+            self._send_all(data, deadline, timeout)
+        except BaseException as e:
+            raise self._fail(e, "the daemon to take a frame", timeout) from None
 
     def send_json(self, value: object, timeout: Optional[float] = DEFAULT_TIMEOUT) -> None:
         """Sends one JSON frame (refused before sending if it exceeds ``max_frame``)."""
@@ -245,48 +294,53 @@ class Connection:
         if len(payload) < _DIRECT_WRITE_MIN:
             self.send_bytes(frame_header(len(payload)) + bytes(payload), timeout)
             return
-        sock = self._socket()
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            self._set_timeout(sock, deadline, "the daemon to take a frame", timeout)
-            sock.sendall(frame_header(len(payload)))
-            sock.sendall(payload)
-        except socket.timeout:
-            self.close()
-            raise _timeout("the daemon to take a frame", timeout) from None
-        except OSError as e:
-            self.close()
-            raise _closed(e) from None
-        except BaseException:
-            self.close()
-            raise
+            self._send_all(frame_header(len(payload)), deadline, timeout)
+            self._send_all(payload, deadline, timeout)
+        except BaseException as e:
+            raise self._fail(e, "the daemon to take a frame", timeout) from None
+
+    def _read(self, deadline: Optional[float], after: Optional[float], what: str) -> bytes:
+        decoder = self._decoder
+        frame = decoder.next_frame()
+        if frame is not None:
+            return frame
+        sock = self._socket()
+        rbuf = self._rbuf
+        while True:
+            self._arm(socket.SO_RCVTIMEO, self._rcvtimeo, deadline, what, after)
+            try:
+                n = sock.recv_into(rbuf)
+            except BlockingIOError:
+                # SO_RCVTIMEO elapsed: past the deadline, or only past an
+                # earlier, shorter kernel timeout (or none is wanted).
+                if deadline is None:
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise
+                self._set_kernel_timeout(socket.SO_RCVTIMEO, remaining)
+                continue
+            if n == 0:
+                raise _closed()
+            if n >= HEADER_LEN and not decoder.buffered():
+                # The usual case: exactly one whole frame arrived.
+                (length,) = _U32.unpack_from(rbuf)
+                if n == HEADER_LEN + length and length <= decoder.max_frame:
+                    return bytes(self._rview[HEADER_LEN:n])
+            decoder.feed(self._rview[:n])
+            frame = decoder.next_frame()
+            if frame is not None:
+                return frame
 
     def read_frame(self, timeout: Optional[float] = DEFAULT_TIMEOUT, what: str = "an answer") -> bytes:
         """The next frame's payload, within ``timeout`` seconds."""
-        sock = self._socket()
-        frame = self._decoder.next_frame()
-        if frame is not None:
-            return frame
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            while True:
-                self._set_timeout(sock, deadline, what, timeout)
-                n = sock.recv_into(self._rbuf)
-                if n == 0:
-                    raise _closed()
-                self._decoder.feed(memoryview(self._rbuf)[:n])
-                frame = self._decoder.next_frame()
-                if frame is not None:
-                    return frame
-        except socket.timeout:
-            self.close()
-            raise _timeout(what, timeout) from None
-        except OSError as e:
-            self.close()
-            raise _closed(e) from None
-        except BaseException:
-            self.close()
-            raise
+            return self._read(deadline, timeout, what)
+        except BaseException as e:
+            raise self._fail(e, what, timeout) from None
 
     def frame_waiting(self) -> bool:
         """True when the daemon has sent something not read yet (checked without blocking)."""
@@ -309,22 +363,34 @@ class Connection:
 
     def request(self, value: object, timeout: Optional[float] = DEFAULT_TIMEOUT) -> Json:
         """Sends one request and reads its one response, both within ``timeout`` seconds."""
+        return self.request_frame(encode_json(value, self.max_frame), timeout)
+
+    def request_frame(self, frame: bytes, timeout: Optional[float] = DEFAULT_TIMEOUT) -> Json:
+        """:meth:`request` for a request already encoded (a constant one, say)."""
         sock = self._socket()
-        payload = encode_json(value, self.max_frame)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            self._set_timeout(sock, deadline, "the daemon to take a request", timeout)
-            sock.sendall(payload)
-        except socket.timeout:
-            self.close()
-            raise _timeout("the daemon to take a request", timeout) from None
-        except OSError as e:
-            self.close()
-            raise _closed(e) from None
+            if (
+                deadline is not None
+                and 0.0 < self._sndtimeo <= timeout + _DEADLINE_SLACK  # type: ignore[operator]
+                and 0.0 < self._rcvtimeo <= timeout + _DEADLINE_SLACK  # type: ignore[operator]
+                and sock.send(frame) == len(frame)
+            ):
+                # The usual case: the kernel timeouts in force already end by the
+                # deadline and the request went out in one piece.
+                pass
+            else:
+                self._send_all(frame, deadline, timeout)
+            answer = self._read(deadline, timeout, "an answer")
+        except BaseException as e:
+            raise self._fail(e, "an answer", timeout) from None
+        try:
+            return parse_response(answer)
+        except RequestError:
+            raise
         except BaseException:
             self.close()
             raise
-        return self.recv(None if deadline is None else max(deadline - time.monotonic(), 1e-6))
 
 
 def _read_frame_blocking(
@@ -564,8 +630,11 @@ class AsyncConnection:
 
     async def request(self, value: object, timeout: Optional[float] = DEFAULT_TIMEOUT) -> Json:
         """Sends one request and reads its one response, both within ``timeout`` seconds."""
+        return await self.request_frame(encode_json(value, self.max_frame), timeout)
+
+    async def request_frame(self, payload: bytes, timeout: Optional[float] = DEFAULT_TIMEOUT) -> Json:
+        """:meth:`request` for a request already encoded (a constant one, say)."""
         sock = self._socket()
-        payload = encode_json(value, self.max_frame)
         frame: Optional[bytes] = None
         try:
             async with _Deadline(timeout, "an answer"):

@@ -67,6 +67,7 @@ _HEADER = struct.Struct(">I")
 _MAX_U32 = 0xFFFFFFFF
 # Compact separators: the daemon reads any JSON, and smaller frames cost less.
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_loads = json.JSONDecoder().decode
 
 
 def encode_frame(payload: Union[bytes, bytearray, memoryview]) -> bytes:
@@ -204,7 +205,8 @@ class Accepted:
 def parse_json(frame: bytes) -> Json:
     """A frame's payload as a JSON object, or :class:`ProtocolError`."""
     try:
-        value = json.loads(frame)
+        # Decoding first skips json.loads's guessing of the encoding: a frame is UTF-8.
+        value = _loads(frame.decode("utf-8"))
     except ValueError as e:
         raise ProtocolError("protocol_error", f"the daemon sent a frame that is not JSON: {e}") from None
     if not isinstance(value, dict):

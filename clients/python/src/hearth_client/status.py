@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, TypedDict
 
 from ._channel import DEFAULT, AsyncChannel, SyncChannel, TimeoutArg
-from .protocol import Json, drop_none, expect_type
+from .protocol import Json, drop_none, encode_json, expect_type
 
 __all__ = ["StatusReport", "Health", "HealthReason", "ShutdownAnswer", "StatusClient", "AsyncStatusClient"]
 
@@ -55,6 +55,9 @@ class ShutdownAnswer(TypedDict, total=False):
 
 PING: Json = {"type": "ping"}
 STATUS: Json = {"type": "status"}
+# Constant requests are encoded once.
+PING_FRAME = encode_json(PING)
+STATUS_FRAME = encode_json(STATUS)
 
 
 def shutdown_request(reason: Optional[str], drain: bool) -> Json:
@@ -83,11 +86,11 @@ class StatusClient(SyncChannel):
 
     def ping(self, timeout: TimeoutArg = DEFAULT) -> None:
         """The cheapest round trip: proves the daemon answers."""
-        read_pong(self._request(PING, timeout))
+        read_pong(self.connection().request_frame(PING_FRAME, self._settings.resolve(timeout)))
 
     def status(self, timeout: TimeoutArg = DEFAULT) -> StatusReport:
         """Health, identity, connections, limits and per-service summaries."""
-        return read_status(self._request(STATUS, timeout))
+        return read_status(self.connection().request_frame(STATUS_FRAME, self._settings.resolve(timeout)))
 
     def shutdown(
         self, reason: Optional[str] = None, drain: bool = False, timeout: TimeoutArg = DEFAULT
@@ -103,11 +106,13 @@ class AsyncStatusClient(AsyncChannel):
 
     async def ping(self, timeout: TimeoutArg = DEFAULT) -> None:
         """The cheapest round trip: proves the daemon answers."""
-        read_pong(await self._request(PING, timeout))
+        conn = await self.connection()
+        read_pong(await conn.request_frame(PING_FRAME, self._settings.resolve(timeout)))
 
     async def status(self, timeout: TimeoutArg = DEFAULT) -> StatusReport:
         """Health, identity, connections, limits and per-service summaries."""
-        return read_status(await self._request(STATUS, timeout))
+        conn = await self.connection()
+        return read_status(await conn.request_frame(STATUS_FRAME, self._settings.resolve(timeout)))
 
     async def shutdown(
         self, reason: Optional[str] = None, drain: bool = False, timeout: TimeoutArg = DEFAULT
