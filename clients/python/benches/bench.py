@@ -193,22 +193,36 @@ def bench_blob(fixture: DaemonFixture, size_mib: int, rounds: int) -> None:
             f.write(block)
     digest = "sha256:" + whole.hexdigest()
     env = clean_env(HEARTH_STATE_DIR=fixture.state.state_dir)
-    ours, cli = [], []
-    # Each put stores the content anew: it is deleted after every put.
-    for _ in range(rounds):
+    ours: List[float] = []
+    cli: List[float] = []
+
+    def with_client() -> None:
         with hearth_client.Client(fixture.socket) as client:
             t = time.perf_counter()
             stored = client.blob.put_file(path)
             ours.append(time.perf_counter() - t)
-            assert stored.hash == digest and not stored.existed
+            assert stored.hash == digest and not stored.existed, stored
             client.blob.delete(digest, force=True)
-        t = time.perf_counter()
+
+    def with_cli() -> None:
         argv = [hearth_bin(), "blob", "put", "--no-spawn", path]
+        t = time.perf_counter()
         out = subprocess.run(argv, env=env, capture_output=True, check=False)
         cli.append(time.perf_counter() - t)
         assert out.returncode == 0, out.stderr.decode()
         with hearth_client.Client(fixture.socket) as client:
             client.blob.delete(digest, force=True)
+
+    # A warm-up of each, then rounds that alternate which goes first (each put
+    # stores the content anew: it is deleted after every put).
+    with_client()
+    with_cli()
+    ours.clear()
+    cli.clear()
+    for r in range(rounds):
+        first, second = (with_cli, with_client) if r % 2 else (with_client, with_cli)
+        first()
+        second()
     a = size_mib / statistics.median(ours)
     b = size_mib / statistics.median(cli)
     print(
@@ -231,7 +245,7 @@ def main() -> None:
         else:
             bench_ping(fixture.socket, 10, 1000)
             bench_submits(fixture.socket, 16, 100, 9)
-            bench_blob(fixture, 256, 3)
+            bench_blob(fixture, 256, 4)
     finally:
         fixture.close()
 
