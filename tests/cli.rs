@@ -263,9 +263,7 @@ fn insecure_or_foreign_state_dirs_are_refused() {
     assert!(!state.paths.lock_file().exists(), "nothing created in an insecure dir");
 
     std::fs::set_permissions(state.state_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    // SAFETY: geteuid cannot fail.
-    #[allow(unsafe_code)]
-    if unsafe { libc::geteuid() } == 0 {
+    if hearth::sys::euid() == 0 {
         std::os::unix::fs::chown(state.state_dir(), Some(65534), None).unwrap();
         let out = state.run(&["daemon", "start"]);
         let err = stderr(&out);
@@ -337,9 +335,7 @@ fn the_lock_is_close_on_exec() {
 
 #[test]
 fn another_user_is_refused_before_any_request() {
-    // SAFETY: geteuid cannot fail.
-    #[allow(unsafe_code)]
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = hearth::sys::euid() == 0;
     if !root {
         eprintln!("skipped: needs root to run a client as a second uid");
         return;

@@ -83,7 +83,7 @@ impl Drop for NotifySocket {
     }
 }
 
-#[allow(unsafe_code)]
+#[expect(unsafe_code, reason = "recvmsg with SCM_RIGHTS, as a service manager receives descriptors")]
 fn recv_with_fds(socket: &UnixDatagram) -> io::Result<(String, Vec<OwnedFd>)> {
     let mut buf = [0u8; 4096];
     let mut control = [0u64; 32];
@@ -147,22 +147,14 @@ fn sd_notify_ready_watchdog_stopping_and_barrier() {
     );
 
     // A stalled daemon stops pinging.
-    let pid = libc::pid_t::try_from(child.id()).unwrap();
-    // SAFETY: kill has no memory-safety preconditions.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::kill(pid, libc::SIGSTOP);
-    }
+    let pid = child.id();
+    hearth::sys::kill(pid, libc::SIGSTOP).unwrap();
     let stalled_at = Instant::now();
     let before = notify.count("WATCHDOG=1");
     // Let well over one watchdog period pass, measured by the receiver's clock.
     assert!(!wait_for(watchdog * 3, || notify.count("WATCHDOG=1") > before), "WATCHDOG=1 while stopped");
     assert!(stalled_at.elapsed() >= watchdog * 3);
-    // SAFETY: as above.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::kill(pid, libc::SIGCONT);
-    }
+    hearth::sys::kill(pid, libc::SIGCONT).unwrap();
     assert!(wait_for(Duration::from_secs(20), || notify.count("WATCHDOG=1") > before), "pings resume");
 
     // STOPPING=1 at shutdown, then BARRIER=1 (answered), then a clean exit.
@@ -419,19 +411,19 @@ fn contrib_files_are_generated_by_the_same_code() {
     let expected: Vec<(PathBuf, Vec<u8>)> = vec![
         (
             contrib.join("systemd/hearth.service"),
-            hearth::service::systemd_service(&hearth::service::contrib_spec(false)).into_bytes(),
+            hearth::unit_files::systemd_service(&hearth::unit_files::contrib_spec(false)).into_bytes(),
         ),
         (
             contrib.join("systemd/socket-activated/hearth.service"),
-            hearth::service::systemd_service(&hearth::service::contrib_spec(true)).into_bytes(),
+            hearth::unit_files::systemd_service(&hearth::unit_files::contrib_spec(true)).into_bytes(),
         ),
         (
             contrib.join("systemd/socket-activated/hearth.socket"),
-            hearth::service::systemd_socket(&hearth::service::contrib_spec(true)).into_bytes(),
+            hearth::unit_files::systemd_socket(&hearth::unit_files::contrib_spec(true)).into_bytes(),
         ),
         (
             contrib.join("launchd/dev.hearth.hearthd.plist"),
-            hearth::service::launchd_plist(&hearth::service::contrib_launchd_spec()).unwrap(),
+            hearth::unit_files::launchd_plist(&hearth::unit_files::contrib_launchd_spec()).unwrap(),
         ),
     ];
     let update = std::env::var_os("HEARTH_UPDATE_CONTRIB").is_some();

@@ -138,7 +138,7 @@ pub enum ClientError {
     #[error("hearthd could not start: {message} ({code})")]
     StartFailed {
         /// The daemon's startup error code.
-        code: String,
+        code: crate::protocol::info::LaunchCode,
         /// The daemon's own explanation.
         message: String,
     },
@@ -282,9 +282,7 @@ impl<C: ChannelProtocol> Client<C> {
 /// kernel's record of who listens on the socket is checked before anything
 /// (a job's command line, a blob's bytes) is sent.
 fn check_daemon_user(stream: &UnixStream, socket: &Path) -> Result<(), ClientError> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    #[allow(unsafe_code)]
-    let me = unsafe { libc::geteuid() };
+    let me = crate::sys::euid();
     let cred = stream.peer_cred().map_err(|source| ClientError::Connect { socket: socket.to_owned(), source })?;
     if cred.uid() != me {
         return Err(ClientError::ForeignDaemon { socket: socket.to_owned(), uid: cred.uid(), me });

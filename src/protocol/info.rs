@@ -62,10 +62,103 @@ pub enum LaunchReport {
     /// The daemon could not start.
     Failed {
         /// A stable snake_case startup error code (see `proto-docs/lifecycle.md`).
-        code: String,
+        code: LaunchCode,
         /// What went wrong and what to do.
         message: String,
     },
+}
+
+macro_rules! launch_codes {
+    ($( $(#[$doc:meta])* $variant:ident => $code:literal, )+) => {
+        /// Why a daemon did not start: a stable code in a [`LaunchReport`],
+        /// in `ensure_daemon_running`'s `StartFailed` error, and in
+        /// `hearth daemon start`'s output. A code this library does not know
+        /// decodes as [`LaunchCode::Other`].
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum LaunchCode {
+            $( $(#[$doc])* $variant, )+
+            /// A code this version of the library does not know.
+            Other(String),
+        }
+
+        impl LaunchCode {
+            /// Every code this library knows, in documentation order.
+            pub const ALL: &'static [LaunchCode] = &[$(LaunchCode::$variant,)+];
+
+            /// The wire form of the code.
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $(LaunchCode::$variant => $code,)+
+                    LaunchCode::Other(code) => code,
+                }
+            }
+
+            /// Parses a wire code; unknown codes become [`LaunchCode::Other`].
+            pub fn from_code(code: &str) -> LaunchCode {
+                match code {
+                    $($code => LaunchCode::$variant,)+
+                    other => LaunchCode::Other(other.to_owned()),
+                }
+            }
+        }
+    };
+}
+
+launch_codes! {
+    /// The state directory belongs to another user or others can write it.
+    StateDirInsecure => "state_dir_insecure",
+    /// A directory on the way to the socket lets another user replace it.
+    SocketDirInsecure => "socket_dir_insecure",
+    /// The state directory cannot be created, or is not a directory.
+    StateDirUnusable => "state_dir_unusable",
+    /// Another daemon holds the lock. A launch report says this with an
+    /// event of its own (`already_running`), not as a failure.
+    AlreadyRunning => "already_running",
+    /// `daemon.lock` cannot be opened or locked.
+    LockFailed => "lock_failed",
+    /// The socket path does not fit `sockaddr_un`.
+    SocketPathTooLong => "socket_path_too_long",
+    /// Something other than a stale socket is at the socket path.
+    SocketPathOccupied => "socket_path_occupied",
+    /// `bind` failed.
+    BindFailed => "bind_failed",
+    /// `daemon.json` cannot be written.
+    InfoWriteFailed => "info_write_failed",
+    /// The configuration is invalid.
+    ConfigInvalid => "config_invalid",
+    /// Socket activation passed something unusable.
+    SocketActivationInvalid => "socket_activation_invalid",
+    /// A service could not start.
+    ServiceFailed => "service_failed",
+    /// Anything else (the runtime, the log file, fork).
+    StartupFailed => "startup_failed",
+    /// (From the waiting parent) no report within the ready timeout.
+    StartTimeout => "start_timeout",
+    /// (From the waiting parent) the daemon exited without a report.
+    StartupCrashed => "startup_crashed",
+    /// (From `ensure_daemon_running`) `hearthd --detach` could not be run,
+    /// or printed no report it could read.
+    LaunchFailed => "launch_failed",
+}
+
+impl std::fmt::Display for LaunchCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for LaunchCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for LaunchCode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let code = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Ok(LaunchCode::from_code(&code))
+    }
 }
 
 /// `heartbeat.json`, rewritten atomically every heartbeat interval, and only

@@ -140,11 +140,7 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
     match rx.recv_timeout(limit) {
         Ok(out) => out.expect("wait"),
         Err(_) => {
-            // SAFETY: kill has no memory-safety preconditions.
-            #[allow(unsafe_code)]
-            unsafe {
-                libc::kill(pid as i32, libc::SIGKILL);
-            }
+            let _ = hearth::sys::kill(pid, libc::SIGKILL);
             panic!("{cmd:?} did not finish within {limit:?}");
         }
     }
@@ -196,11 +192,8 @@ impl Daemon {
 
     /// Sends a signal to the daemon.
     pub fn signal(&self, signal: i32) {
-        let pid = libc::pid_t::try_from(self.pid()).expect("pid");
-        // SAFETY: kill has no memory-safety preconditions.
-        #[allow(unsafe_code)]
-        let rc = unsafe { libc::kill(pid, signal) };
-        assert_eq!(rc, 0, "kill({pid}, {signal})");
+        let pid = self.pid();
+        hearth::sys::kill(pid, signal).unwrap_or_else(|e| panic!("kill({pid}, {signal}): {e}"));
     }
 
     /// Waits for the daemon to exit and returns its status code.

@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use hearth::client::{ConnectOptions, StatusClient};
 use hearth::daemon::fsutil;
-use hearth::daemon::singleton::{LockState, check_route, probe_lock};
+use hearth::daemon::lifecycle::permissions::check_route;
+use hearth::daemon::lifecycle::singleton::{LockState, probe_lock};
 use hearth::protocol::info::{DaemonInfo, Heartbeat};
-use hearth::service::{SYSTEMD_SERVICE, SYSTEMD_SOCKET};
+use hearth::unit_files::{SYSTEMD_SERVICE, SYSTEMD_SOCKET};
 use serde::Serialize;
 
 use crate::error::{CliError, EXIT_FAILED, EXIT_OK};
-use crate::service_cmd::{Locations, Profile};
+use crate::install_cmd::{Locations, Profile};
 use crate::{Ctx, output};
 
 const DOCTOR_HELP: &str = "\
@@ -115,7 +116,7 @@ async fn check_state(ctx: &Ctx, problems: &mut Vec<Problem>) {
     }
     match std::fs::metadata(dir) {
         Ok(meta) => {
-            let me = fsutil::euid();
+            let me = hearth::sys::euid();
             let mode = meta.permissions().mode() & 0o7777;
             if !meta.is_dir() {
                 problems.push(problem(

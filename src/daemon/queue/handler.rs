@@ -7,21 +7,12 @@ use tokio::sync::broadcast;
 
 use super::writer::{NewJob, Op, Reply, Transition};
 use super::{KillReason, QueueService, store};
-use crate::daemon::session::{Closed, Session};
+use crate::daemon::conn::session::{Closed, Session};
 use crate::protocol::queue::{
-    Base64, DEFAULT_QUEUE, Job, JobSpec, JobState, LogsRequest, QueueChannel, QueueRequest, QueueResponse, QueueStats,
+    Base64, DEFAULT_LIST_LIMIT, DEFAULT_QUEUE, Job, JobSpec, JobState, LOG_CHUNK, LogsRequest, MAX_ATTEMPTS, MAX_KEY,
+    MAX_LIST_LIMIT, MAX_QUEUE_NAME, QueueChannel, QueueRequest, QueueResponse, QueueStats,
 };
 use crate::protocol::{ErrorCode, WireError};
-
-/// Bytes per `log_data` frame.
-const LOG_CHUNK: usize = 256 * 1024;
-/// Longest queue name.
-const MAX_QUEUE_NAME: usize = 64;
-/// Longest idempotency key.
-const MAX_KEY: usize = 256;
-/// Largest page of `list`.
-pub(crate) const MAX_LIST: u32 = 1000;
-const DEFAULT_LIST: u32 = 100;
 
 pub(crate) async fn serve(mut session: Session<QueueChannel>, service: Arc<QueueService>) {
     while let Some(request) = session.next_request().await {
@@ -59,9 +50,9 @@ async fn handle(service: &Arc<QueueService>, request: QueueRequest) -> Result<Qu
             Ok(QueueResponse::Job { job, attempts })
         }
         QueueRequest::List(filter) => {
-            let limit = filter.limit.unwrap_or(DEFAULT_LIST);
-            if limit == 0 || limit > MAX_LIST {
-                return Err(invalid(format!("limit must be between 1 and {MAX_LIST}, not {limit}")));
+            let limit = filter.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+            if limit == 0 || limit > MAX_LIST_LIMIT {
+                return Err(invalid(format!("limit must be between 1 and {MAX_LIST_LIMIT}, not {limit}")));
             }
             let (jobs, next_before_id) = service.read(move |c| store::list(c, &filter, limit)).await?;
             Ok(QueueResponse::Jobs { jobs, next_before_id })
@@ -154,8 +145,8 @@ fn new_job(service: &QueueService, spec: JobSpec) -> Result<NewJob, WireError> {
         }
     }
     let max_attempts = spec.max_attempts.unwrap_or(config.max_attempts);
-    if max_attempts == 0 || max_attempts > super::MAX_ATTEMPTS {
-        return Err(invalid(format!("max_attempts must be between 1 and {}, not {max_attempts}", super::MAX_ATTEMPTS)));
+    if max_attempts == 0 || max_attempts > MAX_ATTEMPTS {
+        return Err(invalid(format!("max_attempts must be between 1 and {MAX_ATTEMPTS}, not {max_attempts}")));
     }
     let input = match spec.input {
         None => None,
