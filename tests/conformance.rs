@@ -50,6 +50,9 @@ fn files() -> Vec<String> {
 
 type Captures = BTreeMap<String, Value>;
 
+/// The keys that make an object pattern a matcher rather than a shape.
+const MATCHERS: [&str; 3] = ["$capture", "$one_of", "$contains"];
+
 // --- patterns ---------------------------------------------------------------
 
 fn type_matcher(name: &str, value: &Value) -> Option<bool> {
@@ -76,7 +79,7 @@ fn matches(pattern: &Value, value: &Value, caps: &mut Captures, path: &str) -> R
             None if p == "$absent" => Err(format!("{path}: $absent is allowed only as an object value")),
             None => Err(format!("{path}: unknown matcher {p:?} in the case file")),
         },
-        Value::Object(map) if map.keys().next().is_some_and(|k| k.starts_with('$')) => matcher(map, value, caps, path),
+        Value::Object(map) if MATCHERS.iter().any(|k| map.contains_key(*k)) => matcher(map, value, caps, path),
         Value::Object(map) => {
             let Some(object) = value.as_object() else {
                 return Err(format!("{path}: expected an object, got {value}"));

@@ -86,8 +86,8 @@ def match(pattern: Any, value: Any, captures: Dict[str, Any], path: str = "$") -
             raise CaseFailure(f"{path}: $absent is allowed only as an object value")
         else:
             raise CaseFailure(f"{path}: unknown matcher {pattern!r} in the case file")
-    if isinstance(pattern, dict) and pattern and next(iter(pattern)) in _MATCHERS:
-        key = next(iter(pattern))
+    key = next((k for k in _MATCHERS if isinstance(pattern, dict) and k in pattern), None)
+    if key is not None:
         if key == "$capture":
             if "match" in pattern:
                 match(pattern["match"], value, captures, path)

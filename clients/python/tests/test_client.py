@@ -11,7 +11,8 @@ import unittest
 from typing import ClassVar
 
 import hearth_client
-from hearth_client import Client
+from hearth_client import Client, Paths, StatusClient
+from hearth_client._channel import ConnectSettings
 
 from support import DaemonFixture
 
@@ -88,6 +89,16 @@ class ClientTests(unittest.TestCase):
         self.assertEqual(
             caught.exception.daemon, {"version": hearth_client.__version__, "pid": self.fixture.daemon.pid}
         )
+
+    def test_a_channel_can_add_its_own_handshake_fields(self) -> None:
+        settings = ConnectSettings(Paths(self.fixture.state.state_dir), "client-tests/1", 10.0, {"client": "common/1"})
+        status = StatusClient(settings, handshake={"protocol": 2})
+        self.addCleanup(status.close)
+        with self.assertRaises(hearth_client.UnsupportedProtocol):
+            status.ping()
+        plain = StatusClient(settings)
+        self.addCleanup(plain.close)
+        plain.ping()
 
     # -- pool --------------------------------------------------------------------
 

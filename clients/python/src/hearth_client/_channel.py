@@ -56,13 +56,26 @@ class ConnectSettings:
         return self.timeout if isinstance(timeout, _Default) else timeout
 
 
+def _merged(
+    common: Optional[Mapping[str, object]], own: Optional[Mapping[str, object]]
+) -> Optional[Mapping[str, object]]:
+    if not own:
+        return common
+    return {**(common or {}), **own}
+
+
 class SyncChannel:
-    """The blocking base of a channel client."""
+    """The blocking base of a channel client.
+
+    ``handshake`` adds fields to this channel's handshake only (``sync``
+    names its document there: ``{"doc": "settings"}``).
+    """
 
     CHANNEL: ClassVar[str]
 
-    def __init__(self, settings: ConnectSettings) -> None:
+    def __init__(self, settings: ConnectSettings, handshake: Optional[Mapping[str, object]] = None) -> None:
         self._settings = settings
+        self._handshake = _merged(settings.handshake, handshake)
         self._conn: Optional[Connection] = None
 
     def connection(self) -> Connection:
@@ -71,7 +84,7 @@ class SyncChannel:
         if conn is None or conn.closed:
             s = self._settings
             conn = Connection.open(
-                s.paths.socket, self.CHANNEL, client_name=s.client_name, handshake=s.handshake, timeout=s.timeout
+                s.paths.socket, self.CHANNEL, client_name=s.client_name, handshake=self._handshake, timeout=s.timeout
             )
             self._conn = conn
         return conn
@@ -87,12 +100,13 @@ class SyncChannel:
 
 
 class AsyncChannel:
-    """The asyncio base of a channel client."""
+    """The asyncio base of a channel client (see :class:`SyncChannel` for ``handshake``)."""
 
     CHANNEL: ClassVar[str]
 
-    def __init__(self, settings: ConnectSettings) -> None:
+    def __init__(self, settings: ConnectSettings, handshake: Optional[Mapping[str, object]] = None) -> None:
         self._settings = settings
+        self._handshake = _merged(settings.handshake, handshake)
         self._conn: Optional[AsyncConnection] = None
 
     async def connection(self) -> AsyncConnection:
@@ -101,7 +115,7 @@ class AsyncChannel:
         if conn is None or conn.closed:
             s = self._settings
             conn = await AsyncConnection.open(
-                s.paths.socket, self.CHANNEL, client_name=s.client_name, handshake=s.handshake, timeout=s.timeout
+                s.paths.socket, self.CHANNEL, client_name=s.client_name, handshake=self._handshake, timeout=s.timeout
             )
             self._conn = conn
         return conn
