@@ -371,9 +371,9 @@ class Connection:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             if (
-                deadline is not None
-                and 0.0 < self._sndtimeo <= timeout + _DEADLINE_SLACK  # type: ignore[operator]
-                and 0.0 < self._rcvtimeo <= timeout + _DEADLINE_SLACK  # type: ignore[operator]
+                timeout is not None
+                and 0.0 < self._sndtimeo <= timeout + _DEADLINE_SLACK
+                and 0.0 < self._rcvtimeo <= timeout + _DEADLINE_SLACK
                 and sock.send(frame) == len(frame)
             ):
                 # The usual case: the kernel timeouts in force already end by the

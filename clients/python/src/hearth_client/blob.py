@@ -30,6 +30,7 @@ from typing import (
     Protocol,
     TypedDict,
     Union,
+    cast,
 )
 
 from ._channel import DEFAULT, AsyncChannel, SyncChannel, TimeoutArg
@@ -328,7 +329,7 @@ class BlobClient(SyncChannel):
         """
         step = self._settings.resolve(timeout)
         conn = self.connection()
-        content: Content = expect_type(conn.request(get_request(blob, offset, length), step), "content")  # type: ignore[assignment]
+        content = cast(Content, expect_type(conn.request(get_request(blob, offset, length), step), "content"))
         progress = GetProgress(content)
         settled = False
         try:
@@ -360,7 +361,7 @@ class BlobClient(SyncChannel):
 
     def stat(self, blob: str, timeout: TimeoutArg = DEFAULT) -> BlobInfo:
         """A blob's metadata."""
-        return expect_type(self._request({"type": "stat", "hash": blob}, timeout), "stat")  # type: ignore[return-value]
+        return cast(BlobInfo, expect_type(self._request({"type": "stat", "hash": blob}, timeout), "stat"))
 
     def has(self, blob: str, timeout: TimeoutArg = DEFAULT) -> bool:
         """Whether a blob is stored."""
@@ -391,11 +392,11 @@ class BlobClient(SyncChannel):
     def gc(self, target_bytes: Optional[int] = None, timeout: TimeoutArg = DEFAULT) -> GcReport:
         """Collects least-recently-used unpinned blobs down to ``target_bytes`` (default: the budget)."""
         response = self._request(drop_none({"type": "gc", "target_bytes": target_bytes}), timeout)
-        return expect_type(response, "gc")  # type: ignore[return-value]
+        return cast(GcReport, expect_type(response, "gc"))
 
     def usage(self, timeout: TimeoutArg = DEFAULT) -> Usage:
         """The store's totals, budget and HTTP URL."""
-        return expect_type(self._request({"type": "usage"}, timeout), "usage")  # type: ignore[return-value]
+        return cast(Usage, expect_type(self._request({"type": "usage"}, timeout), "usage"))
 
 
 class _Collect:
@@ -496,7 +497,7 @@ class AsyncBlobClient(AsyncChannel):
         step = self._settings.resolve(timeout)
         conn = await self.connection()
         response = await conn.request(get_request(blob, offset, length), step)
-        content: Content = expect_type(response, "content")  # type: ignore[assignment]
+        content = cast(Content, expect_type(response, "content"))
         progress = GetProgress(content)
         settled = False
         try:
@@ -527,7 +528,7 @@ class AsyncBlobClient(AsyncChannel):
 
     async def stat(self, blob: str, timeout: TimeoutArg = DEFAULT) -> BlobInfo:
         """A blob's metadata."""
-        return expect_type(await self._request({"type": "stat", "hash": blob}, timeout), "stat")  # type: ignore[return-value]
+        return cast(BlobInfo, expect_type(await self._request({"type": "stat", "hash": blob}, timeout), "stat"))
 
     async def has(self, blob: str, timeout: TimeoutArg = DEFAULT) -> bool:
         """Whether a blob is stored."""
@@ -557,8 +558,8 @@ class AsyncBlobClient(AsyncChannel):
     async def gc(self, target_bytes: Optional[int] = None, timeout: TimeoutArg = DEFAULT) -> GcReport:
         """Collects least-recently-used unpinned blobs."""
         response = await self._request(drop_none({"type": "gc", "target_bytes": target_bytes}), timeout)
-        return expect_type(response, "gc")  # type: ignore[return-value]
+        return cast(GcReport, expect_type(response, "gc"))
 
     async def usage(self, timeout: TimeoutArg = DEFAULT) -> Usage:
         """The store's totals, budget and HTTP URL."""
-        return expect_type(await self._request({"type": "usage"}, timeout), "usage")  # type: ignore[return-value]
+        return cast(Usage, expect_type(await self._request({"type": "usage"}, timeout), "usage"))

@@ -25,7 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 from ._transport import Connection
 from ._version import __version__
@@ -89,7 +89,7 @@ def find_daemon_binary(explicit: Optional[PathLike] = None) -> str:
 def _version_less(a: str, b: str) -> bool:
     """``a < b`` for ``major.minor.patch[-pre]``; a pre-release sorts before its release; unparseable never older."""
 
-    def parse(v: str) -> Optional[tuple]:  # type: ignore[type-arg]
+    def parse(v: str) -> Optional[Tuple[Tuple[int, ...], bool]]:
         core, pre = v, False
         for i, ch in enumerate(v):
             if ch in "-+":
@@ -108,7 +108,7 @@ def _version_less(a: str, b: str) -> bool:
 
 def _launch(
     paths: Paths, daemon_bin: Optional[PathLike], daemon_args: Sequence[str], deadline: float, timeout: float
-) -> dict:  # type: ignore[type-arg]
+) -> Dict[str, Any]:
     bin_path = find_daemon_binary(daemon_bin)
     remaining = max(deadline - time.monotonic(), 0.001)
     argv = [

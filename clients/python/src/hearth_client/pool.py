@@ -15,7 +15,7 @@ and in :mod:`hearth_client.aio`::
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any, Dict, Generator, List, Mapping, NamedTuple, Optional, Type, TypedDict
+from typing import Any, Dict, Generator, List, Mapping, NamedTuple, Optional, Type, TypedDict, cast
 
 from ._channel import DEFAULT, AsyncChannel, SyncChannel, TimeoutArg
 from .protocol import Json, as_list, drop_none, expect_type
@@ -131,7 +131,7 @@ def release_request(lease: str, reuse: bool) -> Json:
 
 
 def read_taken(response: Json) -> LeaseInfo:
-    return expect_type(response, "taken")  # type: ignore[return-value]
+    return cast(LeaseInfo, expect_type(response, "taken"))
 
 
 def read_released(response: Json) -> Released:
@@ -237,7 +237,7 @@ class PoolClient(SyncChannel):
     def status(self, pool: Optional[str] = None, timeout: TimeoutArg = DEFAULT) -> PoolsReport:
         """Every pool's state and counters (or one pool's)."""
         response = self._request(drop_none({"type": "status", "pool": pool}), timeout)
-        return expect_type(response, "status")  # type: ignore[return-value]
+        return cast(PoolsReport, expect_type(response, "status"))
 
     def take(self, pool: str, timeout_ms: Optional[int] = None, timeout: TimeoutArg = DEFAULT) -> Lease:
         """Takes a resource: a ready one at once, else one built on demand within ``timeout_ms``
@@ -315,7 +315,7 @@ class AsyncPoolClient(AsyncChannel):
     async def status(self, pool: Optional[str] = None, timeout: TimeoutArg = DEFAULT) -> PoolsReport:
         """Every pool's state and counters (or one pool's)."""
         response = await self._request(drop_none({"type": "status", "pool": pool}), timeout)
-        return expect_type(response, "status")  # type: ignore[return-value]
+        return cast(PoolsReport, expect_type(response, "status"))
 
     def take(self, pool: str, timeout_ms: Optional[int] = None, timeout: TimeoutArg = DEFAULT) -> _Take:
         """Takes a resource: ``lease = await pool.take("venv")``, or ``async with pool.take("venv") as env:``."""

@@ -26,6 +26,7 @@ from typing import (
     Optional,
     Sequence,
     TypedDict,
+    cast,
 )
 
 from ._channel import DEFAULT, AsyncChannel, SyncChannel, TimeoutArg
@@ -421,7 +422,7 @@ class QueueClient(SyncChannel):
 
     def stats(self, timeout: TimeoutArg = DEFAULT) -> QueueStats:
         """Counts per state and queue, backlog, throughput."""
-        return expect_type(self._request({"type": "stats"}, timeout), "stats")  # type: ignore[return-value]
+        return cast(QueueStats, expect_type(self._request({"type": "stats"}, timeout), "stats"))
 
     def retry(
         self,
@@ -597,7 +598,7 @@ class AsyncQueueClient(AsyncChannel):
 
     async def stats(self, timeout: TimeoutArg = DEFAULT) -> QueueStats:
         """Counts per state and queue, backlog, throughput."""
-        return expect_type(await self._request({"type": "stats"}, timeout), "stats")  # type: ignore[return-value]
+        return cast(QueueStats, expect_type(await self._request({"type": "stats"}, timeout), "stats"))
 
     async def retry(
         self,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, TypedDict
+from typing import Any, Dict, List, Optional, TypedDict, cast
 
 from ._channel import DEFAULT, AsyncChannel, SyncChannel, TimeoutArg
 from .protocol import Json, drop_none, encode_json, expect_type
@@ -69,11 +69,11 @@ def read_pong(response: Json) -> None:
 
 
 def read_status(response: Json) -> StatusReport:
-    return expect_type(response, "status")  # type: ignore[return-value]
+    return cast(StatusReport, expect_type(response, "status"))
 
 
 def read_shutdown(response: Json) -> ShutdownAnswer:
-    return expect_type(response, "shutting_down")  # type: ignore[return-value]
+    return cast(ShutdownAnswer, expect_type(response, "shutting_down"))
 
 
 # -- the clients ----------------------------------------------------------
