@@ -97,7 +97,7 @@ impl Clients {
             ..JobSpec::default()
         };
         let id = self.queue.submit(spec).await.map_err(e("submit"))?.job.id;
-        let done = self.queue.wait(id, |_| {}).await.map_err(e("wait"))?;
+        let done = common::within(PATIENCE, "end of a job", self.queue.wait(id, |_| {})).await.map_err(e("wait"))?;
         if done.state != JobState::Succeeded {
             return Err(format!("job {id} ended {}: {:?}", done.state, done.last_error));
         }
@@ -385,7 +385,8 @@ async fn a_full_disk_refuses_explicitly_stores_what_it_acknowledges_and_recovers
     acknowledged.push(data);
     let spec = JobSpec { argv: ["sh", "-c", "echo back", &marker].map(String::from).to_vec(), ..JobSpec::default() };
     let id = queue.submit(spec).await.expect("a submit once space is back").job.id;
-    let done = queue.wait(id, |_| {}).await.unwrap();
+    let done =
+        common::within(PATIENCE, "end of the job submitted once space is back", queue.wait(id, |_| {})).await.unwrap();
     assert_eq!(done.state, JobState::Succeeded, "{:?}", done.last_error);
     jobs.push(id);
 
@@ -402,7 +403,10 @@ async fn a_full_disk_refuses_explicitly_stores_what_it_acknowledges_and_recovers
                 continue;
             }
             // Jobs acknowledged on the full disk run once space is back.
-            let done = queue.wait(job.id, |_| {}).await.unwrap();
+            let done =
+                common::within(PATIENCE, "end of a job acknowledged on the full disk", queue.wait(job.id, |_| {}))
+                    .await
+                    .unwrap();
             assert!(done.state.is_final(), "{round}: job {id} is {}", done.state);
         }
         if round == "without restart" {

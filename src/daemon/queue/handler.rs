@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::broadcast;
 
-use super::writer::{NewJob, Op, Reply, Transition};
+use super::writer::{Canceled, NewJob, Transition};
 use super::{KillReason, QueueService, store};
 use crate::daemon::conn::session::{Closed, Session};
 use crate::protocol::queue::{
@@ -34,10 +34,8 @@ async fn handle(service: &Arc<QueueService>, request: QueueRequest) -> Result<Qu
     match request {
         QueueRequest::Submit(spec) => {
             let new = new_job(service, spec)?;
-            match service.writer.call(Op::Submit(Box::new(new))).await? {
-                Reply::Submitted { job, deduplicated } => Ok(QueueResponse::Submitted { job, deduplicated }),
-                other => Err(unexpected(&other)),
-            }
+            let (job, deduplicated) = service.writer.submit(new).await?;
+            Ok(QueueResponse::Submitted { job, deduplicated })
         }
         QueueRequest::Get { id } => {
             let (job, attempts) = service
@@ -61,27 +59,16 @@ async fn handle(service: &Arc<QueueService>, request: QueueRequest) -> Result<Qu
         QueueRequest::Stats => stats(service).await,
         QueueRequest::Retry(selection) => {
             check_selection(&selection)?;
-            match service.writer.call(Op::Retry(selection)).await? {
-                Reply::Ids(ids) => Ok(QueueResponse::Retried { ids }),
-                other => Err(unexpected(&other)),
-            }
+            Ok(QueueResponse::Retried { ids: service.writer.retry(selection).await? })
         }
         QueueRequest::Purge(selection) => {
             check_selection(&selection)?;
-            match service.writer.call(Op::Purge(selection)).await? {
-                Reply::Ids(ids) => {
-                    service.remove_logs(ids.clone()).await;
-                    Ok(QueueResponse::Purged { ids })
-                }
-                other => Err(unexpected(&other)),
-            }
+            let ids = service.writer.purge(selection).await?;
+            service.remove_logs(ids.clone()).await;
+            Ok(QueueResponse::Purged { ids })
         }
         QueueRequest::Wait { .. } | QueueRequest::Logs(_) => Err(WireError::new(ErrorCode::Internal, "streamed")),
     }
-}
-
-fn unexpected(reply: &Reply) -> WireError {
-    WireError::new(ErrorCode::Internal, format!("unexpected answer from the queue store: {reply:?}"))
 }
 
 fn invalid(message: impl Into<String>) -> WireError {
@@ -193,10 +180,8 @@ async fn get(service: &Arc<QueueService>, id: u64) -> Result<Job, WireError> {
 /// attempt's end is committed.
 async fn cancel(service: &Arc<QueueService>, id: u64) -> Result<QueueResponse, WireError> {
     let mut events = service.events.subscribe();
-    match service.writer.call(Op::Cancel { id }).await? {
-        Reply::Job(job) => return Ok(QueueResponse::Canceled { job }),
-        Reply::CancelRunning => {}
-        other => return Err(unexpected(&other)),
+    if let Canceled::Done(job) = service.writer.cancel(id).await? {
+        return Ok(QueueResponse::Canceled { job: *job });
     }
     if let Some(f) = service.lock_in_flight().get(&id) {
         f.kill.send_replace(Some(KillReason::Cancel));

@@ -349,7 +349,7 @@ impl Service for QueueService {
             if finished && !self.stop.is_cancelled() {
                 return Err("the queue dispatcher has stopped".into());
             }
-            match tokio::time::timeout(PROBE_TIMEOUT, self.writer.call(writer::Op::Probe)).await {
+            match tokio::time::timeout(PROBE_TIMEOUT, self.writer.probe()).await {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(e)) => Err(format!("the queue store: {}", e.message)),
                 Err(_) => Err(format!("the queue store's writer did not answer within {PROBE_TIMEOUT:?}")),
@@ -495,12 +495,9 @@ fn on_commit(
 
 async fn prune_loop(service: Arc<QueueService>) {
     loop {
-        let op = writer::Op::Prune {
-            keep_ms: service.config.keep_finished.0.as_millis() as u64,
-            keep_count: service.config.keep_finished_count,
-        };
-        match service.writer.call(op).await {
-            Ok(writer::Reply::Ids(ids)) if !ids.is_empty() => {
+        let keep_ms = service.config.keep_finished.0.as_millis() as u64;
+        match service.writer.prune(keep_ms, service.config.keep_finished_count).await {
+            Ok(ids) if !ids.is_empty() => {
                 tracing::info!(jobs = ids.len(), "pruned finished jobs");
                 service.remove_logs(ids).await;
             }
