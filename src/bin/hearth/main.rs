@@ -15,6 +15,7 @@ mod blob_cmd;
 mod daemon_cmd;
 mod doctor_cmd;
 mod error;
+mod events_cmd;
 mod install_cmd;
 mod output;
 mod pool_cmd;
@@ -78,6 +79,9 @@ enum Command {
     Status,
     /// Ask the daemon to stop gracefully (never starts one)
     Shutdown(status_cmd::ShutdownArgs),
+    /// Print what the daemon's services do as it happens: job states, pool
+    /// builds and takes, blob puts, health changes (never starts one)
+    Events(events_cmd::EventsArgs),
     /// Start, stop and inspect the daemon process; install it as a service
     #[command(subcommand)]
     Daemon(daemon_cmd::DaemonCommand),
@@ -160,6 +164,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
             Command::Ping(args) => status_cmd::ping(ctx, &args).await,
             Command::Status => status_cmd::status(ctx).await,
             Command::Shutdown(args) => status_cmd::shutdown(ctx, args).await,
+            Command::Events(args) => events_cmd::events(ctx, &args).await,
             Command::Daemon(command) => daemon_cmd::run(ctx, command).await,
             Command::Doctor(args) => doctor_cmd::doctor(ctx, &args).await,
             Command::Pool(command) => pool_cmd::run(ctx, command).await,
