@@ -21,6 +21,7 @@ mod output;
 mod pool_cmd;
 mod progress;
 mod queue_cmd;
+mod shell_cmd;
 mod status_cmd;
 mod stdin_read;
 
@@ -44,7 +45,7 @@ Exit status:
 /// blob commands start one when none runs, unless --no-spawn.
 #[derive(Debug, Parser)]
 #[command(name = "hearth", version, max_term_width = 100, after_help = EXIT_STATUS_HELP)]
-struct Cli {
+pub(crate) struct Cli {
     #[command(flatten)]
     global: Global,
     #[command(subcommand)]
@@ -99,6 +100,8 @@ enum Command {
     /// The content-addressed blob store: put, get, list, pin, collect
     #[command(subcommand)]
     Blob(blob_cmd::BlobCommand),
+    /// Print a shell's tab-completion script (e.g. `hearth completions bash > ~/.local/share/bash-completion/completions/hearth`)
+    Completions(shell_cmd::CompletionsArgs),
 }
 
 /// What every command needs: where the daemon is and how to print.
@@ -171,6 +174,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
             Command::Queue(command) => queue_cmd::run(ctx, command).await,
             Command::Run(args) => queue_cmd::run_attached(ctx, args).await,
             Command::Blob(command) => blob_cmd::run(ctx, command).await,
+            Command::Completions(args) => shell_cmd::completions(&args),
         }
     })
 }
