@@ -32,21 +32,21 @@ mod tests {
     /// Every page: `hearth.1`, then `hearth-<group>.1` and
     /// `hearth-<group>-<command>.1` for each subcommand.
     fn pages() -> Vec<(String, Vec<u8>)> {
-        fn walk(command: &clap::Command, name: String, out: &mut Vec<(String, Vec<u8>)>) {
+        fn walk(command: &clap::Command, name: &str, out: &mut Vec<(String, Vec<u8>)>) {
             // clap keeps names as `&'static str`; a test may leak a few.
-            let leaked: &'static str = Box::leak(name.clone().into_boxed_str());
+            let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
             let command = command.clone().name(leaked).display_name(leaked);
             let mut page = Vec::new();
             clap_mangen::Man::new(command.clone()).render(&mut page).expect("render");
             out.push((format!("{name}.1"), page));
             for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
-                walk(sub, format!("{name}-{}", sub.get_name()), out);
+                walk(sub, &format!("{name}-{}", sub.get_name()), out);
             }
         }
         let mut out = Vec::new();
         let mut root = crate::Cli::command();
         root.build();
-        walk(&root, "hearth".into(), &mut out);
+        walk(&root, "hearth", &mut out);
         out
     }
 
