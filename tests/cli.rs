@@ -677,6 +677,7 @@ fn a_closed_stdout_ends_every_command_quietly_with_status_141() {
         &["blob", "ls"],
         &["pool", "status"],
         &["ping"],
+        &["completions", "bash"],
     ];
     for args in commands {
         let out = run_with_closed_stdout(&state, args);
