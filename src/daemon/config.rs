@@ -51,8 +51,14 @@ pub struct Config {
     pub pool: PoolSettings,
     /// The job queue.
     pub queue: QueueConfig,
-    /// The blob store and its HTTP read server.
+    /// The blob store.
     pub blob: BlobConfig,
+    /// The loopback HTTP server: blobs, `/metrics`, the dashboard.
+    pub http: HttpConfig,
+    /// What loading the configuration has to say (deprecated keys), for
+    /// the daemon to log once logging is set up.
+    #[serde(skip)]
+    pub notices: Vec<String>,
 }
 
 /// Connection handling and its limits.
@@ -215,11 +221,11 @@ impl QueueConfig {
     }
 }
 
-/// The blob store and its HTTP read server.
+/// The blob store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BlobConfig {
-    /// Serve the blob channel (and its HTTP server) at all.
+    /// Serve the blob channel at all.
     pub enabled: bool,
     /// Size budget: collection removes least-recently-used unpinned blobs
     /// above it. Absent: unlimited.
@@ -231,22 +237,23 @@ pub struct BlobConfig {
     /// How often the background collection runs (it also runs after a put
     /// takes the store over its budget).
     pub gc_interval: HumanDuration,
-    /// Run the HTTP read server on 127.0.0.1.
+    /// Serve blobs read-only at `/blob/sha256:<hex>` on the HTTP server.
     pub http: bool,
-    /// Its port. Absent: the port of the previous run when it is free, else
-    /// any free port (remembered for next time). `0`: any free port, every time.
+    /// Deprecated: `http.port`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_port: Option<u16>,
-    /// HTTP connections served at once; more are closed on accept.
-    pub http_max_connections: u64,
-    /// Time a client has to send a request's headers, and the most an idle
-    /// keep-alive connection stays open.
-    pub http_header_timeout: HumanDuration,
-    /// A client that does not take response bytes for this long is disconnected.
-    pub http_write_timeout: HumanDuration,
-    /// Origins (`http://localhost:5173`) allowed to read blobs from scripts
-    /// (`Access-Control-Allow-Origin`); `"*"` allows any. Empty: no CORS headers.
-    pub http_cors_origins: Vec<String>,
+    /// Deprecated: `http.max_connections`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_max_connections: Option<u64>,
+    /// Deprecated: `http.header_timeout`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_header_timeout: Option<HumanDuration>,
+    /// Deprecated: `http.write_timeout`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_write_timeout: Option<HumanDuration>,
+    /// Deprecated: `http.cors_origins`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_cors_origins: Option<Vec<String>>,
 }
 
 impl Default for BlobConfig {
@@ -258,32 +265,91 @@ impl Default for BlobConfig {
             gc_interval: HumanDuration(Duration::from_secs(600)),
             http: true,
             http_port: None,
-            http_max_connections: 128,
-            http_header_timeout: HumanDuration(Duration::from_secs(10)),
-            http_write_timeout: HumanDuration(Duration::from_secs(30)),
-            http_cors_origins: Vec::new(),
+            http_max_connections: None,
+            http_header_timeout: None,
+            http_write_timeout: None,
+            http_cors_origins: None,
         }
     }
 }
 
 impl BlobConfig {
     fn validate(&self) -> Result<(), String> {
-        for (key, d) in [
-            ("blob.gc_interval", self.gc_interval),
-            ("blob.http_header_timeout", self.http_header_timeout),
-            ("blob.http_write_timeout", self.http_write_timeout),
-        ] {
+        if self.gc_interval.0.is_zero() {
+            return Err("blob.gc_interval must be longer than 0s".into());
+        }
+        Ok(())
+    }
+}
+
+/// The daemon's HTTP server on 127.0.0.1: blobs (`/blob/`), `/metrics` and
+/// the dashboard (`/dashboard/`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Run the server at all.
+    pub enabled: bool,
+    /// Its port. Absent: the port of the previous run when it is free, else
+    /// any free port (remembered for next time). `0`: any free port, every time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Connections served at once (lowered at start-up to fit the open-file
+    /// limit); more are closed on accept.
+    pub max_connections: u64,
+    /// Time a client has to send a request's headers, and the most an idle
+    /// keep-alive connection stays open.
+    pub header_timeout: HumanDuration,
+    /// A client that does not take response bytes for this long is disconnected.
+    pub write_timeout: HumanDuration,
+    /// Origins (`http://localhost:5173`) allowed to read blobs from scripts
+    /// (`Access-Control-Allow-Origin`); `"*"` allows any. Empty: no CORS
+    /// headers. Blobs only: the dashboard and `/metrics` never send any.
+    pub cors_origins: Vec<String>,
+    /// Serve `/metrics` (OpenMetrics text).
+    pub metrics: bool,
+    /// Serve the dashboard at `/dashboard/`.
+    pub dashboard: bool,
+    /// Dashboard event streams (server-sent events) open at once; each
+    /// holds one of the connections.
+    pub max_event_streams: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            port: None,
+            max_connections: 128,
+            header_timeout: HumanDuration(Duration::from_secs(10)),
+            write_timeout: HumanDuration(Duration::from_secs(30)),
+            cors_origins: Vec::new(),
+            metrics: true,
+            dashboard: true,
+            max_event_streams: 16,
+        }
+    }
+}
+
+impl HttpConfig {
+    fn validate(&self) -> Result<(), String> {
+        for (key, d) in [("http.header_timeout", self.header_timeout), ("http.write_timeout", self.write_timeout)] {
             if d.0.is_zero() {
                 return Err(format!("{key} must be longer than 0s"));
             }
         }
-        if self.http_max_connections == 0 {
-            return Err("blob.http_max_connections must be at least 1".into());
+        if self.max_connections == 0 {
+            return Err("http.max_connections must be at least 1".into());
         }
-        for origin in &self.http_cors_origins {
+        if self.max_event_streams == 0 || self.max_event_streams > self.max_connections {
+            return Err(format!(
+                "http.max_event_streams must be between 1 and http.max_connections ({}), not {}",
+                self.max_connections, self.max_event_streams
+            ));
+        }
+        for origin in &self.cors_origins {
             if !valid_origin(origin) {
                 return Err(format!(
-                    "blob.http_cors_origins: {origin:?} is not an origin like \"http://localhost:5173\" (scheme, host, \
+                    "http.cors_origins: {origin:?} is not an origin like \"http://localhost:5173\" (scheme, host, \
                      optional port, no path) or \"*\""
                 ));
             }
@@ -346,11 +412,54 @@ impl Config {
     }
 
     fn from_table(table: toml::Table, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = table
+        let mut config: Config = table
+            .clone()
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Invalid { origin: origin.into(), message: e.to_string() })?;
+        config.adopt_deprecated(&table).map_err(|message| ConfigError::Invalid { origin: origin.into(), message })?;
         config.validate().map_err(|message| ConfigError::Invalid { origin: origin.into(), message })?;
         Ok(config)
+    }
+
+    /// Moves the values of the keys the HTTP server had when it was the blob
+    /// store's (`blob.http_port`, ...) to their `[http]` names, with a
+    /// notice for each; a key given under both names (in `table`, the
+    /// settings as read) is an error.
+    fn adopt_deprecated(&mut self, table: &toml::Table) -> Result<(), String> {
+        let new_keys = table.get("http").and_then(toml::Value::as_table);
+        let mut moved = Vec::new();
+        let mut adopt = |key: &'static str| {
+            if new_keys.is_some_and(|t| t.contains_key(key)) {
+                return Err(format!("blob.http_{key} is the old name of http.{key}; keep only http.{key}"));
+            }
+            moved.push(key);
+            Ok(())
+        };
+        let (blob, http) = (&mut self.blob, &mut self.http);
+        if let Some(port) = blob.http_port.take() {
+            adopt("port")?;
+            http.port = Some(port);
+        }
+        if let Some(n) = blob.http_max_connections.take() {
+            adopt("max_connections")?;
+            http.max_connections = n;
+        }
+        if let Some(d) = blob.http_header_timeout.take() {
+            adopt("header_timeout")?;
+            http.header_timeout = d;
+        }
+        if let Some(d) = blob.http_write_timeout.take() {
+            adopt("write_timeout")?;
+            http.write_timeout = d;
+        }
+        if let Some(origins) = blob.http_cors_origins.take() {
+            adopt("cors_origins")?;
+            http.cors_origins = origins;
+        }
+        self.notices.extend(moved.into_iter().map(|key| {
+            format!("blob.http_{key} is deprecated and will be removed: write http.{key} instead (its value was used)")
+        }));
+        Ok(())
     }
 
     /// Checks ranges that types alone cannot express.
@@ -391,6 +500,7 @@ impl Config {
         }
         self.pool.validate()?;
         self.blob.validate()?;
+        self.http.validate()?;
         self.validate_queue()
     }
 
@@ -491,6 +601,36 @@ mod tests {
         assert!(Config::load(&file, true, &[]).is_err());
         assert!(Config::load(&dir.path().join("missing.toml"), true, &[]).is_err());
         assert_eq!(Config::load(&dir.path().join("missing.toml"), false, &[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn the_blob_http_keys_of_earlier_versions_still_work_with_a_notice() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            dir.path(),
+            "[blob]\nhttp = false\nhttp_port = 8123\nhttp_max_connections = 7\nhttp_header_timeout = \"3s\"\n\
+             http_write_timeout = \"4s\"\nhttp_cors_origins = [\"http://localhost:5173\"]\n",
+        );
+        let config = Config::load(&file, true, &[]).unwrap();
+        assert!(!config.blob.http, "blob.http keeps its meaning: blobs are not served over HTTP");
+        assert_eq!(config.http.port, Some(8123));
+        assert_eq!(config.http.max_connections, 7);
+        assert_eq!(config.http.header_timeout.0, Duration::from_secs(3));
+        assert_eq!(config.http.write_timeout.0, Duration::from_secs(4));
+        assert_eq!(config.http.cors_origins, ["http://localhost:5173"]);
+        assert_eq!(config.notices.len(), 5, "{:?}", config.notices);
+        assert!(config.notices[0].contains("blob.http_port is deprecated") && config.notices[0].contains("http.port"));
+        assert!(!config.to_toml().contains("http_port"), "printed under the new names only");
+        let over = [Override { key: "blob.http_port", value: "0".into() }];
+        assert_eq!(Config::load(&file, true, &over).unwrap().http.port, Some(0), "a flag's old key works too");
+
+        let both = write(dir.path(), "[blob]\nhttp_port = 1\n[http]\nport = 2\n");
+        let err = Config::load(&both, true, &[]).unwrap_err().to_string();
+        assert!(err.contains("blob.http_port is the old name of http.port"), "{err}");
+        let bad = write(dir.path(), "[http]\ncors_origins = [\"localhost\"]\n");
+        assert!(Config::load(&bad, true, &[]).unwrap_err().to_string().contains("http.cors_origins"));
+        let bad = write(dir.path(), "[http]\nmax_event_streams = 0\n");
+        assert!(Config::load(&bad, true, &[]).unwrap_err().to_string().contains("http.max_event_streams"));
     }
 
     #[test]

@@ -96,6 +96,16 @@ impl EventBus {
         let _ = self.tx.send(published);
     }
 
+    /// The sequence number of the last event published.
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.lock().seq
+    }
+
+    /// Subscriptions open now.
+    pub(crate) fn subscribers(&self) -> u64 {
+        self.tx.receiver_count() as u64
+    }
+
     /// A new subscription. With `since`, the events after that sequence
     /// number still kept are replayed first, and those no longer kept are
     /// counted as missed.

@@ -15,6 +15,8 @@
 //!   implements, the registry, and the slots (running, disabled, failed)
 //!   that the router, `status`, health, idle exit and shutdown iterate.
 //! - One folder (or file) per service: `status.rs`, `pool/`, `queue/`, `blob/`.
+//! - `http/`: the loopback HTTP server (blobs, `/metrics`, the dashboard);
+//!   `metrics.rs`: what `/metrics` says; `events.rs`: the event bus.
 //! - Shared helpers: `config.rs` (settings), `fsutil.rs` (atomic writes,
 //!   private directories), `child.rs` (how every child process is started
 //!   and killed), `random.rs` (ids). The system calls are in [`crate::sys`].
@@ -79,7 +81,9 @@ pub mod config;
 mod conn;
 mod events;
 pub mod fsutil;
+pub(crate) mod http;
 pub mod lifecycle;
+pub(crate) mod metrics;
 pub mod pool;
 pub mod queue;
 pub mod random;
@@ -108,7 +112,8 @@ const BASE_FDS: u64 = 64;
 /// blob put's temp file with a directory or sidecar being synced, or a
 /// queue read's SQLite connection (its database and WAL files).
 const FDS_PER_CONNECTION: u64 = 3;
-/// Descriptors one blob HTTP connection holds: its socket and the blob it sends.
+/// Descriptors one HTTP connection holds: its socket and the blob it sends
+/// (or the in-process socket pair of a dashboard request).
 const FDS_PER_HTTP_CONNECTION: u64 = 2;
 
 /// State shared by every task of one daemon.
@@ -129,6 +134,10 @@ pub(crate) struct Shared {
     pub(crate) services: services::Services,
     /// What the services did, for subscribers.
     pub(crate) events: Arc<events::EventBus>,
+    /// What `/metrics` says.
+    pub(crate) metrics: Arc<metrics::Metrics>,
+    /// The HTTP server.
+    pub(crate) http: http::HttpState,
     /// Set once a draining shutdown has begun.
     pub(crate) draining: AtomicBool,
     /// Why the last self-check failed, if it did.
@@ -273,9 +282,22 @@ impl Daemon {
         let notifier = Notifier::from_env();
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
+        for notice in &config.notices {
+            tracing::warn!("config: {notice}");
+        }
         let events = Arc::new(events::EventBus::new(config.daemon.event_buffer as usize));
-        let ctx =
-            services::StartCtx { config: &config, paths: &paths, stop: &stop, tracker: &tracker, events: &events };
+        let metrics = Arc::new(metrics::Metrics::new());
+        let (http, http_listener) = http::HttpState::bind(&config.http, &paths);
+        let ctx = services::StartCtx {
+            config: &config,
+            paths: &paths,
+            stop: &stop,
+            tracker: &tracker,
+            events: &events,
+            metrics: &metrics,
+            http_url: http.url.as_deref(),
+            http_failure: http.failure.as_deref(),
+        };
         let services = services::Services::start(ctx, &notifier).await;
         let shared = Arc::new(Shared {
             ident: DaemonIdent { version: VERSION.into(), pid: std::process::id() },
@@ -289,6 +311,8 @@ impl Daemon {
             stats: ConnectionCounters::default(),
             services,
             events,
+            metrics,
+            http,
             draining: AtomicBool::new(false),
             self_check: Mutex::new(None),
             self_check_pass: AtomicBool::new(false),
@@ -300,6 +324,10 @@ impl Daemon {
         listener.set_nonblocking(true).map_err(|e| StartupError::Other(format!("socket: {e}")))?;
         let listener =
             tokio::net::UnixListener::from_std(listener).map_err(|e| StartupError::Other(format!("socket: {e}")))?;
+        shared.metrics.attach(&shared);
+        if let Some(listener) = http_listener {
+            shared.tracker.spawn(http::serve(listener, shared.clone()));
+        }
         let info = DaemonInfo {
             pid: shared.ident.pid,
             version: VERSION.into(),
@@ -307,8 +335,9 @@ impl Daemon {
             socket: paths.socket().to_owned(),
             state_dir: paths.state_dir().to_owned(),
             started_at: crate::time::rfc3339(started_at),
-            endpoints: shared.services.endpoints(),
+            endpoints: endpoints(&shared),
             managed_by: service_manager().map(str::to_owned),
+            dashboard_secret: shared.http.dashboard_secret(),
         };
         // Published before the first accept (connections wait in the
         // listen backlog meanwhile): whoever gets an answer finds daemon.json.
@@ -393,6 +422,15 @@ pub enum Stopped {
     SocketLost(String),
 }
 
+/// The endpoints besides the socket: the HTTP server's, and the services'.
+fn endpoints(shared: &Shared) -> crate::protocol::info::Endpoints {
+    let mut endpoints = shared.services.endpoints();
+    endpoints.http.clone_from(&shared.http.url);
+    endpoints.metrics = shared.http.metrics_url();
+    endpoints.dashboard = shared.http.dashboard_url();
+    endpoints
+}
+
 /// The service manager this process runs under, from the variables each sets.
 fn service_manager() -> Option<&'static str> {
     let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0");
@@ -405,7 +443,7 @@ fn service_manager() -> Option<&'static str> {
     }
 }
 
-/// Lowers `server.max_connections` and `blob.http_max_connections` (in
+/// Lowers `server.max_connections` and `http.max_connections` (in
 /// the same proportion) until every connection at its peak, every queue
 /// worker and every pool build fit the open-file limit `limit` together,
 /// so that clients can never take the descriptors a job, a build or the
@@ -421,7 +459,7 @@ fn fit_open_file_limit(config: &mut Config, limit: u64) {
         );
     }
     let connections = config.server.max_connections;
-    let http = if config.blob.enabled && config.blob.http { config.blob.http_max_connections } else { 0 };
+    let http = if config.http.enabled { config.http.max_connections } else { 0 };
     let wanted = connections * FDS_PER_CONNECTION + http * FDS_PER_HTTP_CONNECTION;
     if wanted <= available {
         return;
@@ -437,11 +475,12 @@ fn fit_open_file_limit(config: &mut Config, limit: u64) {
         config.server.max_connections
     );
     if http > 0 {
-        config.blob.http_max_connections = scale(http);
+        config.http.max_connections = scale(http);
+        config.http.max_event_streams = config.http.max_event_streams.min(config.http.max_connections);
         tracing::warn!(
             configured = http,
-            "blob.http_max_connections lowered to {} to fit the open-file limit",
-            config.blob.http_max_connections
+            "http.max_connections lowered to {} to fit the open-file limit",
+            config.http.max_connections
         );
     }
 }
@@ -477,7 +516,7 @@ mod tests {
         config.queue.workers = 4;
         edit(&mut config);
         fit_open_file_limit(&mut config, limit);
-        (config.server.max_connections, config.blob.http_max_connections)
+        (config.server.max_connections, config.http.max_connections)
     }
 
     #[test]
@@ -494,7 +533,7 @@ mod tests {
             assert!(peak <= limit, "{limit}: {peak} descriptors at the peak");
         }
         // Without the HTTP server, the socket gets all of it.
-        let (alone, _) = fitted(1024, |c| c.blob.http = false);
+        let (alone, _) = fitted(1024, |c| c.http.enabled = false);
         assert_eq!(alone, (1024 - reserved) / FDS_PER_CONNECTION);
         // A limit below the reserve still serves one connection of each kind.
         assert_eq!(fitted(16, |_| {}), (1, 1));

@@ -25,7 +25,9 @@ use tokio_util::task::TaskTracker;
 use super::Config;
 use super::Shared;
 use super::events::EventBus;
+use super::http::Body;
 use super::lifecycle::notify::Notifier;
+use super::metrics::{Metrics, Scrape};
 use crate::connection::Connection;
 use crate::paths::Paths;
 use crate::protocol::Channel;
@@ -61,6 +63,12 @@ pub(crate) struct StartCtx<'a> {
     pub(crate) tracker: &'a TaskTracker,
     /// Where the service publishes what it does.
     pub(crate) events: &'a Arc<EventBus>,
+    /// Where it counts what it does, for `/metrics`.
+    pub(crate) metrics: &'a Arc<Metrics>,
+    /// The HTTP server's base URL, when it runs.
+    pub(crate) http_url: Option<&'a str>,
+    /// Why the HTTP server does not run although it is enabled.
+    pub(crate) http_failure: Option<&'a str>,
 }
 
 /// Why a service could not start.
@@ -171,6 +179,22 @@ pub(crate) trait Service: std::fmt::Debug + Send + Sync + 'static {
 
     /// Adds the endpoints it serves besides the socket (for `daemon.json`).
     fn endpoints(&self, _endpoints: &mut Endpoints) {}
+
+    /// Writes its metrics read at scrape time (counts it keeps anyway).
+    fn collect(&self, _scrape: &mut Scrape<'_, '_>) -> std::fmt::Result {
+        Ok(())
+    }
+
+    /// The path prefix it serves on the HTTP server (`/blob/`), if any.
+    fn http_prefix(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// Answers an HTTP request under its [`http_prefix`](Service::http_prefix)
+    /// (the server has checked the `Host` already).
+    fn serve_http(self: Arc<Self>, _request: hyper::Request<hyper::body::Incoming>) -> BoxFuture<'static, hyper::Response<Body>> {
+        Box::pin(std::future::ready(super::http::reply::text(hyper::StatusCode::NOT_FOUND, "not found\n")))
+    }
 
     /// A draining shutdown: start no new work and let running work finish,
     /// until `deadline`.
@@ -317,6 +341,22 @@ impl Services {
             service.endpoints(&mut endpoints);
         }
         endpoints
+    }
+
+    /// Every running service's metrics read at scrape time.
+    pub(crate) fn collect(&self, scrape: &mut Scrape<'_, '_>) -> std::fmt::Result {
+        for service in self.running() {
+            service.collect(scrape)?;
+        }
+        Ok(())
+    }
+
+    /// The service whose HTTP prefix `path` starts with, and its channel.
+    pub(crate) fn http_route(&self, path: &str) -> Option<(Channel, Arc<dyn Service>)> {
+        self.slots.iter().find_map(|(channel, slot)| match slot {
+            Slot::Running(s) if s.http_prefix().is_some_and(|p| path.starts_with(p)) => Some((*channel, s.clone())),
+            _ => None,
+        })
     }
 
     /// What keeps the daemon from being idle, if anything.

@@ -29,6 +29,11 @@ pub struct DaemonInfo {
     /// The service manager that runs it (`systemd` or `launchd`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managed_by: Option<String>,
+    /// The secret that opens the dashboard (`<endpoints.dashboard>?token=<secret>`),
+    /// new at every start. Only here: `daemon.json` is readable by its user
+    /// alone (mode 0600). Absent when the dashboard is not served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dashboard_secret: Option<String>,
 }
 
 /// Endpoints besides the socket.
@@ -38,6 +43,17 @@ pub struct Endpoints {
     /// blob is at `<blob_http>/blob/sha256:<hex>`. Absent when it does not run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blob_http: Option<String>,
+    /// The HTTP server's base URL, `http://127.0.0.1:<port>`. Absent when it
+    /// does not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// Where the metrics are, `<http>/metrics`. Absent when not served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
+    /// Where the dashboard is, `<http>/dashboard/`; it opens with
+    /// [`DaemonInfo::dashboard_secret`]. Absent when not served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dashboard: Option<String>,
 }
 
 /// The one JSON line `hearthd --detach` prints on stdout before it returns,

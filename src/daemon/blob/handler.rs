@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use crate::daemon::metrics::{Store, Via};
 use super::store::{PutMeta, StoreError, is_disk_full};
 use super::{BlobService, ingest, media};
 use crate::daemon::conn::session::{Closed, Session};
@@ -186,7 +187,7 @@ async fn receive_put(
         match known {
             Ok(Some((hash, size))) => {
                 let stored = Stored { hash, size, existed: true };
-                service.put_event(&stored);
+                service.put_event(&stored, 0);
                 return session.send(&BlobResponse::Stored(stored)).await;
             }
             Ok(None) => {}
@@ -269,6 +270,8 @@ async fn finish_put(
     }
     let service2 = service.clone();
     let stored = tokio::task::spawn_blocking(move || {
+        // The fsyncs of the content and of its directory, timed together.
+        let syncing = std::time::Instant::now();
         let (temp, hash) = written.finish().map_err(|e| service2.io_error("cannot sync a put", e))?;
         if let Some(expected) = &put.sha256 {
             if *expected != hash {
@@ -280,6 +283,7 @@ async fn finish_put(
         }
         let meta = PutMeta { media_type: put.media_type, name: put.name, pin: put.pin };
         let existed = service2.store.commit(temp, &hash, size, &meta).map_err(|e| service2.wire_error(e))?;
+        service2.metrics.sync(Store::Blob, syncing.elapsed());
         Ok(Stored { hash, size, existed })
     })
     .await
@@ -288,7 +292,7 @@ async fn finish_put(
         tracing::debug!(hash = %stored.hash, size, "stored a blob");
         service.after_put();
     }
-    service.put_event(&stored);
+    service.put_event(&stored, size);
     Ok(stored)
 }
 
@@ -334,6 +338,7 @@ async fn send_blob(
     service.store.touch(&get.hash);
     let header = Content { hash: get.hash, size: info.size, offset, length, media_type: info.media_type };
     session.send(&BlobResponse::Content(header)).await?;
+    service.metrics.blob_get(Via::Socket);
 
     let chunk = GET_CHUNK.min(session.shared().config.server.max_frame.as_usize());
     let mut chunks = super::store::spawn_reader(file, offset, length, chunk);
@@ -351,6 +356,7 @@ async fn send_blob(
         match next {
             Some(Ok(bytes)) => {
                 sent += bytes.len() as u64;
+                service.metrics.blob_sent(Via::Socket, bytes.len() as u64);
                 session.send_frame(bytes).await?;
             }
             Some(Err(e)) => break Some(service.io_error("cannot read a blob", e)),

@@ -1,48 +1,29 @@
-//! The HTTP read server: `GET` and `HEAD` of `/blob/sha256:<hex>` on
-//! 127.0.0.1, for web views and tools that load blobs by URL.
+//! The blob route of the daemon's HTTP server: `GET` and `HEAD` of
+//! `/blob/sha256:<hex>`, for web views and tools that load blobs by URL.
 //!
 //! Only a well-formed hash maps to a file, so no path (encoded or not)
-//! reaches anything outside the store. Requests must name a loopback host
-//! with this server's port (`Host: 127.0.0.1:<port>`, `localhost:<port>`,
-//! `[::1]:<port>`): a page on another origin that rebinds its DNS name to
-//! 127.0.0.1 is refused. Every connection is bounded: a cap on connections,
-//! a deadline for request headers (which also ends idle keep-alive
-//! connections), and a deadline for a client that stops reading.
+//! reaches anything outside the store. The server in front of it
+//! (`daemon/http/`) checks the `Host`, caps connections and times out slow
+//! clients; this route adds CORS for the configured origins.
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::io;
-use std::net::Ipv4Addr;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
-use tokio::time::Sleep;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio::sync::mpsc;
 
 use super::media;
 use super::store::{Store, StoreError, spawn_reader};
-use crate::daemon::config::BlobConfig;
-use crate::daemon::fsutil;
+use crate::daemon::http::Body;
+use crate::daemon::http::reply::{empty, finish, full, text};
+use crate::daemon::metrics::{Metrics, Via};
 use crate::protocol::blob::BlobHash;
-
-/// Where the port of the previous run is remembered, inside `blobs/`.
-const PORT_FILE: &str = "http-port";
 
 /// Body chunk size read from disk.
 const CHUNK: usize = 256 * 1024;
@@ -52,145 +33,16 @@ pub(crate) const BLOB_PATH: &str = "/blob/";
 
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
-type Body = BoxBody<Bytes, io::Error>;
-
+/// What the blob route needs.
 #[derive(Debug)]
-struct Ctx {
-    store: Arc<Store>,
-    /// `127.0.0.1:<port>`, `localhost:<port>`, `[::1]:<port>`.
-    hosts: [String; 3],
-    cors_origins: Vec<String>,
+pub(super) struct Ctx {
+    pub(super) store: Arc<Store>,
+    pub(super) cors_origins: Vec<String>,
+    pub(super) metrics: Arc<Metrics>,
 }
 
-/// Binds the server and starts serving; returns its base URL.
-pub(super) async fn start(
-    store: Arc<Store>,
-    config: &BlobConfig,
-    stop: CancellationToken,
-    tracker: TaskTracker,
-) -> io::Result<String> {
-    let listener = bind(store.root(), config.http_port)?;
-    let port = listener.local_addr()?.port();
-    listener.set_nonblocking(true)?;
-    let listener = TcpListener::from_std(listener)?;
-    let ctx = Arc::new(Ctx {
-        store,
-        hosts: [format!("127.0.0.1:{port}"), format!("localhost:{port}"), format!("[::1]:{port}")],
-        cors_origins: config.http_cors_origins.clone(),
-    });
-    let limits = Limits {
-        connections: Arc::new(Semaphore::new(usize::try_from(config.http_max_connections).unwrap_or(usize::MAX))),
-        header_timeout: config.http_header_timeout.0,
-        write_timeout: config.http_write_timeout.0,
-    };
-    let url = format!("http://127.0.0.1:{port}");
-    tracing::info!(%url, "blob HTTP server listening");
-    tracker.spawn(accept_loop(listener, ctx, limits, stop, tracker.clone()));
-    Ok(url)
-}
-
-/// The configured port; or, when none is configured, the previous run's
-/// port if it is free, else any free port (remembered for the next run).
-fn bind(root: &Path, configured: Option<u16>) -> io::Result<std::net::TcpListener> {
-    let any = || std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0));
-    if let Some(port) = configured {
-        return std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot bind 127.0.0.1:{port} (blob.http_port): {e}")));
-    }
-    let file = root.join(PORT_FILE);
-    let last = fsutil::read_small(&file, 16)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok()?.trim().parse::<u16>().ok())
-        .filter(|p| *p != 0);
-    let listener = match last {
-        Some(port) => std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).or_else(|e| {
-            tracing::warn!("the blob HTTP port of the previous run, {port}, is not available ({e}); choosing another");
-            any()
-        })?,
-        None => any()?,
-    };
-    let port = listener.local_addr()?.port();
-    if last != Some(port) {
-        if let Err(e) = fsutil::write_atomic(&file, port.to_string().as_bytes(), 0o600, false) {
-            tracing::warn!("cannot remember the blob HTTP port: {e}");
-        }
-    }
-    Ok(listener)
-}
-
-#[derive(Debug, Clone)]
-struct Limits {
-    connections: Arc<Semaphore>,
-    header_timeout: Duration,
-    write_timeout: Duration,
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    ctx: Arc<Ctx>,
-    limits: Limits,
-    stop: CancellationToken,
-    tracker: TaskTracker,
-) {
-    let mut backoff = Duration::ZERO;
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            () = stop.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                backoff = Duration::ZERO;
-                let Ok(permit) = limits.connections.clone().try_acquire_owned() else {
-                    tracing::debug!("blob HTTP server at its connection limit; closing a new connection");
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let (ctx, limits, stop) = (ctx.clone(), limits.clone(), stop.clone());
-                tracker.spawn(async move {
-                    serve_connection(stream, ctx, &limits, stop).await;
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
-                tracing::debug!("blob HTTP accept failed: {e}; retrying in {backoff:?}");
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-            }
-        }
-    }
-}
-
-async fn serve_connection(stream: TcpStream, ctx: Arc<Ctx>, limits: &Limits, stop: CancellationToken) {
-    let io = TokioIo::new(StallGuard::new(stream, limits.write_timeout));
-    let service = service_fn(move |req| {
-        let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(respond(&ctx, &req).await) }
-    });
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_buf_size(16 * 1024)
-        .serve_connection(io, service);
-    tokio::select! {
-        () = stop.cancelled() => {}
-        result = conn => if let Err(e) = result {
-            tracing::debug!("blob HTTP connection ended: {e}");
-        },
-    }
-}
-
-async fn respond(ctx: &Ctx, req: &Request<Incoming>) -> Response<Body> {
-    if !ctx.host_allowed(req) {
-        return text(
-            StatusCode::FORBIDDEN,
-            "requests must name 127.0.0.1, localhost or [::1] with this server's port\n",
-        );
-    }
+/// Answers one request under [`BLOB_PATH`] (the server checked its `Host`).
+pub(super) async fn respond(ctx: &Ctx, req: &Request<Incoming>) -> Response<Body> {
     let cors = ctx.cors_origin(req.headers());
     if req.method() == Method::OPTIONS && cors.is_some() {
         return preflight(ctx, cors);
@@ -248,7 +100,9 @@ async fn respond(ctx: &Ctx, req: &Request<Incoming>) -> Response<Body> {
     match opened {
         Ok(Ok((file, hash))) => {
             ctx.store.touch(&hash);
-            let body = FileBody { chunks: spawn_reader(file, start, length, CHUNK), remaining: length };
+            ctx.metrics.blob_get(Via::Http);
+            let chunks = spawn_reader(file, start, length, CHUNK);
+            let body = FileBody { chunks, remaining: length, metrics: ctx.metrics.clone() };
             finish(builder, body.boxed())
         }
         Ok(Err(StoreError::NotFound(_))) => text(StatusCode::NOT_FOUND, "no such blob\n"),
@@ -264,15 +118,6 @@ async fn respond(ctx: &Ctx, req: &Request<Incoming>) -> Response<Body> {
 }
 
 impl Ctx {
-    /// Exactly one `Host`, naming loopback with this port (and an
-    /// absolute-form target, if any, naming the same).
-    fn host_allowed(&self, req: &Request<Incoming>) -> bool {
-        let known = |h: &str| self.hosts.iter().any(|k| k.eq_ignore_ascii_case(h));
-        let mut hosts = req.headers().get_all(header::HOST).iter();
-        let (Some(host), None) = (hosts.next(), hosts.next()) else { return false };
-        host.to_str().is_ok_and(known) && req.uri().authority().is_none_or(|a| known(a.as_str()))
-    }
-
     /// The `Access-Control-Allow-Origin` value for this request, if CORS is configured and allows it.
     fn cors_origin(&self, headers: &HeaderMap) -> Option<HeaderValue> {
         if self.cors_origins.iter().any(|o| o == "*") {
@@ -366,38 +211,12 @@ fn parse_range(value: &str, size: u64) -> Option<Span> {
     Some(Span::Part { start, length: end - start + 1 })
 }
 
-fn finish(builder: hyper::http::response::Builder, body: Body) -> Response<Body> {
-    builder.body(body).unwrap_or_else(|e| {
-        tracing::error!("blob HTTP: cannot build a response: {e}");
-        let mut response = Response::new(empty());
-        *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-        response
-    })
-}
-
-fn empty() -> Body {
-    Empty::new().map_err(|never| match never {}).boxed()
-}
-
-fn full(text: &'static str) -> Body {
-    Full::new(Bytes::from_static(text.as_bytes())).map_err(|never| match never {}).boxed()
-}
-
-/// A short plain-text answer (errors), never cached.
-fn text(status: StatusCode, message: &'static str) -> Response<Body> {
-    let builder = Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
-        .header(header::CACHE_CONTROL, "no-store");
-    finish(builder, full(message))
-}
-
 /// A response body streamed from disk by a blocking reader, a few chunks
 /// ahead of the socket.
 struct FileBody {
     chunks: mpsc::Receiver<io::Result<Bytes>>,
     remaining: u64,
+    metrics: Arc<Metrics>,
 }
 
 impl hyper::body::Body for FileBody {
@@ -411,6 +230,7 @@ impl hyper::body::Body for FileBody {
         Poll::Ready(Some(match ready!(self.chunks.poll_recv(cx)) {
             Some(Ok(bytes)) => {
                 self.remaining = self.remaining.saturating_sub(bytes.len() as u64);
+                self.metrics.blob_sent(Via::Http, bytes.len() as u64);
                 Ok(Frame::data(bytes))
             }
             Some(Err(e)) => Err(e),
@@ -424,71 +244,6 @@ impl hyper::body::Body for FileBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.remaining)
-    }
-}
-
-/// Fails a write that makes no progress for `limit` (a client that stopped
-/// reading), so a stalled download does not hold a connection forever.
-struct StallGuard<S> {
-    inner: S,
-    limit: Duration,
-    stalled: Option<Pin<Box<Sleep>>>,
-}
-
-impl<S> StallGuard<S> {
-    fn new(inner: S, limit: Duration) -> Self {
-        Self { inner, limit, stalled: None }
-    }
-
-    fn progress<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
-        if poll.is_ready() {
-            self.stalled = None;
-            return poll;
-        }
-        let limit = self.limit;
-        let deadline = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        match deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("the client took no data for {limit:?}"),
-            ))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for StallGuard<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for StallGuard<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.progress(cx, poll)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.progress(cx, poll)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut self.inner).poll_flush(cx);
-        self.progress(cx, poll)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

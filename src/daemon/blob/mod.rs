@@ -1,21 +1,20 @@
 //! The blob service: a content-addressed store under `<state-dir>/blobs/`,
-//! its socket channel, its HTTP read server, and background upkeep
-//! (collection against the size budget, batched last-access writes).
+//! its socket channel, its route on the daemon's HTTP server (`/blob/`),
+//! and background upkeep (collection against the size budget, batched
+//! last-access writes).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::daemon::Config;
-use crate::daemon::config::BlobConfig;
 use crate::daemon::events::EventBus;
+use crate::daemon::metrics::{BYTES, Metrics, Scrape};
 use crate::daemon::services::{
     BoxFuture, LastFailure, Opened, PROBE_TIMEOUT, Service, StartCtx, StartError, StartService,
 };
-use crate::paths::Paths;
 use crate::protocol::Channel;
 use crate::protocol::blob::{GcReport, Stored, Usage};
 use crate::protocol::event::EventData;
@@ -38,9 +37,14 @@ const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
 pub(crate) struct BlobService {
     store: Arc<Store>,
     max_blob_size: Option<u64>,
+    /// The HTTP server's base URL, when blobs are served there.
     http_url: Option<String>,
-    /// Why the HTTP server is not running although it is enabled.
+    /// Why blobs are not served over HTTP although `blob.http` is set.
     http_failure: Option<String>,
+    /// What the `/blob/` route needs.
+    http: http::Ctx,
+    /// Where puts and gets are counted.
+    metrics: Arc<Metrics>,
     collect_now: Notify,
     /// When the store last failed with an I/O error (a full disk included),
     /// and why: reported as `blob_store_errors` in health for a while.
@@ -50,42 +54,38 @@ pub(crate) struct BlobService {
 }
 
 impl BlobService {
-    /// Opens the store, starts the HTTP server and the upkeep task.
-    pub(crate) async fn open(
-        config: &BlobConfig,
-        paths: &Paths,
-        stop: &CancellationToken,
-        tracker: &TaskTracker,
-        events: Arc<EventBus>,
-    ) -> Result<Arc<BlobService>, StartError> {
-        let root = paths.state_dir().join("blobs");
+    /// Opens the store and starts the upkeep task.
+    pub(crate) async fn open(ctx: StartCtx<'_>) -> Result<Arc<BlobService>, StartError> {
+        let config = &ctx.config.blob;
+        let root = ctx.paths.state_dir().join("blobs");
         let budget = config.max_bytes.map(|b| b.0);
         let store = tokio::task::spawn_blocking(move || Store::open(&root, budget))
             .await
             .map_err(|e| StartError::join("the blob store's opening", &e))?
             .map_err(|e| StartError::Store { what: "the blob store", source: Box::new(e) })?;
         let store = Arc::new(store);
-        let (http_url, http_failure) = if config.http {
-            match http::start(store.clone(), config, stop.clone(), tracker.clone()).await {
-                Ok(url) => (Some(url), None),
-                Err(e) => {
-                    tracing::error!("the blob HTTP server cannot start: {e}");
-                    (None, Some(e.to_string()))
-                }
-            }
-        } else {
-            (None, None)
+        let (http_url, http_failure) = match (config.http, ctx.http_url, ctx.http_failure) {
+            (true, Some(url), _) => (Some(url.to_owned()), None),
+            (true, None, Some(why)) => (None, Some(why.to_owned())),
+            _ => (None, None),
+        };
+        let http = http::Ctx {
+            store: store.clone(),
+            cors_origins: ctx.config.http.cors_origins.clone(),
+            metrics: ctx.metrics.clone(),
         };
         let service = Arc::new(BlobService {
             store,
             max_blob_size: config.max_blob_size.map(|b| b.0),
             http_url,
             http_failure,
+            http,
+            metrics: ctx.metrics.clone(),
             collect_now: Notify::new(),
             last_store_error: LastFailure::default(),
-            events,
+            events: ctx.events.clone(),
         });
-        tracker.spawn(upkeep(service.clone(), stop.clone(), config.gc_interval.0));
+        ctx.tracker.spawn(upkeep(service.clone(), ctx.stop.clone(), config.gc_interval.0));
         Ok(service)
     }
 
@@ -102,8 +102,9 @@ impl BlobService {
         }
     }
 
-    /// Tells subscribers about a put.
-    fn put_event(&self, stored: &Stored) {
+    /// Tells subscribers about a put, and counts the `received` bytes.
+    fn put_event(&self, stored: &Stored, received: u64) {
+        self.metrics.blob_put(received);
         let event = EventData::BlobPut { hash: stored.hash.to_string(), size: stored.size, existed: stored.existed };
         self.events.publish(Channel::Blob, event);
     }
@@ -129,7 +130,7 @@ impl StartService for BlobService {
     }
 
     async fn start(ctx: StartCtx<'_>) -> Result<Arc<Self>, StartError> {
-        BlobService::open(&ctx.config.blob, ctx.paths, ctx.stop, ctx.tracker, ctx.events.clone()).await
+        BlobService::open(ctx).await
     }
 }
 
@@ -144,7 +145,7 @@ impl Service for BlobService {
 
     fn health(&self, reasons: &mut Vec<HealthReason>) {
         if let Some(failure) = &self.http_failure {
-            let message = format!("the blob HTTP server could not start: {failure}");
+            let message = format!("blobs are not served over HTTP: the HTTP server could not start: {failure}");
             reasons.push(HealthReason::new(HealthCode::BlobHttpUnavailable, message));
         }
         if let Some((ago, message)) = self.last_store_error.recent(crate::time::now_ms()) {
@@ -196,8 +197,31 @@ impl Service for BlobService {
         }
     }
 
+    fn collect(&self, scrape: &mut Scrape<'_, '_>) -> std::fmt::Result {
+        let usage = self.store.usage();
+        scrape.gauge("blob_objects", "Blobs stored", None, usage.count)?;
+        scrape.gauge("blob_stored", "Bytes the stored blobs hold", BYTES, usage.bytes)?;
+        scrape.gauge("blob_pinned_objects", "Pinned blobs", None, usage.pinned_count)?;
+        scrape.gauge("blob_pinned", "Bytes the pinned blobs hold", BYTES, usage.pinned_bytes)?;
+        if let Some(budget) = usage.budget_bytes {
+            scrape.gauge("blob_budget", "The store's size budget (blob.max_bytes)", BYTES, budget)?;
+        }
+        Ok(())
+    }
+
     fn endpoints(&self, endpoints: &mut Endpoints) {
         endpoints.blob_http.clone_from(&self.http_url);
+    }
+
+    fn http_prefix(&self) -> Option<&'static str> {
+        self.http_url.is_some().then_some(http::BLOB_PATH)
+    }
+
+    fn serve_http(
+        self: Arc<Self>,
+        request: hyper::Request<hyper::body::Incoming>,
+    ) -> BoxFuture<'static, hyper::Response<crate::daemon::http::Body>> {
+        Box::pin(async move { http::respond(&self.http, &request).await })
     }
 
     /// Writes the last-access times still held in memory.

@@ -159,7 +159,6 @@ pub(crate) struct PutMeta {
 /// The store.
 #[derive(Debug)]
 pub(crate) struct Store {
-    root: PathBuf,
     objects: PathBuf,
     tmp: PathBuf,
     budget: Option<u64>,
@@ -210,7 +209,6 @@ impl Store {
             real_dir(dir)?;
         }
         let store = Store {
-            root: root.to_owned(),
             objects,
             tmp,
             budget,
@@ -224,11 +222,6 @@ impl Store {
 
     fn lock(&self) -> MutexGuard<'_, Index> {
         self.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// The store's directory.
-    pub(crate) fn root(&self) -> &Path {
-        &self.root
     }
 
     fn fanout(&self, hash: &BlobHash) -> PathBuf {

@@ -1,15 +1,20 @@
 //! A handshaked connection to one channel: reads requests with the idle
 //! timeout, answers decode errors itself, and writes with the write timeout.
+//!
+//! Every request of every channel passes here, so request latency is
+//! measured here, once: from the moment its frame is read to the moment
+//! the first frame of its answer is written.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
 
 use crate::connection::Connection;
 use crate::daemon::Shared;
+use crate::daemon::metrics::request_type;
 use crate::daemon::services::Opened;
 use crate::protocol::frame::FrameError;
 use crate::protocol::{ChannelProtocol, ErrorCode, Response, WireError, decode_request};
@@ -21,12 +26,15 @@ pub(crate) struct Closed;
 pub(crate) struct Session<C: ChannelProtocol> {
     conn: Connection,
     shared: Arc<Shared>,
+    /// The request being answered (its type) and when its frame was read,
+    /// until the first frame of its answer is written.
+    pending: Option<(&'static str, Instant)>,
     _channel: PhantomData<C>,
 }
 
 impl<C: ChannelProtocol> Session<C> {
     pub(crate) fn new(conn: Connection, shared: Arc<Shared>) -> Self {
-        Self { conn, shared, _channel: PhantomData }
+        Self { conn, shared, pending: None, _channel: PhantomData }
     }
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {
@@ -39,9 +47,15 @@ impl<C: ChannelProtocol> Session<C> {
     /// and the session goes on.
     pub(crate) async fn next_request(&mut self) -> Option<C::Request> {
         loop {
+            // A request never answered (a stream the peer ended) is not timed.
+            self.pending = None;
             let frame = self.next_frame().await?;
+            let arrived = Instant::now();
             match decode_request::<C::Request>(&frame) {
-                Ok(request) => return Some(request),
+                Ok(request) => {
+                    self.pending = request_type::<C::Request>(&frame).map(|kind| (kind, arrived));
+                    return Some(request);
+                }
                 Err(error) => {
                     if self.send(&C::Response::from_error(error)).await.is_err() {
                         return None;
@@ -102,7 +116,16 @@ impl<C: ChannelProtocol> Session<C> {
     /// Writes one raw frame, giving up after the write timeout.
     pub(crate) async fn send_frame(&mut self, payload: Bytes) -> Result<(), Closed> {
         let timeout = self.shared.config.server.write_timeout.0;
-        within(timeout, self.conn.write_raw(payload)).await
+        within(timeout, self.conn.write_raw(payload)).await?;
+        self.answered();
+        Ok(())
+    }
+
+    /// Times the pending request, if any: its answer's first frame is out.
+    fn answered(&mut self) {
+        if let Some((kind, arrived)) = self.pending.take() {
+            self.shared.metrics.request(C::CHANNEL, kind, arrived.elapsed());
+        }
     }
 
     /// Writes several raw frames with one flush, giving up after the write
@@ -116,13 +139,17 @@ impl<C: ChannelProtocol> Session<C> {
             }
             conn.flush().await
         })
-        .await
+        .await?;
+        self.answered();
+        Ok(())
     }
 
     /// Writes one response, giving up after the write timeout.
     pub(crate) async fn send<T: Serialize + ?Sized>(&mut self, response: &T) -> Result<(), Closed> {
         let timeout = self.shared.config.server.write_timeout.0;
-        within(timeout, self.conn.write_json(response)).await
+        within(timeout, self.conn.write_json(response)).await?;
+        self.answered();
+        Ok(())
     }
 
     async fn send_error(&mut self, error: WireError) {

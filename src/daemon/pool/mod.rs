@@ -28,6 +28,7 @@ use self::state::{Clock, Holder, Pool, ResState, Resource, State, Waiter, unknow
 use self::store::{LeaseRecord, Record, RecordState, Store};
 use crate::daemon::Config;
 use crate::daemon::events::EventBus;
+use crate::daemon::metrics::{Buckets, Label, Labels2, Metrics, SECONDS, Scrape};
 use crate::daemon::services::{BoxFuture, Opened, Service, StartCtx, StartError, StartService};
 use crate::paths::Paths;
 use crate::protocol::Channel;
@@ -39,6 +40,7 @@ use crate::protocol::status::{HealthCode, HealthReason, ServiceSummaries};
 use crate::protocol::{ErrorCode, WireError};
 use crate::time::{now_ms, rfc3339_ms};
 
+mod counters;
 mod definition;
 mod handler;
 mod runner;
@@ -70,6 +72,8 @@ pub(crate) struct PoolService {
     tasks: TaskTracker,
     /// Where builds, takes and releases are told.
     events: Arc<EventBus>,
+    /// Where lease syncs are timed.
+    metrics: Arc<Metrics>,
 }
 
 /// What `release` answers.
@@ -87,6 +91,7 @@ impl PoolService {
         config: &Config,
         paths: &Paths,
         events: Arc<EventBus>,
+        metrics: Arc<Metrics>,
     ) -> Result<Arc<PoolService>, StartError> {
         let root = paths.state_dir().join("pools");
         let store = Store::open(root.clone()).map_err(|source| StartError::Io { path: root.clone(), source })?;
@@ -106,6 +111,7 @@ impl PoolService {
         let name = venv.name.clone();
         state.pools.entry(name.clone()).or_insert_with(|| Pool::new(name)).builtin = Some(venv);
         mark_unchecked(&mut state);
+        counters::restore(&root, &mut state);
         let adopted: usize = state
             .pools
             .values()
@@ -126,10 +132,12 @@ impl PoolService {
             stop,
             tasks: TaskTracker::new(),
             events,
+            metrics,
         });
         service.tasks.spawn(scheduler::run(service.clone()));
         service.tasks.spawn(scheduler::collect_trash(service.clone()));
         service.tasks.spawn(scheduler::sync_leases(service.clone()));
+        service.tasks.spawn(counters::keep(service.clone()));
         service.trash.notify_one();
         Ok(service)
     }
@@ -561,7 +569,7 @@ impl StartService for PoolService {
     }
 
     async fn start(ctx: StartCtx<'_>) -> Result<Arc<Self>, StartError> {
-        PoolService::open(ctx.config, ctx.paths, ctx.events.clone()).await
+        PoolService::open(ctx.config, ctx.paths, ctx.events.clone(), ctx.metrics.clone()).await
     }
 }
 
@@ -573,6 +581,37 @@ impl Service for PoolService {
 
     fn summarize(&self, summaries: &mut ServiceSummaries) {
         summaries.pool = Some(self.summary());
+    }
+
+    /// Each pool's resources, target, takes and builds, as its state keeps them.
+    fn collect(&self, scrape: &mut Scrape<'_, '_>) -> std::fmt::Result {
+        let state = self.lock();
+        let pools: Vec<&state::Pool> = state.pools.values().filter(|p| p.effective().is_some()).collect();
+        fn name<'p>(p: &&'p state::Pool) -> Label<'p> {
+            Label("pool", &p.name)
+        }
+        let mut resources = Vec::new();
+        for p in &pools {
+            let c = p.counts();
+            let by_state =
+                [("ready", c.ready), ("checking", c.unverified), ("building", c.building), ("resetting", c.resetting), ("taken", c.taken)];
+            for (s, n) in by_state {
+                resources.push((Labels2(Label("pool", &p.name), Label("state", s)), n));
+            }
+        }
+        scrape.gauges("pool_resources", "Resources per pool and state", None, resources)?;
+        let per_pool = |f: fn(&state::Pool) -> u64| pools.iter().map(|p| (name(p), f(p))).collect::<Vec<_>>();
+        scrape.gauges("pool_target", "Ready resources each pool keeps", None, per_pool(|p| u64::from(p.target())))?;
+        scrape.gauges("pool_waiting_takes", "Takes waiting for a resource", None, per_pool(|p| p.waiters.len() as u64))?;
+        scrape.counters("pool_takes", "Resources handed out (kept across restarts)", None, per_pool(|p| p.stats.takes))?;
+        scrape.counters("pool_warm_takes", "Takes served at once by a ready resource (kept across restarts)", None, per_pool(|p| p.stats.warm_takes))?;
+        let ratios = pools.iter().filter(|p| p.stats.takes > 0).map(|p| (name(p), p.stats.warm_takes as f64 / p.stats.takes as f64)).collect();
+        scrape.gauges("pool_warm_hit_ratio", "Warm takes over takes, since the pool's first start", None, ratios)?;
+        scrape.counters("pool_builds", "Successful builds (kept across restarts)", None, per_pool(|p| p.stats.builds))?;
+        scrape.counters("pool_build_failures", "Failed builds (kept across restarts)", None, per_pool(|p| p.stats.failures_total))?;
+        let times: Vec<(Label<'_>, Buckets)> = pools.iter().map(|p| (name(p), p.stats.build_times.0.clone())).collect();
+        scrape.histograms("pool_build_duration", "How long successful builds took (kept across restarts)", SECONDS, times)?;
+        scrape.gauge("pool_builds_running", "Builds, checks and resets running now, all pools together", None, state.builds_running)
     }
 
     /// Pools whose builds keep failing make the daemon degraded.

@@ -65,7 +65,9 @@ pub(crate) async fn sync_leases(service: Arc<PoolService>) {
             continue;
         }
         let store = service.store.clone();
+        let syncing = std::time::Instant::now();
         let _ = tokio::task::spawn_blocking(move || store.sync_leases(&batch)).await;
+        service.metrics.sync(crate::daemon::metrics::Store::Pool, syncing.elapsed());
     }
 }
 
@@ -226,6 +228,7 @@ fn finished_ready(service: &Arc<PoolService>, pool: &str, id: &str, record: &Rec
         if built {
             p.stats.builds += 1;
             p.stats.build_ms_total += record.build_ms;
+            p.stats.build_times.observe(record.build_ms);
             p.stats.failures = 0;
             p.backoff = None;
         }

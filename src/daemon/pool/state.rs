@@ -64,7 +64,8 @@ pub(crate) struct Resource {
     pub(crate) cancel: Option<CancellationToken>,
 }
 
-/// Counters since the daemon started.
+/// Counters: since the pool's first start for those `counters.rs` keeps,
+/// since the daemon started for the others.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     pub(crate) takes: u64,
@@ -77,6 +78,8 @@ pub(crate) struct Stats {
     pub(crate) expired: u64,
     pub(crate) check_failed: u64,
     pub(crate) last_error: Option<BuildFailure>,
+    /// How long successful builds took (kept across restarts, like the counters above).
+    pub(crate) build_times: super::counters::BuildTimes,
 }
 
 /// While builds fail: when the next background build may start.

@@ -3,6 +3,7 @@
 //! ```text
 //! <state-dir>/pools/
 //!   .trash/                      removed resources, deleted in the background
+//!   stats.json                   the pools' counters (see `counters.rs`)
 //!   <pool>/
 //!     pool.json                  the run-time definition and target (define, warm, drain)
 //!     <resource-id>/             a resource
@@ -168,6 +169,11 @@ impl Store {
         let store = Store { root };
         store.ensure_dir(&store.trash())?;
         Ok(store)
+    }
+
+    /// Where the pools' counters are kept.
+    pub(crate) fn counters_file(&self) -> PathBuf {
+        self.root.join(super::counters::FILE)
     }
 
     pub(crate) fn pool_dir(&self, pool: &str) -> PathBuf {
@@ -395,7 +401,7 @@ impl Store {
         for entry in fs::read_dir(&self.root)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name == TRASH_DIR {
+            if name == TRASH_DIR || name == super::counters::FILE || name.starts_with(".stats.json.tmp") {
                 continue;
             }
             let Ok(meta) = fs::symlink_metadata(entry.path()) else { continue };

@@ -27,6 +27,7 @@ use super::Config;
 use super::config::QueueConfig;
 use super::events::EventBus;
 use super::fsutil;
+use super::metrics::{Label, Labels2, Metrics, SECONDS, Scrape, Store};
 use super::services::{BoxFuture, LastFailure, Opened, PROBE_TIMEOUT, Service, StartCtx, StartError, StartService};
 use crate::protocol::Channel;
 use crate::protocol::event::EventData;
@@ -103,6 +104,8 @@ pub(crate) struct QueueService {
     draining: std::sync::atomic::AtomicBool,
     /// The pruner and every attempt.
     tasks: TaskTracker,
+    /// Where attempts and commits are timed.
+    metrics: Arc<Metrics>,
 }
 
 /// Counters since the daemon started, for the status summary and the heartbeat.
@@ -149,7 +152,8 @@ impl StartService for QueueService {
     }
 
     async fn start(ctx: StartCtx<'_>) -> Result<Arc<Self>, StartError> {
-        QueueService::open(&ctx.config.queue, ctx.paths.state_dir(), Arc::new(SystemClock), ctx.events.clone()).await
+        let (events, metrics) = (ctx.events.clone(), ctx.metrics.clone());
+        QueueService::open(&ctx.config.queue, ctx.paths.state_dir(), Arc::new(SystemClock), events, metrics).await
     }
 }
 
@@ -161,6 +165,7 @@ impl QueueService {
         state_dir: &Path,
         clock: Arc<dyn Clock>,
         bus: Arc<EventBus>,
+        metrics: Arc<Metrics>,
     ) -> Result<Arc<QueueService>, StartError> {
         let dirs = QueueDirs::prepare(state_dir)?;
         let opened = open_store(&dirs.root, clock.now_ms()).await?;
@@ -170,7 +175,7 @@ impl QueueService {
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let wake = Arc::new(Notify::new());
         let activity = Arc::new(Activity::default());
-        let on_commit = on_commit(counts.clone(), events.clone(), wake.clone(), activity.clone(), clock.clone(), bus);
+        let on_commit = on_commit(counts.clone(), events.clone(), wake.clone(), activity.clone(), clock.clone(), bus, metrics.clone());
         let writer = writer::Writer::spawn(opened.conn, clock.clone(), on_commit)
             .map_err(|source| StartError::Runtime { what: "cannot start the queue's writer thread", source })?;
         let home = std::env::var("HOME").ok().filter(|h| h.starts_with('/')).unwrap_or_else(|| "/".into());
@@ -195,6 +200,7 @@ impl QueueService {
             stop: CancellationToken::new(),
             draining: std::sync::atomic::AtomicBool::new(false),
             tasks: TaskTracker::new(),
+            metrics,
         });
         worker::recover(&service).await;
         service.start_dispatcher()?;
@@ -356,6 +362,24 @@ impl Service for QueueService {
         })
     }
 
+    /// Jobs per queue and state, workers, the backlog: all kept anyway.
+    fn collect(&self, scrape: &mut Scrape<'_, '_>) -> std::fmt::Result {
+        let (_, per_queue) = self.total_counts();
+        let mut jobs = Vec::new();
+        for (queue, counts) in &per_queue {
+            for state in JobState::ALL {
+                jobs.push((Labels2(Label("queue", queue), Label("state", state.as_str())), counts.get(state)));
+            }
+        }
+        scrape.gauges("queue_jobs", "Jobs stored, per queue and state", None, jobs)?;
+        scrape.gauge("queue_workers", "Attempts the queue runs at once", None, self.workers)?;
+        scrape.gauge("queue_workers_busy", "Workers running an attempt now", None, self.busy_workers())?;
+        let oldest = self.oldest_waiting_ms().unwrap_or(0) as f64 / 1000.0;
+        scrape.gauge("queue_oldest_waiting", "How long the oldest runnable job has waited for a worker", SECONDS, oldest)?;
+        let errors = self.activity.store_errors.load(Ordering::Relaxed);
+        scrape.counter("queue_store_errors", "Transactions the queue store could not commit", None, errors)
+    }
+
     /// Jobs waiting or running, if any: they keep the daemon from idling.
     fn busy(&self) -> Option<String> {
         let (total, _) = self.total_counts();
@@ -465,10 +489,16 @@ fn on_commit(
     activity: Arc<Activity>,
     clock: Arc<dyn Clock>,
     bus: Arc<EventBus>,
+    metrics: Arc<Metrics>,
 ) -> writer::OnCommit {
-    Box::new(move |committed: Result<&[writer::Transition], &str>| {
+    Box::new(move |committed: Result<writer::Commit<'_>, &str>| {
         let transitions = match committed {
-            Ok(transitions) => transitions,
+            Ok(commit) => {
+                if let Some(took) = commit.synced {
+                    metrics.sync(Store::Queue, took);
+                }
+                commit.transitions
+            }
             Err(e) => return activity.store_failed(clock.now_ms(), e),
         };
         if transitions.is_empty() {

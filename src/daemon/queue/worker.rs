@@ -184,6 +184,8 @@ async fn finish(service: &QueueService, id: u64, n: Option<u32>, end: AttemptEnd
     match service.writer.finish(id, n, end).await {
         Ok(job) => {
             service.activity.ended(outcome);
+            let ran_ms = n.and(job.started_at_ms).map_or(0, |at| service.clock.now_ms().saturating_sub(at));
+            service.metrics.attempt(&job.queue, outcome, Duration::from_millis(ran_ms));
             tracing::debug!(job = id, attempt = ?n, outcome = outcome.as_str(), state = %job.state, "attempt ended");
             true
         }

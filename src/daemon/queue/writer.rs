@@ -139,9 +139,19 @@ pub(crate) struct Transition {
     pub(crate) to: Option<JobState>,
 }
 
-/// Called on the writer thread after each commit: the transitions it
-/// committed, or why it failed.
-pub(crate) type OnCommit = Box<dyn FnMut(Result<&[Transition], &str>) + Send>;
+/// What one commit did.
+#[derive(Debug)]
+pub(crate) struct Commit<'a> {
+    /// The state changes it committed.
+    pub(crate) transitions: &'a [Transition],
+    /// How long the commit itself took (the WAL's write and fsync), when
+    /// the transaction changed anything.
+    pub(crate) synced: Option<std::time::Duration>,
+}
+
+/// Called on the writer thread after each commit: what it committed, or
+/// why it failed.
+pub(crate) type OnCommit = Box<dyn FnMut(Result<Commit<'_>, &str>) + Send>;
 
 struct Envelope {
     op: Op,
@@ -284,8 +294,8 @@ fn run(mut conn: Connection, rx: &mpsc::Receiver<Envelope>, clock: &dyn Clock, m
         let mut transitions = Vec::new();
         let result = commit_batch(&mut conn, &mut batch, clock, &mut transitions);
         match result {
-            Ok(results) => {
-                on_commit(Ok(&transitions));
+            Ok((results, synced)) => {
+                on_commit(Ok(Commit { transitions: &transitions, synced }));
                 for (envelope, result) in batch.into_iter().zip(results) {
                     let _ = envelope.reply.send(result);
                 }
@@ -307,7 +317,8 @@ fn commit_batch(
     batch: &mut [Envelope],
     clock: &dyn Clock,
     transitions: &mut Vec<Transition>,
-) -> rusqlite::Result<Vec<Result<Reply, WireError>>> {
+) -> rusqlite::Result<(Vec<Result<Reply, WireError>>, Option<std::time::Duration>)> {
+    let changes_before = conn.total_changes();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut results = Vec::with_capacity(batch.len());
     for envelope in batch.iter_mut() {
@@ -323,8 +334,10 @@ fn commit_batch(
         tx.prepare_cached("RELEASE op")?.execute([])?;
         results.push(result.map_err(Failed::into_wire));
     }
+    let changed = tx.total_changes() != changes_before;
+    let syncing = std::time::Instant::now();
     tx.commit()?;
-    Ok(results)
+    Ok((results, changed.then(|| syncing.elapsed())))
 }
 
 /// A request that fails: on the request's account, or the store's.
@@ -660,7 +673,7 @@ mod tests {
 
     fn writer(dir: &std::path::Path, clock: Arc<ManualClock>) -> Writer {
         let opened = store::open_store(dir, clock.now_ms()).unwrap();
-        Writer::spawn(opened.conn, clock, Box::new(|_: Result<&[Transition], &str>| {})).unwrap()
+        Writer::spawn(opened.conn, clock, Box::new(|_: Result<Commit<'_>, &str>| {})).unwrap()
     }
 
     fn new_job(argv: &[&str], key: Option<&str>) -> Box<NewJob> {
