@@ -76,6 +76,9 @@ struct Args {
 
     #[command(flatten)]
     blob: BlobFlags,
+
+    #[command(flatten)]
+    http: HttpFlags,
 }
 
 /// The daemon process (each also a `[daemon]` key in config.toml).
@@ -178,12 +181,38 @@ struct BlobFlags {
     /// Size budget: collection removes least-recently-used unpinned blobs above it [default: unlimited]
     #[arg(long, env = "HEARTH_BLOB_MAX_BYTES", value_name = "SIZE")]
     blob_max_bytes: Option<ByteSize>,
-    /// Run the HTTP read server on 127.0.0.1 [default: true]
+    /// Serve blobs at /blob/ on the HTTP server [default: true]
     #[arg(long, env = "HEARTH_BLOB_HTTP", value_name = "BOOL")]
     blob_http: Option<bool>,
-    /// Its port; 0 picks any free port [default: the previous run's port if free]
-    #[arg(long, env = "HEARTH_BLOB_HTTP_PORT", value_name = "PORT")]
+    /// Deprecated: --http-port
+    #[arg(long, env = "HEARTH_BLOB_HTTP_PORT", value_name = "PORT", hide = true, conflicts_with = "http_port")]
     blob_http_port: Option<u16>,
+}
+
+/// The HTTP server on 127.0.0.1: blobs, /metrics, the dashboard (each also
+/// an `[http]` key in config.toml).
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "HTTP server")]
+struct HttpFlags {
+    /// Run the HTTP server on 127.0.0.1 [default: true]
+    #[arg(long, env = "HEARTH_HTTP", value_name = "BOOL")]
+    http: Option<bool>,
+    /// Its port; 0 picks any free port [default: the previous run's port if free]
+    #[arg(long, env = "HEARTH_HTTP_PORT", value_name = "PORT")]
+    http_port: Option<u16>,
+}
+
+impl HttpFlags {
+    fn overrides(&self) -> Vec<Override> {
+        let mut out = Vec::new();
+        if let Some(http) = self.http {
+            out.push(Override { key: "http.enabled", value: http.to_string() });
+        }
+        if let Some(port) = self.http_port {
+            out.push(Override { key: "http.port", value: port.to_string() });
+        }
+        out
+    }
 }
 
 impl BlobFlags {
@@ -262,6 +291,7 @@ fn main() -> ExitCode {
     overrides.extend(args.pool.overrides());
     overrides.extend(args.queue.overrides());
     overrides.extend(args.blob.overrides());
+    overrides.extend(args.http.overrides());
     if args.print_config {
         let config = match Config::load(&config_file, required, &overrides) {
             Ok(config) => config,

@@ -21,6 +21,7 @@ mod output;
 
 mod blob_cmd;
 mod daemon_cmd;
+mod dashboard_cmd;
 mod doctor_cmd;
 mod error;
 mod events_cmd;
@@ -50,8 +51,8 @@ Exit status:
 /// Talk to the hearth daemon: one per user, shared by every app, CLI and
 /// script over one Unix socket.
 ///
-/// `ping`, `status` and `shutdown` never start a daemon. The pool, queue and
-/// blob commands start one when none runs, unless --no-spawn.
+/// `ping`, `status` and `shutdown` never start a daemon. The pool, queue,
+/// blob and dashboard commands start one when none runs, unless --no-spawn.
 #[derive(Debug, Parser)]
 #[command(name = "hearth", version, max_term_width = 100, after_help = EXIT_STATUS_HELP)]
 pub(crate) struct Cli {
@@ -97,6 +98,9 @@ enum Command {
     Daemon(daemon_cmd::DaemonCommand),
     /// Check a state directory and a service install; print each problem and its fix
     Doctor(doctor_cmd::DoctorArgs),
+    /// Open the web dashboard in a browser: print its URL (with this daemon's
+    /// key) and open it with xdg-open or open
+    Dashboard(dashboard_cmd::DashboardArgs),
     /// Prewarmed resources (Python environments, scratch directories): take, release, warm, define
     #[command(subcommand)]
     Pool(pool_cmd::PoolCommand),
@@ -179,6 +183,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
             Command::Events(args) => events_cmd::events(ctx, &args).await,
             Command::Daemon(command) => daemon_cmd::run(ctx, command).await,
             Command::Doctor(args) => doctor_cmd::doctor(ctx, &args).await,
+            Command::Dashboard(args) => dashboard_cmd::dashboard(ctx, &args).await,
             Command::Pool(command) => pool_cmd::run(ctx, command).await,
             Command::Queue(command) => queue_cmd::run(ctx, command).await,
             Command::Run(args) => queue_cmd::run_attached(ctx, args).await,

@@ -91,8 +91,9 @@ pub(super) async fn respond(shared: &Arc<Shared>, path: &str, head: bool) -> Res
 /// The sections whose channel this daemon serves.
 fn sections(shared: &Shared) -> Value {
     let channels = shared.services.channels();
+    // `job` is one job's detail, not a card of its own.
     let names: Vec<&str> =
-        SECTIONS.iter().filter(|(_, c, _)| channels.contains(c)).map(|(n, _, _)| *n).collect();
+        SECTIONS.iter().filter(|(n, c, _)| *n != "job" && channels.contains(c)).map(|(n, _, _)| *n).collect();
     json!({ "sections": names })
 }
 
