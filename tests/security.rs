@@ -168,7 +168,7 @@ fn sidecars_and_the_port_file_are_never_read_through_a_symlink() {
     std::fs::remove_file(&sidecar).unwrap();
     symlink(&sidecar_target.precious, &sidecar).unwrap();
     let port_target = Outside::holding(&state, "port", b"1\n");
-    let port_file = state.state_dir().join("blobs/http-port");
+    let port_file = state.state_dir().join("http-port");
     std::fs::remove_file(&port_file).unwrap();
     symlink(&port_target.precious, &port_file).unwrap();
 

@@ -217,6 +217,10 @@ impl Shared {
             let message = "a draining shutdown is waiting for running work";
             reasons.push(HealthReason::new(HealthCode::Draining, message));
         }
+        if let Some(failure) = &self.http.failure {
+            let message = format!("the HTTP server (blobs, /metrics, the dashboard) could not start: {failure}");
+            reasons.push(HealthReason::new(HealthCode::HttpUnavailable, message));
+        }
         self.services.health(&mut reasons);
         Health::from_reasons(reasons)
     }

@@ -291,8 +291,10 @@ health_codes! {
     QueueStoreErrors => "queue_store_errors", Degraded,
     /// The blob store failed to write or read lately.
     BlobStoreErrors => "blob_store_errors", Degraded,
-    /// The blob HTTP server is enabled but could not start.
+    /// Blobs are to be served over HTTP, but the HTTP server could not start.
     BlobHttpUnavailable => "blob_http_unavailable", Degraded,
+    /// The HTTP server (blobs, `/metrics`, the dashboard) is enabled but could not start.
+    HttpUnavailable => "http_unavailable", Degraded,
     /// Pinned blobs alone exceed the store's budget.
     BlobPinnedOverBudget => "blob_pinned_over_budget", Degraded,
 }
