@@ -18,6 +18,7 @@
 //! data: {"missed":310}
 //! ```
 //!
+//! A first connection may ask for the last events too (`?recent=40`).
 //! Streams are capped (`http.max_event_streams`); a comment every
 //! [`KEEPALIVE`] shows a dead client to the write timeout.
 
@@ -43,11 +44,14 @@ pub(crate) const KEEPALIVE: Duration = Duration::from_secs(15);
 const RETRY_MS: u64 = 2000;
 /// Events written at most in one chunk.
 const BATCH: usize = 256;
+/// The most past events a first connection may ask for.
+const MAX_RECENT: u64 = 1000;
 
 pub(super) fn respond(shared: &Arc<Shared>, req: &Request<Incoming>, streams: &Arc<Semaphore>) -> Response<Body> {
-    let since = match last_event_id(req) {
-        Ok(since) => since,
-        Err(message) => return reply::text(StatusCode::BAD_REQUEST, message),
+    let since = match (last_event_id(req), recent(req.uri().query())) {
+        (Ok(Some(since)), Ok(_)) => Some(since),
+        (Ok(None), Ok(recent)) => recent.map(|n| shared.events.last_seq().saturating_sub(n)),
+        (Err(message), _) | (_, Err(message)) => return reply::text(StatusCode::BAD_REQUEST, message),
     };
     let Ok(permit) = streams.clone().try_acquire_owned() else {
         let mut response = reply::text(StatusCode::SERVICE_UNAVAILABLE, "too many dashboard event streams are open\n");
@@ -91,6 +95,17 @@ fn last_event_id(req: &Request<Incoming>) -> Result<Option<u64>, &'static str> {
             .map(Some)
             .ok_or("Last-Event-ID must be the sequence number of an event\n"),
         (Some(_), Some(_)) => Err("one Last-Event-ID at most\n"),
+    }
+}
+
+/// `?recent=N` (at most [`MAX_RECENT`]): a first connection that wants the
+/// last N events the bus keeps before the live ones.
+fn recent(query: Option<&str>) -> Result<Option<u64>, &'static str> {
+    let Some(query) = query.filter(|q| !q.is_empty()) else { return Ok(None) };
+    let value = query.strip_prefix("recent=").ok_or("the event stream takes only ?recent=N\n")?;
+    match value.parse::<u64>() {
+        Ok(n) if n <= MAX_RECENT && value.bytes().all(|b| b.is_ascii_digit()) => Ok(Some(n)),
+        _ => Err("recent must be a number of events from 0 to 1000\n"),
     }
 }
 

@@ -99,7 +99,7 @@ function stat(label, value) {
 /** @param {Json} data */
 function renderOverview(data) {
   const s = data.status;
-  document.getElementById("daemon").textContent = `hearthd ${s.version} · pid ${s.pid} · up ${duration(s.uptime_ms)}`;
+  /** @type {HTMLElement} */ (document.getElementById("daemon")).textContent = `hearthd ${s.version} · pid ${s.pid} · up ${duration(s.uptime_ms)}`;
   const health = /** @type {HTMLElement} */ (document.getElementById("health"));
   health.textContent = s.health.state;
   health.dataset.state = s.health.state;
@@ -280,6 +280,7 @@ async function loadJob(id) {
 
 /** @param {Json} ev */
 function addEvent(ev) {
+  if (events.some((e) => e.seq === ev.seq)) return;
   events.unshift(ev);
   events.length = Math.min(events.length, EVENTS_KEPT);
   const list = document.getElementById("events");
@@ -319,8 +320,11 @@ function setLive(state) {
   live.textContent = state;
 }
 
-function follow() {
-  const source = new EventSource("events");
+/** @param {boolean} first */
+function follow(first) {
+  // The first stream starts with the last events, for the list; a browser
+  // reconnecting by itself resumes from the last one it saw.
+  const source = new EventSource(first ? `events?recent=${EVENTS_KEPT}` : "events");
   source.addEventListener("open", () => {
     setLive("live");
     // Whatever happened while the stream was down.
@@ -340,7 +344,7 @@ function follow() {
       setLive("offline");
       // Refused (403 after a restart) or gone: say which, then try again later.
       try { await api("sections"); } catch { /* sessionEnded() said it */ }
-      window.setTimeout(follow, 5000);
+      window.setTimeout(() => follow(false), 5000);
     } else {
       setLive("reconnecting");
     }
@@ -355,10 +359,12 @@ async function main() {
     const title = SECTIONS[name]?.title ?? name;
     main.append(h("section", { "data-section": name, class: `card ${name}` }, h("h2", {}, title), h("div", { class: "body" }, h("p", { class: "muted" }, "loading…"))));
   }
-  main.append(h("section", { "data-section-live": "events", class: "card events" }, h("h2", {}, "Events"), h("ol", { id: "events", class: "events" })));
+  const list = h("section", { "data-section-live": "events", class: "card events" },
+    h("h2", {}, "Events"), h("ol", { id: "events", class: "events" }, h("li", { class: "muted" }, "Waiting for events…")));
+  main.insertBefore(list, main.children[1] ?? null);
   await Promise.all(shown.map(load));
   document.body.dataset.ready = "true";
-  follow();
+  follow(true);
   window.setInterval(() => refresh("overview"), POLL_MS);
 }
 
