@@ -105,12 +105,19 @@ fn metrics_are_valid_openmetrics_and_count_what_happened() {
     assert_eq!(r.header("content-type"), Some("application/openmetrics-text; version=1.0.0; charset=utf-8"));
     assert!(r.body.ends_with(b"# EOF\n"));
     let families = parse_metrics(&r.body, true).unwrap_or_else(|e| panic!("not valid OpenMetrics: {e}"));
-    let jobs = |queue, state| sample(&families, "hearth_queue_jobs", "hearth_queue_jobs", &[("queue", queue), ("state", state)]);
+    let jobs = |queue, state| {
+        sample(&families, "hearth_queue_jobs", "hearth_queue_jobs", &[("queue", queue), ("state", state)])
+    };
     assert_eq!(jobs("default", "succeeded"), Some(1.0), "{}", families["hearth_queue_jobs"]);
     assert_eq!(jobs("flaky", "dead"), Some(1.0));
     let attempts = |queue, outcome| {
         let labels = [("queue", queue), ("outcome", outcome)];
-        sample(&families, "hearth_queue_attempt_duration_seconds", "hearth_queue_attempt_duration_seconds_count", &labels)
+        sample(
+            &families,
+            "hearth_queue_attempt_duration_seconds",
+            "hearth_queue_attempt_duration_seconds_count",
+            &labels,
+        )
     };
     assert_eq!(attempts("default", "succeeded"), Some(1.0));
     assert_eq!(attempts("flaky", "failed"), Some(1.0));
@@ -122,16 +129,29 @@ fn metrics_are_valid_openmetrics_and_count_what_happened() {
     let never = [("channel", "pool"), ("type", "drain")];
     let zero = sample(&families, "hearth_request_duration_seconds", "hearth_request_duration_seconds_count", &never);
     assert_eq!(zero, Some(0.0), "types never used are there, at 0");
-    let commits = sample(&families, "hearth_store_sync_duration_seconds", "hearth_store_sync_duration_seconds_count", &[("store", "queue")]);
+    let commits = sample(
+        &families,
+        "hearth_store_sync_duration_seconds",
+        "hearth_store_sync_duration_seconds_count",
+        &[("store", "queue")],
+    );
     assert!(commits >= Some(4.0), "the queue's commits are timed: {commits:?}");
-    let blob_syncs = sample(&families, "hearth_store_sync_duration_seconds", "hearth_store_sync_duration_seconds_count", &[("store", "blob")]);
+    let blob_syncs = sample(
+        &families,
+        "hearth_store_sync_duration_seconds",
+        "hearth_store_sync_duration_seconds_count",
+        &[("store", "blob")],
+    );
     assert!(blob_syncs >= Some(1.0), "{blob_syncs:?}");
     assert!(sample(&families, "hearth_blob_put_bytes", "hearth_blob_put_bytes_total", &[]) >= Some(12.0));
     assert!(sample(&families, "hearth_blob_objects", "hearth_blob_objects", &[]) >= Some(1.0));
     assert_eq!(sample(&families, "hearth_health", "hearth_health", &[("state", "healthy")]), Some(1.0));
     assert!(sample(&families, "hearth_connections_accepted", "hearth_connections_accepted_total", &[]) >= Some(4.0));
     assert_eq!(families["hearth_connections_accepted"]["type"], "counter");
-    assert_eq!(sample(&families, "hearth_build", "hearth_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), Some(1.0));
+    assert_eq!(
+        sample(&families, "hearth_build", "hearth_build_info", &[("version", env!("CARGO_PKG_VERSION"))]),
+        Some(1.0)
+    );
     assert_eq!(sample(&families, "hearth_pool_target", "hearth_pool_target", &[("pool", "venv")]), Some(0.0));
 
     // The Prometheus text format, for a scraper that asks only for it.
@@ -152,7 +172,10 @@ fn malformed_metrics_requests_get_4xx() {
     assert_eq!(curl(&[&format!("{url}?name[]=x")]).status, 400);
     assert_eq!(curl(&["-H", "Accept: application/json", &url]).status, 406);
     let port = port_of(&url).to_string();
-    let with_body = raw(&port, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:PORT\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc");
+    let with_body = raw(
+        &port,
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:PORT\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+    );
     assert!(with_body.starts_with("HTTP/1.1 400"), "{with_body}");
     assert_eq!(curl(&[&format!("{url}/extra")]).status, 404);
     let head = raw(&port, "HEAD /metrics HTTP/1.1\r\nHost: 127.0.0.1:PORT\r\nConnection: close\r\n\r\n");
@@ -182,7 +205,8 @@ fn the_dashboard_needs_its_key_and_then_a_cookie_only_this_daemon_gave() {
     let page = info["endpoints"]["dashboard"].as_str().unwrap().to_owned();
     let secret = info["dashboard_secret"].as_str().unwrap().to_owned();
     assert_eq!(secret.len(), 64, "32 random bytes, hex");
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(state.paths.info_file()).unwrap().permissions());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(state.paths.info_file()).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "the key is kept where only its user can read it");
 
     // Without the key or the cookie, every dashboard path is refused.
@@ -227,7 +251,10 @@ fn the_dashboard_needs_its_key_and_then_a_cookie_only_this_daemon_gave() {
     assert!(index.header("access-control-allow-origin").is_none());
     let html = String::from_utf8_lossy(&index.body);
     assert!(!html.contains("<script>") && !html.contains(" style="), "no inline code for the CSP to allow");
-    assert_eq!(get_with(&cookie, &format!("{page}app.js")).header("content-type"), Some("text/javascript; charset=utf-8"));
+    assert_eq!(
+        get_with(&cookie, &format!("{page}app.js")).header("content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
     let forged = format!("hearth_{port}={}", "a".repeat(64));
     assert_eq!(get_with(&forged, &page).status, 403);
     assert_eq!(get_with(&format!("hearth_{port}={secret}"), &page).status, 403, "the key is not a session");
@@ -463,7 +490,8 @@ fn a_taken_port_makes_the_server_unavailable_and_says_so() {
     let state = StateDir::new();
     let _daemon = state.start(&["--http-port", &port]);
     let status: Value = serde_json::from_slice(&state.run(&["--json", "status"]).stdout).unwrap();
-    let codes: Vec<&str> = status["health"]["reasons"].as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap()).collect();
+    let codes: Vec<&str> =
+        status["health"]["reasons"].as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap()).collect();
     assert!(codes.contains(&"http_unavailable"), "{status}");
     assert!(codes.contains(&"blob_http_unavailable"), "{status}");
     assert_eq!(status["health"]["state"], "degraded");
@@ -479,7 +507,14 @@ fn pool_counters_and_build_times_survive_a_restart() {
         let r = curl(&[&format!("{}/metrics", http_url(state))]);
         parse_metrics(&r.body, true).unwrap()
     };
-    let ready = || sample(&metrics(&state), "hearth_pool_resources", "hearth_pool_resources", &[("pool", "quick"), ("state", "ready")]);
+    let ready = || {
+        sample(
+            &metrics(&state),
+            "hearth_pool_resources",
+            "hearth_pool_resources",
+            &[("pool", "quick"), ("state", "ready")],
+        )
+    };
     assert!(wait_for(PATIENCE, || ready() == Some(1.0)), "the pool warms up");
     let out = state.run(&["--json", "pool", "take", "quick"]);
     assert!(out.status.success(), "{}", common::stderr(&out));
@@ -487,7 +522,12 @@ fn pool_counters_and_build_times_survive_a_restart() {
     let warm = sample(&m, "hearth_pool_warm_takes", "hearth_pool_warm_takes_total", &[("pool", "quick")]);
     assert_eq!(warm, Some(1.0));
     assert_eq!(sample(&m, "hearth_pool_warm_hit_ratio", "hearth_pool_warm_hit_ratio", &[("pool", "quick")]), Some(1.0));
-    let builds = sample(&m, "hearth_pool_build_duration_seconds", "hearth_pool_build_duration_seconds_count", &[("pool", "quick")]);
+    let builds = sample(
+        &m,
+        "hearth_pool_build_duration_seconds",
+        "hearth_pool_build_duration_seconds_count",
+        &[("pool", "quick")],
+    );
     assert!(builds >= Some(1.0), "{builds:?}");
     daemon.stop();
 
@@ -495,6 +535,11 @@ fn pool_counters_and_build_times_survive_a_restart() {
     let m = metrics(&state);
     assert_eq!(sample(&m, "hearth_pool_takes", "hearth_pool_takes_total", &[("pool", "quick")]), Some(1.0), "kept");
     assert_eq!(sample(&m, "hearth_pool_warm_takes", "hearth_pool_warm_takes_total", &[("pool", "quick")]), Some(1.0));
-    let kept = sample(&m, "hearth_pool_build_duration_seconds", "hearth_pool_build_duration_seconds_count", &[("pool", "quick")]);
+    let kept = sample(
+        &m,
+        "hearth_pool_build_duration_seconds",
+        "hearth_pool_build_duration_seconds_count",
+        &[("pool", "quick")],
+    );
     assert!(kept >= builds, "build times are kept too: {kept:?} after {builds:?}");
 }

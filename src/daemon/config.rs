@@ -412,24 +412,26 @@ impl Config {
     }
 
     fn from_table(table: toml::Table, origin: &str) -> Result<Config, ConfigError> {
+        let http_keys: Vec<String> =
+            table.get("http").and_then(toml::Value::as_table).map(|t| t.keys().cloned().collect()).unwrap_or_default();
         let mut config: Config = table
-            .clone()
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Invalid { origin: origin.into(), message: e.to_string() })?;
-        config.adopt_deprecated(&table).map_err(|message| ConfigError::Invalid { origin: origin.into(), message })?;
+        config
+            .adopt_deprecated(&http_keys)
+            .map_err(|message| ConfigError::Invalid { origin: origin.into(), message })?;
         config.validate().map_err(|message| ConfigError::Invalid { origin: origin.into(), message })?;
         Ok(config)
     }
 
     /// Moves the values of the keys the HTTP server had when it was the blob
     /// store's (`blob.http_port`, ...) to their `[http]` names, with a
-    /// notice for each; a key given under both names (in `table`, the
-    /// settings as read) is an error.
-    fn adopt_deprecated(&mut self, table: &toml::Table) -> Result<(), String> {
-        let new_keys = table.get("http").and_then(toml::Value::as_table);
+    /// notice for each; a key also given under its new name (`http_keys`,
+    /// the `[http]` keys as read) is an error.
+    fn adopt_deprecated(&mut self, http_keys: &[String]) -> Result<(), String> {
         let mut moved = Vec::new();
         let mut adopt = |key: &'static str| {
-            if new_keys.is_some_and(|t| t.contains_key(key)) {
+            if http_keys.iter().any(|k| k == key) {
                 return Err(format!("blob.http_{key} is the old name of http.{key}; keep only http.{key}"));
             }
             moved.push(key);

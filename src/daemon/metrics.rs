@@ -39,7 +39,8 @@ const REQUEST_BUCKETS: &[f64] =
 /// Attempt durations: 10 ms to an hour.
 const ATTEMPT_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
 /// Store syncs (fsync, an SQLite commit): 50 µs to a second.
-const SYNC_BUCKETS: &[f64] = &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+const SYNC_BUCKETS: &[f64] =
+    &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
 
 /// The content type of OpenMetrics text.
 pub(crate) const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -202,7 +203,18 @@ impl Metrics {
         );
         let daemon = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(DaemonCollector { daemon: daemon.clone() }));
-        Self { registry, requests, attempts, syncs, blob_put_bytes, blob_puts, blob_get_bytes, blob_gets, http_requests, daemon }
+        Self {
+            registry,
+            requests,
+            attempts,
+            syncs,
+            blob_put_bytes,
+            blob_puts,
+            blob_get_bytes,
+            blob_gets,
+            http_requests,
+            daemon,
+        }
     }
 
     /// Lets the scrape-time part read the daemon (it holds it weakly).
@@ -321,7 +333,12 @@ fn collect_daemon(shared: &Shared, scrape: &mut Scrape<'_, '_>) -> std::fmt::Res
     use std::sync::atomic::Ordering::Relaxed;
     scrape.info("build", "The daemon's version", &Label("version", super::VERSION))?;
     let started = shared.started_at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    scrape.gauge("start_time", "When the daemon started, in seconds since the Unix epoch", SECONDS, started.as_secs_f64())?;
+    scrape.gauge(
+        "start_time",
+        "When the daemon started, in seconds since the Unix epoch",
+        SECONDS,
+        started.as_secs_f64(),
+    )?;
     let health = shared.health();
     let states = ["healthy", "degraded", "unhealthy"];
     let samples = states.iter().map(|s| (Label("state", s), u64::from(health.state.as_str() == *s))).collect();
@@ -331,15 +348,40 @@ fn collect_daemon(shared: &Shared, scrape: &mut Scrape<'_, '_>) -> std::fmt::Res
     scrape.gauges("health_reason", "1 for each reason the daemon is not healthy, by its code", None, samples)?;
     let stats = &shared.stats;
     scrape.gauge("connections", "Client connections open on the socket", None, shared.active_connections())?;
-    scrape.gauge("connection_limit", "Connections the socket serves at once (server.max_connections)", None, shared.max_connections)?;
-    scrape.counter("connections_accepted", "Client connections accepted since start", None, stats.total.load(Relaxed))?;
+    scrape.gauge(
+        "connection_limit",
+        "Connections the socket serves at once (server.max_connections)",
+        None,
+        shared.max_connections,
+    )?;
+    scrape.counter(
+        "connections_accepted",
+        "Client connections accepted since start",
+        None,
+        stats.total.load(Relaxed),
+    )?;
     let refused = vec![
         (Label("reason", "busy"), stats.refused_busy.load(Relaxed)),
         (Label("reason", "peer"), stats.refused_peer.load(Relaxed)),
     ];
-    scrape.counters("connections_refused", "Connections refused: over the cap (busy) or of another user (peer)", None, refused)?;
-    scrape.counter("events_published", "Events published on the event bus since start", None, shared.events.last_seq())?;
-    scrape.gauge("event_subscribers", "Event subscribers (socket subscriptions and dashboard streams)", None, shared.events.subscribers())?;
+    scrape.counters(
+        "connections_refused",
+        "Connections refused: over the cap (busy) or of another user (peer)",
+        None,
+        refused,
+    )?;
+    scrape.counter(
+        "events_published",
+        "Events published on the event bus since start",
+        None,
+        shared.events.last_seq(),
+    )?;
+    scrape.gauge(
+        "event_subscribers",
+        "Event subscribers (socket subscriptions and dashboard streams)",
+        None,
+        shared.events.subscribers(),
+    )?;
     shared.http.collect(scrape)
 }
 
@@ -358,6 +400,7 @@ impl std::fmt::Debug for Scrape<'_, '_> {
 /// One metric's samples, by label set.
 pub(crate) type Samples<L, V> = Vec<(L, V)>;
 
+#[allow(clippy::needless_pass_by_value, reason = "the values are small numbers and short lists, built for the call")]
 impl Scrape<'_, '_> {
     fn describe(
         &mut self,
@@ -546,13 +589,16 @@ mod tests {
         let text = metrics.encode(true).unwrap();
         for &channel in Channel::ALL {
             for kind in channel.visit(RequestTypes) {
-                let series = format!("hearth_request_duration_seconds_count{{channel=\"{channel}\",type=\"{kind}\"}} 0");
+                let series =
+                    format!("hearth_request_duration_seconds_count{{channel=\"{channel}\",type=\"{kind}\"}} 0");
                 assert!(text.contains(&series), "{series} in\n{text}");
             }
         }
         metrics.request(Channel::Status, "ping", Duration::from_micros(70));
         let text = metrics.encode(false).unwrap();
-        assert!(text.contains("hearth_request_duration_seconds_bucket{channel=\"status\",type=\"ping\",le=\"0.0001\"} 1"));
+        assert!(
+            text.contains("hearth_request_duration_seconds_bucket{channel=\"status\",type=\"ping\",le=\"0.0001\"} 1")
+        );
         assert!(!text.contains("# EOF"), "the Prometheus text format has no EOF");
     }
 }

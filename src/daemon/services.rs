@@ -192,7 +192,10 @@ pub(crate) trait Service: std::fmt::Debug + Send + Sync + 'static {
 
     /// Answers an HTTP request under its [`http_prefix`](Service::http_prefix)
     /// (the server has checked the `Host` already).
-    fn serve_http(self: Arc<Self>, _request: hyper::Request<hyper::body::Incoming>) -> BoxFuture<'static, hyper::Response<Body>> {
+    fn serve_http(
+        self: Arc<Self>,
+        _request: hyper::Request<hyper::body::Incoming>,
+    ) -> BoxFuture<'static, hyper::Response<Body>> {
         Box::pin(std::future::ready(super::http::reply::text(hyper::StatusCode::NOT_FOUND, "not found\n")))
     }
 

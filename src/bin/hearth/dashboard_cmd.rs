@@ -29,8 +29,11 @@ pub(crate) async fn dashboard(ctx: &Ctx, args: &DashboardArgs) -> Result<u8, Cli
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .filter(|info: &DaemonInfo| info.pid == pid)
         .ok_or_else(|| {
-            CliError::new("info_file_stale", format!("{} does not describe the daemon (pid {pid})", ctx.paths.info_file().display()))
-                .hint("`hearth doctor` says why")
+            CliError::new(
+                "info_file_stale",
+                format!("{} does not describe the daemon (pid {pid})", ctx.paths.info_file().display()),
+            )
+            .hint("`hearth doctor` says why")
         })?;
     let (Some(page), Some(secret)) = (info.endpoints.dashboard.as_deref(), info.dashboard_secret.as_deref()) else {
         return Err(CliError::new("dashboard_unavailable", "this daemon does not serve the dashboard")

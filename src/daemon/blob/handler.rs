@@ -6,10 +6,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::daemon::metrics::{Store, Via};
 use super::store::{PutMeta, StoreError, is_disk_full};
 use super::{BlobService, ingest, media};
 use crate::daemon::conn::session::{Closed, Session};
+use crate::daemon::metrics::{Store, Via};
 use crate::protocol::blob::{
     BlobChannel, BlobHash, BlobRequest, BlobResponse, Content, DEFAULT_LIST_LIMIT, GetRequest, MAX_LIST_LIMIT,
     MAX_MEDIA_TYPE_LEN, MAX_NAME_LEN, PutRequest, Stored,

@@ -208,13 +208,7 @@ impl Store {
             fsutil::create_private_dir(dir).map_err(|e| StoreError::io(format!("cannot create {dir:?}"), e))?;
             real_dir(dir)?;
         }
-        let store = Store {
-            objects,
-            tmp,
-            budget,
-            index: Mutex::new(Index::default()),
-            settled: Condvar::new(),
-        };
+        let store = Store { objects, tmp, budget, index: Mutex::new(Index::default()), settled: Condvar::new() };
         store.clear_tmp()?;
         store.load()?;
         Ok(store)

@@ -152,8 +152,18 @@ impl HttpState {
         }
         let in_use = self.max_connections - self.connections.available_permits() as u64;
         scrape.gauge("http_connections", "HTTP connections open", None, in_use)?;
-        scrape.gauge("http_connection_limit", "HTTP connections served at once (http.max_connections)", None, self.max_connections)?;
-        scrape.counter("http_connections_refused", "HTTP connections closed on accept: over the cap", None, self.refused.load(Ordering::Relaxed))?;
+        scrape.gauge(
+            "http_connection_limit",
+            "HTTP connections served at once (http.max_connections)",
+            None,
+            self.max_connections,
+        )?;
+        scrape.counter(
+            "http_connections_refused",
+            "HTTP connections closed on accept: over the cap",
+            None,
+            self.refused.load(Ordering::Relaxed),
+        )?;
         if let Some(d) = &self.dashboard {
             scrape.gauge("http_event_streams", "Dashboard event streams open", None, d.streams_open())?;
         }

@@ -593,8 +593,13 @@ impl Service for PoolService {
         let mut resources = Vec::new();
         for p in &pools {
             let c = p.counts();
-            let by_state =
-                [("ready", c.ready), ("checking", c.unverified), ("building", c.building), ("resetting", c.resetting), ("taken", c.taken)];
+            let by_state = [
+                ("ready", c.ready),
+                ("checking", c.unverified),
+                ("building", c.building),
+                ("resetting", c.resetting),
+                ("taken", c.taken),
+            ];
             for (s, n) in by_state {
                 resources.push((Labels2(Label("pool", &p.name), Label("state", s)), n));
             }
@@ -602,16 +607,55 @@ impl Service for PoolService {
         scrape.gauges("pool_resources", "Resources per pool and state", None, resources)?;
         let per_pool = |f: fn(&state::Pool) -> u64| pools.iter().map(|p| (name(p), f(p))).collect::<Vec<_>>();
         scrape.gauges("pool_target", "Ready resources each pool keeps", None, per_pool(|p| u64::from(p.target())))?;
-        scrape.gauges("pool_waiting_takes", "Takes waiting for a resource", None, per_pool(|p| p.waiters.len() as u64))?;
-        scrape.counters("pool_takes", "Resources handed out (kept across restarts)", None, per_pool(|p| p.stats.takes))?;
-        scrape.counters("pool_warm_takes", "Takes served at once by a ready resource (kept across restarts)", None, per_pool(|p| p.stats.warm_takes))?;
-        let ratios = pools.iter().filter(|p| p.stats.takes > 0).map(|p| (name(p), p.stats.warm_takes as f64 / p.stats.takes as f64)).collect();
+        scrape.gauges(
+            "pool_waiting_takes",
+            "Takes waiting for a resource",
+            None,
+            per_pool(|p| p.waiters.len() as u64),
+        )?;
+        scrape.counters(
+            "pool_takes",
+            "Resources handed out (kept across restarts)",
+            None,
+            per_pool(|p| p.stats.takes),
+        )?;
+        scrape.counters(
+            "pool_warm_takes",
+            "Takes served at once by a ready resource (kept across restarts)",
+            None,
+            per_pool(|p| p.stats.warm_takes),
+        )?;
+        let ratios = pools
+            .iter()
+            .filter(|p| p.stats.takes > 0)
+            .map(|p| (name(p), p.stats.warm_takes as f64 / p.stats.takes as f64))
+            .collect();
         scrape.gauges("pool_warm_hit_ratio", "Warm takes over takes, since the pool's first start", None, ratios)?;
-        scrape.counters("pool_builds", "Successful builds (kept across restarts)", None, per_pool(|p| p.stats.builds))?;
-        scrape.counters("pool_build_failures", "Failed builds (kept across restarts)", None, per_pool(|p| p.stats.failures_total))?;
+        scrape.counters(
+            "pool_builds",
+            "Successful builds (kept across restarts)",
+            None,
+            per_pool(|p| p.stats.builds),
+        )?;
+        scrape.counters(
+            "pool_build_failures",
+            "Failed builds (kept across restarts)",
+            None,
+            per_pool(|p| p.stats.failures_total),
+        )?;
         let times: Vec<(Label<'_>, Buckets)> = pools.iter().map(|p| (name(p), p.stats.build_times.0.clone())).collect();
-        scrape.histograms("pool_build_duration", "How long successful builds took (kept across restarts)", SECONDS, times)?;
-        scrape.gauge("pool_builds_running", "Builds, checks and resets running now, all pools together", None, state.builds_running)
+        scrape.histograms(
+            "pool_build_duration",
+            "How long successful builds took (kept across restarts)",
+            SECONDS,
+            times,
+        )?;
+        scrape.gauge(
+            "pool_builds_running",
+            "Builds, checks and resets running now, all pools together",
+            None,
+            state.builds_running,
+        )
     }
 
     /// Pools whose builds keep failing make the daemon degraded.

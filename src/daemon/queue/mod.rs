@@ -175,7 +175,15 @@ impl QueueService {
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let wake = Arc::new(Notify::new());
         let activity = Arc::new(Activity::default());
-        let on_commit = on_commit(counts.clone(), events.clone(), wake.clone(), activity.clone(), clock.clone(), bus, metrics.clone());
+        let on_commit = on_commit(
+            counts.clone(),
+            events.clone(),
+            wake.clone(),
+            activity.clone(),
+            clock.clone(),
+            bus,
+            metrics.clone(),
+        );
         let writer = writer::Writer::spawn(opened.conn, clock.clone(), on_commit)
             .map_err(|source| StartError::Runtime { what: "cannot start the queue's writer thread", source })?;
         let home = std::env::var("HOME").ok().filter(|h| h.starts_with('/')).unwrap_or_else(|| "/".into());
@@ -375,7 +383,12 @@ impl Service for QueueService {
         scrape.gauge("queue_workers", "Attempts the queue runs at once", None, self.workers)?;
         scrape.gauge("queue_workers_busy", "Workers running an attempt now", None, self.busy_workers())?;
         let oldest = self.oldest_waiting_ms().unwrap_or(0) as f64 / 1000.0;
-        scrape.gauge("queue_oldest_waiting", "How long the oldest runnable job has waited for a worker", SECONDS, oldest)?;
+        scrape.gauge(
+            "queue_oldest_waiting",
+            "How long the oldest runnable job has waited for a worker",
+            SECONDS,
+            oldest,
+        )?;
         let errors = self.activity.store_errors.load(Ordering::Relaxed);
         scrape.counter("queue_store_errors", "Transactions the queue store could not commit", None, errors)
     }

@@ -312,12 +312,15 @@ fn run(mut conn: Connection, rx: &mpsc::Receiver<Envelope>, clock: &dyn Clock, m
     }
 }
 
+/// Each request's answer, and how long the commit took when it wrote anything.
+type Batch = (Vec<Result<Reply, WireError>>, Option<std::time::Duration>);
+
 fn commit_batch(
     conn: &mut Connection,
     batch: &mut [Envelope],
     clock: &dyn Clock,
     transitions: &mut Vec<Transition>,
-) -> rusqlite::Result<(Vec<Result<Reply, WireError>>, Option<std::time::Duration>)> {
+) -> rusqlite::Result<Batch> {
     let changes_before = conn.total_changes();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut results = Vec::with_capacity(batch.len());

@@ -25,9 +25,7 @@ use crate::daemon::services::{BoxFuture, Opened};
 use crate::protocol::blob::{BlobChannel, BlobRequest, BlobResponse};
 use crate::protocol::handshake::Handshake;
 use crate::protocol::pool::{PoolChannel, PoolRequest, PoolResponse};
-use crate::protocol::queue::{
-    JobState, ListFilter, LogStream, LogsRequest, QueueChannel, QueueRequest, QueueResponse,
-};
+use crate::protocol::queue::{JobState, ListFilter, LogStream, LogsRequest, QueueChannel, QueueRequest, QueueResponse};
 use crate::protocol::status::{StatusChannel, StatusRequest, StatusResponse};
 use crate::protocol::{Channel, ChannelProtocol, Response as _};
 
@@ -180,8 +178,8 @@ impl<C: ChannelProtocol> InProcess<C> {
     /// Hands one end of a socket pair to the channel's service, as the
     /// router does with a handshaked connection.
     fn open(shared: &Arc<Shared>) -> Result<Self, ApiError> {
-        let service = route(shared, C::CHANNEL)
-            .map_err(|e| ApiError::Service(StatusCode::SERVICE_UNAVAILABLE, e.message))?;
+        let service =
+            route(shared, C::CHANNEL).map_err(|e| ApiError::Service(StatusCode::SERVICE_UNAVAILABLE, e.message))?;
         let (ours, theirs) = tokio::net::UnixStream::pair()
             .map_err(|e| ApiError::Service(StatusCode::SERVICE_UNAVAILABLE, format!("socket pair: {e}")))?;
         let max_frame = shared.config.server.max_frame.as_usize();
@@ -203,7 +201,9 @@ impl<C: ChannelProtocol> InProcess<C> {
     async fn recv(&mut self) -> Result<C::Response, ApiError> {
         let frame = self.conn.read_frame().await.map_err(broken)?.ok_or_else(|| broken("closed"))?;
         let response: C::Response = serde_json::from_slice(&frame).map_err(broken)?;
-        response.into_result().map_err(|e| ApiError::Service(StatusCode::BAD_GATEWAY, format!("{}: {}", e.code, e.message)))
+        response
+            .into_result()
+            .map_err(|e| ApiError::Service(StatusCode::BAD_GATEWAY, format!("{}: {}", e.code, e.message)))
     }
 }
 
