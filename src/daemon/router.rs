@@ -126,12 +126,12 @@ pub(crate) fn route(shared: &Shared, channel: Channel) -> Result<Route, WireErro
         Channel::Blob if shared.services.blob.is_some() => {
             Ok(Route::Blob(shared.services.blob.clone().expect("checked")))
         }
-        Channel::Pool | Channel::Queue | Channel::Blob => {
+        Channel::Pool | Channel::Queue | Channel::Blob | Channel::Sync => {
             let disabled = match channel {
                 Channel::Pool => !shared.config.pool.enabled,
                 Channel::Queue => !shared.config.queue.enabled,
                 Channel::Blob => !shared.config.blob.enabled,
-                Channel::Status => false,
+                Channel::Status | Channel::Sync => false,
             };
             let message = if disabled {
                 format!("the {channel} channel is disabled in this daemon's configuration ({channel}.enabled = false)")

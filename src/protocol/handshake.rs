@@ -20,11 +20,13 @@ pub enum Channel {
     Queue,
     /// The content-addressed blob store.
     Blob,
+    /// Live Automerge documents shared by every window.
+    Sync,
 }
 
 impl Channel {
     /// Every channel of protocol version 1.
-    pub const ALL: [Channel; 4] = [Channel::Status, Channel::Pool, Channel::Queue, Channel::Blob];
+    pub const ALL: [Channel; 5] = [Channel::Status, Channel::Pool, Channel::Queue, Channel::Blob, Channel::Sync];
 
     /// The wire name.
     pub fn as_str(self) -> &'static str {
@@ -33,6 +35,7 @@ impl Channel {
             Channel::Pool => "pool",
             Channel::Queue => "queue",
             Channel::Blob => "blob",
+            Channel::Sync => "sync",
         }
     }
 
@@ -105,7 +108,7 @@ impl Handshake {
         let channel = Channel::from_name(&raw.channel).ok_or_else(|| {
             WireError::new(
                 ErrorCode::UnknownChannel,
-                format!("no channel named {:?}; channels are status, pool, queue, blob", truncate(&raw.channel, 64)),
+                format!("no channel named {:?}; channels are status, pool, queue, blob, sync", truncate(&raw.channel, 64)),
             )
         })?;
         let client = raw.client.map(|c| truncate(&c, 128).to_owned());
