@@ -45,6 +45,7 @@ mod session;
 pub mod singleton;
 mod status;
 mod supervisor;
+mod sync;
 
 pub use config::Config;
 pub use notify::Notifier;

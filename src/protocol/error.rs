@@ -125,6 +125,8 @@ error_codes! {
     TooManyDocs => "too_many_docs",
     /// The room already has `sync.max_peers_per_room` peers.
     RoomFull => "room_full",
+    /// No document has this name (`inspect` does not create documents).
+    DocNotFound => "doc_not_found",
     /// The request needs a document, and this connection's handshake named none.
     NoDocument => "no_document",
     /// A binary frame is not a valid Automerge sync message, or its changes do not apply.

@@ -108,7 +108,10 @@ impl Handshake {
         let channel = Channel::from_name(&raw.channel).ok_or_else(|| {
             WireError::new(
                 ErrorCode::UnknownChannel,
-                format!("no channel named {:?}; channels are status, pool, queue, blob, sync", truncate(&raw.channel, 64)),
+                format!(
+                    "no channel named {:?}; channels are status, pool, queue, blob, sync",
+                    truncate(&raw.channel, 64)
+                ),
             )
         })?;
         let client = raw.client.map(|c| truncate(&c, 128).to_owned());

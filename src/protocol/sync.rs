@@ -116,8 +116,9 @@ impl DocName {
             if segment.starts_with('.') {
                 return Err(bad("has a segment starting with '.'"));
             }
-            if let Some(c) =
-                segment.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.')))
+            if let Some(c) = segment
+                .chars()
+                .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.')))
             {
                 return Err(bad(&format!(
                     "contains {c:?}; names use lowercase letters, digits, '-', '_', '.' and '/' between segments"
@@ -211,9 +212,8 @@ impl SyncOpen {
         };
         let mode = match raw.mode {
             None | Some(Value::Null) => SyncMode::View,
-            Some(v) => serde_json::from_value(v).map_err(|_| {
-                WireError::new(ErrorCode::InvalidHandshake, "\"mode\" must be \"view\" or \"replica\"")
-            })?,
+            Some(v) => serde_json::from_value(v)
+                .map_err(|_| WireError::new(ErrorCode::InvalidHandshake, "\"mode\" must be \"view\" or \"replica\""))?,
         };
         Ok(SyncOpen { doc, mode })
     }
@@ -413,6 +413,30 @@ pub struct RoomReport {
     /// Milliseconds the room has had no peers, when loaded and empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_ms: Option<u64>,
+}
+
+/// The sync service at a glance, in `status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncSummary {
+    /// Rooms loaded now.
+    pub rooms: u64,
+    /// Peers in them.
+    pub peers: u64,
+    /// Writes (view) received since the daemon started.
+    pub writes: u64,
+    /// Sync messages (replica) received since the daemon started.
+    pub sync_messages: u64,
+    /// Group commits of the store since the daemon started.
+    pub commits: u64,
+    /// Peers disconnected with `peer_too_slow` since the daemon started.
+    pub peers_dropped_slow: u64,
+    /// Appends the store could not commit since the daemon started.
+    pub store_errors: u64,
+    /// Compactions done since the daemon started.
+    pub compactions: u64,
+    /// The settings mirror, when it is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings_file: Option<String>,
 }
 
 /// A request on the `sync` channel.
@@ -760,7 +784,8 @@ mod tests {
         assert!(apply_patch(&mut doc, &[], &bad).is_err());
         // Relative to a watched path.
         let mut sub = json!([1]);
-        let op: PatchOp = serde_json::from_value(json!({"op": "insert", "path": ["a", "list", 0], "values": [0]})).unwrap();
+        let op: PatchOp =
+            serde_json::from_value(json!({"op": "insert", "path": ["a", "list", 0], "values": [0]})).unwrap();
         apply_patch(&mut sub, &[PathElem::Key("a".into()), PathElem::Key("list".into())], &op).unwrap();
         assert_eq!(sub, json!([0, 1]));
     }
