@@ -372,3 +372,6 @@ async fn compact(service: &SyncService, room: &room::Room) -> std::io::Result<(u
         .map_err(std::io::Error::other)??;
     writer.swap(room.path.clone(), tmp, cut).await
 }
+
+#[cfg(test)]
+mod tests;

@@ -30,8 +30,11 @@ type Answer = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 enum Outcome {
     /// Send this response.
     Respond(SyncResponse),
-    /// A replica's message is applied (and durable): answer with a sync message.
+    /// A replica's message is applied: answer with a sync message.
     Generate,
+    /// A replica's changes are durable: answer with a sync message that
+    /// carries the daemon's heads, which acknowledge them.
+    Acknowledge,
     /// A replica's message failed: say why, and answer with a sync message.
     GenerateAfter(WireError),
 }
@@ -84,6 +87,8 @@ pub(crate) async fn serve(service: Arc<SyncService>, mut conn: Connection, admit
         pending: FuturesOrdered::new(),
     };
     let end = peer.run(&mut conn).await;
+    // Out of the room first: the others see it gone at once.
+    drop(_member);
     if let End::Error(error) = end {
         if error.code == ErrorCode::PeerTooSlow {
             super::bump(&peer.service.stats.peers_dropped_slow);
@@ -91,7 +96,24 @@ pub(crate) async fn serve(service: Arc<SyncService>, mut conn: Connection, admit
         }
         let timeout = peer.service.config.peer_write_timeout.0.min(Duration::from_secs(1));
         let _ = tokio::time::timeout(timeout, conn.write_json(&SyncResponse::Error(error))).await;
+        linger(conn, timeout).await;
     }
+}
+
+/// Reads (and drops) what the peer still sends, briefly, before closing:
+/// closing a Unix socket with unread data resets the peer, which could
+/// then lose the error just written to it.
+async fn linger(mut conn: Connection, timeout: Duration) {
+    let _ = tokio::time::timeout(timeout, async {
+        let mut drained = 0usize;
+        while drained < 1 << 20 {
+            match conn.read_frame().await {
+                Ok(Some(frame)) => drained += frame.len() + 4,
+                _ => break,
+            }
+        }
+    })
+    .await;
 }
 
 struct Peer {
@@ -340,7 +362,7 @@ impl Peer {
                     // The answer carries the daemon's heads, which
                     // acknowledge the peer's changes: only once on disk.
                     match durable.await {
-                        Ok(Ok(())) => Outcome::Generate,
+                        Ok(Ok(())) => Outcome::Acknowledge,
                         Ok(Err(e)) => {
                             Outcome::Respond(SyncResponse::Error(WireError::new(ErrorCode::StoreFailed, e.to_string())))
                         }
@@ -358,6 +380,13 @@ impl Peer {
         match outcome {
             Outcome::Respond(response) => self.send_json(conn, &response).await,
             Outcome::Generate => self.send_sync(conn).await,
+            Outcome::Acknowledge => {
+                // Automerge stays silent when the peer's last message
+                // showed the same heads; the peer still needs to hear that
+                // its changes are on disk, so the heads are sent anyway.
+                self.sync_state.last_sent_heads.clear();
+                self.send_sync(conn).await
+            }
             Outcome::GenerateAfter(error) => {
                 self.send_json(conn, &SyncResponse::Error(error)).await?;
                 self.send_sync(conn).await
