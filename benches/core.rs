@@ -210,11 +210,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        // SAFETY: kill has no memory-safety preconditions.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
+        let _ = hearth::sys::kill(self.child.id(), libc::SIGTERM);
         let _ = self.child.wait();
     }
 }
@@ -233,7 +229,7 @@ fn pinned(bin: &Path, pin: Option<usize>) -> Command {
 fn current_thread(pin: Option<usize>) -> tokio::runtime::Runtime {
     if let Some(cpu) = pin {
         // SAFETY: cpu_set_t is plain data; sched_setaffinity reads it.
-        #[allow(unsafe_code)]
+        #[expect(unsafe_code, reason = "pinning the bench to one CPU")]
         unsafe {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
             libc::CPU_SET(cpu, &mut set);
@@ -245,7 +241,7 @@ fn current_thread(pin: Option<usize>) -> tokio::runtime::Runtime {
 
 fn unpin() {
     // SAFETY: as above.
-    #[allow(unsafe_code)]
+    #[expect(unsafe_code, reason = "unpinning the bench")]
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         for cpu in 0..num_cpus() {

@@ -43,17 +43,8 @@ impl Connection {
             if stream.readable().await.is_err() {
                 return;
             }
-            let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
-                use std::os::fd::AsRawFd;
-                let mut byte = 0u8;
-                // SAFETY: a one-byte peek into a local buffer on a descriptor
-                // the stream owns; MSG_PEEK leaves the data where it is.
-                #[allow(unsafe_code)]
-                let n = unsafe {
-                    libc::recv(stream.as_raw_fd(), (&raw mut byte).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
-                };
-                if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(n) }
-            });
+            let peeked = stream
+                .try_io(tokio::io::Interest::READABLE, || crate::sys::peek_byte(std::os::fd::AsFd::as_fd(stream)));
             match peeked {
                 Ok(0) => return,
                 Ok(_) => return std::future::pending().await,

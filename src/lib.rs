@@ -6,7 +6,14 @@
 //! - [`client`]: an async client, a blocking wrapper, and
 //!   [`ensure_daemon_running`](client::ensure_daemon_running), which a desktop
 //!   app calls at launch.
-//! - `daemon` (feature `daemon`): the server.
+//! - [`connection`]: the framed connection both sides use.
+//! - [`paths`]: where the state directory and the socket are.
+//! - [`sys`]: the few system calls hearth makes, each wrapped once.
+//! - [`time`]: timestamps as the protocol writes them.
+//! - `daemon` (feature `daemon`): the server (its module docs map its files
+//!   and list what a new channel touches); `units` (feature `daemon`):
+//!   human sizes and durations in settings; `unit_files` (feature `cli`):
+//!   the systemd and launchd files `hearth daemon install` writes.
 //!
 //! A desktop app depends on the light client only:
 //! `hearth = { version = "0.1", default-features = false, features = ["client"] }`.
@@ -24,10 +31,12 @@ pub mod daemon;
 pub mod paths;
 #[cfg(feature = "client")]
 pub mod protocol;
-#[cfg(feature = "cli")]
-pub mod service;
+#[cfg(feature = "client")]
+pub mod sys;
 #[cfg(feature = "client")]
 pub mod time;
+#[cfg(feature = "cli")]
+pub mod unit_files;
 #[cfg(feature = "daemon")]
 pub mod units;
 

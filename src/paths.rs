@@ -149,10 +149,7 @@ pub fn default_state_dir() -> Result<PathBuf, PathError> {
 /// The longest socket path (in bytes, without the terminating NUL) that
 /// `bind` and `connect` accept here: 107 on Linux, 103 on macOS and the BSDs.
 pub fn max_socket_path_len() -> usize {
-    // SAFETY: sockaddr_un is plain old data; an all-zero value is valid.
-    #[allow(unsafe_code)]
-    let addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_path.len() - 1
+    crate::sys::max_socket_path_len()
 }
 
 /// Checks that `path` fits in `sockaddr_un`.

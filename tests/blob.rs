@@ -251,7 +251,7 @@ async fn a_client_killed_mid_put_leaves_nothing() {
     let _daemon = state.start(&[]);
     let mut put = start_streaming_put(&state);
     put.kill().unwrap(); // SIGKILL
-    put.wait().unwrap();
+    common::wait_child(&mut put, common::COMMAND_LIMIT, "the killed put");
     assert!(wait_for(Duration::from_secs(10), || tmp_files(&state).is_empty()), "{:?}", tmp_files(&state));
     assert!(content_files(&state).is_empty());
     let mut c = client(&state).await;
@@ -268,7 +268,7 @@ async fn a_daemon_killed_during_a_put_keeps_what_it_acknowledged_and_nothing_els
 
     let mut put = start_streaming_put(&state);
     daemon.kill9();
-    let status = put.wait().unwrap();
+    let status = common::wait_child(&mut put, common::COMMAND_LIMIT, "the interrupted put");
     assert!(!status.success(), "the interrupted put must fail");
     assert!(!tmp_files(&state).is_empty(), "the crash left a partial temp file (else this test proves nothing)");
 

@@ -259,7 +259,7 @@ fn cli_end_to_end() {
         .spawn()
         .unwrap();
     stdin_put.stdin.take().unwrap().write_all(b"piped").unwrap();
-    let piped = json_of(&stdin_put.wait_with_output().unwrap());
+    let piped = json_of(&common::output_within(stdin_put, common::COMMAND_LIMIT, "blob put -"));
     let piped_hash = piped["hash"].as_str().unwrap().to_owned();
 
     let listed = json_of(&state.run(&["--json", "blob", "ls"]));

@@ -100,7 +100,7 @@ fn a_second_hearthd_names_the_first_and_touches_nothing() {
         if detach {
             cmd.arg("--detach");
         }
-        let out = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap();
+        let out = common::run_bounded(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()), common::COMMAND_LIMIT);
         assert_eq!(out.status.code(), Some(3), "detach={detach}");
         let text = format!("{}{}", stdout(&out), stderr(&out));
         assert!(text.contains(&daemon.pid().to_string()), "names the running pid: {text}");
@@ -169,7 +169,8 @@ fn racing_starts_from_32_processes_leave_exactly_one_daemon() {
                 .unwrap()
         })
         .collect();
-    let outputs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let outputs: Vec<_> =
+        children.into_iter().map(|c| common::output_within(c, common::COMMAND_LIMIT, "daemon start")).collect();
     let mut pids = Vec::new();
     let mut started = 0;
     for out in &outputs {
@@ -234,19 +235,21 @@ fn sigterm_and_sigint_stop_gracefully() {
 fn too_long_socket_path_is_a_clear_error() {
     let state = StateDir::new();
     let long = state.dir.path().join("x".repeat(120)).join("hearth.sock");
-    let out = state.hearthd().arg("--socket").arg(&long).stderr(Stdio::piped()).output().unwrap();
+    let out =
+        common::run_bounded(state.hearthd().arg("--socket").arg(&long).stderr(Stdio::piped()), common::COMMAND_LIMIT);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(err.contains("socket_path_too_long"), "{err}");
     assert!(err.contains(&long.display().to_string()), "names the path: {err}");
     assert!(err.contains(&hearth::paths::max_socket_path_len().to_string()), "names the limit: {err}");
 
-    let out = state.hearth().arg("--socket").arg(&long).arg("ping").output().unwrap();
+    let out = common::run_bounded(state.hearth().arg("--socket").arg(&long).arg("ping"), common::COMMAND_LIMIT);
     assert_ne!(out.status.code(), Some(0));
     assert!(stderr(&out).contains("socket_path_too_long"), "{}", stderr(&out));
 
     // Through ensure_daemon_running, the daemon's own error comes back.
-    let out = state.hearth().arg("--socket").arg(&long).args(["daemon", "start"]).output().unwrap();
+    let out =
+        common::run_bounded(state.hearth().arg("--socket").arg(&long).args(["daemon", "start"]), common::COMMAND_LIMIT);
     assert!(stderr(&out).contains("socket_path_too_long"), "{}", stderr(&out));
 }
 
@@ -263,9 +266,7 @@ fn insecure_or_foreign_state_dirs_are_refused() {
     assert!(!state.paths.lock_file().exists(), "nothing created in an insecure dir");
 
     std::fs::set_permissions(state.state_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    // SAFETY: geteuid cannot fail.
-    #[allow(unsafe_code)]
-    if unsafe { libc::geteuid() } == 0 {
+    if hearth::sys::euid() == 0 {
         std::os::unix::fs::chown(state.state_dir(), Some(65534), None).unwrap();
         let out = state.run(&["daemon", "start"]);
         let err = stderr(&out);
@@ -284,7 +285,10 @@ fn settings_layer_flags_over_env_over_file() {
     )
     .unwrap();
     let print = |cmd: &mut Command| {
-        let out = cmd.arg("--print-config").stderr(Stdio::piped()).stdout(Stdio::piped()).output().unwrap();
+        let out = common::run_bounded(
+            cmd.arg("--print-config").stderr(Stdio::piped()).stdout(Stdio::piped()),
+            common::COMMAND_LIMIT,
+        );
         assert!(out.status.success(), "{}", stderr(&out));
         stdout(&out)
     };
@@ -296,10 +300,13 @@ fn settings_layer_flags_over_env_over_file() {
     assert!(text.contains("max_connections = 33") && text.contains("shutdown_grace = \"3s\""), "{text}");
 
     std::fs::write(state.paths.config_file(), "[server]\nmax_conections = 1\n").unwrap();
-    let out = state.hearthd().stderr(Stdio::piped()).output().unwrap();
+    let out = common::run_bounded(state.hearthd().stderr(Stdio::piped()), common::COMMAND_LIMIT);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("config_invalid") && stderr(&out).contains("max_conections"), "{}", stderr(&out));
-    let out = state.hearthd().arg("--max-frame").arg("lots").stderr(Stdio::piped()).output().unwrap();
+    let out = common::run_bounded(
+        state.hearthd().arg("--max-frame").arg("lots").stderr(Stdio::piped()),
+        common::COMMAND_LIMIT,
+    );
     assert_eq!(out.status.code(), Some(2), "usage error: {}", stderr(&out));
 }
 
@@ -337,9 +344,7 @@ fn the_lock_is_close_on_exec() {
 
 #[test]
 fn another_user_is_refused_before_any_request() {
-    // SAFETY: geteuid cannot fail.
-    #[allow(unsafe_code)]
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = hearth::sys::euid() == 0;
     if !root {
         eprintln!("skipped: needs root to run a client as a second uid");
         return;
@@ -382,17 +387,21 @@ fn another_user_is_refused_before_any_request() {
                s.sendall(struct.pack('>I', len(b)) + b)\n\
                n = struct.unpack('>I', s.recv(4, socket.MSG_WAITALL))[0]\n\
                print(s.recv(n, socket.MSG_WAITALL).decode())\n";
-    let out = Command::new("python3").args(["-c", raw]).arg(&socket).uid(65534).gid(65534).output().unwrap();
+    let out = common::run_bounded(
+        Command::new("python3").args(["-c", raw]).arg(&socket).uid(65534).gid(65534),
+        common::COMMAND_LIMIT,
+    );
     let reply: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", stderr(&out)));
     assert_eq!((reply["ok"].as_bool(), reply["error"]["code"].as_str()), (Some(false), Some("permission_denied")));
-    let out = Command::new(&hearth)
-        .args(["--json", "ping", "--socket"])
-        .arg(&socket)
-        .env("HEARTH_STATE_DIR", "/nonexistent")
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
+    let out = common::run_bounded(
+        Command::new(&hearth)
+            .args(["--json", "ping", "--socket"])
+            .arg(&socket)
+            .env("HEARTH_STATE_DIR", "/nonexistent")
+            .uid(65534)
+            .gid(65534),
+        common::COMMAND_LIMIT,
+    );
     assert_ne!(out.status.code(), Some(0));
     let err: Value = serde_json::from_slice(&out.stderr).unwrap_or_else(|_| panic!("{}", stderr(&out)));
     assert_eq!(err["error"]["code"], "daemon_of_another_user", "{err}");
@@ -462,7 +471,8 @@ fn subcommands_listed(help: &str) -> Vec<(String, String)> {
 #[test]
 fn every_command_has_help_that_describes_it_and_each_of_its_options() {
     let help = |path: &[String]| {
-        let out = Command::new(common::hearth_bin()).args(path).arg("--help").output().unwrap();
+        let out =
+            common::run_bounded(Command::new(common::hearth_bin()).args(path).arg("--help"), common::COMMAND_LIMIT);
         assert!(out.status.success(), "hearth {path:?} --help: {}", stderr(&out));
         stdout(&out)
     };

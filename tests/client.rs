@@ -66,7 +66,10 @@ async fn shutdown_request_stops_the_in_process_daemon() {
     let grace = client.shutdown(Some("client test".into())).await.unwrap();
     assert_eq!(grace, Duration::from_secs(10));
     tokio::time::timeout(Duration::from_secs(15), task).await.expect("stopped").unwrap();
-    assert!(hearth::daemon::singleton::probe_lock(&state.paths).unwrap() == hearth::daemon::singleton::LockState::Free);
+    assert!(
+        hearth::daemon::lifecycle::singleton::probe_lock(&state.paths).unwrap()
+            == hearth::daemon::lifecycle::singleton::LockState::Free
+    );
 }
 
 #[tokio::test]
@@ -110,7 +113,7 @@ async fn ensure_returns_the_daemons_own_startup_error() {
     std::fs::set_permissions(state.state_dir(), std::fs::Permissions::from_mode(0o777)).unwrap();
     match ensure_daemon_running(&ensure_options(&state)).await {
         Err(ClientError::StartFailed { code, message }) => {
-            assert_eq!(code, "state_dir_insecure");
+            assert_eq!(code, hearth::protocol::info::LaunchCode::StateDirInsecure);
             assert!(message.contains("writable by group or others"), "{message}");
         }
         other => panic!("expected StartFailed, got {other:?}"),

@@ -12,7 +12,7 @@ use common::{RawConn, StateDir, fd_targets, open_fds, processes_marked, rss_kib,
 use hearth::client::{BlobClient, ClientError, PoolClient, PutOptions, QueueClient, StatusClient};
 use hearth::protocol::blob::BlobHash;
 use hearth::protocol::queue::{JobSpec, JobState, LogStream, LogsRequest};
-use hearth::protocol::status::HealthState;
+use hearth::protocol::status::{HealthCode, HealthState};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -97,7 +97,7 @@ impl Clients {
             ..JobSpec::default()
         };
         let id = self.queue.submit(spec).await.map_err(e("submit"))?.job.id;
-        let done = self.queue.wait(id, |_| {}).await.map_err(e("wait"))?;
+        let done = common::within(PATIENCE, "end of a job", self.queue.wait(id, |_| {})).await.map_err(e("wait"))?;
         if done.state != JobState::Succeeded {
             return Err(format!("job {id} ended {}: {:?}", done.state, done.last_error));
         }
@@ -182,8 +182,8 @@ async fn a_low_open_file_limit_with_every_connection_taken() {
     // The status channel answers, and says why; the daemon's self-check
     // (which needs a connection of its own) keeps passing.
     let report = clients.status.status().await.unwrap();
-    let reasons: Vec<&str> = report.health.reasons.iter().map(|r| r.code.as_str()).collect();
-    assert!(reasons.contains(&"connections_near_limit"), "{reasons:?}");
+    let reasons: Vec<&HealthCode> = report.health.reasons.iter().map(|r| &r.code).collect();
+    assert!(reasons.contains(&&HealthCode::ConnectionsNearLimit), "{reasons:?}");
     let cycle = heartbeat_cycle(&state);
     assert!(
         wait_for(PATIENCE, || heartbeat_cycle(&state) >= cycle + 3),
@@ -370,10 +370,10 @@ async fn a_full_disk_refuses_explicitly_stores_what_it_acknowledges_and_recovers
     // Health says the disk is full and which stores failed on it; the
     // daemon stays up. (This tmpfs is below the unhealthy threshold even
     // when empty, so the state stays unhealthy after recovery too.)
-    let reasons: Vec<&str> = report.health.reasons.iter().map(|r| r.code.as_str()).collect();
-    assert!(reasons.contains(&"disk_space_critical"), "{reasons:?}");
-    assert!(reasons.contains(&"blob_store_errors"), "{reasons:?}");
-    assert_eq!(reasons.contains(&"queue_store_errors"), job_refusals > 0, "{reasons:?}");
+    let reasons: Vec<&HealthCode> = report.health.reasons.iter().map(|r| &r.code).collect();
+    assert!(reasons.contains(&&HealthCode::DiskSpaceCritical), "{reasons:?}");
+    assert!(reasons.contains(&&HealthCode::BlobStoreErrors), "{reasons:?}");
+    assert_eq!(reasons.contains(&&HealthCode::QueueStoreErrors), job_refusals > 0, "{reasons:?}");
     assert_eq!(report.health.state, HealthState::Unhealthy, "{reasons:?}");
 
     // Space comes back: the same connections work again, no restart.
@@ -385,7 +385,8 @@ async fn a_full_disk_refuses_explicitly_stores_what_it_acknowledges_and_recovers
     acknowledged.push(data);
     let spec = JobSpec { argv: ["sh", "-c", "echo back", &marker].map(String::from).to_vec(), ..JobSpec::default() };
     let id = queue.submit(spec).await.expect("a submit once space is back").job.id;
-    let done = queue.wait(id, |_| {}).await.unwrap();
+    let done =
+        common::within(PATIENCE, "end of the job submitted once space is back", queue.wait(id, |_| {})).await.unwrap();
     assert_eq!(done.state, JobState::Succeeded, "{:?}", done.last_error);
     jobs.push(id);
 
@@ -402,7 +403,10 @@ async fn a_full_disk_refuses_explicitly_stores_what_it_acknowledges_and_recovers
                 continue;
             }
             // Jobs acknowledged on the full disk run once space is back.
-            let done = queue.wait(job.id, |_| {}).await.unwrap();
+            let done =
+                common::within(PATIENCE, "end of a job acknowledged on the full disk", queue.wait(job.id, |_| {}))
+                    .await
+                    .unwrap();
             assert!(done.state.is_final(), "{round}: job {id} is {}", done.state);
         }
         if round == "without restart" {

@@ -4,12 +4,9 @@
 use std::path::Path;
 
 use bytes::BytesMut;
-use hearth::protocol::blob::{BlobRequest, BlobResponse};
 use hearth::protocol::frame::FrameCodec;
 use hearth::protocol::handshake::{Handshake, HandshakeReply};
-use hearth::protocol::pool::{PoolRequest, PoolResponse};
-use hearth::protocol::queue::{QueueRequest, QueueResponse};
-use hearth::protocol::status::{StatusRequest, StatusResponse};
+use hearth::protocol::{Channel, ChannelProtocol, ChannelVisitor};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -25,6 +22,19 @@ fn decodes_as<T: Serialize + DeserializeOwned>(payload: &[u8]) -> Result<(), Str
     Ok(())
 }
 
+/// Decodes a frame as a channel's request or response type.
+struct Golden<'a> {
+    payload: &'a [u8],
+    request: bool,
+}
+
+impl ChannelVisitor for Golden<'_> {
+    type Output = Result<(), String>;
+    fn visit<C: ChannelProtocol>(self) -> Self::Output {
+        if self.request { decodes_as::<C::Request>(self.payload) } else { decodes_as::<C::Response>(self.payload) }
+    }
+}
+
 #[test]
 fn golden_frames_keep_decoding() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
@@ -38,18 +48,15 @@ fn golden_frames_keep_decoding() {
         let mut buf = BytesMut::from(&bytes[..]);
         let payload = FrameCodec::default().decode(&mut buf).unwrap().expect("one whole frame");
         assert!(buf.is_empty(), "{name}: trailing bytes");
-        let result = match kind {
-            "handshake" => decodes_as::<Handshake>(&payload),
-            "handshake_reply" => decodes_as::<HandshakeReply>(&payload),
-            "status_request" => decodes_as::<StatusRequest>(&payload),
-            "status_response" => decodes_as::<StatusResponse>(&payload),
-            "pool_request" => decodes_as::<PoolRequest>(&payload),
-            "pool_response" => decodes_as::<PoolResponse>(&payload),
-            "queue_request" => decodes_as::<QueueRequest>(&payload),
-            "queue_response" => decodes_as::<QueueResponse>(&payload),
-            "blob_request" => decodes_as::<BlobRequest>(&payload),
-            "blob_response" => decodes_as::<BlobResponse>(&payload),
-            other => Err(format!("unknown kind {other}: teach tests/golden.rs")),
+        let by_channel = kind.rsplit_once('_').and_then(|(channel, dir)| Some((Channel::from_name(channel)?, dir)));
+        let result = match (kind, by_channel) {
+            ("handshake", _) => decodes_as::<Handshake>(&payload),
+            ("handshake_reply", _) => decodes_as::<HandshakeReply>(&payload),
+            (_, Some((channel, "request"))) => channel.visit(Golden { payload: &payload, request: true }),
+            (_, Some((channel, "response"))) => channel.visit(Golden { payload: &payload, request: false }),
+            (other, _) => {
+                Err(format!("unknown kind {other}: `handshake`, `handshake_reply`, `<channel>_request|response`"))
+            }
         };
         result.unwrap_or_else(|e| panic!("{name}: {e}"));
         checked += 1;

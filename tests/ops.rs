@@ -83,7 +83,7 @@ impl Drop for NotifySocket {
     }
 }
 
-#[allow(unsafe_code)]
+#[expect(unsafe_code, reason = "recvmsg with SCM_RIGHTS, as a service manager receives descriptors")]
 fn recv_with_fds(socket: &UnixDatagram) -> io::Result<(String, Vec<OwnedFd>)> {
     let mut buf = [0u8; 4096];
     let mut control = [0u64; 32];
@@ -147,27 +147,19 @@ fn sd_notify_ready_watchdog_stopping_and_barrier() {
     );
 
     // A stalled daemon stops pinging.
-    let pid = libc::pid_t::try_from(child.id()).unwrap();
-    // SAFETY: kill has no memory-safety preconditions.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::kill(pid, libc::SIGSTOP);
-    }
+    let pid = child.id();
+    hearth::sys::kill(pid, libc::SIGSTOP).unwrap();
     let stalled_at = Instant::now();
     let before = notify.count("WATCHDOG=1");
     // Let well over one watchdog period pass, measured by the receiver's clock.
     assert!(!wait_for(watchdog * 3, || notify.count("WATCHDOG=1") > before), "WATCHDOG=1 while stopped");
     assert!(stalled_at.elapsed() >= watchdog * 3);
-    // SAFETY: as above.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::kill(pid, libc::SIGCONT);
-    }
+    hearth::sys::kill(pid, libc::SIGCONT).unwrap();
     assert!(wait_for(Duration::from_secs(20), || notify.count("WATCHDOG=1") > before), "pings resume");
 
     // STOPPING=1 at shutdown, then BARRIER=1 (answered), then a clean exit.
     assert_eq!(c.request(&json!({"type": "shutdown"}))["type"], "shutting_down");
-    let status = child.wait().unwrap();
+    let status = common::wait_child(&mut child, Duration::from_secs(30), "hearthd after shutdown");
     assert!(status.success(), "{status}; log:\n{}", std::fs::read_to_string(&log).unwrap());
     assert!(notify.has("STOPPING=1"));
     assert!(notify.has("BARRIER=1"), "a barrier before exit");
@@ -228,7 +220,8 @@ fn socket_activation_through_systemd_socket_activate() {
     assert!(status["connections"]["total"].as_u64().unwrap() >= 1);
 
     assert_eq!(c.request(&json!({"type": "shutdown"}))["type"], "shutting_down");
-    assert!(child.wait().unwrap().success(), "{}", std::fs::read_to_string(&log).unwrap());
+    let status = common::wait_child(&mut child, Duration::from_secs(30), "the socket-activated hearthd");
+    assert!(status.success(), "{}", std::fs::read_to_string(&log).unwrap());
     assert!(state.socket().exists(), "a socket the service manager owns is never removed");
     assert!(!state.paths.info_file().exists());
 }
@@ -243,13 +236,14 @@ fn listen_fds_for_another_pid_are_ignored_and_bad_ones_refused() {
     assert_eq!(daemon.stop(), 0);
 
     // LISTEN_PID is ours but fd 3 is not a socket: a clear error.
-    let out = Command::new("/bin/sh")
-        .arg("-c")
-        .arg("exec 3</dev/null; LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" --state-dir \"$1\"")
-        .arg(hearthd_bin())
-        .arg(state.state_dir())
-        .output()
-        .unwrap();
+    let out = common::run_bounded(
+        Command::new("/bin/sh")
+            .arg("-c")
+            .arg("exec 3</dev/null; LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" --state-dir \"$1\"")
+            .arg(hearthd_bin())
+            .arg(state.state_dir()),
+        common::COMMAND_LIMIT,
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("socket_activation_invalid"), "{}", stderr(&out));
 }
@@ -257,24 +251,22 @@ fn listen_fds_for_another_pid_are_ignored_and_bad_ones_refused() {
 // --- service files ------------------------------------------------------------
 
 fn install(state: &StateDir, extra: &[&str]) -> Value {
-    let out = state
-        .hearth()
-        .args(["--json", "daemon", "install", "--hearthd"])
-        .arg(hearthd_bin())
-        .args(extra)
-        .output()
-        .unwrap();
+    let out = common::run_bounded(
+        state.hearth().args(["--json", "daemon", "install", "--hearthd"]).arg(hearthd_bin()).args(extra),
+        common::COMMAND_LIMIT,
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     json_of(&out)
 }
 
 fn systemd_analyze(unit: &Path, runtime: &Path) -> std::process::Output {
-    Command::new("systemd-analyze")
-        .args(["verify", "--user", "--man=no", "--recursive-errors=yes"])
-        .arg(unit)
-        .env("XDG_RUNTIME_DIR", runtime)
-        .output()
-        .unwrap()
+    common::run_bounded(
+        Command::new("systemd-analyze")
+            .args(["verify", "--user", "--man=no", "--recursive-errors=yes"])
+            .arg(unit)
+            .env("XDG_RUNTIME_DIR", runtime),
+        common::COMMAND_LIMIT,
+    )
 }
 
 #[test]
@@ -368,15 +360,16 @@ fn launchd_plist_is_valid_for_a_real_parser() {
     let state = StateDir::new();
     // A state directory with characters XML must escape.
     let weird = state.dir.path().join("a & b <c> été");
-    let out = Command::new(common::hearth_bin())
-        .args(["--json", "--state-dir"])
-        .arg(&weird)
-        .args(["daemon", "install", "--profile", "launchd", "--dry-run", "--agent-dir"])
-        .arg(state.dir.path())
-        .arg("--hearthd")
-        .arg(hearthd_bin())
-        .output()
-        .unwrap();
+    let out = common::run_bounded(
+        Command::new(common::hearth_bin())
+            .args(["--json", "--state-dir"])
+            .arg(&weird)
+            .args(["daemon", "install", "--profile", "launchd", "--dry-run", "--agent-dir"])
+            .arg(state.dir.path())
+            .arg("--hearthd")
+            .arg(hearthd_bin()),
+        common::COMMAND_LIMIT,
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let report = json_of(&out);
     let plist = report["files"][0]["content"].as_str().unwrap();
@@ -408,7 +401,7 @@ fn python_plist(text: &str) -> Value {
         .expect("python3");
     use std::io::Write;
     child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = common::output_within(child, common::COMMAND_LIMIT, "python3 plistlib");
     assert!(out.status.success(), "plistlib rejected it: {}\n{text}", stderr(&out));
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -419,19 +412,19 @@ fn contrib_files_are_generated_by_the_same_code() {
     let expected: Vec<(PathBuf, Vec<u8>)> = vec![
         (
             contrib.join("systemd/hearth.service"),
-            hearth::service::systemd_service(&hearth::service::contrib_spec(false)).into_bytes(),
+            hearth::unit_files::systemd_service(&hearth::unit_files::contrib_spec(false)).into_bytes(),
         ),
         (
             contrib.join("systemd/socket-activated/hearth.service"),
-            hearth::service::systemd_service(&hearth::service::contrib_spec(true)).into_bytes(),
+            hearth::unit_files::systemd_service(&hearth::unit_files::contrib_spec(true)).into_bytes(),
         ),
         (
             contrib.join("systemd/socket-activated/hearth.socket"),
-            hearth::service::systemd_socket(&hearth::service::contrib_spec(true)).into_bytes(),
+            hearth::unit_files::systemd_socket(&hearth::unit_files::contrib_spec(true)).into_bytes(),
         ),
         (
             contrib.join("launchd/dev.hearth.hearthd.plist"),
-            hearth::service::launchd_plist(&hearth::service::contrib_launchd_spec()).unwrap(),
+            hearth::unit_files::launchd_plist(&hearth::unit_files::contrib_launchd_spec()).unwrap(),
         ),
     ];
     let update = std::env::var_os("HEARTH_UPDATE_CONTRIB").is_some();
@@ -518,7 +511,7 @@ fn a_daemon_with_every_connection_taken_keeps_its_heartbeat() {
 }
 
 fn doctor_codes(state: &StateDir, extra: &[&str]) -> Vec<String> {
-    let out = state.hearth().args(["--json", "doctor"]).args(extra).output().unwrap();
+    let out = common::run_bounded(state.hearth().args(["--json", "doctor"]).args(extra), common::COMMAND_LIMIT);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", stderr(&out)));
     assert_eq!(out.status.code(), Some(if report["ok"] == json!(true) { 0 } else { 1 }));
     report["problems"].as_array().unwrap().iter().map(|p| p["code"].as_str().unwrap().to_owned()).collect()
@@ -536,11 +529,10 @@ fn doctor_reports_each_code_from_its_real_condition() {
     // A state directory that cannot be created.
     let file = state.dir.path().join("a-file");
     std::fs::write(&file, "").unwrap();
-    let out = Command::new(common::hearth_bin())
-        .args(["--json", "doctor", "--state-dir"])
-        .arg(file.join("state"))
-        .output()
-        .unwrap();
+    let out = common::run_bounded(
+        Command::new(common::hearth_bin()).args(["--json", "doctor", "--state-dir"]).arg(file.join("state")),
+        common::COMMAND_LIMIT,
+    );
     assert!(stdout(&out).contains("state_dir_not_writable"), "{}", stdout(&out));
 
     // Insecure.
@@ -555,7 +547,7 @@ fn doctor_reports_each_code_from_its_real_condition() {
     let in_open = open.join("h.sock");
     let codes = doctor_codes(&state, &["--unit-dir", unit_dir, "--socket", in_open.to_str().unwrap()]);
     assert!(codes.contains(&"socket_dir_insecure".into()), "{codes:?}");
-    let out = state.hearthd().arg("--socket").arg(&in_open).output().unwrap();
+    let out = common::run_bounded(state.hearthd().arg("--socket").arg(&in_open), common::COMMAND_LIMIT);
     assert!(stderr(&out).contains("socket_dir_insecure"), "hearthd agrees: {}", stderr(&out));
 
     // Too long a socket path.
@@ -862,6 +854,6 @@ fn a_stuck_store_stops_the_watchdog_and_the_heartbeat() {
 
     // Released: the daemon recovers by itself.
     drop(holder.stdin.take());
-    let _ = holder.wait();
+    common::wait_child(&mut holder, common::COMMAND_LIMIT, "the process holding the store's lock");
     assert!(wait_for(Duration::from_secs(20), || notify.count("WATCHDOG=1") > pings), "pings resume");
 }

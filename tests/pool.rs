@@ -77,10 +77,10 @@ fn take(c: &mut RawConn, pool: &str) -> (String, PathBuf) {
 }
 
 fn assert_python_runs(venv: &Path) {
-    let out = Command::new(venv.join("bin/python"))
-        .args(["-c", "import sys; print(sys.prefix)"])
-        .output()
-        .expect("run the venv's python");
+    let out = common::run_bounded(
+        Command::new(venv.join("bin/python")).args(["-c", "import sys; print(sys.prefix)"]),
+        common::COMMAND_LIMIT,
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(Path::new(stdout(&out).trim()), venv, "the interpreter belongs to the venv");
 }

@@ -5,14 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use hearth::protocol::Request;
-use hearth::protocol::blob::{BlobRequest, BlobResponse};
 use hearth::protocol::error::ErrorCode;
 use hearth::protocol::handshake::{Handshake, HandshakeReply};
-use hearth::protocol::info::{DaemonInfo, Heartbeat, LaunchReport};
-use hearth::protocol::pool::{PoolRequest, PoolResponse};
-use hearth::protocol::queue::{QueueRequest, QueueResponse};
-use hearth::protocol::status::{StatusRequest, StatusResponse};
+use hearth::protocol::info::{DaemonInfo, Heartbeat, LaunchCode, LaunchReport};
+use hearth::protocol::status::HealthCode;
+use hearth::protocol::{Channel, ChannelProtocol, ChannelVisitor, Request};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -30,30 +27,43 @@ fn roundtrip<T: Serialize + DeserializeOwned>(text: &str) -> Result<(), String> 
 
 /// The request types of each channel, for the coverage check.
 fn request_types() -> BTreeMap<&'static str, &'static [&'static str]> {
-    BTreeMap::from([
-        ("status", StatusRequest::TYPES),
-        ("pool", PoolRequest::TYPES),
-        ("queue", QueueRequest::TYPES),
-        ("blob", BlobRequest::TYPES),
-    ])
+    struct Types;
+    impl ChannelVisitor for Types {
+        type Output = &'static [&'static str];
+        fn visit<C: ChannelProtocol>(self) -> Self::Output {
+            <C::Request as Request>::TYPES
+        }
+    }
+    Channel::ALL.iter().map(|c| (c.as_str(), c.visit(Types))).collect()
+}
+
+/// Round-trips an example through a channel's request or response type.
+struct Example<'a> {
+    text: &'a str,
+    request: bool,
+}
+
+impl ChannelVisitor for Example<'_> {
+    type Output = Result<(), String>;
+    fn visit<C: ChannelProtocol>(self) -> Self::Output {
+        if self.request { roundtrip::<C::Request>(self.text) } else { roundtrip::<C::Response>(self.text) }
+    }
 }
 
 fn check(tag: &str, text: &str) -> Result<(), String> {
     match tag {
-        "frame.handshake" => roundtrip::<Handshake>(text),
-        "frame.handshake_reply" => roundtrip::<HandshakeReply>(text),
-        "status.request" => roundtrip::<StatusRequest>(text),
-        "status.response" => roundtrip::<StatusResponse>(text),
-        "pool.request" => roundtrip::<PoolRequest>(text),
-        "pool.response" => roundtrip::<PoolResponse>(text),
-        "queue.request" => roundtrip::<QueueRequest>(text),
-        "queue.response" => roundtrip::<QueueResponse>(text),
-        "blob.request" => roundtrip::<BlobRequest>(text),
-        "blob.response" => roundtrip::<BlobResponse>(text),
-        "info" => roundtrip::<DaemonInfo>(text),
-        "launch" => roundtrip::<LaunchReport>(text),
-        "heartbeat" => roundtrip::<Heartbeat>(text),
-        other => Err(format!("unknown example tag {other:?}: add it to tests/proto_docs.rs")),
+        "frame.handshake" => return roundtrip::<Handshake>(text),
+        "frame.handshake_reply" => return roundtrip::<HandshakeReply>(text),
+        "info" => return roundtrip::<DaemonInfo>(text),
+        "launch" => return roundtrip::<LaunchReport>(text),
+        "heartbeat" => return roundtrip::<Heartbeat>(text),
+        _ => {}
+    }
+    let channel = tag.split_once('.').and_then(|(channel, kind)| Some((Channel::from_name(channel)?, kind)));
+    match channel {
+        Some((channel, "request")) => channel.visit(Example { text, request: true }),
+        Some((channel, "response")) => channel.visit(Example { text, request: false }),
+        _ => Err(format!("unknown example tag {tag:?}: `<channel>.request`, `<channel>.response` or a file's tag")),
     }
 }
 
@@ -123,5 +133,42 @@ fn every_error_code_is_documented() {
     for code in ErrorCode::ALL {
         let row = format!("| `{}` |", code.as_str());
         assert!(errors.contains(&row), "proto-docs/errors.md has no row for `{code}`");
+    }
+}
+
+/// The rows of the first table in `file` whose first cell is a code in backticks.
+fn documented_codes(file: &str) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("proto-docs").join(file)).unwrap();
+    text.lines()
+        .filter_map(|line| {
+            let mut cells = line.strip_prefix("| `")?.split('|');
+            let code = cells.next()?.split('`').next()?.to_owned();
+            Some((code, cells.next().unwrap_or("").trim().to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn every_health_code_is_documented_with_its_severity() {
+    let rows = documented_codes("status.md");
+    for code in HealthCode::ALL {
+        let severity = rows
+            .get(code.as_str().as_ref())
+            .unwrap_or_else(|| panic!("proto-docs/status.md has no row for the health code `{code}`"));
+        assert_eq!(severity, code.severity().as_str(), "proto-docs/status.md: the severity of `{code}`");
+    }
+    let unavailable =
+        rows.get("<channel>_unavailable").expect("proto-docs/status.md documents `<channel>_unavailable`");
+    for channel in Channel::ALL.iter().filter(|c| **c != Channel::Status) {
+        assert_eq!(HealthCode::from_code(&format!("{channel}_unavailable")), HealthCode::Unavailable(*channel));
+        assert_eq!(unavailable, HealthCode::Unavailable(*channel).severity().as_str());
+    }
+}
+
+#[test]
+fn every_launch_code_is_documented() {
+    let rows = documented_codes("lifecycle.md");
+    for code in LaunchCode::ALL {
+        assert!(rows.contains_key(code.as_str()), "proto-docs/lifecycle.md has no row for the launch code `{code}`");
     }
 }

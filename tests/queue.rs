@@ -41,8 +41,14 @@ impl Q {
     fn job(&mut self, id: u64) -> Job {
         self.get(id).0
     }
+    /// Waits for job `id` to end; a job still going after two minutes fails the test.
     fn wait(&mut self, id: u64) -> Job {
-        self.0.wait(id).expect("wait")
+        let limit = common::COMMAND_LIMIT;
+        let waited = self
+            .0
+            .call(async |c| Ok::<_, hearth::client::ClientError>(tokio::time::timeout(limit, c.wait(id, |_| {})).await))
+            .expect("wait");
+        waited.unwrap_or_else(|_| panic!("job {id} did not end within {limit:?}")).expect("wait")
     }
     fn cancel(&mut self, id: u64) -> Result<Job, hearth::client::ClientError> {
         self.0.call(async |c| c.cancel(id).await)
@@ -588,6 +594,10 @@ fn a_graceful_stop_requeues_running_jobs_without_counting_and_ends_waits() {
     let mut s = spec(&["sh", "-c", &script]);
     s.max_attempts = Some(1);
     let job = q.submit(s);
+    // The job itself says it runs (not only the store): a stop that came
+    // before the script's first line would leave nothing to count on.
+    let first_line = || std::fs::read_to_string(&runs).is_ok_and(|t| t.lines().count() == 1);
+    assert!(wait_for(LONG, first_line), "job {} never wrote its first line to {runs:?}", job.id);
     q.until_state(job.id, JobState::Running);
     let pgid = q.get(job.id).1[0].pid.unwrap();
     let mut waiter = RawConn::open(state.socket(), "queue");

@@ -283,25 +283,17 @@ impl Drop for StopOnDrop<'_> {
 }
 
 /// Whether every write end of the pipe whose read end is `fd` is closed.
-#[allow(unsafe_code)]
-fn pipe_hung_up(fd: i32) -> bool {
-    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-    // SAFETY: one valid pollfd owned by this frame; a zero timeout.
-    let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
-    rc > 0 && pfd.revents & libc::POLLHUP != 0
+fn pipe_hung_up(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    hearth::sys::poll(fd, libc::POLLIN, Duration::ZERO).is_ok_and(|events| events & libc::POLLHUP != 0)
 }
 
 #[test]
-#[allow(unsafe_code)]
+#[expect(unsafe_code, reason = "a pre_exec hook hands the pipe down the way a build tool would")]
 fn a_detached_daemon_keeps_none_of_its_callers_descriptors() {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let state = StateDir::new();
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two descriptors into the array we own.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: both were just created and belong to nobody else.
-    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read_end, write_end) = hearth::sys::pipe().unwrap();
     // The caller hands down the write end as descriptor 5, the way a build
     // tool hands down its jobserver pipe or a shell a redirection; it waits
     // for the end of that pipe to know that everything it started is done.
@@ -323,17 +315,15 @@ fn a_detached_daemon_keeps_none_of_its_callers_descriptors() {
     assert_eq!(report["event"], "ready", "{report}");
     drop(write_end);
     assert!(
-        wait_for(Duration::from_secs(10), || pipe_hung_up(read_end.as_raw_fd())),
+        wait_for(Duration::from_secs(10), || pipe_hung_up(std::os::fd::AsFd::as_fd(&read_end))),
         "the detached daemon (pid {}) still holds its caller's pipe",
         report["pid"]
     );
 }
 
 /// Whether this test runs as root (and so can act as a second user).
-#[allow(unsafe_code)]
 fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    hearth::sys::euid() == 0
 }
 
 #[test]

@@ -543,11 +543,7 @@ fn chaos_soak() {
         // Each job leads its own process group: take the groups down, so
         // that a failed run leaves nothing running either.
         for pid in orphans {
-            // SAFETY: kill has no memory-safety preconditions.
-            #[allow(unsafe_code)]
-            unsafe {
-                libc::kill(-(pid as i32), libc::SIGKILL);
-            }
+            let _ = hearth::sys::killpg(pid, libc::SIGKILL);
         }
     }
 

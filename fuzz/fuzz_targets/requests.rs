@@ -5,16 +5,12 @@
 
 use std::fmt::Debug;
 
-use hearth::protocol::blob::{BlobRequest, BlobResponse};
-use hearth::protocol::pool::{PoolRequest, PoolResponse};
-use hearth::protocol::queue::{QueueRequest, QueueResponse};
-use hearth::protocol::status::{StatusRequest, StatusResponse};
-use hearth::protocol::{Request, decode_request};
+use hearth::protocol::{Channel, ChannelProtocol, ChannelVisitor, Request, decode_request};
 use libfuzzer_sys::fuzz_target;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-fn request<R: Request + PartialEq + Debug>(frame: &[u8]) {
+fn request<R: Request>(frame: &[u8]) {
     if let Ok(req) = decode_request::<R>(frame) {
         let again = serde_json::to_vec(&req).unwrap();
         assert_eq!(decode_request::<R>(&again).unwrap(), req);
@@ -30,16 +26,23 @@ fn response<T: Serialize + DeserializeOwned + PartialEq + Debug>(frame: &[u8]) {
     }
 }
 
+/// One frame through one channel's request or response decoding.
+struct Decode<'a> {
+    frame: &'a [u8],
+    request: bool,
+}
+
+impl ChannelVisitor for Decode<'_> {
+    type Output = ();
+    fn visit<C: ChannelProtocol>(self) {
+        if self.request { request::<C::Request>(self.frame) } else { response::<C::Response>(self.frame) }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&which, frame)) = data.split_first() else { return };
-    match which % 8 {
-        0 => request::<StatusRequest>(frame),
-        1 => request::<PoolRequest>(frame),
-        2 => request::<QueueRequest>(frame),
-        3 => request::<BlobRequest>(frame),
-        4 => response::<StatusResponse>(frame),
-        5 => response::<PoolResponse>(frame),
-        6 => response::<QueueResponse>(frame),
-        _ => response::<BlobResponse>(frame),
-    }
+    // The first byte picks the channel (every channel of the one list) and the direction.
+    let which = usize::from(which);
+    let channel = Channel::ALL[(which / 2) % Channel::ALL.len()];
+    channel.visit(Decode { frame, request: which % 2 == 0 });
 });

@@ -1,16 +1,20 @@
 //! `hearthd`: the hearth daemon. Runs in the foreground; `--detach` forks it
 //! into the background and returns once it is ready.
+// The doc comments of the argument structs are clap's `--help` text, where
+// `<state-dir>` is a placeholder, not an HTML tag.
+#![allow(rustdoc::invalid_html_tags, reason = "these doc comments are --help text")]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use hearth::daemon::config::Override;
-use hearth::daemon::detach::{self, Forked, Reporter};
-use hearth::daemon::logging::LogTarget;
-use hearth::daemon::{Config, Daemon, Instance, StartupError, logging, singleton};
+use hearth::daemon::lifecycle::detach::{self, Forked, Reporter};
+use hearth::daemon::lifecycle::logging::{self, LogTarget};
+use hearth::daemon::lifecycle::{activation, permissions, signals};
+use hearth::daemon::{Config, Daemon, Instance, StartupError};
 use hearth::paths::Paths;
-use hearth::protocol::info::LaunchReport;
+use hearth::protocol::info::{LaunchCode, LaunchReport};
 use hearth::units::{ByteSize, HumanDuration};
 
 /// The hearth daemon: one per user, serving the status, pool, queue and blob
@@ -241,7 +245,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let paths = match Paths::resolve(args.state_dir.clone(), args.socket.clone()) {
         Ok(paths) => paths,
-        Err(e) => return fail(args.detach, "state_dir_unusable", &e.to_string()),
+        Err(e) => return fail(args.detach, LaunchCode::StateDirUnusable, &e.to_string()),
     };
     let (config_file, required) = match &args.config {
         Some(file) => (file.clone(), true),
@@ -254,7 +258,7 @@ fn main() -> ExitCode {
     overrides.extend(args.blob.overrides());
     let config = match Config::load(&config_file, required, &overrides) {
         Ok(config) => config,
-        Err(e) => return fail(args.detach, "config_invalid", &e.to_string()),
+        Err(e) => return fail(args.detach, LaunchCode::ConfigInvalid, &e.to_string()),
     };
     if args.print_config {
         println!("# state_dir = {:?}", paths.state_dir());
@@ -268,7 +272,7 @@ fn main() -> ExitCode {
         match detach::fork(args.ready_timeout.0) {
             Ok(Forked::Parent(status)) => return ExitCode::from(status),
             Ok(Forked::Child(reporter)) => reporter,
-            Err(e) => return fail(true, "startup_failed", &format!("cannot fork: {e}")),
+            Err(e) => return fail(true, LaunchCode::StartupFailed, &format!("cannot fork: {e}")),
         }
     } else {
         Reporter::foreground()
@@ -279,7 +283,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let report = match e {
                 StartupError::AlreadyRunning { pid } => LaunchReport::AlreadyRunning { pid },
-                _ => LaunchReport::Failed { code: e.code().into(), message: e.to_string() },
+                _ => LaunchReport::Failed { code: e.code(), message: e.to_string() },
             };
             tracing::error!("{e}");
             eprintln!("hearthd: {e} ({})", e.code());
@@ -295,17 +299,17 @@ fn start_and_run(paths: Paths, config: Config, reporter: &mut Reporter, to_file:
     // before any thread starts (the log writer's is the first), since a
     // thread that does not block them would take them with the default
     // action.
-    let held = singleton::HeldSignals::hold();
+    let held = signals::HeldSignals::hold();
     // The lock comes first: a second daemon leaves before touching anything
     // of the first one, its log included.
     // Nothing is created before every directory on the way to the state
     // directory and to the socket is known to be safe from other users. A
     // socket the service manager passed is the manager's: its path is not
     // judged.
-    let activated = singleton::activated_listener()?;
-    singleton::check_state_dir(paths.state_dir())?;
+    let activated = activation::activated_listener()?;
+    permissions::check_state_dir(paths.state_dir())?;
     if activated.is_none() {
-        singleton::check_socket_dir(paths.socket())?;
+        permissions::check_socket_dir(paths.socket())?;
     }
     let log_file = paths.log_file();
     let mut instance = Instance::acquire(paths)?;
@@ -375,13 +379,13 @@ fn stop_signal() -> std::io::Result<impl Future<Output = ()>> {
 }
 
 /// Reports a failure that happened before the daemon could start.
-fn fail(detach: bool, code: &str, message: &str) -> ExitCode {
-    let report = LaunchReport::Failed { code: code.into(), message: message.into() };
+fn fail(detach: bool, code: LaunchCode, message: &str) -> ExitCode {
+    eprintln!("hearthd: {message} ({code})");
+    let report = LaunchReport::Failed { code, message: message.into() };
     if detach {
         if let Ok(line) = serde_json::to_string(&report) {
             println!("{line}");
         }
     }
-    eprintln!("hearthd: {message} ({code})");
     ExitCode::from(detach::exit_status(&report))
 }

@@ -17,7 +17,7 @@
 //! ```
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -98,29 +98,25 @@ pub struct ListPage {
 /// the future is dropped), so that the daemon discards the partial
 /// transfer and no later request is mistaken for blob data.
 struct StreamGuard {
-    fd: RawFd,
-    armed: bool,
+    /// A duplicate of the connection's descriptor: shutting it down shuts
+    /// the shared socket down, and it stays valid however the client moves.
+    socket: Option<OwnedFd>,
 }
 
 impl StreamGuard {
     fn new(client: &BlobClient) -> Self {
-        Self { fd: client.conn.stream().as_raw_fd(), armed: true }
+        Self { socket: client.conn.stream().as_fd().try_clone_to_owned().ok() }
     }
 
     fn disarm(mut self) {
-        self.armed = false;
+        self.socket = None;
     }
 }
 
 impl Drop for StreamGuard {
-    #[allow(unsafe_code)]
     fn drop(&mut self) {
-        if self.armed {
-            // SAFETY: the guard lives inside a method borrowing the client,
-            // so the descriptor is open; shutdown neither closes nor frees it.
-            unsafe {
-                libc::shutdown(self.fd, libc::SHUT_RDWR);
-            }
+        if let Some(socket) = &self.socket {
+            crate::sys::shutdown_socket(socket.as_fd());
         }
     }
 }

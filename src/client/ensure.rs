@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use super::{ClientError, ConnectOptions, DEFAULT_CLIENT_NAME, StatusClient};
 use crate::paths::Paths;
 use crate::protocol::handshake::DaemonIdent;
-use crate::protocol::info::LaunchReport;
+use crate::protocol::info::{LaunchCode, LaunchReport};
 
 /// Environment variable naming the `hearthd` binary to spawn.
 pub const ENV_DAEMON_BIN: &str = "HEARTH_DAEMON_BIN";
@@ -205,7 +205,7 @@ async fn launch(options: &EnsureOptions, deadline: Instant) -> Result<LaunchRepo
     Ok(report.unwrap_or_else(|| {
         let stderr = String::from_utf8_lossy(&output.stderr);
         LaunchReport::Failed {
-            code: "launch_failed".into(),
+            code: LaunchCode::LaunchFailed,
             message: format!(
                 "{} --detach exited with {} without a launch report: {}",
                 bin.display(),

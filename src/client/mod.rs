@@ -142,7 +142,7 @@ pub enum ClientError {
     #[error("hearthd could not start: {message} ({code})")]
     StartFailed {
         /// The daemon's startup error code.
-        code: String,
+        code: crate::protocol::info::LaunchCode,
         /// The daemon's own explanation.
         message: String,
     },
@@ -244,17 +244,9 @@ impl<C: ChannelProtocol> Client<C> {
         })?;
         check_daemon_user(&stream, &options.socket)?;
         let mut conn = Connection::new(stream, DEFAULT_MAX_FRAME);
-        let handshake = Handshake::new(C::CHANNEL, Some(options.client_name.clone()));
-        if fields.is_empty() {
-            conn.write_json(&handshake).await.map_err(closed_on_reset)?;
-        } else {
-            let mut frame = match serde_json::to_value(&handshake) {
-                Ok(serde_json::Value::Object(map)) => map,
-                _ => serde_json::Map::new(),
-            };
-            frame.extend(fields);
-            conn.write_json(&frame).await.map_err(closed_on_reset)?;
-        }
+        let mut handshake = Handshake::new(C::CHANNEL, Some(options.client_name.clone()));
+        handshake.params = fields;
+        conn.write_json(&handshake).await.map_err(closed_on_reset)?;
         let frame = conn.read_frame().await.map_err(closed_on_reset)?.ok_or(ClientError::Closed)?;
         let reply: HandshakeReply =
             serde_json::from_slice(&frame).map_err(|e| ClientError::Protocol(format!("bad handshake reply: {e}")))?;
@@ -307,9 +299,7 @@ impl<C: ChannelProtocol> Client<C> {
 /// kernel's record of who listens on the socket is checked before anything
 /// (a job's command line, a blob's bytes) is sent.
 fn check_daemon_user(stream: &UnixStream, socket: &Path) -> Result<(), ClientError> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    #[allow(unsafe_code)]
-    let me = unsafe { libc::geteuid() };
+    let me = crate::sys::euid();
     let cred = stream.peer_cred().map_err(|source| ClientError::Connect { socket: socket.to_owned(), source })?;
     if cred.uid() != me {
         return Err(ClientError::ForeignDaemon { socket: socket.to_owned(), uid: cred.uid(), me });

@@ -27,7 +27,7 @@ use serde_json::Value;
 
 use super::{Client, ClientError, ConnectOptions, unexpected};
 use crate::protocol::sync::{
-    DocName, DocSummary, FrameKind, PatchOp, PathElem, PeerInfo, Revision, RoomReport, SyncChannel, SyncMode,
+    DocName, DocSummary, FrameKind, PatchOp, PathElem, PeerInfo, Revision, RoomReport, SyncChannel, SyncMode, SyncOpen,
     SyncRequest, SyncResponse, ValueKind, classify_frame,
 };
 use crate::protocol::{Response, WireError};
@@ -71,16 +71,28 @@ pub struct Written {
 pub struct SyncClient {
     client: Client<SyncChannel>,
     doc: Option<DocName>,
+    peer: u64,
     events: VecDeque<SyncEvent>,
 }
 
-fn fields(doc: Option<&DocName>, mode: SyncMode) -> serde_json::Map<String, Value> {
-    let mut map = serde_json::Map::new();
-    if let Some(doc) = doc {
-        map.insert("doc".into(), Value::String(doc.as_str().to_owned()));
+/// Connects with the sync fields of the handshake, then reads `joined`
+/// (or the error that refuses the connection).
+async fn join(options: &ConnectOptions, open: &SyncOpen) -> Result<(Client<SyncChannel>, u64), ClientError> {
+    let mut client = Client::<SyncChannel>::connect_with_fields(options, open.params()).await?;
+    let work = async {
+        let frame = client.conn.read_frame().await.map_err(super::closed_on_reset)?.ok_or(ClientError::Closed)?;
+        serde_json::from_slice::<SyncResponse>(&frame)
+            .map_err(|e| ClientError::Protocol(format!("cannot decode the first sync frame: {e}")))
+    };
+    let first = match tokio::time::timeout(options.timeout, work).await {
+        Ok(first) => first?,
+        Err(_) => return Err(ClientError::Timeout { what: "joining the room", after: options.timeout }),
+    };
+    match first {
+        SyncResponse::Joined { peer, .. } => Ok((client, peer)),
+        SyncResponse::Error(error) => Err(ClientError::Refused { error, daemon: Some(client.daemon().clone()) }),
+        other => Err(unexpected("joined", other)),
     }
-    map.insert("mode".into(), Value::String(mode.as_str().to_owned()));
-    map
 }
 
 fn doc_name(doc: &str) -> Result<DocName, ClientError> {
@@ -96,19 +108,24 @@ impl SyncClient {
     /// Joins `doc`'s room in view mode, with `options`.
     pub async fn open_with(options: &ConnectOptions, doc: &str) -> Result<Self, ClientError> {
         let doc = doc_name(doc)?;
-        let client = Client::connect_with_fields(options, fields(Some(&doc), SyncMode::View)).await?;
-        Ok(Self { client, doc: Some(doc), events: VecDeque::new() })
+        let (client, peer) = join(options, &SyncOpen { doc: Some(doc.clone()), mode: SyncMode::View }).await?;
+        Ok(Self { client, doc: Some(doc), peer, events: VecDeque::new() })
     }
 
     /// A control connection, joined to no room: `list`, `inspect`, `close`.
     pub async fn control(options: &ConnectOptions) -> Result<Self, ClientError> {
-        let client = Client::connect_with_fields(options, fields(None, SyncMode::View)).await?;
-        Ok(Self { client, doc: None, events: VecDeque::new() })
+        let (client, peer) = join(options, &SyncOpen { doc: None, mode: SyncMode::View }).await?;
+        Ok(Self { client, doc: None, peer, events: VecDeque::new() })
     }
 
     /// The document this connection joined.
     pub fn doc(&self) -> Option<&DocName> {
         self.doc.as_ref()
+    }
+
+    /// This connection's peer id in its room.
+    pub fn peer_id(&self) -> u64 {
+        self.peer
     }
 
     /// The framed connection, for tools and tests that speak frames themselves.
@@ -344,7 +361,7 @@ mod replica {
         /// from an earlier session: only the changes it lacks are sent).
         pub async fn open_with(options: &ConnectOptions, doc: &str, replica: AutoCommit) -> Result<Self, ClientError> {
             let doc = doc_name(doc)?;
-            let client = Client::connect_with_fields(options, fields(Some(&doc), SyncMode::Replica)).await?;
+            let (client, _) = join(options, &SyncOpen { doc: Some(doc), mode: SyncMode::Replica }).await?;
             Ok(Self { client, doc: replica, state: State::new(), error: None })
         }
 

@@ -41,18 +41,13 @@ pub fn command(program: impl AsRef<OsStr>, args: &[impl AsRef<OsStr>]) -> tokio:
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // the queue's clone, Linux only
 pub(crate) fn original_nofile_limit() -> Option<(libc::rlim_t, libc::rlim_t)> {
     let &(soft, hard) = ORIGINAL_NOFILE.get()?;
-    let mut current = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes into the struct we own.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut current) };
-    (rc == 0 && current.rlim_cur != soft).then_some((soft, hard))
+    let (current, _) = crate::sys::nofile_limit().ok()?;
+    (current != soft).then_some((soft, hard))
 }
 
-#[allow(unsafe_code)]
+#[expect(unsafe_code, reason = "a pre_exec hook runs in the child between fork and exec")]
 fn restore_nofile(cmd: &mut tokio::process::Command, soft: libc::rlim_t, hard: libc::rlim_t) {
-    let mut current = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes into the struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut current) } != 0 || current.rlim_cur == soft {
+    if crate::sys::nofile_limit().is_ok_and(|(current, _)| current == soft) {
         return; // Nothing was raised: keep the faster posix_spawn path.
     }
     // SAFETY: the closure runs in the child between fork and exec and only
@@ -68,29 +63,16 @@ fn restore_nofile(cmd: &mut tokio::process::Command, soft: libc::rlim_t, hard: l
 
 /// Sends `signal` to every process of the group `pgid`. A group that no
 /// longer exists is not an error.
-#[allow(unsafe_code)]
 pub fn kill_group(pgid: u32, signal: libc::c_int) -> io::Result<()> {
-    let pgid = libc::pid_t::try_from(pgid).map_err(|_| io::Error::other("process group id out of range"))?;
-    if pgid <= 1 {
-        return Err(io::Error::other("refusing to signal process group 0 or 1"));
+    match crate::sys::killpg(pgid, signal) {
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        other => other,
     }
-    // SAFETY: killpg has no memory-safety preconditions.
-    if unsafe { libc::killpg(pgid, signal) } != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::ESRCH) {
-            return Err(e);
-        }
-    }
-    Ok(())
 }
 
 /// Whether any process of the group `pgid` still exists.
-#[allow(unsafe_code)]
 pub fn group_alive(pgid: u32) -> bool {
-    let Ok(pgid) = libc::pid_t::try_from(pgid) else { return false };
-    // SAFETY: signal 0 only checks for existence.
-    pgid > 1
-        && (unsafe { libc::killpg(pgid, 0) } == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+    crate::sys::group_exists(pgid)
 }
 
 /// When the process `pid` started, in clock ticks since boot (Linux), so
@@ -136,9 +118,7 @@ mod tests {
         let out =
             command("sh", &["-c", "ps -o pgid= -p $$"]).stdout(std::process::Stdio::piped()).output().await.unwrap();
         let pgid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-        // SAFETY: getpgrp cannot fail.
-        #[allow(unsafe_code)]
-        let mine = unsafe { libc::getpgrp() } as u32;
+        let mine = crate::sys::process_group();
         assert_ne!(pgid, mine, "the child leads its own process group");
         assert!(!group_alive(pgid), "the group ended with its only process");
     }

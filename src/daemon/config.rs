@@ -385,10 +385,10 @@ impl Config {
         if q.workers > 1024 {
             return Err(format!("queue.workers must be at most 1024, not {}", q.workers));
         }
-        if q.max_attempts == 0 || q.max_attempts > crate::daemon::queue::MAX_ATTEMPTS {
+        if q.max_attempts == 0 || q.max_attempts > crate::protocol::queue::MAX_ATTEMPTS {
             return Err(format!(
                 "queue.max_attempts must be between 1 and {}, not {}",
-                crate::daemon::queue::MAX_ATTEMPTS,
+                crate::protocol::queue::MAX_ATTEMPTS,
                 q.max_attempts
             ));
         }

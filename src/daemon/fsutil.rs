@@ -85,8 +85,8 @@ pub fn private_subdir(dir: &Path) -> io::Result<()> {
     if !meta.is_dir() {
         return refuse("is not a directory".into());
     }
-    if meta.uid() != euid() {
-        return refuse(format!("is owned by uid {}, not by you (uid {})", meta.uid(), euid()));
+    if meta.uid() != crate::sys::euid() {
+        return refuse(format!("is owned by uid {}, not by you (uid {})", meta.uid(), crate::sys::euid()));
     }
     if meta.permissions().mode() & 0o077 != 0 {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
@@ -104,56 +104,15 @@ pub fn cloexec_inherited_fds() -> io::Result<()> {
         .filter(|fd| *fd > 2)
         .collect();
     for fd in fds {
-        // SAFETY: F_GETFD/F_SETFD only change descriptor flags; a descriptor
-        // that closed meanwhile (the directory's own) just fails with EBADF.
-        #[allow(unsafe_code)]
-        unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFD);
-            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
-                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
-            }
-        }
+        // The directory listing's own descriptor is closed by now: EBADF.
+        let _ = crate::sys::set_cloexec(fd);
     }
     Ok(())
 }
 
-/// Bytes available to this user on the filesystem holding `path`.
-pub fn free_space(path: &Path) -> io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // SAFETY: statvfs is plain data; the call fills it from a valid C string.
-    #[allow(unsafe_code)]
-    let st = unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        st
-    };
-    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
-}
-
-/// The effective uid of this process.
-pub fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::geteuid()
-    }
-}
-
 /// Whether a process with this pid exists (and is not a zombie).
 pub fn pid_alive(pid: u32) -> bool {
-    let Ok(pid_t) = libc::pid_t::try_from(pid) else { return false };
-    if pid_t <= 0 {
-        return false;
-    }
-    // SAFETY: kill with signal 0 only checks for existence and permission.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::kill(pid_t, 0) };
-    let exists = rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-    exists && !is_zombie(pid)
+    crate::sys::process_exists(pid) && !is_zombie(pid)
 }
 
 #[cfg(target_os = "linux")]

@@ -1,5 +1,50 @@
 //! The daemon: singleton, accept loop, router and services.
 //!
+//! # Where things are
+//!
+//! - `mod.rs` (here): [`Daemon`] (start, serve until stopped, stop) and the
+//!   state every task shares: configuration, connection counters, health.
+//! - [`lifecycle`]: the process's own life: the singleton lock and socket,
+//!   the permission audit, socket activation, signals, `--detach`,
+//!   `sd_notify`, the log file, and the supervisor (self-check, heartbeat,
+//!   watchdog, idle exit).
+//! - `conn/`: the connection path: the accept loop (`server.rs`), the peer
+//!   check and handshake (`router.rs`), and the `Session` a channel's
+//!   handler reads requests from and writes responses to (`session.rs`).
+//! - `services.rs`: the `Service` trait every channel's service
+//!   implements, the registry, and the slots (running, disabled, failed)
+//!   that the router, `status`, health, idle exit and shutdown iterate.
+//! - One folder (or file) per service: `status.rs`, `pool/`, `queue/`, `blob/`.
+//! - Shared helpers: `config.rs` (settings), `fsutil.rs` (atomic writes,
+//!   private directories), `child.rs` (how every child process is started
+//!   and killed), `random.rs` (ids). The system calls are in [`crate::sys`].
+//!
+//! # Adding a channel
+//!
+//! A new channel (say `sync`) touches exactly these places:
+//!
+//! 1. `src/protocol/sync.rs`: its request and response enums, its
+//!    `ChannelProtocol` type and wire limits; one line in the `channels!`
+//!    list of `src/protocol/channel.rs` (with its status summary type, if it
+//!    has one), and `pub mod sync;` in `src/protocol/mod.rs`. Its error codes
+//!    join the `error_codes!` list in `src/protocol/error.rs`, its health
+//!    codes the `health_codes!` list in `src/protocol/status.rs`.
+//! 2. `src/daemon/sync/`: the service, implementing `Service` and
+//!    `StartService`; one line in `REGISTRY` (`src/daemon/services.rs`) and
+//!    `mod sync;` here. Its settings are a struct in its folder and one
+//!    field of [`Config`] (`[sync]` in config.toml).
+//! 3. `src/client/sync.rs`: its client, and `pub mod sync;` in `src/client/mod.rs`.
+//! 4. `src/bin/hearth/sync_cmd.rs`: its CLI group, and one variant of the
+//!    `Command` enum in `src/bin/hearth/main.rs`.
+//! 5. `proto-docs/sync.md` (plus rows in `errors.md` and `status.md`), and
+//!    a line in `proto-docs/README.md`'s table.
+//!
+//! Everything else follows from the `channels!` list and the registry: the
+//! handshake's list of channels, routing and refusals, `status`'s channels,
+//! summaries and health (`sync_unavailable`), the supervisor's probe, idle
+//! exit, draining and shutdown, proto-docs' and golden frames' checks, and
+//! the request fuzz target.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), hearth::daemon::StartupError> {
 //! use hearth::daemon::{Config, Daemon, Instance};
@@ -24,32 +69,29 @@ use tokio_util::task::TaskTracker;
 
 use crate::paths::Paths;
 use crate::protocol::PROTOCOL_VERSION;
-use crate::protocol::handshake::{Channel, DaemonIdent};
+use crate::protocol::handshake::DaemonIdent;
 use crate::protocol::info::DaemonInfo;
-use crate::protocol::status::{Health, HealthReason, HealthState, Limits};
+use crate::protocol::status::{Health, HealthCode, HealthReason, Limits};
 
 mod blob;
 pub mod child;
 pub mod config;
-pub mod detach;
+mod conn;
 pub mod fsutil;
-pub mod logging;
-pub mod notify;
+pub mod lifecycle;
 pub mod pool;
 pub mod queue;
 pub mod random;
-mod router;
-mod server;
-mod services;
-mod session;
-pub mod singleton;
+pub(crate) mod services;
 mod status;
-mod supervisor;
 mod sync;
 
 pub use config::Config;
-pub use notify::Notifier;
-pub use singleton::{Instance, StartupError};
+use conn::server;
+pub use lifecycle::StartupError;
+pub use lifecycle::notify::Notifier;
+pub use lifecycle::singleton::Instance;
+use lifecycle::supervisor;
 
 /// This daemon's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -62,12 +104,6 @@ const MAX_PENDING_REFUSALS: usize = 64;
 /// listeners, the queue store's writer, dispatcher and idle readers, the
 /// files of atomic writes and directory syncs.
 const BASE_FDS: u64 = 64;
-/// Descriptors one running queue attempt holds at its peak: its pid and
-/// gate pipes and stdio pipes while it is spawned, then two pipes, two log
-/// files and a pidfd.
-const FDS_PER_WORKER: u64 = 12;
-/// Descriptors one pool build, check or reset holds at its peak.
-const FDS_PER_BUILD: u64 = 10;
 /// Descriptors one client connection holds at its peak: its socket, and a
 /// blob put's temp file with a directory or sidecar being synced, or a
 /// queue read's SQLite connection (its database and WAL files).
@@ -133,60 +169,39 @@ impl Shared {
         self.max_connections - self.connection_slots.available_permits() as u64
     }
 
-    /// The channels this daemon serves.
-    pub(crate) fn channels(&self) -> Vec<Channel> {
-        Channel::ALL.into_iter().filter(|c| router::route(self, *c).is_ok()).collect()
-    }
-
     pub(crate) fn health(&self) -> Health {
         let mut reasons = Vec::new();
         let active = self.slots_in_use();
         if active * 10 >= self.max_connections * 9 {
-            reasons.push(HealthReason {
-                code: "connections_near_limit".into(),
-                severity: HealthState::Degraded,
-                message: format!("{active} of {} connections in use", self.max_connections),
-            });
+            let message = format!("{active} of {} connections in use", self.max_connections);
+            reasons.push(HealthReason::new(HealthCode::ConnectionsNearLimit, message));
         }
-        match fsutil::free_space(self.paths.state_dir()) {
+        match crate::sys::free_space(self.paths.state_dir()) {
             Ok(free) => {
                 let h = &self.config.health;
-                let severity = if free < h.disk_free_unhealthy.0 {
-                    Some(("disk_space_critical", HealthState::Unhealthy))
+                let code = if free < h.disk_free_unhealthy.0 {
+                    Some(HealthCode::DiskSpaceCritical)
                 } else if free < h.disk_free_degraded.0 {
-                    Some(("disk_space_low", HealthState::Degraded))
+                    Some(HealthCode::DiskSpaceLow)
                 } else {
                     None
                 };
-                if let Some((code, severity)) = severity {
-                    reasons.push(HealthReason {
-                        code: code.into(),
-                        severity,
-                        message: format!(
-                            "{} free in {}",
-                            crate::units::ByteSize(free),
-                            self.paths.state_dir().display()
-                        ),
-                    });
+                if let Some(code) = code {
+                    let message =
+                        format!("{} free in {}", crate::units::ByteSize(free), self.paths.state_dir().display());
+                    reasons.push(HealthReason::new(code, message));
                 }
             }
             Err(e) => tracing::debug!("statvfs: {e}"),
         }
         if let Some(failure) = self.self_check.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone() {
-            reasons.push(HealthReason {
-                code: "self_check_failed".into(),
-                severity: HealthState::Degraded,
-                message: failure,
-            });
+            reasons.push(HealthReason::new(HealthCode::SelfCheckFailed, failure));
         }
         if self.is_draining() {
-            reasons.push(HealthReason {
-                code: "draining".into(),
-                severity: HealthState::Degraded,
-                message: "a draining shutdown is waiting for running work".into(),
-            });
+            let message = "a draining shutdown is waiting for running work";
+            reasons.push(HealthReason::new(HealthCode::Draining, message));
         }
-        self.services.health_reasons(&mut reasons);
+        self.services.health(&mut reasons);
         Health::from_reasons(reasons)
     }
 
@@ -251,7 +266,8 @@ impl Daemon {
         let notifier = Notifier::from_env();
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let services = services::Services::start(&config, &paths, &notifier, &stop, &tracker).await;
+        let ctx = services::StartCtx { config: &config, paths: &paths, stop: &stop, tracker: &tracker };
+        let services = services::Services::start(ctx, &notifier).await;
         let shared = Arc::new(Shared {
             ident: DaemonIdent { version: VERSION.into(), pid: std::process::id() },
             started: Instant::now(),
@@ -362,9 +378,7 @@ fn service_manager() -> Option<&'static str> {
 /// so that clients can never take the descriptors a job, a build or the
 /// store needs: a full daemon refuses connections instead of failing work.
 fn fit_open_file_limit(config: &mut Config, limit: u64) {
-    let workers = u64::from(config.queue.effective_workers()) * u64::from(config.queue.enabled);
-    let builds = u64::from(config.pool.max_concurrent_builds) * u64::from(config.pool.enabled);
-    let reserved = BASE_FDS + workers * FDS_PER_WORKER + builds * FDS_PER_BUILD;
+    let reserved = BASE_FDS + services::Services::reserved_fds(config);
     let available = limit.saturating_sub(reserved);
     if available == 0 {
         tracing::warn!(
@@ -399,24 +413,15 @@ fn fit_open_file_limit(config: &mut Config, limit: u64) {
     }
 }
 
-#[allow(unsafe_code)]
+/// Raises the open-file soft limit to the hard limit (at most 2^20) and
+/// returns the limit now in force; the original is remembered for children.
 fn raise_nofile_limit() -> u64 {
-    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes into the struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
-        return 1024;
-    }
-    child::remember_nofile_limit(rl.rlim_cur, rl.rlim_max);
-    let wanted = rl.rlim_max.min(1 << 20);
-    if rl.rlim_cur < wanted {
-        let raised = libc::rlimit { rlim_cur: wanted, rlim_max: rl.rlim_max };
-        // SAFETY: setrlimit reads the struct we own.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            rl.rlim_cur = wanted;
-        }
-    }
-    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
-    let current = rl.rlim_cur as u64;
+    let Ok((soft, hard)) = crate::sys::nofile_limit() else { return 1024 };
+    child::remember_nofile_limit(soft, hard);
+    let wanted = hard.min(1 << 20);
+    let current = if soft < wanted && crate::sys::set_nofile_limit(wanted, hard).is_ok() { wanted } else { soft };
+    #[allow(clippy::unnecessary_cast, reason = "rlim_t is u64 here but not on every platform (so not `expect`)")]
+    let current = current as u64;
     current
 }
 
@@ -444,7 +449,10 @@ mod tests {
 
     #[test]
     fn connections_fit_the_open_file_limit_beside_the_workers_and_builds() {
-        let reserved = BASE_FDS + 4 * FDS_PER_WORKER + FDS_PER_BUILD;
+        let mut config = Config::default();
+        config.queue.workers = 4;
+        let reserved = BASE_FDS + services::Services::reserved_fds(&config);
+        assert!(reserved >= BASE_FDS + 4 * 10, "every worker reserves its descriptors: {reserved}");
         assert_eq!(fitted(1 << 20, |_| {}), (1024, 128), "a generous limit changes nothing");
         for limit in [256, 1024, 2048] {
             let (connections, http) = fitted(limit, |_| {});

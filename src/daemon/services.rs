@@ -1,209 +1,351 @@
-//! The services behind the channels, started and stopped together.
+//! The services behind the channels, as data.
+//!
+//! Every channel is served by one [`Service`]. [`REGISTRY`] lists them; the
+//! daemon starts each enabled one side by side and keeps a [`Slot`] per
+//! channel: running, disabled by configuration, or failed with the reason.
+//! The router, the supervisor, `status`, health, idle exit, draining and
+//! shutdown all go through [`Services`], never through a particular service.
 //!
 //! A service that fails to start does not take the daemon down: the other
 //! channels keep serving, its channel is refused with `channel_unavailable`
-//! naming the failure, and health is `unhealthy` until a restart fixes it.
+//! naming the failure, and health is `unhealthy` (`<channel>_unavailable`)
+//! until a restart fixes it.
 
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::blob::BlobService;
-use super::pool::PoolService;
-use super::queue::{QueueService, SystemClock};
-use crate::paths::Paths;
-use crate::protocol::handshake::Channel;
-use crate::protocol::info::Endpoints;
-use crate::protocol::status::{HealthReason, HealthState, ServiceSummaries};
-
 use super::Config;
-use super::notify::Notifier;
+use super::Shared;
+use super::lifecycle::notify::Notifier;
+use crate::connection::Connection;
+use crate::paths::Paths;
+use crate::protocol::Channel;
+use crate::protocol::handshake::Handshake;
+use crate::protocol::info::Endpoints;
+use crate::protocol::status::{HealthCode, HealthReason, ServiceSummaries};
 
-/// How much more time the service manager gives each service's start.
+/// How much more time the service manager gives the services' start.
 const START_EXTENSION: Duration = Duration::from_secs(90);
+
+/// How long a service's probe may take before the self-check fails.
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A boxed future, for the hooks that [`Service`] objects run.
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Every service, in start order. Adding a channel adds one line here.
+pub(crate) const REGISTRY: &[Registration] = &[
+    Registration::of::<super::status::StatusService>(),
+    Registration::of::<super::pool::PoolService>(),
+    Registration::of::<super::queue::QueueService>(),
+    Registration::of::<super::blob::BlobService>(),
+    Registration::of::<super::sync::SyncService>(),
+];
+
+/// What a service needs to start.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StartCtx<'a> {
+    pub(crate) config: &'a Config,
+    pub(crate) paths: &'a Paths,
+    /// Cancelled when the daemon begins to stop.
+    pub(crate) stop: &'a CancellationToken,
+    /// The daemon's tracker: tasks spawned on it are waited for at shutdown.
+    pub(crate) tracker: &'a TaskTracker,
+}
+
+/// Why a service could not start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartError {
+    /// A directory or file of the service cannot be used.
+    #[error("cannot use {path:?}: {source}")]
+    Io {
+        /// The directory or file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Its part of the configuration is invalid.
+    #[error("invalid configuration [{section}]: {message}")]
+    Config {
+        /// The section or table (`pool.venv`).
+        section: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Its store cannot be opened.
+    #[error("cannot open {what}: {source}")]
+    Store {
+        /// Which store (`the queue store`).
+        what: &'static str,
+        /// Why.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A thread or blocking task it needs could not run.
+    #[error("{what}: {source}")]
+    Runtime {
+        /// What could not run.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// A blocking start-up task that panicked or was cancelled.
+    pub(crate) fn join(what: &'static str, e: &tokio::task::JoinError) -> Self {
+        StartError::Runtime { what, source: std::io::Error::other(e.to_string()) }
+    }
+}
+
+/// How long a store's failure stays a health reason after it happened.
+pub(crate) const STORE_ERROR_WINDOW: Duration = Duration::from_secs(10 * 60);
+
+/// When something last failed, and why: a service reports it in health for
+/// a while after (see [`STORE_ERROR_WINDOW`]).
+#[derive(Debug, Default)]
+pub(crate) struct LastFailure(std::sync::Mutex<Option<(u64, String)>>);
+
+impl LastFailure {
+    /// Remembers a failure at `at_ms` (ms since the epoch).
+    pub(crate) fn record(&self, at_ms: u64, why: String) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((at_ms, why));
+    }
+
+    /// How long before `now_ms` the last failure was, and why, if it was
+    /// within [`STORE_ERROR_WINDOW`].
+    pub(crate) fn recent(&self, now_ms: u64) -> Option<(Duration, String)> {
+        let last = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let (at, why) = last?;
+        let ago = Duration::from_millis(now_ms.saturating_sub(at));
+        (ago < STORE_ERROR_WINDOW).then_some((ago, why))
+    }
+}
+
+/// A handshaked connection, handed to its channel's service.
+#[derive(Debug)]
+pub(crate) struct Opened {
+    pub(crate) conn: Connection,
+    pub(crate) shared: Arc<Shared>,
+    /// The handshake, with its client name and the channel's extra fields.
+    pub(crate) handshake: Handshake,
+    /// The peer's pid, from the kernel.
+    pub(crate) peer_pid: Option<u32>,
+}
+
+/// One channel's service, once started. Only [`Service::serve`] and
+/// [`Service::shutdown`] must be written; the other hooks default to "nothing
+/// to say".
+pub(crate) trait Service: std::fmt::Debug + Send + Sync + 'static {
+    /// Serves one handshaked connection until it ends.
+    fn serve(self: Arc<Self>, opened: Opened) -> BoxFuture<'static, ()>;
+
+    /// Fills in this service's entry of `status`'s `services`.
+    fn summarize(&self, _summaries: &mut ServiceSummaries) {}
+
+    /// Adds what is wrong with the service.
+    fn health(&self, _reasons: &mut Vec<HealthReason>) {}
+
+    /// Proves the service makes progress (its threads and tasks answer);
+    /// the supervisor withholds the heartbeat while it fails.
+    fn probe(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// What keeps the daemon from being idle (queued work, builds), if anything.
+    fn busy(&self) -> Option<String> {
+        None
+    }
+
+    /// Appends a short summary to the service manager's `STATUS=` line.
+    fn status_line(&self, _line: &mut String) {}
+
+    /// Adds the endpoints it serves besides the socket (for `daemon.json`).
+    fn endpoints(&self, _endpoints: &mut Endpoints) {}
+
+    /// A draining shutdown: start no new work and let running work finish,
+    /// until `deadline`.
+    fn drain(&self, _deadline: Instant) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
+    /// Stops the service, after the connections have been drained.
+    fn shutdown(&self) -> BoxFuture<'_, ()>;
+}
+
+/// How a service comes to be: its channel, whether the configuration
+/// enables it, and its start.
+pub(crate) trait StartService: Service + Sized {
+    /// The channel it serves.
+    const CHANNEL: Channel;
+
+    /// Whether `config` enables it.
+    fn enabled(config: &Config) -> bool;
+
+    /// Descriptors it needs whatever its load (workers, builds), reserved
+    /// before connections get theirs (see `daemon::fit_open_file_limit`).
+    fn reserved_fds(_config: &Config) -> u64 {
+        0
+    }
+
+    /// Opens its store, recovers what a previous daemon left, starts its tasks.
+    fn start(ctx: StartCtx<'_>) -> impl Future<Output = Result<Arc<Self>, StartError>> + Send;
+}
+
+/// One line of [`REGISTRY`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Registration {
+    pub(crate) channel: Channel,
+    pub(crate) enabled: fn(&Config) -> bool,
+    pub(crate) reserved_fds: fn(&Config) -> u64,
+    start: StartFn,
+}
+
+/// A type-erased [`StartService::start`].
+type StartFn = for<'a> fn(StartCtx<'a>) -> BoxFuture<'a, Result<Arc<dyn Service>, StartError>>;
+
+impl Registration {
+    /// The registration of the service `S`.
+    pub(crate) const fn of<S: StartService>() -> Registration {
+        Registration { channel: S::CHANNEL, enabled: S::enabled, reserved_fds: S::reserved_fds, start: start::<S> }
+    }
+}
+
+fn start<S: StartService>(ctx: StartCtx<'_>) -> BoxFuture<'_, Result<Arc<dyn Service>, StartError>> {
+    Box::pin(async move { Ok(S::start(ctx).await? as Arc<dyn Service>) })
+}
+
+/// A channel's service, as the daemon holds it.
+#[derive(Debug)]
+pub(crate) enum Slot {
+    /// Turned off in the configuration (`<channel>.enabled = false`).
+    Disabled,
+    /// It could not start; the channel is refused with this reason.
+    Failed(StartError),
+    Running(Arc<dyn Service>),
+}
 
 /// Every service of one daemon.
 #[derive(Debug, Default)]
 pub(crate) struct Services {
-    /// The job queue, when enabled and started.
-    pub(crate) queue: Option<Arc<QueueService>>,
-    /// The blob store, unless disabled or failed.
-    pub(crate) blob: Option<Arc<BlobService>>,
-    /// Services that could not start, and why.
-    failed: Vec<(Channel, String)>,
-    /// Prewarmed resources.
-    pub(crate) pool: Option<Arc<PoolService>>,
+    slots: BTreeMap<Channel, Slot>,
 }
 
 impl Services {
-    /// Starts every enabled service. Their background tasks run on
-    /// `tracker` and end when `stop` is cancelled; their start-up work (the
-    /// queue's recovery of a crashed daemon's jobs, the pools' adoption of
-    /// ready resources, the blob store's repair) extends the service
+    /// Starts every enabled service, side by side: a fresh state
+    /// directory's store creation costs the longest of them, not their sum.
+    /// Their start-up work (recovering a crashed daemon's jobs, adopting
+    /// ready resources, repairing the blob store) extends the service
     /// manager's start-up timeout.
-    pub(crate) async fn start(
-        config: &Config,
-        paths: &Paths,
-        notifier: &Notifier,
-        stop: &CancellationToken,
-        tracker: &TaskTracker,
-    ) -> Services {
-        // The services start side by side: a fresh state directory's store
-        // creation (the queue's SQLite file, the pools' and blobs'
-        // directories) costs the longest of them, not their sum.
-        if config.queue.enabled || config.pool.enabled || config.blob.enabled {
-            notifier.extend_timeout(START_EXTENSION);
-        }
-        let queue = async {
-            match config.queue.enabled {
-                true => Some(QueueService::start(&config.queue, paths.state_dir(), Arc::new(SystemClock)).await),
-                false => None,
+    pub(crate) async fn start(ctx: StartCtx<'_>, notifier: &Notifier) -> Services {
+        notifier.extend_timeout(START_EXTENSION);
+        let starts = REGISTRY.iter().map(|r| async move {
+            if !(r.enabled)(ctx.config) {
+                return (r.channel, Slot::Disabled);
             }
-        };
-        let pool = async {
-            match config.pool.enabled {
-                true => Some(PoolService::start(config, paths).await),
-                false => None,
+            match (r.start)(ctx).await {
+                Ok(service) => (r.channel, Slot::Running(service)),
+                Err(e) => {
+                    tracing::error!(channel = %r.channel, "the {} service cannot start: {e}", r.channel);
+                    (r.channel, Slot::Failed(e))
+                }
             }
-        };
-        let blob = async {
-            match config.blob.enabled {
-                true => Some(BlobService::start(&config.blob, paths, stop, tracker).await),
-                false => None,
-            }
-        };
-        let (queue, pool, blob) = tokio::join!(queue, pool, blob);
-        let mut services = Services::default();
-        match queue {
-            Some(Ok(queue)) => services.queue = Some(queue),
-            Some(Err(e)) => services.fail(Channel::Queue, e),
-            None => {}
-        }
-        match pool {
-            Some(Ok(pool)) => services.pool = Some(pool),
-            Some(Err(e)) => services.fail(Channel::Pool, e),
-            None => {}
-        }
-        match blob {
-            Some(Ok(blob)) => services.blob = Some(blob),
-            Some(Err(e)) => services.fail(Channel::Blob, e),
-            None => {}
-        }
-        services
+        });
+        Services { slots: futures_util::future::join_all(starts).await.into_iter().collect() }
     }
 
-    /// Records that `channel`'s service could not start.
-    fn fail(&mut self, channel: Channel, error: impl std::fmt::Display) {
-        let message = error.to_string();
-        tracing::error!(channel = %channel, "the {channel} service cannot start: {message}");
-        self.failed.push((channel, message));
+    /// The descriptors every enabled service reserves.
+    pub(crate) fn reserved_fds(config: &Config) -> u64 {
+        REGISTRY.iter().filter(|r| (r.enabled)(config)).map(|r| (r.reserved_fds)(config)).sum()
     }
 
-    /// Why `channel`'s service is not running, if it failed to start.
-    pub(crate) fn failure(&self, channel: Channel) -> Option<&str> {
-        self.failed.iter().find(|(c, _)| *c == channel).map(|(_, m)| m.as_str())
+    /// The slot of `channel`; `None` when this daemon has no service for it.
+    pub(crate) fn slot(&self, channel: Channel) -> Option<&Slot> {
+        self.slots.get(&channel)
+    }
+
+    fn running(&self) -> impl Iterator<Item = &Arc<dyn Service>> {
+        self.slots.values().filter_map(|slot| match slot {
+            Slot::Running(service) => Some(service),
+            Slot::Disabled | Slot::Failed(_) => None,
+        })
+    }
+
+    /// The channels this daemon serves.
+    pub(crate) fn channels(&self) -> Vec<Channel> {
+        let mut channels: Vec<Channel> =
+            self.slots.iter().filter(|(_, s)| matches!(s, Slot::Running(_))).map(|(c, _)| *c).collect();
+        channels.sort_by_key(|c| Channel::ALL.iter().position(|a| a == c));
+        channels
     }
 
     /// What is wrong with the services.
-    pub(crate) fn health_reasons(&self, reasons: &mut Vec<HealthReason>) {
-        for (channel, message) in &self.failed {
-            reasons.push(HealthReason {
-                code: format!("{channel}_unavailable"),
-                severity: HealthState::Unhealthy,
-                message: format!("the {channel} service could not start: {message}"),
-            });
+    pub(crate) fn health(&self, reasons: &mut Vec<HealthReason>) {
+        for (channel, slot) in &self.slots {
+            if let Slot::Failed(e) = slot {
+                let message = format!("the {channel} service could not start: {e}");
+                reasons.push(HealthReason::new(HealthCode::Unavailable(*channel), message));
+            }
         }
-        if let Some(pool) = &self.pool {
-            pool.health_reasons(reasons);
-        }
-        if let Some(queue) = &self.queue {
-            queue.health_reasons(reasons);
-        }
-        if let Some(blob) = &self.blob {
-            blob.health_reasons(reasons);
+        for service in self.running() {
+            service.health(reasons);
         }
     }
 
     /// One summary per running service.
     pub(crate) fn summaries(&self) -> ServiceSummaries {
-        ServiceSummaries {
-            pool: self.pool.as_ref().map(|p| p.summary()),
-            queue: self.queue.as_ref().map(|q| q.summary()),
-            blob: self.blob.as_ref().map(|b| b.usage()),
+        let mut summaries = ServiceSummaries::default();
+        for service in self.running() {
+            service.summarize(&mut summaries);
         }
+        summaries
     }
 
     /// Endpoints for `daemon.json` and `status`.
     pub(crate) fn endpoints(&self) -> Endpoints {
-        Endpoints { blob_http: self.blob.as_ref().and_then(|b| b.http_url()).map(str::to_owned) }
+        let mut endpoints = Endpoints::default();
+        for service in self.running() {
+            service.endpoints(&mut endpoints);
+        }
+        endpoints
     }
 
-    /// What keeps the daemon from being idle (running or queued jobs, pool
-    /// builds), if anything.
+    /// What keeps the daemon from being idle, if anything.
     pub(crate) fn busy(&self) -> Option<String> {
-        let reasons: Vec<String> =
-            [self.queue.as_ref().and_then(|q| q.busy()), self.pool.as_ref().and_then(|p| p.busy())]
-                .into_iter()
-                .flatten()
-                .collect();
+        let reasons: Vec<String> = self.running().filter_map(|s| s.busy()).collect();
         (!reasons.is_empty()).then(|| reasons.join("; "))
     }
 
-    /// Proves every service makes progress (its loops answer).
+    /// Proves every service makes progress.
     pub(crate) async fn probe(&self) -> Result<(), String> {
-        if let Some(queue) = &self.queue {
-            queue.probe().await?;
-        }
-        if let Some(pool) = &self.pool {
-            pool.probe().await?;
-        }
-        if let Some(blob) = &self.blob {
-            blob.probe(Duration::from_secs(2)).await?;
+        for service in self.running() {
+            service.probe().await?;
         }
         Ok(())
     }
 
     /// Appends a short summary of each service to a `STATUS=` line.
     pub(crate) fn status_line(&self, line: &mut String) {
-        if let Some(queue) = &self.queue {
-            queue.status_line(line);
-        }
-        if let Some(pool) = &self.pool {
-            pool.status_line(line);
-        }
-        if let Some(blob) = &self.blob {
-            blob.status_line(line);
+        for service in self.running() {
+            service.status_line(line);
         }
     }
 
     /// Lets running work finish (no new work starts), for at most `timeout`.
     pub(crate) async fn drain(&self, timeout: Duration) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let queue = async {
-            if let Some(queue) = &self.queue {
-                queue.drain(deadline).await;
-            }
-        };
-        let pool = async {
-            if let Some(pool) = &self.pool {
-                pool.drain_builds(deadline).await;
-            }
-        };
-        tokio::join!(queue, pool);
+        let deadline = Instant::now() + timeout;
+        futures_util::future::join_all(self.running().map(|s| s.drain(deadline))).await;
     }
 
     /// Stops every service, after the connections have been drained.
     pub(crate) async fn shutdown(&self) {
-        if let Some(queue) = &self.queue {
-            queue.shutdown().await;
-        }
-        if let Some(pool) = &self.pool {
-            pool.shutdown().await;
-        }
-        if let Some(blob) = &self.blob {
-            blob.shutdown().await;
-        }
+        futures_util::future::join_all(self.running().map(|s| s.shutdown())).await;
     }
 }

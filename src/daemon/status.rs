@@ -1,11 +1,40 @@
-//! The `status` channel handler.
+//! The `status` channel: a service like the others, always running.
 
-use super::session::Session;
-use super::{Shared, uptime};
-use crate::protocol::PROTOCOL_VERSION;
+use std::sync::Arc;
+
+use super::conn::session::Session;
+use super::services::{BoxFuture, Opened, Service, StartCtx, StartError, StartService};
+use super::{Config, Shared, uptime};
 use crate::protocol::status::{ConnectionStats, StatusChannel, StatusReport, StatusRequest, StatusResponse};
+use crate::protocol::{Channel, PROTOCOL_VERSION};
 
-pub(crate) async fn serve(mut session: Session<StatusChannel>) {
+/// Liveness, health and a graceful stop.
+#[derive(Debug)]
+pub(crate) struct StatusService;
+
+impl StartService for StatusService {
+    const CHANNEL: Channel = Channel::Status;
+
+    fn enabled(_config: &Config) -> bool {
+        true
+    }
+
+    async fn start(_ctx: StartCtx<'_>) -> Result<Arc<Self>, StartError> {
+        Ok(Arc::new(StatusService))
+    }
+}
+
+impl Service for StatusService {
+    fn serve(self: Arc<Self>, opened: Opened) -> BoxFuture<'static, ()> {
+        Box::pin(serve(opened.session()))
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+}
+
+async fn serve(mut session: Session<StatusChannel>) {
     while let Some(request) = session.next_request().await {
         let response = handle(session.shared(), request);
         if session.send(&response).await.is_err() {
@@ -52,7 +81,7 @@ fn report(shared: &Shared) -> StatusReport {
             refused_busy: shared.stats.refused_busy.load(Relaxed),
             refused_peer: shared.stats.refused_peer.load(Relaxed),
         },
-        channels: shared.channels(),
+        channels: shared.services.channels(),
         health: shared.health(),
         limits: shared.limits(),
         services: shared.services.summaries(),

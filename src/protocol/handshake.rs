@@ -1,55 +1,12 @@
 //! The handshake: the first frame of every connection names a channel and a
 //! protocol version; the daemon accepts or refuses it.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use super::PROTOCOL_VERSION;
+pub use super::channel::Channel;
 use super::error::{ErrorCode, WireError};
-
-/// A service on the socket. Each connection talks to exactly one channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Channel {
-    /// `ping`, `status`, `shutdown`.
-    Status,
-    /// Prewarmed resources.
-    Pool,
-    /// The durable job queue.
-    Queue,
-    /// The content-addressed blob store.
-    Blob,
-    /// Live Automerge documents shared by every window.
-    Sync,
-}
-
-impl Channel {
-    /// Every channel of protocol version 1.
-    pub const ALL: [Channel; 5] = [Channel::Status, Channel::Pool, Channel::Queue, Channel::Blob, Channel::Sync];
-
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::Status => "status",
-            Channel::Pool => "pool",
-            Channel::Queue => "queue",
-            Channel::Blob => "blob",
-            Channel::Sync => "sync",
-        }
-    }
-
-    /// Parses a wire name.
-    pub fn from_name(name: &str) -> Option<Channel> {
-        Channel::ALL.into_iter().find(|c| c.as_str() == name)
-    }
-}
-
-impl fmt::Display for Channel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// The first frame a client sends.
 ///
@@ -70,12 +27,22 @@ pub struct Handshake {
     /// `<name>/<version>` of the client, for the daemon's log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,
+    /// Fields a channel takes beyond these (such as the document a sync
+    /// connection opens); the channel's service reads and checks them.
+    #[serde(flatten, default, skip_serializing_if = "Map::is_empty")]
+    pub params: Map<String, Value>,
 }
 
 impl Handshake {
     /// A handshake for `channel` at this library's protocol version.
     pub fn new(channel: Channel, client: Option<String>) -> Self {
-        Self { channel, protocol: PROTOCOL_VERSION, client }
+        Self { channel, protocol: PROTOCOL_VERSION, client, params: Map::new() }
+    }
+
+    /// The same handshake with a channel's extra field `name` set to `value`.
+    pub fn with_param(mut self, name: &str, value: impl Into<Value>) -> Self {
+        self.params.insert(name.to_owned(), value.into());
+        self
     }
 
     /// Parses a handshake frame the way the daemon does, classifying every
@@ -83,12 +50,16 @@ impl Handshake {
     /// (`invalid_handshake`), another protocol (`unsupported_protocol`), a
     /// channel that does not exist (`unknown_channel`).
     pub fn parse(frame: &[u8]) -> Result<Handshake, WireError> {
+        // `params` takes every other field; being flattened, it also makes
+        // serde read the frame as a map only, so an array is refused.
         #[derive(Deserialize)]
         struct Raw {
             channel: String,
             protocol: u64,
             #[serde(default)]
             client: Option<String>,
+            #[serde(flatten)]
+            params: Map<String, Value>,
         }
         let raw: Raw = serde_json::from_slice(frame).map_err(|e| {
             WireError::new(
@@ -108,14 +79,11 @@ impl Handshake {
         let channel = Channel::from_name(&raw.channel).ok_or_else(|| {
             WireError::new(
                 ErrorCode::UnknownChannel,
-                format!(
-                    "no channel named {:?}; channels are status, pool, queue, blob, sync",
-                    truncate(&raw.channel, 64)
-                ),
+                format!("no channel named {:?}; channels are {}", truncate(&raw.channel, 64), Channel::names()),
             )
         })?;
         let client = raw.client.map(|c| truncate(&c, 128).to_owned());
-        Ok(Handshake { channel, protocol: PROTOCOL_VERSION, client })
+        Ok(Handshake { channel, protocol: PROTOCOL_VERSION, client, params: raw.params })
     }
 }
 
@@ -252,6 +220,12 @@ mod tests {
         assert_eq!(code_of(r#"{"channel":"status","protocol":-1}"#), ErrorCode::InvalidHandshake);
         assert_eq!(code_of(r#"{"channel":"status","protocol":2}"#), ErrorCode::UnsupportedProtocol);
         assert_eq!(code_of(r#"{"channel":"nope","protocol":1}"#), ErrorCode::UnknownChannel);
+        // Only an object is a handshake, even one whose values would fit in order.
+        assert_eq!(code_of(r#"["status",1]"#), ErrorCode::InvalidHandshake);
+        assert_eq!(code_of(r#"["status",1,"app/1"]"#), ErrorCode::InvalidHandshake);
+        let hs = Handshake::parse(br#"{"channel":"status","protocol":1,"doc":"settings"}"#).unwrap();
+        assert_eq!(hs.params.get("doc").and_then(Value::as_str), Some("settings"));
+        assert_eq!(serde_json::to_value(&hs).unwrap()["doc"], "settings");
         let hs = Handshake::parse(br#"{"channel":"queue","protocol":1}"#).unwrap();
         assert_eq!(hs.channel, Channel::Queue);
     }

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::codes::stable_codes;
+
 /// The contents of `<state-dir>/daemon.json`, written atomically once the
 /// socket is bound and the services are up, and removed on a clean exit.
 /// A file whose pid no longer holds the lock is stale (the daemon crashed).
@@ -62,10 +64,52 @@ pub enum LaunchReport {
     /// The daemon could not start.
     Failed {
         /// A stable snake_case startup error code (see `proto-docs/lifecycle.md`).
-        code: String,
+        code: LaunchCode,
         /// What went wrong and what to do.
         message: String,
     },
+}
+
+stable_codes! {
+    /// Why a daemon did not start: a stable code in a [`LaunchReport`],
+    /// in `ensure_daemon_running`'s `StartFailed` error, and on `hearthd`'s
+    /// stderr (listed in proto-docs/lifecycle.md).
+    pub enum LaunchCode {
+        /// The state directory belongs to another user or others can write it.
+        StateDirInsecure => "state_dir_insecure",
+        /// A directory on the way to the socket lets another user replace it.
+        SocketDirInsecure => "socket_dir_insecure",
+        /// The state directory cannot be created, or is not a directory.
+        StateDirUnusable => "state_dir_unusable",
+        /// Another daemon holds the lock. A launch report says this with an
+        /// event of its own (`already_running`), not as a failure.
+        AlreadyRunning => "already_running",
+        /// `daemon.lock` cannot be opened or locked.
+        LockFailed => "lock_failed",
+        /// The socket path does not fit `sockaddr_un`.
+        SocketPathTooLong => "socket_path_too_long",
+        /// Something other than a stale socket is at the socket path.
+        SocketPathOccupied => "socket_path_occupied",
+        /// `bind` failed.
+        BindFailed => "bind_failed",
+        /// `daemon.json` cannot be written.
+        InfoWriteFailed => "info_write_failed",
+        /// The configuration is invalid.
+        ConfigInvalid => "config_invalid",
+        /// Socket activation passed something unusable.
+        SocketActivationInvalid => "socket_activation_invalid",
+        /// A service could not start.
+        ServiceFailed => "service_failed",
+        /// Anything else (the runtime, the log file, fork).
+        StartupFailed => "startup_failed",
+        /// (From the waiting parent) no report within the ready timeout.
+        StartTimeout => "start_timeout",
+        /// (From the waiting parent) the daemon exited without a report.
+        StartupCrashed => "startup_crashed",
+        /// (From `ensure_daemon_running`) `hearthd --detach` could not be run,
+        /// or printed no report it could read.
+        LaunchFailed => "launch_failed",
+    }
 }
 
 /// `heartbeat.json`, rewritten atomically every heartbeat interval, and only

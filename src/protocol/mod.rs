@@ -67,10 +67,9 @@
 //!
 //! The long form, with every message, error code and limit, is `proto-docs/`.
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
 pub mod blob;
+pub mod channel;
+mod codes;
 pub mod error;
 pub mod frame;
 pub mod handshake;
@@ -80,35 +79,12 @@ pub mod queue;
 pub mod status;
 pub mod sync;
 
+pub use channel::{Channel, ChannelProtocol, ChannelVisitor, Request, Response};
 pub use error::{ErrorCode, WireError};
-pub use handshake::{Channel, Handshake, HandshakeReply};
+pub use handshake::{Handshake, HandshakeReply};
 
 /// The protocol version this library speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
-
-/// A channel's request and response types.
-pub trait ChannelProtocol {
-    /// The channel named in the handshake.
-    const CHANNEL: Channel;
-    /// Requests a client sends.
-    type Request: Request;
-    /// Responses the daemon sends.
-    type Response: Response;
-}
-
-/// A request enum, internally tagged by `"type"`.
-pub trait Request: Serialize + DeserializeOwned + Send + Sync + 'static {
-    /// Every `type` this channel accepts.
-    const TYPES: &'static [&'static str];
-}
-
-/// A response enum, internally tagged by `"type"`, with an `error` variant.
-pub trait Response: Serialize + DeserializeOwned + Send + Sync + 'static {
-    /// The `{"type":"error",...}` response.
-    fn from_error(error: WireError) -> Self;
-    /// `Err` for the `error` variant, the response otherwise.
-    fn into_result(self) -> Result<Self, WireError>;
-}
 
 /// Decodes one request frame, classifying failures: not JSON (or nested too
 /// deeply) is `malformed_json`; a `type` this channel does not have is

@@ -40,6 +40,24 @@ impl ChannelProtocol for QueueChannel {
 /// The queue a job goes to when the submit names none.
 pub const DEFAULT_QUEUE: &str = "default";
 
+/// The longest queue name, in bytes.
+pub const MAX_QUEUE_NAME: usize = 64;
+
+/// The longest idempotency key, in bytes.
+pub const MAX_KEY: usize = 256;
+
+/// The largest `max_attempts` a job may have.
+pub const MAX_ATTEMPTS: u32 = 1000;
+
+/// The largest page of `list`.
+pub const MAX_LIST_LIMIT: u32 = 1000;
+
+/// The page size of `list` when the request names none.
+pub const DEFAULT_LIST_LIMIT: u32 = 100;
+
+/// The most bytes of a log in one `log_data` frame (before base64).
+pub const LOG_CHUNK: usize = 256 * 1024;
+
 /// A request on the `queue` channel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -580,6 +598,33 @@ impl<'de> Deserialize<'de> for Base64 {
         let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
         Base64::decode(&text).map_err(serde::de::Error::custom)
     }
+}
+
+/// The queue service at a glance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSummary {
+    /// Jobs waiting to run (queued or waiting for a retry).
+    pub pending: u64,
+    /// Jobs running now.
+    pub running: u64,
+    /// Jobs in the dead-letter queue.
+    pub dead: u64,
+    /// Jobs that succeeded since the daemon started.
+    #[serde(default)]
+    pub succeeded: u64,
+    /// Attempts that failed (non-zero exit, signal, timeout, spawn failure,
+    /// lost in a crash) since the daemon started.
+    #[serde(default)]
+    pub attempts_failed: u64,
+    /// Transactions the store could not commit since the daemon started.
+    #[serde(default)]
+    pub store_errors: u64,
+    /// Workers in the pool.
+    pub workers: u32,
+    /// Age of the oldest job that could run but waits for a worker.
+    pub oldest_queued_ms: Option<u64>,
+    /// Where a corrupt or unopenable store was moved at start-up, if it was.
+    pub store_moved_to: Option<String>,
 }
 
 #[cfg(test)]

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::channel::ServiceSummaries;
 use super::error::WireError;
-use super::handshake::Channel;
-use super::{ChannelProtocol, Request, Response};
+use super::{Channel, ChannelProtocol, Request, Response};
 
 /// The `status` channel.
 #[derive(Debug)]
@@ -180,51 +180,125 @@ impl HealthState {
 /// One reason the daemon is not fully healthy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthReason {
-    /// A stable snake_case code (listed in proto-docs).
-    pub code: String,
+    /// A stable snake_case code (listed in proto-docs/status.md).
+    pub code: HealthCode,
     /// How bad it is.
     pub severity: HealthState,
     /// Human text.
     pub message: String,
 }
 
-/// Per-service summaries; a service that does not run is absent.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ServiceSummaries {
-    /// The pool service: each pool in short.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pool: Option<super::pool::PoolSummary>,
-    /// The job queue.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub queue: Option<QueueSummary>,
-    /// The blob store: count, bytes, pins, budget and HTTP URL.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub blob: Option<super::blob::Usage>,
+impl HealthReason {
+    /// A reason with its code's severity.
+    pub fn new(code: HealthCode, message: impl Into<String>) -> Self {
+        Self { severity: code.severity(), code, message: message.into() }
+    }
 }
 
-/// The queue service at a glance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QueueSummary {
-    /// Jobs waiting to run (queued or waiting for a retry).
-    pub pending: u64,
-    /// Jobs running now.
-    pub running: u64,
-    /// Jobs in the dead-letter queue.
-    pub dead: u64,
-    /// Jobs that succeeded since the daemon started.
-    #[serde(default)]
-    pub succeeded: u64,
-    /// Attempts that failed (non-zero exit, signal, timeout, spawn failure,
-    /// lost in a crash) since the daemon started.
-    #[serde(default)]
-    pub attempts_failed: u64,
-    /// Transactions the store could not commit since the daemon started.
-    #[serde(default)]
-    pub store_errors: u64,
-    /// Workers in the pool.
-    pub workers: u32,
-    /// Age of the oldest job that could run but waits for a worker.
-    pub oldest_queued_ms: Option<u64>,
-    /// Where a corrupt or unopenable store was moved at start-up, if it was.
-    pub store_moved_to: Option<String>,
+macro_rules! health_codes {
+    ($( $(#[$doc:meta])* $variant:ident => $code:literal, $severity:ident, )+) => {
+        /// A stable health code. Codes are never renamed or reused; a code
+        /// this library does not know (from a newer daemon) decodes as
+        /// [`HealthCode::Other`].
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum HealthCode {
+            $( $(#[$doc])* $variant, )+
+            /// A channel's service could not start: `<channel>_unavailable`.
+            Unavailable(Channel),
+            /// A code this version of the library does not know.
+            Other(String),
+        }
+
+        impl HealthCode {
+            /// Every fixed code, in documentation order (the
+            /// `<channel>_unavailable` family aside).
+            pub const ALL: &'static [HealthCode] = &[$(HealthCode::$variant,)+];
+
+            /// The wire form of the code.
+            pub fn as_str(&self) -> std::borrow::Cow<'static, str> {
+                match self {
+                    $(HealthCode::$variant => $code.into(),)+
+                    HealthCode::Unavailable(channel) => format!("{channel}_unavailable").into(),
+                    HealthCode::Other(code) => code.clone().into(),
+                }
+            }
+
+            /// How bad a reason with this code is.
+            pub fn severity(&self) -> HealthState {
+                match self {
+                    $(HealthCode::$variant => HealthState::$severity,)+
+                    HealthCode::Unavailable(_) => HealthState::Unhealthy,
+                    HealthCode::Other(_) => HealthState::Degraded,
+                }
+            }
+
+            /// Parses a wire code; unknown codes become [`HealthCode::Other`].
+            pub fn from_code(code: &str) -> HealthCode {
+                match code {
+                    $($code => HealthCode::$variant,)+
+                    other => other
+                        .strip_suffix("_unavailable")
+                        .and_then(Channel::from_name)
+                        .map_or_else(|| HealthCode::Other(other.to_owned()), HealthCode::Unavailable),
+                }
+            }
+        }
+    };
+}
+
+health_codes! {
+    /// 90 % or more of `max_connections` are in use.
+    ConnectionsNearLimit => "connections_near_limit", Degraded,
+    /// Little free space in the state directory.
+    DiskSpaceLow => "disk_space_low", Degraded,
+    /// Almost no free space in the state directory.
+    DiskSpaceCritical => "disk_space_critical", Unhealthy,
+    /// The daemon's last self-check failed.
+    SelfCheckFailed => "self_check_failed", Degraded,
+    /// A draining shutdown is waiting for running work.
+    Draining => "draining", Degraded,
+    /// The heartbeat is older than three intervals (reported from outside).
+    HeartbeatStale => "heartbeat_stale", Unhealthy,
+    /// A pool's builds keep failing.
+    PoolFailing => "pool_failing", Degraded,
+    /// A runnable job has waited too long for a worker.
+    QueueBacklog => "queue_backlog", Degraded,
+    /// The queue's store was moved aside at start-up.
+    QueueStoreRecovered => "queue_store_recovered", Degraded,
+    /// The queue's store failed to commit lately.
+    QueueStoreErrors => "queue_store_errors", Degraded,
+    /// The blob store failed to write or read lately.
+    BlobStoreErrors => "blob_store_errors", Degraded,
+    /// The blob HTTP server is enabled but could not start.
+    BlobHttpUnavailable => "blob_http_unavailable", Degraded,
+    /// Pinned blobs alone exceed the store's budget.
+    BlobPinnedOverBudget => "blob_pinned_over_budget", Degraded,
+    /// A sync document's file could not be read; it was moved aside.
+    SyncStoreMovedAside => "sync_store_moved_aside", Degraded,
+    /// The sync store failed to write lately.
+    SyncStoreErrors => "sync_store_errors", Degraded,
+    /// An edit of settings.json was refused (not a JSON object, or it changed the schema version).
+    SyncSettingsEditRefused => "sync_settings_edit_refused", Degraded,
+    /// The settings document has a schema this daemon cannot migrate.
+    SyncSettingsSchema => "sync_settings_schema", Degraded,
+}
+
+impl std::fmt::Display for HealthCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.as_str())
+    }
+}
+
+impl Serialize for HealthCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for HealthCode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let code = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Ok(HealthCode::from_code(&code))
+    }
 }

@@ -193,29 +193,30 @@ pub struct SyncOpen {
 }
 
 impl SyncOpen {
-    /// Reads the sync fields from a handshake frame, with typed errors:
-    /// a bad name is `invalid_doc_name`, a bad mode `invalid_handshake`.
-    pub fn from_handshake(frame: &[u8]) -> Result<SyncOpen, WireError> {
-        #[derive(Deserialize)]
-        struct Raw {
-            #[serde(default)]
-            doc: Option<Value>,
-            #[serde(default)]
-            mode: Option<Value>,
-        }
-        let raw: Raw = serde_json::from_slice(frame)
-            .map_err(|e| WireError::new(ErrorCode::InvalidHandshake, format!("invalid sync handshake: {e}")))?;
-        let doc = match raw.doc {
+    /// Reads the sync fields of a handshake (its `params`), with typed
+    /// errors: a bad name is `invalid_doc_name`, a bad mode `invalid_handshake`.
+    pub fn from_params(params: &serde_json::Map<String, Value>) -> Result<SyncOpen, WireError> {
+        let doc = match params.get("doc") {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(DocName::parse(&s)?),
+            Some(Value::String(s)) => Some(DocName::parse(s)?),
             Some(_) => return Err(WireError::new(ErrorCode::InvalidDocName, "\"doc\" must be a string")),
         };
-        let mode = match raw.mode {
+        let mode = match params.get("mode") {
             None | Some(Value::Null) => SyncMode::View,
-            Some(v) => serde_json::from_value(v)
+            Some(v) => SyncMode::deserialize(v)
                 .map_err(|_| WireError::new(ErrorCode::InvalidHandshake, "\"mode\" must be \"view\" or \"replica\""))?,
         };
         Ok(SyncOpen { doc, mode })
+    }
+
+    /// The handshake fields of this open, for a client to send.
+    pub fn params(&self) -> serde_json::Map<String, Value> {
+        let mut map = serde_json::Map::new();
+        if let Some(doc) = &self.doc {
+            map.insert("doc".into(), Value::String(doc.as_str().to_owned()));
+        }
+        map.insert("mode".into(), Value::String(self.mode.as_str().to_owned()));
+        map
     }
 }
 
@@ -509,6 +510,18 @@ impl Request for SyncRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SyncResponse {
+    /// The first frame after the handshake: the connection joined its
+    /// document's room (or, without `doc`, is a control connection). A
+    /// connection that cannot join gets an `error` instead, and is closed.
+    Joined {
+        /// The document, unless a control connection.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        doc: Option<DocName>,
+        /// How it joined.
+        mode: SyncMode,
+        /// Its peer id in the room (see `peers`).
+        peer: u64,
+    },
     /// The answer to `get`.
     Value {
         /// The revision read.
@@ -751,16 +764,18 @@ mod tests {
 
     #[test]
     fn handshake_fields_are_typed() {
-        let open = SyncOpen::from_handshake(br#"{"channel":"sync","protocol":1,"doc":"settings"}"#).unwrap();
-        assert_eq!(open.doc.unwrap().as_str(), "settings");
+        let params = |v: Value| v.as_object().unwrap().clone();
+        let open = SyncOpen::from_params(&params(serde_json::json!({"doc": "settings"}))).unwrap();
+        assert_eq!(open.doc.as_ref().unwrap().as_str(), "settings");
         assert_eq!(open.mode, SyncMode::View);
-        let open = SyncOpen::from_handshake(br#"{"channel":"sync","protocol":1,"mode":"replica"}"#).unwrap();
+        assert_eq!(SyncOpen::from_params(&open.params()).unwrap(), open);
+        let open = SyncOpen::from_params(&params(serde_json::json!({"mode": "replica"}))).unwrap();
         assert!(open.doc.is_none());
         assert_eq!(open.mode, SyncMode::Replica);
-        let code = |frame: &str| SyncOpen::from_handshake(frame.as_bytes()).unwrap_err().code;
-        assert_eq!(code(r#"{"doc":"../x"}"#), ErrorCode::InvalidDocName);
-        assert_eq!(code(r#"{"doc":7}"#), ErrorCode::InvalidDocName);
-        assert_eq!(code(r#"{"doc":"a","mode":"mirror"}"#), ErrorCode::InvalidHandshake);
+        let code = |v: Value| SyncOpen::from_params(&params(v)).unwrap_err().code;
+        assert_eq!(code(serde_json::json!({"doc": "../x"})), ErrorCode::InvalidDocName);
+        assert_eq!(code(serde_json::json!({"doc": 7})), ErrorCode::InvalidDocName);
+        assert_eq!(code(serde_json::json!({"doc": "a", "mode": "mirror"})), ErrorCode::InvalidHandshake);
     }
 
     #[test]

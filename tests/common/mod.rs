@@ -38,6 +38,55 @@ pub fn wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool 
     }
 }
 
+/// Waits for `child` to exit; after `limit` it is killed and the test fails,
+/// naming `what` it waited for.
+pub fn wait_child(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let mut status = None;
+    let exited = wait_for(limit, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{what} did not exit within {limit:?}");
+    }
+    status.expect("exited")
+}
+
+/// Awaits `future` for at most `limit`; past it the test fails, naming
+/// `what` it waited for.
+pub async fn within<T>(limit: Duration, what: &str, future: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("no {what} within {limit:?}"),
+    }
+}
+
+/// Runs `cmd` to completion with piped output, killing it after `limit`.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let what = format!("{cmd:?}");
+    output_within(child, limit, &what)
+}
+
+/// Collects a spawned child's output; after `limit` it is killed and the
+/// test fails, naming `what` it waited for.
+pub fn output_within(child: Child, limit: Duration, what: &str) -> Output {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait"),
+        Err(_) => {
+            let _ = hearth::sys::kill(pid, libc::SIGKILL);
+            panic!("{what} did not finish within {limit:?}");
+        }
+    }
+}
+
 /// A temp state directory (removed on drop).
 pub struct StateDir {
     pub dir: tempfile::TempDir,
@@ -129,26 +178,8 @@ impl StateDir {
     }
 }
 
-/// Runs `cmd` to completion with piped output, killing it after `limit`.
-pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
-    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => out.expect("wait"),
-        Err(_) => {
-            // SAFETY: kill has no memory-safety preconditions.
-            #[allow(unsafe_code)]
-            unsafe {
-                libc::kill(pid as i32, libc::SIGKILL);
-            }
-            panic!("{cmd:?} did not finish within {limit:?}");
-        }
-    }
-}
+/// How long a command the tests run may take before it counts as a hang.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(120);
 
 fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -196,11 +227,8 @@ impl Daemon {
 
     /// Sends a signal to the daemon.
     pub fn signal(&self, signal: i32) {
-        let pid = libc::pid_t::try_from(self.pid()).expect("pid");
-        // SAFETY: kill has no memory-safety preconditions.
-        #[allow(unsafe_code)]
-        let rc = unsafe { libc::kill(pid, signal) };
-        assert_eq!(rc, 0, "kill({pid}, {signal})");
+        let pid = self.pid();
+        hearth::sys::kill(pid, signal).unwrap_or_else(|e| panic!("kill({pid}, {signal}): {e}"));
     }
 
     /// Waits for the daemon to exit and returns its status code.

@@ -4,15 +4,15 @@ use std::time::{Duration, Instant};
 
 use clap::Subcommand;
 use hearth::client::{ClientError, ConnectOptions, ReplacePolicy, StatusClient, ensure_daemon_running};
-use hearth::daemon::singleton::{LockState, probe_lock};
+use hearth::daemon::lifecycle::singleton::{LockState, probe_lock};
 use hearth::paths::Paths;
 use hearth::protocol::info::DaemonInfo;
-use hearth::protocol::status::{HealthState, StatusReport};
+use hearth::protocol::status::{HealthCode, HealthReason, HealthState, StatusReport};
 use hearth::units::HumanDuration;
 use serde::Serialize;
 
 use crate::error::{CliError, EXIT_OK, EXIT_TIMEOUT};
-use crate::{Ctx, output, service_cmd, status_cmd};
+use crate::{Ctx, install_cmd, output, status_cmd};
 
 const DAEMON_STATUS_HELP: &str = "\
 A heartbeat older than three intervals means the daemon is alive but not
@@ -45,9 +45,9 @@ pub(crate) enum DaemonCommand {
     /// Show the daemon's log (daemon.log, or the systemd journal)
     Logs(LogsArgs),
     /// Run hearthd as a login service (systemd user unit or launchd agent)
-    Install(service_cmd::InstallArgs),
+    Install(install_cmd::InstallArgs),
     /// Remove what `install` wrote, and nothing else
-    Uninstall(service_cmd::UninstallArgs),
+    Uninstall(install_cmd::UninstallArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -100,8 +100,8 @@ pub(crate) async fn run(ctx: &Ctx, command: DaemonCommand) -> Result<u8, CliErro
         DaemonCommand::Status => status(ctx).await,
         DaemonCommand::Restart(args) => restart(ctx, &args).await,
         DaemonCommand::Logs(args) => logs(ctx, &args).await,
-        DaemonCommand::Install(args) => service_cmd::install(ctx, &args).await,
-        DaemonCommand::Uninstall(args) => service_cmd::uninstall(ctx, &args).await,
+        DaemonCommand::Install(args) => install_cmd::install(ctx, &args).await,
+        DaemonCommand::Uninstall(args) => install_cmd::uninstall(ctx, &args).await,
     }
 }
 
@@ -229,18 +229,13 @@ async fn wait_for_release(paths: &Paths, timeout: Duration) -> Result<bool, CliE
     }
 }
 
-#[allow(unsafe_code)]
 fn send_signal(pid: u32, signal: libc::c_int) -> Result<(), CliError> {
-    let pid_t = libc::pid_t::try_from(pid).map_err(|_| CliError::new("stop_failed", format!("bad pid {pid}")))?;
-    // SAFETY: kill has no memory-safety preconditions; the pid is the lock
-    // holder's, written by it into the lock file it still holds.
-    if unsafe { libc::kill(pid_t, signal) } != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::ESRCH) {
-            return Err(CliError::new("stop_failed", format!("cannot signal pid {pid}: {e}")));
+    match hearth::sys::kill(pid, signal) {
+        Err(e) if e.raw_os_error() != Some(libc::ESRCH) => {
+            Err(CliError::new("stop_failed", format!("cannot signal pid {pid}: {e}")))
         }
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 async fn restart(ctx: &Ctx, args: &RestartArgs) -> Result<u8, CliError> {
@@ -251,7 +246,7 @@ async fn restart(ctx: &Ctx, args: &RestartArgs) -> Result<u8, CliError> {
     let pid = if systemd {
         // It stopped cleanly, so systemd will not restart it by itself.
         let out = std::process::Command::new("systemctl")
-            .args(["--user", "start", hearth::service::SYSTEMD_SERVICE])
+            .args(["--user", "start", hearth::unit_files::SYSTEMD_SERVICE])
             .output()
             .map_err(|e| CliError::new("restart_failed", format!("systemctl: {e}")))?;
         if !out.status.success() {
@@ -280,17 +275,17 @@ async fn logs(ctx: &Ctx, args: &LogsArgs) -> Result<u8, CliError> {
     use std::os::unix::fs::MetadataExt;
     let path = ctx.paths.log_file();
     let Ok(mut file) = std::fs::File::open(&path) else {
-        let unit = service_cmd::Locations {
-            profile: service_cmd::Profile::Systemd,
+        let unit = install_cmd::Locations {
+            profile: install_cmd::Profile::Systemd,
             unit_dir: None,
             agent_dir: None,
             label: String::new(),
         }
         .unit_dir()
-        .map(|d| d.join(hearth::service::SYSTEMD_SERVICE));
+        .map(|d| d.join(hearth::unit_files::SYSTEMD_SERVICE));
         if unit.is_ok_and(|u| u.exists()) {
             let mut cmd = std::process::Command::new("journalctl");
-            cmd.args(["--user", "-u", hearth::service::SYSTEMD_SERVICE, "-n", &args.lines.to_string()]);
+            cmd.args(["--user", "-u", hearth::unit_files::SYSTEMD_SERVICE, "-n", &args.lines.to_string()]);
             if args.follow {
                 cmd.arg("-f");
             }
@@ -389,15 +384,12 @@ async fn status(ctx: &Ctx) -> Result<u8, CliError> {
                     state.pid = Some(report.pid);
                     if let Some(hb) = state.heartbeat.as_ref().filter(|h| h.stale) {
                         let mut reasons = std::mem::take(&mut report.health.reasons);
-                        reasons.push(hearth::protocol::status::HealthReason {
-                            code: "heartbeat_stale".into(),
-                            severity: HealthState::Unhealthy,
-                            message: format!(
-                                "the last heartbeat is {} old (interval {}): alive but not progressing",
-                                output::duration(Duration::from_millis(hb.age_ms)),
-                                output::duration(Duration::from_millis(hb.interval_ms))
-                            ),
-                        });
+                        let message = format!(
+                            "the last heartbeat is {} old (interval {}): alive but not progressing",
+                            output::duration(Duration::from_millis(hb.age_ms)),
+                            output::duration(Duration::from_millis(hb.interval_ms))
+                        );
+                        reasons.push(HealthReason::new(HealthCode::HeartbeatStale, message));
                         report.health = hearth::protocol::status::Health::from_reasons(reasons);
                     }
                     let exit = match report.health.state {

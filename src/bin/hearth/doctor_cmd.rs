@@ -7,13 +7,15 @@ use std::time::Duration;
 
 use hearth::client::{ConnectOptions, StatusClient};
 use hearth::daemon::fsutil;
-use hearth::daemon::singleton::{LockState, check_route, probe_lock};
+use hearth::daemon::lifecycle::permissions::check_route;
+use hearth::daemon::lifecycle::singleton::{LockState, probe_lock};
+use hearth::paths::Paths;
 use hearth::protocol::info::{DaemonInfo, Heartbeat};
-use hearth::service::{SYSTEMD_SERVICE, SYSTEMD_SOCKET};
+use hearth::unit_files::{SYSTEMD_SERVICE, SYSTEMD_SOCKET};
 use serde::Serialize;
 
 use crate::error::{CliError, EXIT_FAILED, EXIT_OK};
-use crate::service_cmd::{Locations, Profile};
+use crate::install_cmd::{Locations, Profile};
 use crate::{Ctx, output};
 
 const DOCTOR_HELP: &str = "\
@@ -87,6 +89,20 @@ fn problem(code: &'static str, severity: Severity, message: String, fix: impl In
 
 async fn check_state(ctx: &Ctx, problems: &mut Vec<Problem>) {
     let paths = &ctx.paths;
+    check_routes(paths, problems);
+    if !check_state_dir(paths.state_dir(), problems) {
+        return;
+    }
+    let answered = check_version(paths, problems).await;
+    match probe_lock(paths).unwrap_or(LockState::Free) {
+        LockState::Held { pid } => check_holder(paths, pid, answered, problems),
+        LockState::Free => check_leftovers(paths, answered, problems),
+    }
+}
+
+/// The socket path's length and the directories on the way to the state
+/// directory and to the socket, as hearthd checks them before it starts.
+fn check_routes(paths: &Paths, problems: &mut Vec<Problem>) {
     let dir = paths.state_dir();
     if let Err(e) = paths.check_socket_len() {
         problems.push(problem(
@@ -96,7 +112,6 @@ async fn check_state(ctx: &Ctx, problems: &mut Vec<Problem>) {
             "set --socket or HEARTH_SOCKET to a shorter path, e.g. $XDG_RUNTIME_DIR/hearth.sock",
         ));
     }
-    // The directories on the way, as hearthd checks them before it starts.
     if let Err(step) = check_route(dir, true) {
         problems.push(problem(
             "state_dir_insecure",
@@ -113,9 +128,13 @@ async fn check_state(ctx: &Ctx, problems: &mut Vec<Problem>) {
             "put the socket in a directory only you (or root) can write (--socket)",
         ));
     }
+}
+
+/// The state directory itself: whether the rest of the checks can go on.
+fn check_state_dir(dir: &Path, problems: &mut Vec<Problem>) -> bool {
     match std::fs::metadata(dir) {
         Ok(meta) => {
-            let me = fsutil::euid();
+            let me = hearth::sys::euid();
             let mode = meta.permissions().mode() & 0o7777;
             if !meta.is_dir() {
                 problems.push(problem(
@@ -124,7 +143,7 @@ async fn check_state(ctx: &Ctx, problems: &mut Vec<Problem>) {
                     format!("{} is not a directory", dir.display()),
                     "choose another state directory with --state-dir",
                 ));
-                return;
+                return false;
             }
             if meta.uid() != me {
                 problems.push(problem(
@@ -149,6 +168,7 @@ async fn check_state(ctx: &Ctx, problems: &mut Vec<Problem>) {
                     "make it writable by you, or choose another with --state-dir",
                 ));
             }
+            true
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             // Fine if it can be created: the first start does.
@@ -162,7 +182,7 @@ async fn check_state(ctx: &Ctx, problems: &mut Vec<Problem>) {
                     "choose a state directory under a directory you can write (--state-dir)",
                 ));
             }
-            return;
+            false
         }
         Err(e) => {
             problems.push(problem(
@@ -171,13 +191,15 @@ async fn check_state(ctx: &Ctx, problems: &mut Vec<Problem>) {
                 format!("cannot use {}: {e}", dir.display()),
                 "choose another state directory with --state-dir",
             ));
-            return;
+            false
         }
     }
+}
 
-    // Whatever answers on the socket: is it this release?
+/// Whatever answers on the socket: is it this release? Whether anything answered.
+async fn check_version(paths: &Paths, problems: &mut Vec<Problem>) -> bool {
     let options = ConnectOptions::new(paths.socket()).timeout(Duration::from_secs(2));
-    let answered = match StatusClient::connect_with(&options).await {
+    match StatusClient::connect_with(&options).await {
         Ok(client) => {
             let version = &client.daemon().version;
             if version != env!("CARGO_PKG_VERSION") {
@@ -191,70 +213,74 @@ async fn check_state(ctx: &Ctx, problems: &mut Vec<Problem>) {
             true
         }
         Err(_) => false,
-    };
-    let lock = probe_lock(paths).unwrap_or(LockState::Free);
-    let info: Option<DaemonInfo> = std::fs::read(paths.info_file()).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    }
+}
+
+fn read_info(paths: &Paths) -> Option<DaemonInfo> {
+    std::fs::read(paths.info_file()).ok().and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// A held lock: is its holder a hearthd that answers and makes progress?
+fn check_holder(paths: &Paths, pid: Option<u32>, answered: bool, problems: &mut Vec<Problem>) {
+    let comm = pid.and_then(process_name);
+    if comm.as_deref() != Some("hearthd") {
+        let who = match (pid, &comm) {
+            (Some(pid), Some(name)) => format!("process {pid} ({name})"),
+            (Some(pid), None) => format!("process {pid}"),
+            (None, _) => "a process that did not write its pid".into(),
+        };
+        problems.push(problem(
+            "lock_held_by_other_process",
+            Severity::Error,
+            format!("{who} holds {}, so no daemon can start", paths.lock_file().display()),
+            "stop that process; `fuser -v` or `lsof` on the lock file shows it",
+        ));
+    }
+    if let Some(info) = &read_info(paths) {
+        if pid.is_some_and(|p| p != info.pid) {
+            problems.push(stale_info(&paths.info_file(), info.pid));
+        }
+    }
+    if !answered && comm.as_deref() == Some("hearthd") {
+        problems.push(problem(
+            "daemon_not_responding",
+            Severity::Error,
+            format!("hearthd (pid {}) holds the lock but its socket does not answer", pid.unwrap_or(0)),
+            "`hearth daemon stop` escalates to SIGTERM and SIGKILL; then `hearth daemon start`",
+        ));
+    }
+    let heartbeat: Option<Heartbeat> =
+        std::fs::read(paths.heartbeat_file()).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    if let Some(hb) = heartbeat.filter(|h| pid.is_none_or(|p| p == h.pid)) {
+        let now = hearth::time::now_ms();
+        if hb.is_stale(now) {
+            problems.push(problem(
+                "heartbeat_stale",
+                Severity::Error,
+                format!(
+                    "the daemon's last heartbeat is {} old (interval {}): alive but not progressing",
+                    output::duration(Duration::from_millis(now.saturating_sub(hb.written_at_ms))),
+                    output::duration(Duration::from_millis(hb.interval_ms))
+                ),
+                "`hearth daemon restart`; if it recurs, `hearth daemon logs` shows what it was doing",
+            ));
+        }
+    }
+}
+
+/// No daemon: what the last one left behind.
+fn check_leftovers(paths: &Paths, answered: bool, problems: &mut Vec<Problem>) {
     let socket_exists = std::fs::symlink_metadata(paths.socket()).is_ok_and(|m| m.file_type().is_socket());
-    match lock {
-        LockState::Held { pid } => {
-            let comm = pid.and_then(process_name);
-            if comm.as_deref() != Some("hearthd") {
-                let who = match (pid, &comm) {
-                    (Some(pid), Some(name)) => format!("process {pid} ({name})"),
-                    (Some(pid), None) => format!("process {pid}"),
-                    (None, _) => "a process that did not write its pid".into(),
-                };
-                problems.push(problem(
-                    "lock_held_by_other_process",
-                    Severity::Error,
-                    format!("{who} holds {}, so no daemon can start", paths.lock_file().display()),
-                    "stop that process; `fuser -v` or `lsof` on the lock file shows it",
-                ));
-            }
-            if let Some(info) = &info {
-                if pid.is_some_and(|p| p != info.pid) {
-                    problems.push(stale_info(&paths.info_file(), info.pid));
-                }
-            }
-            if !answered && comm.as_deref() == Some("hearthd") {
-                problems.push(problem(
-                    "daemon_not_responding",
-                    Severity::Error,
-                    format!("hearthd (pid {}) holds the lock but its socket does not answer", pid.unwrap_or(0)),
-                    "`hearth daemon stop` escalates to SIGTERM and SIGKILL; then `hearth daemon start`",
-                ));
-            }
-            let heartbeat: Option<Heartbeat> =
-                std::fs::read(paths.heartbeat_file()).ok().and_then(|b| serde_json::from_slice(&b).ok());
-            if let Some(hb) = heartbeat.filter(|h| pid.is_none_or(|p| p == h.pid)) {
-                let now = hearth::time::now_ms();
-                if hb.is_stale(now) {
-                    problems.push(problem(
-                        "heartbeat_stale",
-                        Severity::Error,
-                        format!(
-                            "the daemon's last heartbeat is {} old (interval {}): alive but not progressing",
-                            output::duration(Duration::from_millis(now.saturating_sub(hb.written_at_ms))),
-                            output::duration(Duration::from_millis(hb.interval_ms))
-                        ),
-                        "`hearth daemon restart`; if it recurs, `hearth daemon logs` shows what it was doing",
-                    ));
-                }
-            }
-        }
-        LockState::Free => {
-            if socket_exists && !answered {
-                problems.push(problem(
-                    "socket_stale",
-                    Severity::Warning,
-                    format!("{} is left from a daemon that is gone", paths.socket().display()),
-                    "harmless: the next `hearth daemon start` removes it",
-                ));
-            }
-            if let Some(info) = &info {
-                problems.push(stale_info(&paths.info_file(), info.pid));
-            }
-        }
+    if socket_exists && !answered {
+        problems.push(problem(
+            "socket_stale",
+            Severity::Warning,
+            format!("{} is left from a daemon that is gone", paths.socket().display()),
+            "harmless: the next `hearth daemon start` removes it",
+        ));
+    }
+    if let Some(info) = &read_info(paths) {
+        problems.push(stale_info(&paths.info_file(), info.pid));
     }
 }
 

@@ -64,7 +64,7 @@ impl From<ClientError> for CliError {
             ClientError::DaemonBinaryNotFound { .. } => CliError::new("daemon_binary_not_found", message)
                 .hint("install hearthd next to hearth or on PATH, or set HEARTH_DAEMON_BIN"),
             ClientError::StartFailed { ref code, .. } => {
-                CliError::new(code.clone(), message).hint("`hearth daemon logs` may say more")
+                CliError::new(code.as_str(), message).hint("`hearth daemon logs` may say more")
             }
             ClientError::Spawn { .. } => CliError::new("spawn_failed", message),
             ClientError::Io { .. } => CliError::new("io_error", message),

@@ -1,4 +1,7 @@
 //! `hearth`: the command line of the hearth daemon.
+// The doc comments of the argument structs are clap's `--help` text, where
+// `<state-dir>` is a placeholder, not an HTML tag.
+#![allow(rustdoc::invalid_html_tags, reason = "these doc comments are --help text")]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,11 +15,11 @@ mod blob_cmd;
 mod daemon_cmd;
 mod doctor_cmd;
 mod error;
+mod install_cmd;
 mod output;
 mod pool_cmd;
 mod progress;
 mod queue_cmd;
-mod service_cmd;
 mod status_cmd;
 mod stdin_read;
 

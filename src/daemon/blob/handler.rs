@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use super::store::{PutMeta, StoreError, is_disk_full};
 use super::{BlobService, ingest, media};
-use crate::daemon::session::{Closed, Session};
+use crate::daemon::conn::session::{Closed, Session};
 use crate::protocol::blob::{
     BlobChannel, BlobHash, BlobRequest, BlobResponse, Content, DEFAULT_LIST_LIMIT, GetRequest, MAX_LIST_LIMIT,
     MAX_MEDIA_TYPE_LEN, MAX_NAME_LEN, PutRequest, Stored,
@@ -80,28 +80,29 @@ async fn blocking<T: Send + 'static>(
     service: &Arc<BlobService>,
     work: impl FnOnce(&BlobService) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, WireError> {
-    let service = service.clone();
-    match tokio::task::spawn_blocking(move || work(&service)).await {
-        Ok(result) => result.map_err(wire_error),
+    let worker = service.clone();
+    match tokio::task::spawn_blocking(move || work(&worker)).await {
+        Ok(result) => result.map_err(|e| service.wire_error(e)),
         Err(e) => Err(WireError::new(ErrorCode::Internal, format!("blob task failed: {e}"))),
     }
 }
 
-/// When the store last failed with an I/O error (a full disk included), and
-/// why: reported as `blob_store_errors` in health for a while.
-static LAST_STORE_ERROR: std::sync::Mutex<Option<(u64, String)>> = std::sync::Mutex::new(None);
+impl BlobService {
+    /// The wire form of a store failure (I/O details go to the log, not to
+    /// the peer); an I/O failure is also remembered for health.
+    pub(crate) fn wire_error(&self, e: StoreError) -> WireError {
+        if matches!(e, StoreError::Io { .. }) {
+            self.store_failed(e.to_string());
+        }
+        wire_error(e)
+    }
 
-/// The last I/O failure of the store, if any: when (ms since the epoch) and what.
-pub(crate) fn last_store_error() -> Option<(u64, String)> {
-    LAST_STORE_ERROR.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    fn io_error(&self, context: &str, e: std::io::Error) -> WireError {
+        self.wire_error(StoreError::io(context, e))
+    }
 }
 
-/// The wire form of a store failure (I/O details go to the log, not to the peer).
-pub(crate) fn wire_error(e: StoreError) -> WireError {
-    if matches!(e, StoreError::Io { .. }) {
-        *LAST_STORE_ERROR.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some((crate::time::now_ms(), e.to_string()));
-    }
+fn wire_error(e: StoreError) -> WireError {
     match e {
         StoreError::NotFound(hash) => not_found(&hash),
         StoreError::Pinned(_) => WireError::new(ErrorCode::BlobPinned, e.to_string()),
@@ -114,10 +115,6 @@ pub(crate) fn wire_error(e: StoreError) -> WireError {
             WireError::new(ErrorCode::Internal, "the blob store failed; the daemon's log has details")
         }
     }
-}
-
-fn io_error(context: &str, e: std::io::Error) -> WireError {
-    wire_error(StoreError::io(context, e))
 }
 
 fn not_found(hash: &BlobHash) -> WireError {
@@ -225,7 +222,7 @@ async fn receive_put(
     let marker_read = matches!(ended, Ended::Complete);
     let written = match writer.await {
         Ok(Ok(written)) => Ok(written),
-        Ok(Err(e)) => Err(io_error("cannot write a put", e)),
+        Ok(Err(e)) => Err(service.io_error("cannot write a put", e)),
         Err(e) => Err(WireError::new(ErrorCode::Internal, format!("blob writer failed: {e}"))),
     };
     let outcome = match (ended, written) {
@@ -265,7 +262,7 @@ async fn finish_put(
     }
     let service2 = service.clone();
     let stored = tokio::task::spawn_blocking(move || {
-        let (temp, hash) = written.finish().map_err(|e| io_error("cannot sync a put", e))?;
+        let (temp, hash) = written.finish().map_err(|e| service2.io_error("cannot sync a put", e))?;
         if let Some(expected) = &put.sha256 {
             if *expected != hash {
                 return Err(WireError::new(
@@ -275,7 +272,7 @@ async fn finish_put(
             }
         }
         let meta = PutMeta { media_type: put.media_type, name: put.name, pin: put.pin };
-        let existed = service2.store.commit(temp, &hash, size, &meta).map_err(wire_error)?;
+        let existed = service2.store.commit(temp, &hash, size, &meta).map_err(|e| service2.wire_error(e))?;
         Ok(Stored { hash, size, existed })
     })
     .await
@@ -348,7 +345,7 @@ async fn send_blob(
                 sent += bytes.len() as u64;
                 session.send_frame(bytes).await?;
             }
-            Some(Err(e)) => break Some(io_error("cannot read a blob", e)),
+            Some(Err(e)) => break Some(service.io_error("cannot read a blob", e)),
             None => break Some(WireError::new(ErrorCode::Internal, "the blob reader stopped early")),
         }
     };

@@ -109,18 +109,11 @@ impl Writer {
     /// last call (without waiting for it).
     #[cfg(target_os = "linux")]
     fn start_writeback(&mut self) {
-        use std::os::fd::AsRawFd;
         let end = self.size - self.hole;
         if end - self.kicked < WRITEBACK_STEP {
             return;
         }
-        let (Ok(offset), Ok(len)) = (i64::try_from(self.kicked), i64::try_from(end - self.kicked)) else { return };
-        // SAFETY: sync_file_range only reads its arguments; the descriptor
-        // is the open temp file this writer owns.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::sync_file_range(self.temp.file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
-        }
+        crate::sys::start_writeback(std::os::fd::AsFd::as_fd(&self.temp.file), self.kicked, end - self.kicked);
         self.kicked = end;
     }
 

@@ -9,13 +9,16 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::daemon::Config;
 use crate::daemon::config::BlobConfig;
+use crate::daemon::services::{
+    BoxFuture, LastFailure, Opened, PROBE_TIMEOUT, Service, StartCtx, StartError, StartService,
+};
 use crate::paths::Paths;
+use crate::protocol::Channel;
 use crate::protocol::blob::Usage;
-use crate::protocol::status::{HealthReason, HealthState};
-
-/// How long `blob_store_errors` is reported after the store last failed.
-const STORE_ERROR_WINDOW_MS: u64 = 10 * 60 * 1000;
+use crate::protocol::info::Endpoints;
+use crate::protocol::status::{HealthCode, HealthReason, ServiceSummaries};
 
 mod handler;
 mod http;
@@ -23,7 +26,6 @@ mod ingest;
 mod media;
 mod store;
 
-pub(crate) use handler::serve;
 use store::Store;
 
 /// How often changed last-access times are written to the sidecars.
@@ -38,22 +40,25 @@ pub(crate) struct BlobService {
     /// Why the HTTP server is not running although it is enabled.
     http_failure: Option<String>,
     collect_now: Notify,
+    /// When the store last failed with an I/O error (a full disk included),
+    /// and why: reported as `blob_store_errors` in health for a while.
+    last_store_error: LastFailure,
 }
 
 impl BlobService {
     /// Opens the store, starts the HTTP server and the upkeep task.
-    pub(crate) async fn start(
+    pub(crate) async fn open(
         config: &BlobConfig,
         paths: &Paths,
         stop: &CancellationToken,
         tracker: &TaskTracker,
-    ) -> Result<Arc<BlobService>, String> {
+    ) -> Result<Arc<BlobService>, StartError> {
         let root = paths.state_dir().join("blobs");
         let budget = config.max_bytes.map(|b| b.0);
         let store = tokio::task::spawn_blocking(move || Store::open(&root, budget))
             .await
-            .map_err(|e| format!("the blob store's start-up failed: {e}"))?
-            .map_err(|e| format!("cannot open the blob store: {e}"))?;
+            .map_err(|e| StartError::join("the blob store's opening", &e))?
+            .map_err(|e| StartError::Store { what: "the blob store", source: Box::new(e) })?;
         let store = Arc::new(store);
         let (http_url, http_failure) = if config.http {
             match http::start(store.clone(), config, stop.clone(), tracker.clone()).await {
@@ -72,6 +77,7 @@ impl BlobService {
             http_url,
             http_failure,
             collect_now: Notify::new(),
+            last_store_error: LastFailure::default(),
         });
         tracker.spawn(upkeep(service.clone(), stop.clone(), config.gc_interval.0));
         Ok(service)
@@ -82,9 +88,9 @@ impl BlobService {
         Usage { http_url: self.http_url.clone(), ..self.store.usage() }
     }
 
-    /// The HTTP server's base URL, when it runs.
-    pub(crate) fn http_url(&self) -> Option<&str> {
-        self.http_url.as_deref()
+    /// Remembers that the store failed, for health.
+    fn store_failed(&self, error: String) {
+        self.last_store_error.record(crate::time::now_ms(), error);
     }
 
     /// Called after a put stored new content.
@@ -93,75 +99,93 @@ impl BlobService {
             self.collect_now.notify_one();
         }
     }
+}
 
-    pub(crate) fn health_reasons(&self, reasons: &mut Vec<HealthReason>) {
+impl StartService for BlobService {
+    const CHANNEL: Channel = Channel::Blob;
+
+    fn enabled(config: &Config) -> bool {
+        config.blob.enabled
+    }
+
+    async fn start(ctx: StartCtx<'_>) -> Result<Arc<Self>, StartError> {
+        BlobService::open(&ctx.config.blob, ctx.paths, ctx.stop, ctx.tracker).await
+    }
+}
+
+impl Service for BlobService {
+    fn serve(self: Arc<Self>, opened: Opened) -> BoxFuture<'static, ()> {
+        Box::pin(handler::serve(opened.session(), self))
+    }
+
+    fn summarize(&self, summaries: &mut ServiceSummaries) {
+        summaries.blob = Some(self.usage());
+    }
+
+    fn health(&self, reasons: &mut Vec<HealthReason>) {
         if let Some(failure) = &self.http_failure {
-            reasons.push(HealthReason {
-                code: "blob_http_unavailable".into(),
-                severity: HealthState::Degraded,
-                message: format!("the blob HTTP server could not start: {failure}"),
-            });
+            let message = format!("the blob HTTP server could not start: {failure}");
+            reasons.push(HealthReason::new(HealthCode::BlobHttpUnavailable, message));
         }
-        let now = crate::time::now_ms();
-        if let Some((at, message)) =
-            handler::last_store_error().filter(|(at, _)| now.saturating_sub(*at) < STORE_ERROR_WINDOW_MS)
-        {
-            reasons.push(HealthReason {
-                code: "blob_store_errors".into(),
-                severity: HealthState::Degraded,
-                message: format!("the blob store failed {}s ago: {message}", now.saturating_sub(at) / 1000),
-            });
+        if let Some((ago, message)) = self.last_store_error.recent(crate::time::now_ms()) {
+            let message = format!("the blob store failed {}s ago: {message}", ago.as_secs());
+            reasons.push(HealthReason::new(HealthCode::BlobStoreErrors, message));
         }
         let usage = self.store.usage();
         if let Some(budget) = usage.budget_bytes.filter(|b| usage.pinned_bytes > *b) {
-            reasons.push(HealthReason {
-                code: "blob_pinned_over_budget".into(),
-                severity: HealthState::Degraded,
-                message: format!(
-                    "pinned blobs hold {} bytes, more than the budget of {budget} bytes; unpin some or raise blob.max_bytes",
-                    usage.pinned_bytes
-                ),
-            });
+            let message = format!(
+                "pinned blobs hold {} bytes, more than the budget of {budget} bytes; unpin some or raise blob.max_bytes",
+                usage.pinned_bytes
+            );
+            reasons.push(HealthReason::new(HealthCode::BlobPinnedOverBudget, message));
         }
     }
 
     /// Proves the HTTP server answers: a `HEAD` of a blob that cannot exist
     /// must come back as a `404` within `timeout`.
-    pub(crate) async fn probe(&self, timeout: Duration) -> Result<(), String> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let Some(url) = &self.http_url else { return Ok(()) };
-        let authority = url.trim_start_matches("http://").trim_end_matches('/').to_owned();
-        let check = async {
-            let mut stream = tokio::net::TcpStream::connect(&authority).await?;
-            let request = format!(
-                "HEAD /blob/sha256:{} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n",
-                "0".repeat(64)
-            );
-            stream.write_all(request.as_bytes()).await?;
-            let mut head = [0u8; 12];
-            stream.read_exact(&mut head).await?;
-            Ok::<_, std::io::Error>(head)
-        };
-        match tokio::time::timeout(timeout, check).await {
-            Ok(Ok(head)) if head.starts_with(b"HTTP/1.1 404") => Ok(()),
-            Ok(Ok(head)) => Err(format!("the blob HTTP server answered {:?}", String::from_utf8_lossy(&head))),
-            Ok(Err(e)) => Err(format!("the blob HTTP server: {e}")),
-            Err(_) => Err(format!("the blob HTTP server did not answer within {timeout:?}")),
-        }
+    fn probe(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Some(url) = &self.http_url else { return Ok(()) };
+            let authority = url.trim_start_matches("http://").trim_end_matches('/').to_owned();
+            let check = async {
+                let mut stream = tokio::net::TcpStream::connect(&authority).await?;
+                let request = format!(
+                    "HEAD /blob/sha256:{} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n",
+                    "0".repeat(64)
+                );
+                stream.write_all(request.as_bytes()).await?;
+                let mut head = [0u8; 12];
+                stream.read_exact(&mut head).await?;
+                Ok::<_, std::io::Error>(head)
+            };
+            match tokio::time::timeout(PROBE_TIMEOUT, check).await {
+                Ok(Ok(head)) if head.starts_with(b"HTTP/1.1 404") => Ok(()),
+                Ok(Ok(head)) => Err(format!("the blob HTTP server answered {:?}", String::from_utf8_lossy(&head))),
+                Ok(Err(e)) => Err(format!("the blob HTTP server: {e}")),
+                Err(_) => Err(format!("the blob HTTP server did not answer within {PROBE_TIMEOUT:?}")),
+            }
+        })
     }
 
     /// `; blobs: 12 (3.4 MiB)` for a `STATUS=` line.
-    pub(crate) fn status_line(&self, line: &mut String) {
+    fn status_line(&self, line: &mut String) {
         let usage = self.store.usage();
         if usage.count > 0 {
             line.push_str(&format!("; blobs: {} ({} bytes)", usage.count, usage.bytes));
         }
     }
 
+    fn endpoints(&self, endpoints: &mut Endpoints) {
+        endpoints.blob_http.clone_from(&self.http_url);
+    }
+
     /// Writes the last-access times still held in memory.
-    pub(crate) async fn shutdown(&self) {
-        let store = self.store.clone();
-        let _ = tokio::task::spawn_blocking(move || store.flush_access()).await;
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let store = self.store.clone();
+            let _ = tokio::task::spawn_blocking(move || store.flush_access()).await;
+        })
     }
 }
 

@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::PoolService;
 use super::state::Holder;
-use crate::daemon::session::Session;
+use crate::daemon::conn::session::Session;
 use crate::protocol::WireError;
 use crate::protocol::pool::{PoolChannel, PoolRequest, PoolResponse};
 

@@ -27,12 +27,14 @@ use self::definition::{MAX_POOLS, MAX_SIZE, builtin_venv, check_command, fingerp
 use self::state::{Clock, Holder, Pool, ResState, Resource, State, Waiter, unknown_pool};
 use self::store::{LeaseRecord, Record, RecordState, Store};
 use crate::daemon::Config;
+use crate::daemon::services::{BoxFuture, Opened, Service, StartCtx, StartError, StartService};
 use crate::paths::Paths;
+use crate::protocol::Channel;
 use crate::protocol::pool::{
     BuildFailure, DefinitionSource, Lease, LeaseId, PoolBrief, PoolDefinition, PoolStatus, PoolSummary, PoolsReport,
     ReleaseOutcome,
 };
-use crate::protocol::status::{HealthReason, HealthState};
+use crate::protocol::status::{HealthCode, HealthReason, ServiceSummaries};
 use crate::protocol::{ErrorCode, WireError};
 use crate::time::{now_ms, rfc3339_ms};
 
@@ -44,8 +46,8 @@ pub mod settings;
 mod state;
 mod store;
 
-pub(crate) use handler::serve;
-pub(crate) use state::Holder as PoolHolder;
+/// Descriptors one build, check or reset holds at its peak.
+const FDS_PER_BUILD: u64 = 10;
 
 /// How long shutdown waits for builds to be killed and cleaned up.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
@@ -76,62 +78,25 @@ pub(crate) struct Released {
 
 impl PoolService {
     /// Recovers the pools on disk, then starts the scheduler.
-    pub(crate) async fn start(config: &Config, paths: &Paths) -> Result<Arc<PoolService>, String> {
+    pub(crate) async fn open(config: &Config, paths: &Paths) -> Result<Arc<PoolService>, StartError> {
         let root = paths.state_dir().join("pools");
-        let store = Store::open(root.clone()).map_err(|e| format!("cannot use {}: {e}", root.display()))?;
+        let store = Store::open(root.clone()).map_err(|source| StartError::Io { path: root.clone(), source })?;
         let recovering = store.clone();
         let found = tokio::task::spawn_blocking(move || recovering.recover())
             .await
-            .map_err(|e| format!("recovery panicked: {e}"))?
-            .map_err(|e| format!("cannot read {}: {e}", root.display()))?;
-
+            .map_err(|e| StartError::join("the pools' recovery", &e))?
+            .map_err(|source| StartError::Io { path: root.clone(), source })?;
         let mut state = State::default();
-        let now = Instant::now();
-        for (name, found) in found {
-            let mut pool = Pool::new(name.clone());
-            pool.file = found.file;
-            if let Some(def) = pool.file.definition.take() {
-                match normalize(def) {
-                    Ok(def) if def.name == name => pool.file.definition = Some(def),
-                    Ok(_) | Err(_) => tracing::error!(pool = %name, "ignoring an invalid stored definition"),
-                }
-            }
-            for (record, lease) in found.records {
-                let state_now = match lease {
-                    Some(lease) => {
-                        state.leases.insert(lease.id.clone(), (name.clone(), record.id.clone()));
-                        ResState::Taken(lease)
-                    }
-                    None => ResState::Ready { verified: false, checked: now },
-                };
-                let resource = Resource {
-                    state: state_now,
-                    spec: record.spec,
-                    created_at_ms: record.created_at_ms,
-                    build_ms: record.build_ms,
-                    cancel: None,
-                };
-                pool.resources.insert(record.id, resource);
-            }
-            state.pools.insert(name, pool);
-        }
+        adopt_recovered(&mut state, found);
         for (name, entry) in &config.pool.pools {
-            let def = normalize(entry.to_definition(name)).map_err(|e| format!("[pool.{name}]: {e}"))?;
+            let def = normalize(entry.to_definition(name))
+                .map_err(|e| StartError::Config { section: format!("pool.{name}"), message: e.to_string() })?;
             state.pools.entry(name.clone()).or_insert_with(|| Pool::new(name.clone())).config = Some(def);
         }
         let venv = builtin_venv();
         let name = venv.name.clone();
         state.pools.entry(name.clone()).or_insert_with(|| Pool::new(name)).builtin = Some(venv);
-        // Adopted resources without a check are ready at once; the others
-        // after their check (the scheduler starts it first thing).
-        for pool in state.pools.values_mut() {
-            let has_check = pool.effective().is_some_and(|(_, d)| check_command(d).is_some());
-            for r in pool.resources.values_mut() {
-                if let ResState::Ready { verified, .. } = &mut r.state {
-                    *verified = !has_check;
-                }
-            }
-        }
+        mark_unchecked(&mut state);
         let adopted: usize = state
             .pools
             .values()
@@ -165,19 +130,6 @@ impl PoolService {
 
     fn clock() -> Clock {
         Clock { now: Instant::now(), now_ms: now_ms() }
-    }
-
-    /// Stops the scheduler, kills running builds and waits for their cleanup.
-    pub(crate) async fn shutdown(&self) {
-        self.stop.cancel();
-        self.tasks.close();
-        if tokio::time::timeout(SHUTDOWN_WAIT, self.tasks.wait()).await.is_err() {
-            tracing::warn!("pool tasks did not stop within {SHUTDOWN_WAIT:?}");
-        }
-        let mut state = self.lock();
-        for pool in state.pools.values_mut() {
-            pool.fail_waiters(&WireError::new(ErrorCode::ShuttingDown, "the daemon is shutting down"));
-        }
     }
 
     fn lease_view(&self, pool: &str, id: &str, r: &Resource, lease: &LeaseRecord, now_ms: u64) -> Lease {
@@ -585,30 +537,72 @@ impl PoolService {
             .collect();
         PoolSummary { pools, builds_running: state.builds_running }
     }
+}
+
+impl StartService for PoolService {
+    const CHANNEL: Channel = Channel::Pool;
+
+    fn enabled(config: &Config) -> bool {
+        config.pool.enabled
+    }
+
+    fn reserved_fds(config: &Config) -> u64 {
+        u64::from(config.pool.max_concurrent_builds) * FDS_PER_BUILD
+    }
+
+    async fn start(ctx: StartCtx<'_>) -> Result<Arc<Self>, StartError> {
+        PoolService::open(ctx.config, ctx.paths).await
+    }
+}
+
+impl Service for PoolService {
+    fn serve(self: Arc<Self>, opened: Opened) -> BoxFuture<'static, ()> {
+        let holder = Holder { client: opened.handshake.client.clone(), pid: opened.peer_pid };
+        Box::pin(handler::serve(opened.session(), self, holder))
+    }
+
+    fn summarize(&self, summaries: &mut ServiceSummaries) {
+        summaries.pool = Some(self.summary());
+    }
+
+    /// Pools whose builds keep failing make the daemon degraded.
+    fn health(&self, reasons: &mut Vec<HealthReason>) {
+        let state = self.lock();
+        for p in state.pools.values().filter(|p| p.stats.failures >= u64::from(self.settings.failures_degraded)) {
+            let last = p.stats.last_error.as_ref().map_or("", |e| e.message.lines().next().unwrap_or(""));
+            let retry = p.backoff.map_or(String::new(), |b| {
+                format!("; retrying in {}s", b.until.saturating_duration_since(Instant::now()).as_secs())
+            });
+            let message = format!("pool {}: {} builds failed in a row ({last}){retry}", p.name, p.stats.failures);
+            reasons.push(HealthReason::new(HealthCode::PoolFailing, message));
+        }
+    }
+
+    /// Proves the pool state is not stuck under its lock.
+    fn probe(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            for _ in 0..100 {
+                let free = !matches!(self.state.try_lock(), Err(std::sync::TryLockError::WouldBlock));
+                if free {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err("the pool state has been locked for over a second".into())
+        })
+    }
 
     /// What keeps the daemon from being idle: builds, resets and checks
     /// under way, and takes waiting for them.
-    pub(crate) fn busy(&self) -> Option<String> {
+    fn busy(&self) -> Option<String> {
         let state = self.lock();
         let waiting: usize = state.pools.values().map(|p| p.waiters.len()).sum();
         (state.builds_running > 0 || waiting > 0)
             .then(|| format!("{} pool builds running, {waiting} takes waiting", state.builds_running))
     }
 
-    /// Proves the pool state is not stuck under its lock.
-    pub(crate) async fn probe(&self) -> Result<(), String> {
-        for _ in 0..100 {
-            let free = !matches!(self.state.try_lock(), Err(std::sync::TryLockError::WouldBlock));
-            if free {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Err("the pool state has been locked for over a second".into())
-    }
-
     /// `; pools: 3 ready, 1 building` for a `STATUS=` line.
-    pub(crate) fn status_line(&self, line: &mut String) {
+    fn status_line(&self, line: &mut String) {
         let state = self.lock();
         let (ready, taken) =
             state.pools.values().map(state::Pool::counts).fold((0, 0), |(r, t), c| (r + c.ready, t + c.taken));
@@ -619,31 +613,79 @@ impl PoolService {
 
     /// A draining shutdown: start no more replenishment builds (only builds
     /// a waiting take needs), and wait for the ones under way, until `deadline`.
-    pub(crate) async fn drain_builds(&self, deadline: tokio::time::Instant) {
-        self.lock().draining = true;
-        self.wake.notify_one();
-        loop {
-            let running = self.lock().builds_running;
-            if running == 0 || tokio::time::Instant::now() >= deadline {
-                return;
+    fn drain(&self, deadline: tokio::time::Instant) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.lock().draining = true;
+            self.wake.notify_one();
+            loop {
+                let running = self.lock().builds_running;
+                if running == 0 || tokio::time::Instant::now() >= deadline {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
     }
 
-    /// Pools whose builds keep failing make the daemon degraded.
-    pub(crate) fn health_reasons(&self, reasons: &mut Vec<HealthReason>) {
-        let state = self.lock();
-        for p in state.pools.values().filter(|p| p.stats.failures >= u64::from(self.settings.failures_degraded)) {
-            let last = p.stats.last_error.as_ref().map_or("", |e| e.message.lines().next().unwrap_or(""));
-            let retry = p.backoff.map_or(String::new(), |b| {
-                format!("; retrying in {}s", b.until.saturating_duration_since(Instant::now()).as_secs())
-            });
-            reasons.push(HealthReason {
-                code: "pool_failing".into(),
-                severity: HealthState::Degraded,
-                message: format!("pool {}: {} builds failed in a row ({last}){retry}", p.name, p.stats.failures),
-            });
+    /// Stops the scheduler, kills running builds and waits for their cleanup.
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.stop.cancel();
+            self.tasks.close();
+            if tokio::time::timeout(SHUTDOWN_WAIT, self.tasks.wait()).await.is_err() {
+                tracing::warn!("pool tasks did not stop within {SHUTDOWN_WAIT:?}");
+            }
+            let mut state = self.lock();
+            for pool in state.pools.values_mut() {
+                pool.fail_waiters(&WireError::new(ErrorCode::ShuttingDown, "the daemon is shutting down"));
+            }
+        })
+    }
+}
+
+/// Puts what the previous daemon left on disk into `state`: run-time
+/// definitions, ready resources, and taken ones with their leases.
+fn adopt_recovered(state: &mut State, found: std::collections::BTreeMap<String, store::Found>) {
+    let now = Instant::now();
+    for (name, found) in found {
+        let mut pool = Pool::new(name.clone());
+        pool.file = found.file;
+        if let Some(def) = pool.file.definition.take() {
+            match normalize(def) {
+                Ok(def) if def.name == name => pool.file.definition = Some(def),
+                Ok(_) | Err(_) => tracing::error!(pool = %name, "ignoring an invalid stored definition"),
+            }
+        }
+        for (record, lease) in found.records {
+            let state_now = match lease {
+                Some(lease) => {
+                    state.leases.insert(lease.id.clone(), (name.clone(), record.id.clone()));
+                    ResState::Taken(lease)
+                }
+                None => ResState::Ready { verified: false, checked: now },
+            };
+            let resource = Resource {
+                state: state_now,
+                spec: record.spec,
+                created_at_ms: record.created_at_ms,
+                build_ms: record.build_ms,
+                cancel: None,
+            };
+            pool.resources.insert(record.id, resource);
+        }
+        state.pools.insert(name, pool);
+    }
+}
+
+/// Adopted resources without a check are ready at once; the others after
+/// their check (the scheduler starts it first thing).
+fn mark_unchecked(state: &mut State) {
+    for pool in state.pools.values_mut() {
+        let has_check = pool.effective().is_some_and(|(_, d)| check_command(d).is_some());
+        for r in pool.resources.values_mut() {
+            if let ResState::Ready { verified, .. } = &mut r.state {
+                *verified = !has_check;
+            }
         }
     }
 }

@@ -5,23 +5,14 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::broadcast;
 
-use super::writer::{NewJob, Op, Reply, Transition};
+use super::writer::{Canceled, NewJob, Transition};
 use super::{KillReason, QueueService, store};
-use crate::daemon::session::{Closed, Session};
+use crate::daemon::conn::session::{Closed, Session};
 use crate::protocol::queue::{
-    Base64, DEFAULT_QUEUE, Job, JobSpec, JobState, LogsRequest, QueueChannel, QueueRequest, QueueResponse, QueueStats,
+    Base64, DEFAULT_LIST_LIMIT, DEFAULT_QUEUE, Job, JobSpec, JobState, LOG_CHUNK, LogsRequest, MAX_ATTEMPTS, MAX_KEY,
+    MAX_LIST_LIMIT, MAX_QUEUE_NAME, QueueChannel, QueueRequest, QueueResponse, QueueStats,
 };
 use crate::protocol::{ErrorCode, WireError};
-
-/// Bytes per `log_data` frame.
-const LOG_CHUNK: usize = 256 * 1024;
-/// Longest queue name.
-const MAX_QUEUE_NAME: usize = 64;
-/// Longest idempotency key.
-const MAX_KEY: usize = 256;
-/// Largest page of `list`.
-pub(crate) const MAX_LIST: u32 = 1000;
-const DEFAULT_LIST: u32 = 100;
 
 pub(crate) async fn serve(mut session: Session<QueueChannel>, service: Arc<QueueService>) {
     while let Some(request) = session.next_request().await {
@@ -43,10 +34,8 @@ async fn handle(service: &Arc<QueueService>, request: QueueRequest) -> Result<Qu
     match request {
         QueueRequest::Submit(spec) => {
             let new = new_job(service, spec)?;
-            match service.writer.call(Op::Submit(Box::new(new))).await? {
-                Reply::Submitted { job, deduplicated } => Ok(QueueResponse::Submitted { job, deduplicated }),
-                other => Err(unexpected(&other)),
-            }
+            let (job, deduplicated) = service.writer.submit(new).await?;
+            Ok(QueueResponse::Submitted { job, deduplicated })
         }
         QueueRequest::Get { id } => {
             let (job, attempts) = service
@@ -59,9 +48,9 @@ async fn handle(service: &Arc<QueueService>, request: QueueRequest) -> Result<Qu
             Ok(QueueResponse::Job { job, attempts })
         }
         QueueRequest::List(filter) => {
-            let limit = filter.limit.unwrap_or(DEFAULT_LIST);
-            if limit == 0 || limit > MAX_LIST {
-                return Err(invalid(format!("limit must be between 1 and {MAX_LIST}, not {limit}")));
+            let limit = filter.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+            if limit == 0 || limit > MAX_LIST_LIMIT {
+                return Err(invalid(format!("limit must be between 1 and {MAX_LIST_LIMIT}, not {limit}")));
             }
             let (jobs, next_before_id) = service.read(move |c| store::list(c, &filter, limit)).await?;
             Ok(QueueResponse::Jobs { jobs, next_before_id })
@@ -70,27 +59,16 @@ async fn handle(service: &Arc<QueueService>, request: QueueRequest) -> Result<Qu
         QueueRequest::Stats => stats(service).await,
         QueueRequest::Retry(selection) => {
             check_selection(&selection)?;
-            match service.writer.call(Op::Retry(selection)).await? {
-                Reply::Ids(ids) => Ok(QueueResponse::Retried { ids }),
-                other => Err(unexpected(&other)),
-            }
+            Ok(QueueResponse::Retried { ids: service.writer.retry(selection).await? })
         }
         QueueRequest::Purge(selection) => {
             check_selection(&selection)?;
-            match service.writer.call(Op::Purge(selection)).await? {
-                Reply::Ids(ids) => {
-                    service.remove_logs(ids.clone()).await;
-                    Ok(QueueResponse::Purged { ids })
-                }
-                other => Err(unexpected(&other)),
-            }
+            let ids = service.writer.purge(selection).await?;
+            service.remove_logs(ids.clone()).await;
+            Ok(QueueResponse::Purged { ids })
         }
         QueueRequest::Wait { .. } | QueueRequest::Logs(_) => Err(WireError::new(ErrorCode::Internal, "streamed")),
     }
-}
-
-fn unexpected(reply: &Reply) -> WireError {
-    WireError::new(ErrorCode::Internal, format!("unexpected answer from the queue store: {reply:?}"))
 }
 
 fn invalid(message: impl Into<String>) -> WireError {
@@ -154,8 +132,8 @@ fn new_job(service: &QueueService, spec: JobSpec) -> Result<NewJob, WireError> {
         }
     }
     let max_attempts = spec.max_attempts.unwrap_or(config.max_attempts);
-    if max_attempts == 0 || max_attempts > super::MAX_ATTEMPTS {
-        return Err(invalid(format!("max_attempts must be between 1 and {}, not {max_attempts}", super::MAX_ATTEMPTS)));
+    if max_attempts == 0 || max_attempts > MAX_ATTEMPTS {
+        return Err(invalid(format!("max_attempts must be between 1 and {MAX_ATTEMPTS}, not {max_attempts}")));
     }
     let input = match spec.input {
         None => None,
@@ -202,10 +180,8 @@ async fn get(service: &Arc<QueueService>, id: u64) -> Result<Job, WireError> {
 /// attempt's end is committed.
 async fn cancel(service: &Arc<QueueService>, id: u64) -> Result<QueueResponse, WireError> {
     let mut events = service.events.subscribe();
-    match service.writer.call(Op::Cancel { id }).await? {
-        Reply::Job(job) => return Ok(QueueResponse::Canceled { job }),
-        Reply::CancelRunning => {}
-        other => return Err(unexpected(&other)),
+    if let Canceled::Done(job) = service.writer.cancel(id).await? {
+        return Ok(QueueResponse::Canceled { job: *job });
     }
     if let Some(f) = service.lock_in_flight().get(&id) {
         f.kill.send_replace(Some(KillReason::Cancel));

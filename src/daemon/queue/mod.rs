@@ -19,13 +19,18 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::Config;
 use super::config::QueueConfig;
 use super::fsutil;
+use super::services::{BoxFuture, LastFailure, Opened, PROBE_TIMEOUT, Service, StartCtx, StartError, StartService};
+use crate::protocol::Channel;
+use crate::protocol::queue::QueueSummary;
 use crate::protocol::queue::{JobState, StateCounts, StoreRecovery};
-use crate::protocol::status::{HealthReason, HealthState, QueueSummary};
+use crate::protocol::status::{HealthCode, HealthReason, ServiceSummaries};
 use crate::protocol::{ErrorCode, WireError};
 
 mod handler;
@@ -37,11 +42,12 @@ mod vfork;
 mod worker;
 mod writer;
 
-pub(crate) use handler::serve;
 pub(crate) use store::{Clock, SystemClock};
 
-/// The largest `max_attempts` a job may have.
-pub const MAX_ATTEMPTS: u32 = 1000;
+/// Descriptors one running attempt holds at its peak: its pid and gate
+/// pipes and stdio pipes while it is spawned, then two pipes, two log files
+/// and a pidfd.
+const FDS_PER_WORKER: u64 = 12;
 
 /// Capacity of the state-change broadcast (a slower listener re-reads).
 const EVENT_CAPACITY: usize = 4096;
@@ -97,9 +103,6 @@ pub(crate) struct QueueService {
     tasks: TaskTracker,
 }
 
-/// How long `queue_store_errors` is reported after the store last failed.
-const STORE_ERROR_WINDOW_MS: u64 = 10 * 60 * 1000;
-
 /// Counters since the daemon started, for the status summary and the heartbeat.
 #[derive(Debug, Default)]
 pub(crate) struct Activity {
@@ -110,13 +113,13 @@ pub(crate) struct Activity {
     /// Transactions the store could not commit.
     store_errors: AtomicU64,
     /// When the store last failed, and why.
-    last_store_error: Mutex<Option<(u64, String)>>,
+    last_store_error: LastFailure,
 }
 
 impl Activity {
     fn store_failed(&self, now_ms: u64, error: &str) {
         self.store_errors.fetch_add(1, Ordering::Relaxed);
-        *self.last_store_error.lock().unwrap_or_else(PoisonError::into_inner) = Some((now_ms, error.to_owned()));
+        self.last_store_error.record(now_ms, error.to_owned());
     }
 
     /// Counts an attempt whose end was committed.
@@ -132,87 +135,50 @@ impl Activity {
     }
 }
 
-/// Why the queue service cannot start.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum StartError {
-    #[error("cannot use {path:?}: {source}")]
-    Dir { path: PathBuf, source: std::io::Error },
-    #[error(transparent)]
-    Open(#[from] store::OpenError),
-    #[error("{0}")]
-    Other(String),
+impl StartService for QueueService {
+    const CHANNEL: Channel = Channel::Queue;
+
+    fn enabled(config: &Config) -> bool {
+        config.queue.enabled
+    }
+
+    fn reserved_fds(config: &Config) -> u64 {
+        u64::from(config.queue.effective_workers()) * FDS_PER_WORKER
+    }
+
+    async fn start(ctx: StartCtx<'_>) -> Result<Arc<Self>, StartError> {
+        QueueService::open(&ctx.config.queue, ctx.paths.state_dir(), Arc::new(SystemClock)).await
+    }
 }
 
 impl QueueService {
     /// Opens the store under `<state_dir>/queue`, recovers the attempts a
-    /// previous daemon left running, and starts the dispatcher.
-    pub(crate) async fn start(
+    /// previous daemon left running, and starts the dispatcher and pruner.
+    pub(crate) async fn open(
         config: &QueueConfig,
         state_dir: &Path,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<QueueService>, StartError> {
-        let dir = state_dir.join("queue");
-        let logs_dir = dir.join("logs");
-        for path in [&dir, &logs_dir] {
-            fsutil::private_subdir(path).map_err(|source| StartError::Dir { path: path.clone(), source })?;
-        }
-        // SQLite's no-follow flag refuses a symlink anywhere in the path, so
-        // the store is opened by the directory's real path: a state directory
-        // reached through a symlinked parent must not look like a broken store.
-        let dir = std::fs::canonicalize(&dir).map_err(|source| StartError::Dir { path: dir.clone(), source })?;
-        let running_dir = dir.join("running");
-        let running = running::RunningDir::open(running_dir.clone())
-            .map_err(|source| StartError::Dir { path: running_dir, source })?;
-        let now = clock.now_ms();
-        let open_dir = dir.clone();
-        let opened = tokio::task::spawn_blocking(move || store::open_store(&open_dir, now))
-            .await
-            .map_err(|e| StartError::Other(e.to_string()))??;
-        let db_path = dir.join(store::DB_FILE);
-        let initial = store::counts(&opened.conn).map_err(|e| StartError::Other(format!("cannot count jobs: {e}")))?;
+        let dirs = QueueDirs::prepare(state_dir)?;
+        let opened = open_store(&dirs.root, clock.now_ms()).await?;
+        let initial = store::counts(&opened.conn)
+            .map_err(|e| StartError::Store { what: "the queue store", source: Box::new(e) })?;
         let counts = Arc::new(Mutex::new(initial));
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let wake = Arc::new(Notify::new());
         let activity = Arc::new(Activity::default());
-        let on_commit = {
-            let (counts, events, wake) = (counts.clone(), events.clone(), wake.clone());
-            let (activity, clock) = (activity.clone(), clock.clone());
-            Box::new(move |committed: Result<&[writer::Transition], &str>| {
-                let transitions = match committed {
-                    Ok(transitions) => transitions,
-                    Err(e) => return activity.store_failed(clock.now_ms(), e),
-                };
-                if transitions.is_empty() {
-                    return;
-                }
-                let mut counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
-                for t in transitions {
-                    let per_queue = counts.entry(t.queue.clone()).or_default();
-                    if let Some(from) = t.from {
-                        let n = per_queue.get_mut(from);
-                        *n = n.saturating_sub(1);
-                    }
-                    if let Some(to) = t.to {
-                        *per_queue.get_mut(to) += 1;
-                    }
-                }
-                drop(counts);
-                for t in transitions {
-                    let _ = events.send(t.clone());
-                }
-                wake.notify_one();
-            }) as writer::OnCommit
-        };
+        let on_commit = on_commit(counts.clone(), events.clone(), wake.clone(), activity.clone(), clock.clone());
         let writer = writer::Writer::spawn(opened.conn, clock.clone(), on_commit)
-            .map_err(|e| StartError::Other(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|source| StartError::Runtime { what: "cannot start the queue's writer thread", source })?;
         let home = std::env::var("HOME").ok().filter(|h| h.starts_with('/')).unwrap_or_else(|| "/".into());
+        let db_path = dirs.root.join(store::DB_FILE);
         let service = Arc::new(QueueService {
             workers: config.effective_workers(),
             config: config.clone(),
             readers: store::Readers::new(db_path.clone()),
             db_path,
-            logs_dir,
-            running,
+            logs_dir: dirs.logs,
+            running: dirs.running,
             home,
             clock,
             writer,
@@ -228,98 +194,21 @@ impl QueueService {
             tasks: TaskTracker::new(),
         });
         worker::recover(&service).await;
-        let (dispatcher, runtime) = (service.clone(), tokio::runtime::Handle::current());
-        let thread = std::thread::Builder::new()
-            .name("hearthd-queue-dispatch".into())
-            .spawn(move || worker::dispatch(&dispatcher, &runtime))
-            .map_err(|e| StartError::Other(format!("cannot start the dispatcher thread: {e}")))?;
-        *service.dispatcher.lock().unwrap_or_else(PoisonError::into_inner) = Some(thread);
+        service.start_dispatcher()?;
         service.tasks.spawn(prune_loop(service.clone()));
-        tracing::info!(
-            store = %service.db_path.display(),
-            workers = service.workers,
-            "queue service ready"
-        );
+        tracing::info!(store = %service.db_path.display(), workers = service.workers, "queue service ready");
         Ok(service)
     }
 
-    /// Stops dispatching; running attempts get SIGTERM, then SIGKILL after
-    /// `kill_grace`, and are requeued without counting. Then the writer
-    /// commits what it has and closes.
-    pub(crate) async fn shutdown(&self) {
-        self.stop.cancel();
-        let dispatcher = self.dispatcher.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(thread) = dispatcher {
-            // It returns as soon as it sees the stop; it never waits on a job.
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
-        let running: Vec<_> = {
-            let in_flight = self.lock_in_flight();
-            in_flight.values().map(|f| f.kill.clone()).collect()
-        };
-        if !running.is_empty() {
-            tracing::info!(jobs = running.len(), "stopping running jobs; they will run again after restart");
-        }
-        for kill in running {
-            kill.send_replace(Some(KillReason::Shutdown));
-        }
-        self.tasks.close();
-        let limit = self.config.kill_grace.0 + Duration::from_secs(5);
-        if tokio::time::timeout(limit, self.tasks.wait()).await.is_err() {
-            tracing::warn!("queue attempts did not end within {limit:?}; the next start recovers them");
-        }
-        self.writer.close();
-    }
-
-    /// Jobs waiting or running, if any: they keep the daemon from idling.
-    pub(crate) fn busy(&self) -> Option<String> {
-        let (total, _) = self.total_counts();
-        let in_flight = self.lock_in_flight().len() as u64;
-        let (pending, running) = (total.queued + total.retry_wait, total.running.max(in_flight));
-        (pending + running > 0).then(|| format!("{running} jobs running, {pending} waiting"))
-    }
-
-    /// Proves the writer thread takes the store's write lock and answers,
-    /// and that the dispatcher thread is alive.
-    pub(crate) async fn probe(&self) -> Result<(), String> {
-        let finished = self
-            .dispatcher
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .is_some_and(std::thread::JoinHandle::is_finished);
-        if finished && !self.stop.is_cancelled() {
-            return Err("the queue dispatcher has stopped".into());
-        }
-        match tokio::time::timeout(Duration::from_secs(2), self.writer.call(writer::Op::Probe)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("the queue store: {}", e.message)),
-            Err(_) => Err("the queue store's writer did not answer within 2s".into()),
-        }
-    }
-
-    /// `; queue: 2 running, 5 waiting` for a `STATUS=` line.
-    pub(crate) fn status_line(&self, line: &mut String) {
-        let (total, _) = self.total_counts();
-        let pending = total.queued + total.retry_wait;
-        if pending + total.running + total.dead > 0 {
-            line.push_str(&format!("; queue: {} running, {pending} waiting, {} dead", total.running, total.dead));
-        }
-    }
-
-    /// A draining shutdown: start no new attempt, and wait (until
-    /// `deadline`) for the running ones to end. Submissions are still
-    /// accepted and stored; the next daemon runs them.
-    pub(crate) async fn drain(&self, deadline: tokio::time::Instant) {
-        self.draining.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.wake.notify_one();
-        loop {
-            let running = self.lock_in_flight().len();
-            if running == 0 || tokio::time::Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    /// Starts the dispatcher's thread; it runs until the service stops.
+    fn start_dispatcher(self: &Arc<Self>) -> Result<(), StartError> {
+        let (dispatcher, runtime) = (self.clone(), tokio::runtime::Handle::current());
+        let thread = std::thread::Builder::new()
+            .name("hearthd-queue-dispatch".into())
+            .spawn(move || worker::dispatch(&dispatcher, &runtime))
+            .map_err(|source| StartError::Runtime { what: "cannot start the queue's dispatcher thread", source })?;
+        *self.dispatcher.lock().unwrap_or_else(PoisonError::into_inner) = Some(thread);
+        Ok(())
     }
 
     fn is_draining(&self) -> bool {
@@ -403,55 +292,208 @@ impl QueueService {
             store_moved_to: self.recovery.as_ref().map(|r| r.moved_to.clone()),
         }
     }
+}
+
+impl Service for QueueService {
+    fn serve(self: Arc<Self>, opened: Opened) -> BoxFuture<'static, ()> {
+        Box::pin(handler::serve(opened.session(), self))
+    }
+
+    fn summarize(&self, summaries: &mut ServiceSummaries) {
+        summaries.queue = Some(self.summary());
+    }
 
     /// What is wrong with the queue.
-    pub(crate) fn health_reasons(&self, reasons: &mut Vec<HealthReason>) {
+    fn health(&self, reasons: &mut Vec<HealthReason>) {
         if let Some(r) = &self.recovery {
-            reasons.push(HealthReason {
-                code: "queue_store_recovered".into(),
-                severity: HealthState::Degraded,
-                message: format!(
-                    "the queue store was corrupt or unopenable ({}); it was moved to {} and a fresh store started",
-                    r.reason, r.moved_to
-                ),
-            });
+            let message = format!(
+                "the queue store was corrupt or unopenable ({}); it was moved to {} and a fresh store started",
+                r.reason, r.moved_to
+            );
+            reasons.push(HealthReason::new(HealthCode::QueueStoreRecovered, message));
         }
         let now = self.clock.now_ms();
-        let last_error = self.activity.last_store_error.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        if let Some((at, message)) = last_error.filter(|(at, _)| now.saturating_sub(*at) < STORE_ERROR_WINDOW_MS) {
-            reasons.push(HealthReason {
-                code: "queue_store_errors".into(),
-                severity: HealthState::Degraded,
-                message: format!(
-                    "the queue store failed to commit {}s ago ({message}); {} failures since start",
-                    now.saturating_sub(at) / 1000,
-                    self.activity.store_errors.load(Ordering::Relaxed)
-                ),
-            });
+        if let Some((ago, message)) = self.activity.last_store_error.recent(now) {
+            let message = format!(
+                "the queue store failed to commit {}s ago ({message}); {} failures since start",
+                ago.as_secs(),
+                self.activity.store_errors.load(Ordering::Relaxed)
+            );
+            reasons.push(HealthReason::new(HealthCode::QueueStoreErrors, message));
         }
         let threshold = self.config.backlog_threshold.0.as_millis() as u64;
         if let Some(age) = self.oldest_waiting_ms().filter(|age| *age >= threshold) {
-            reasons.push(HealthReason {
-                code: "queue_backlog".into(),
-                severity: HealthState::Degraded,
-                message: format!(
-                    "a runnable job has waited {}s for a worker (threshold {})",
-                    age / 1000,
-                    self.config.backlog_threshold
-                ),
-            });
+            let message = format!(
+                "a runnable job has waited {}s for a worker (threshold {})",
+                age / 1000,
+                self.config.backlog_threshold
+            );
+            reasons.push(HealthReason::new(HealthCode::QueueBacklog, message));
         }
     }
+
+    /// Proves the writer thread takes the store's write lock and answers,
+    /// and that the dispatcher thread is alive.
+    fn probe(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let finished = self
+                .dispatcher
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .is_some_and(std::thread::JoinHandle::is_finished);
+            if finished && !self.stop.is_cancelled() {
+                return Err("the queue dispatcher has stopped".into());
+            }
+            match tokio::time::timeout(PROBE_TIMEOUT, self.writer.probe()).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(format!("the queue store: {}", e.message)),
+                Err(_) => Err(format!("the queue store's writer did not answer within {PROBE_TIMEOUT:?}")),
+            }
+        })
+    }
+
+    /// Jobs waiting or running, if any: they keep the daemon from idling.
+    fn busy(&self) -> Option<String> {
+        let (total, _) = self.total_counts();
+        let in_flight = self.lock_in_flight().len() as u64;
+        let (pending, running) = (total.queued + total.retry_wait, total.running.max(in_flight));
+        (pending + running > 0).then(|| format!("{running} jobs running, {pending} waiting"))
+    }
+
+    /// `; queue: 2 running, 5 waiting` for a `STATUS=` line.
+    fn status_line(&self, line: &mut String) {
+        let (total, _) = self.total_counts();
+        let pending = total.queued + total.retry_wait;
+        if pending + total.running + total.dead > 0 {
+            line.push_str(&format!("; queue: {} running, {pending} waiting, {} dead", total.running, total.dead));
+        }
+    }
+
+    /// A draining shutdown: start no new attempt, and wait (until
+    /// `deadline`) for the running ones to end. Submissions are still
+    /// accepted and stored; the next daemon runs them.
+    fn drain(&self, deadline: Instant) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+            self.wake.notify_one();
+            loop {
+                let running = self.lock_in_flight().len();
+                if running == 0 || Instant::now() >= deadline {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    }
+
+    /// Stops dispatching; running attempts get SIGTERM, then SIGKILL after
+    /// `kill_grace`, and are requeued without counting. Then the writer
+    /// commits what it has and closes.
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.stop.cancel();
+            let dispatcher = self.dispatcher.lock().unwrap_or_else(PoisonError::into_inner).take();
+            if let Some(thread) = dispatcher {
+                // It returns as soon as it sees the stop; it never waits on a job.
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            }
+            let running: Vec<_> = {
+                let in_flight = self.lock_in_flight();
+                in_flight.values().map(|f| f.kill.clone()).collect()
+            };
+            if !running.is_empty() {
+                tracing::info!(jobs = running.len(), "stopping running jobs; they will run again after restart");
+            }
+            for kill in running {
+                kill.send_replace(Some(KillReason::Shutdown));
+            }
+            self.tasks.close();
+            let limit = self.config.kill_grace.0 + Duration::from_secs(5);
+            if tokio::time::timeout(limit, self.tasks.wait()).await.is_err() {
+                tracing::warn!("queue attempts did not end within {limit:?}; the next start recovers them");
+            }
+            self.writer.close();
+        })
+    }
+}
+
+/// The queue's directories under the state directory.
+struct QueueDirs {
+    /// `queue/`, by its real path.
+    root: PathBuf,
+    logs: PathBuf,
+    running: running::RunningDir,
+}
+
+impl QueueDirs {
+    fn prepare(state_dir: &Path) -> Result<QueueDirs, StartError> {
+        let dir = state_dir.join("queue");
+        let logs = dir.join("logs");
+        for path in [&dir, &logs] {
+            fsutil::private_subdir(path).map_err(|source| StartError::Io { path: path.clone(), source })?;
+        }
+        // SQLite's no-follow flag refuses a symlink anywhere in the path, so
+        // the store is opened by the directory's real path: a state directory
+        // reached through a symlinked parent must not look like a broken store.
+        let root = std::fs::canonicalize(&dir).map_err(|source| StartError::Io { path: dir.clone(), source })?;
+        let running_dir = root.join("running");
+        let running = running::RunningDir::open(running_dir.clone())
+            .map_err(|source| StartError::Io { path: running_dir, source })?;
+        Ok(QueueDirs { root, logs, running })
+    }
+}
+
+/// Opens (or creates, or moves aside and recreates) the store, off the async workers.
+async fn open_store(dir: &Path, now_ms: u64) -> Result<store::Opened, StartError> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || store::open_store(&dir, now_ms))
+        .await
+        .map_err(|e| StartError::join("the queue store's opening", &e))?
+        .map_err(|e| StartError::Store { what: "the queue store", source: Box::new(e) })
+}
+
+/// What the writer thread does after each commit: keep the per-queue
+/// counts, tell `wait`ers, wake the dispatcher, and note store failures.
+fn on_commit(
+    counts: Arc<Mutex<BTreeMap<String, StateCounts>>>,
+    events: broadcast::Sender<writer::Transition>,
+    wake: Arc<Notify>,
+    activity: Arc<Activity>,
+    clock: Arc<dyn Clock>,
+) -> writer::OnCommit {
+    Box::new(move |committed: Result<&[writer::Transition], &str>| {
+        let transitions = match committed {
+            Ok(transitions) => transitions,
+            Err(e) => return activity.store_failed(clock.now_ms(), e),
+        };
+        if transitions.is_empty() {
+            return;
+        }
+        let mut counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
+        for t in transitions {
+            let per_queue = counts.entry(t.queue.clone()).or_default();
+            if let Some(from) = t.from {
+                let n = per_queue.get_mut(from);
+                *n = n.saturating_sub(1);
+            }
+            if let Some(to) = t.to {
+                *per_queue.get_mut(to) += 1;
+            }
+        }
+        drop(counts);
+        for t in transitions {
+            let _ = events.send(t.clone());
+        }
+        wake.notify_one();
+    })
 }
 
 async fn prune_loop(service: Arc<QueueService>) {
     loop {
-        let op = writer::Op::Prune {
-            keep_ms: service.config.keep_finished.0.as_millis() as u64,
-            keep_count: service.config.keep_finished_count,
-        };
-        match service.writer.call(op).await {
-            Ok(writer::Reply::Ids(ids)) if !ids.is_empty() => {
+        let keep_ms = service.config.keep_finished.0.as_millis() as u64;
+        match service.writer.prune(keep_ms, service.config.keep_finished_count).await {
+            Ok(ids) if !ids.is_empty() => {
                 tracing::info!(jobs = ids.len(), "pruned finished jobs");
                 service.remove_logs(ids).await;
             }

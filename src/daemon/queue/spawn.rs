@@ -17,7 +17,7 @@
 
 use std::ffi::OsString;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
 
@@ -172,23 +172,10 @@ impl Gated {
     }
 }
 
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: pipe2 writes two descriptors into the array we own.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    #[allow(unsafe_code)]
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
 /// Forks `cmd` and waits until the child stands at the gate.
 async fn spawn_gated(mut cmd: Command) -> io::Result<Gated> {
-    let (pid_r, pid_w) = pipe()?;
-    let (gate_r, gate_w) = pipe()?;
+    let (pid_r, pid_w) = crate::sys::pipe()?;
+    let (gate_r, gate_w) = crate::sys::pipe()?;
     install_gate(&mut cmd, pid_r.as_raw_fd(), pid_w.as_raw_fd(), gate_r.as_raw_fd(), gate_w.as_raw_fd());
     let spawn = tokio::task::spawn_blocking(move || {
         let spawned = cmd.spawn();
@@ -219,7 +206,7 @@ async fn spawn_gated(mut cmd: Command) -> io::Result<Gated> {
     }
 }
 
-#[allow(unsafe_code)]
+#[expect(unsafe_code, reason = "starting a process: see the module docs")]
 fn install_gate(cmd: &mut Command, pid_r: RawFd, pid_w: RawFd, gate_r: RawFd, gate_w: RawFd) {
     // SAFETY: getpid cannot fail.
     let parent = unsafe { libc::getpid() };

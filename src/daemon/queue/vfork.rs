@@ -100,19 +100,6 @@ pub(crate) enum SpawnError {
     Failed(io::Error),
 }
 
-fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: pipe2 writes two descriptors into the array we own.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    #[allow(unsafe_code)]
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
 fn cstring(s: &OsStr) -> io::Result<CString> {
     CString::new(s.as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the command"))
 }
@@ -139,13 +126,13 @@ fn candidates(program: &OsStr, path: Option<&OsStr>) -> io::Result<Vec<CString>>
 
 /// Starts `cmd` as attempt `n` of `job`: returns once the program runs (its
 /// record written) or failed to start (its record removed again).
-#[allow(unsafe_code)]
+#[expect(unsafe_code, reason = "starting a process: see the module docs")]
 pub(crate) fn spawn(cmd: &JobCommand, running: &RunningDir, job: u64, n: u32) -> Result<Started, SpawnError> {
     let failed = SpawnError::Failed;
-    let (stdout_r, stdout_w) = cloexec_pipe().map_err(failed)?;
-    let (stderr_r, stderr_w) = cloexec_pipe().map_err(failed)?;
+    let (stdout_r, stdout_w) = crate::sys::pipe().map_err(failed)?;
+    let (stderr_r, stderr_w) = crate::sys::pipe().map_err(failed)?;
     let (stdin_parent, stdin_child) = if cmd.stdin_piped {
-        let (r, w) = cloexec_pipe().map_err(failed)?;
+        let (r, w) = crate::sys::pipe().map_err(failed)?;
         (Some(w), r)
     } else {
         let null = std::fs::File::open("/dev/null").map_err(failed)?;
@@ -266,7 +253,7 @@ impl Stack {
     const SIZE: usize = 256 * 1024;
     const GUARD: usize = 4096;
 
-    #[allow(unsafe_code)]
+    #[expect(unsafe_code, reason = "starting a process: see the module docs")]
     fn new() -> io::Result<Stack> {
         let len = Self::SIZE + Self::GUARD;
         // SAFETY: a fresh anonymous mapping that only this struct owns.
@@ -297,7 +284,7 @@ impl Stack {
 }
 
 impl Drop for Stack {
-    #[allow(unsafe_code)]
+    #[expect(unsafe_code, reason = "starting a process: see the module docs")]
     fn drop(&mut self) {
         // SAFETY: unmaps our own mapping, which nothing uses any more.
         unsafe { libc::munmap(self.base, self.len) };
@@ -305,7 +292,7 @@ impl Drop for Stack {
 }
 
 /// The child's side. Never returns: it execs the program or exits.
-#[allow(unsafe_code)]
+#[expect(unsafe_code, reason = "starting a process: see the module docs")]
 extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` points to the parent's `Plan`, alive until we exec or exit.
     let plan = unsafe { &*arg.cast_const().cast::<Plan>() };
@@ -317,7 +304,7 @@ fn errno() -> i32 {
     io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
 }
 
-#[allow(unsafe_code)]
+#[expect(unsafe_code, reason = "starting a process: see the module docs")]
 unsafe fn give_up(plan: &Plan, step: Step, errno: i32) -> ! {
     plan.errno.store(errno, Ordering::Release);
     plan.failed.store(step as u8, Ordering::Release);
@@ -325,7 +312,7 @@ unsafe fn give_up(plan: &Plan, step: Step, errno: i32) -> ! {
     unsafe { libc::_exit(127) }
 }
 
-#[allow(unsafe_code)]
+#[expect(unsafe_code, reason = "starting a process: see the module docs")]
 unsafe fn run_child(plan: &Plan) -> ! {
     // SAFETY: async-signal-safe calls only, on memory prepared by the
     // parent or on this stack; see the module docs.
@@ -420,7 +407,7 @@ unsafe fn run_child(plan: &Plan) -> ! {
 
 /// This process's start time, from `/proc/self/stat` (field 22), read
 /// without allocating.
-#[allow(unsafe_code)]
+#[expect(unsafe_code, reason = "starting a process: see the module docs")]
 fn own_start_time() -> Option<u64> {
     let mut buf = [0u8; 1024];
     // SAFETY: reads into our own buffer from a descriptor we open and close.
@@ -523,7 +510,7 @@ impl Child {
     fn new(pid: libc::pid_t, pidfd: OwnedFd) -> io::Result<Child> {
         // SAFETY: an OwnedFd keeps the same open descriptor for as long as
         // the AsyncFd owns it.
-        #[allow(unsafe_code)]
+        #[expect(unsafe_code, reason = "starting a process: see the module docs")]
         let pidfd = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
             .map_err(|e| e.into_parts().1)?;
         Ok(Child { pid, pidfd, status: None })
@@ -535,7 +522,7 @@ impl Child {
         }
         let mut status = 0;
         // SAFETY: our own child, not yet reaped, so its pid is still ours.
-        #[allow(unsafe_code)]
+        #[expect(unsafe_code, reason = "starting a process: see the module docs")]
         let rc = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
         match rc {
             0 => Ok(None),

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use super::running::Record;
 use super::spawn::{JobCommand, Process, Spawned, spawn_recorded};
 use super::store::{self, Runnable};
-use super::writer::{AttemptEnd, Op, Reply};
+use super::writer::AttemptEnd;
 use super::{InFlight, KillReason, QueueService};
 use crate::daemon::child;
 use crate::protocol::WireError;
@@ -181,15 +181,11 @@ async fn run_attempt(
 /// Commits the end of an attempt; whether it worked.
 async fn finish(service: &QueueService, id: u64, n: Option<u32>, end: AttemptEnd) -> bool {
     let outcome = end.outcome;
-    match service.writer.call(Op::Finish { id, n, end }).await {
-        Ok(Reply::Job(job)) => {
+    match service.writer.finish(id, n, end).await {
+        Ok(job) => {
             service.activity.ended(outcome);
             tracing::debug!(job = id, attempt = ?n, outcome = outcome.as_str(), state = %job.state, "attempt ended");
             true
-        }
-        Ok(other) => {
-            tracing::error!(job = id, "unexpected answer to finish: {other:?}");
-            false
         }
         Err(e) => {
             tracing::error!(job = id, "cannot record the end of an attempt: {e}; the next start recovers it");
@@ -216,91 +212,38 @@ enum Attempted {
 async fn attempt(
     service: &Arc<QueueService>,
     runnable: Runnable,
-    mut kill: watch::Receiver<Option<KillReason>>,
+    kill: watch::Receiver<Option<KillReason>>,
     output: &watch::Sender<u64>,
 ) -> Attempted {
     let Runnable { job, input, attempt: n } = runnable;
-    let program = job.argv.first().cloned().unwrap_or_default();
-    let cmd = JobCommand {
-        program: program.clone().into(),
-        args: job.argv.iter().skip(1).map(Into::into).collect(),
-        env: job_env(&job),
-        cwd: job.cwd.clone().into(),
-        stdin_piped: input.is_some(),
-    };
-    let spawned = spawn_recorded(cmd, &service.running, job.id, n).await;
-    let Spawned { process: mut child, pid, start_time, stdin, stdout, stderr } = match spawned {
-        Ok(spawned) => spawned,
-        Err(e) => {
-            let error = format!("cannot start {program:?}: {e}");
-            return Attempted::NotStarted(AttemptEnd::without_output(Outcome::SpawnFailed, error));
-        }
-    };
+    let Spawned { process: mut child, pid, start_time, stdin, stdout, stderr } =
+        match spawn_recorded(job_command(&job, input.is_some()), &service.running, job.id, n).await {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                let error = format!("cannot start {:?}: {e}", job.argv.first().cloned().unwrap_or_default());
+                return Attempted::NotStarted(AttemptEnd::without_output(Outcome::SpawnFailed, error));
+            }
+        };
     let begun = tokio::time::Instant::now();
-    let mut start = std::pin::pin!(service.writer.send(Op::Start { id: job.id, n, pid, pid_start_time: start_time }));
+    let start = service.writer.start(job.id, n, pid, start_time);
     tracing::debug!(job = job.id, attempt = n, pid, "attempt started");
-
     let (confirm, confirmed) = watch::channel(None);
-    // Later attempts announce themselves in the logs they write to.
-    let header = (n > 1).then(|| {
-        format!(
-            "[hearth: attempt {n} (counted {} of {}) started at {}]\n",
-            job.attempts + 1,
-            job.max_attempts,
-            crate::time::rfc3339_ms(service.clock.now_ms())
-        )
-    });
-    let stdout_log = LogSink::new(service.log_path(job.id, LogStream::Stdout), header.clone(), confirmed.clone());
-    let stderr_log = LogSink::new(service.log_path(job.id, LogStream::Stderr), header, confirmed);
     if let (Some(mut stdin), Some(input)) = (stdin, input) {
         tokio::spawn(async move {
             // A job that exits without reading its input is not an error.
             let _ = stdin.write_all(&input).await;
         });
     }
-    let cap = service.config.log_max.0;
-    let copy_out = tokio::spawn(copy_capped(stdout, stdout_log, cap, "stdout", output.clone()));
-    let copy_err = tokio::spawn(copy_capped(stderr, stderr_log, cap, "stderr", output.clone()));
-
+    let copies = start_log_copies(service, &job, n, (stdout, stderr), &confirmed, output);
     let grace = service.config.kill_grace.0;
     let timeout = job.timeout_ms.filter(|t| *t > 0).map(Duration::from_millis);
-    let mut verdict: Option<Result<(), String>> = None;
-    let mut ended_by = None;
-    let status = loop {
-        let refused = matches!(verdict, Some(Err(_)));
-        tokio::select! {
-            reply = &mut start, if verdict.is_none() => {
-                let v = start_verdict(reply, n);
-                confirm.send_replace(Some(v.is_ok()));
-                if v.is_err() {
-                    let _ = child::kill_group(pid, libc::SIGKILL);
-                }
-                verdict = Some(v);
-            }
-            status = child.wait() => break status,
-            () = sleep_until_or_forever(timeout.map(|t| begun + t)), if !refused => {
-                ended_by = Some(Outcome::TimedOut);
-                break terminate(&mut child, pid, grace).await;
-            }
-            reason = async { kill.wait_for(Option::is_some).await.ok().and_then(|r| *r) }, if !refused => {
-                ended_by = Some(if reason == Some(KillReason::Shutdown) { Outcome::Interrupted } else { Outcome::Canceled });
-                break terminate(&mut child, pid, grace).await;
-            }
-        }
-    };
+    let watched = Watched { pid, deadline: timeout.map(|t| begun + t), grace };
+    let (status, verdict, ended_by) = supervise(&mut child, &watched, start, &confirm, kill).await;
     // The attempt is its main process: whatever it left in its group goes too.
     let _ = child::kill_group(pid, libc::SIGKILL);
     service.free_slot(job.id);
-    let verdict = match verdict {
-        Some(v) => v,
-        None => {
-            let v = start_verdict(start.await, n);
-            confirm.send_replace(Some(v.is_ok()));
-            v
-        }
-    };
-    let (stdout_bytes, out_cut) = join_copy(copy_out, grace).await;
-    let (stderr_bytes, err_cut) = join_copy(copy_err, grace).await;
+    let (stdout_bytes, out_cut) = join_copy(copies.0, grace).await;
+    let (stderr_bytes, err_cut) = join_copy(copies.1, grace).await;
     if let Err(why) = verdict {
         tracing::debug!(job = job.id, attempt = n, pid, "attempt not started, its group was killed: {why}");
         service.running.remove(job.id, n);
@@ -319,22 +262,121 @@ async fn attempt(
         Ok(status) => describe_exit(&mut end, status),
         Err(e) => end.error = Some(format!("cannot wait for the process: {e}")),
     }
-    match ended_by {
-        Some(Outcome::TimedOut) => {
-            end.outcome = Outcome::TimedOut;
-            end.error = Some(format!("timed out after {}", crate::units::HumanDuration(timeout.unwrap_or_default())));
-        }
-        Some(Outcome::Canceled) => {
-            end.outcome = Outcome::Canceled;
-            end.error = Some("canceled".into());
-        }
-        Some(Outcome::Interrupted) => {
-            end.outcome = Outcome::Interrupted;
-            end.error = Some("hearthd stopped while this attempt ran; it will run again (not counted)".into());
-        }
-        _ => {}
+    if let Some(by) = ended_by {
+        describe_stop(&mut end, by, timeout);
     }
     Attempted::Ended(n, end)
+}
+
+/// What an attempt runs.
+fn job_command(job: &Job, stdin_piped: bool) -> JobCommand {
+    JobCommand {
+        program: job.argv.first().cloned().unwrap_or_default().into(),
+        args: job.argv.iter().skip(1).map(Into::into).collect(),
+        env: job_env(job),
+        cwd: job.cwd.clone().into(),
+        stdin_piped,
+    }
+}
+
+type CopyTask = tokio::task::JoinHandle<(u64, bool)>;
+
+/// One of the attempt's output pipes.
+type Output = std::pin::Pin<Box<dyn AsyncRead + Send>>;
+
+/// Starts copying the attempt's stdout and stderr into its logs, up to
+/// `log_max` each; what reaches the logs waits for `confirmed`.
+fn start_log_copies(
+    service: &QueueService,
+    job: &Job,
+    n: u32,
+    (stdout, stderr): (Option<Output>, Option<Output>),
+    confirmed: &watch::Receiver<Option<bool>>,
+    output: &watch::Sender<u64>,
+) -> (CopyTask, CopyTask) {
+    // Later attempts announce themselves in the logs they write to.
+    let header = (n > 1).then(|| {
+        format!(
+            "[hearth: attempt {n} (counted {} of {}) started at {}]\n",
+            job.attempts + 1,
+            job.max_attempts,
+            crate::time::rfc3339_ms(service.clock.now_ms())
+        )
+    });
+    let stdout_log = LogSink::new(service.log_path(job.id, LogStream::Stdout), header.clone(), confirmed.clone());
+    let stderr_log = LogSink::new(service.log_path(job.id, LogStream::Stderr), header, confirmed.clone());
+    let cap = service.config.log_max.0;
+    (
+        tokio::spawn(copy_capped(stdout, stdout_log, cap, "stdout", output.clone())),
+        tokio::spawn(copy_capped(stderr, stderr_log, cap, "stderr", output.clone())),
+    )
+}
+
+/// What [`supervise`] watches besides the process.
+struct Watched {
+    /// The process's pid, which is also its group's id.
+    pid: u32,
+    /// When the attempt times out, if it can.
+    deadline: Option<tokio::time::Instant>,
+    /// Between SIGTERM and SIGKILL.
+    grace: Duration,
+}
+
+/// Waits for the attempt's process to end, while its start is committed
+/// (a refused start kills its group at once), its deadline passes, or a
+/// cancel or shutdown asks for it to stop. Returns its exit status, whether
+/// its start was committed, and what stopped it (if not itself).
+async fn supervise(
+    child: &mut Process,
+    watched: &Watched,
+    start: impl Future<Output = Result<(), WireError>>,
+    confirm: &watch::Sender<Option<bool>>,
+    mut kill: watch::Receiver<Option<KillReason>>,
+) -> (std::io::Result<ExitStatus>, Result<(), String>, Option<Outcome>) {
+    let mut start = std::pin::pin!(start);
+    let mut verdict: Option<Result<(), String>> = None;
+    let mut ended_by = None;
+    let status = loop {
+        let refused = matches!(verdict, Some(Err(_)));
+        tokio::select! {
+            reply = &mut start, if verdict.is_none() => {
+                let v = reply.map_err(|e| e.message);
+                confirm.send_replace(Some(v.is_ok()));
+                if v.is_err() {
+                    let _ = child::kill_group(watched.pid, libc::SIGKILL);
+                }
+                verdict = Some(v);
+            }
+            status = child.wait() => break status,
+            () = sleep_until_or_forever(watched.deadline), if !refused => {
+                ended_by = Some(Outcome::TimedOut);
+                break terminate(child, watched.pid, watched.grace).await;
+            }
+            reason = async { kill.wait_for(Option::is_some).await.ok().and_then(|r| *r) }, if !refused => {
+                ended_by = Some(if reason == Some(KillReason::Shutdown) { Outcome::Interrupted } else { Outcome::Canceled });
+                break terminate(child, watched.pid, watched.grace).await;
+            }
+        }
+    };
+    let verdict = match verdict {
+        Some(v) => v,
+        None => {
+            let v = start.await.map_err(|e| e.message);
+            confirm.send_replace(Some(v.is_ok()));
+            v
+        }
+    };
+    (status, verdict, ended_by)
+}
+
+/// An attempt the daemon stopped: why, in its record.
+fn describe_stop(end: &mut AttemptEnd, by: Outcome, timeout: Option<Duration>) {
+    end.outcome = by;
+    end.error = Some(match by {
+        Outcome::TimedOut => format!("timed out after {}", crate::units::HumanDuration(timeout.unwrap_or_default())),
+        Outcome::Canceled => "canceled".into(),
+        _ => "hearthd stopped while this attempt ran; it will run again (not counted)".into(),
+    });
 }
 
 /// The environment of a job's process: the daemon's (less the service
@@ -347,15 +389,6 @@ fn job_env(job: &Job) -> Vec<(OsString, OsString)> {
     env.insert("HEARTH_JOB_QUEUE".into(), job.queue.clone().into());
     env.insert("HEARTH_JOB_ATTEMPT".into(), (job.attempts + 1).to_string().into());
     env.into_iter().collect()
-}
-
-/// Whether the store recorded the start of attempt `n`.
-fn start_verdict(reply: Result<Reply, WireError>, n: u32) -> Result<(), String> {
-    match reply {
-        Ok(Reply::Started(m)) if m == n => Ok(()),
-        Ok(other) => Err(format!("unexpected answer to start: {other:?}")),
-        Err(e) => Err(e.message),
-    }
 }
 
 fn describe_exit(end: &mut AttemptEnd, status: ExitStatus) {
@@ -545,7 +578,7 @@ pub(super) async fn recover(service: &Arc<QueueService>) {
         let error = format!("hearthd stopped unexpectedly while this attempt ran; {what}");
         tracing::warn!(job = orphan.job_id, attempt = orphan.n, "recovering an interrupted attempt: {error}");
         let end = AttemptEnd::without_output(Outcome::Lost, error);
-        match service.writer.call(Op::Finish { id: orphan.job_id, n: Some(orphan.n), end }).await {
+        match service.writer.finish(orphan.job_id, Some(orphan.n), end).await {
             Ok(_) => {
                 if let Some((path, _)) = record {
                     service.running.remove_file(&path);

@@ -70,7 +70,7 @@ impl AttemptEnd {
 
 /// A write request.
 #[derive(Debug)]
-pub(crate) enum Op {
+enum Op {
     Submit(Box<NewJob>),
     /// Attempt `n` of a job got a process: record it and mark the job
     /// running. Fails unless the job is runnable and `n` is its next attempt.
@@ -102,7 +102,7 @@ pub(crate) enum Op {
 
 /// The answer to an [`Op`].
 #[derive(Debug)]
-pub(crate) enum Reply {
+enum Reply {
     Submitted {
         job: Job,
         deduplicated: bool,
@@ -113,6 +113,21 @@ pub(crate) enum Reply {
     /// `Cancel` of a running job: it is flagged; its process must be killed.
     CancelRunning,
     Ids(Vec<u64>),
+}
+
+/// What `cancel` did.
+#[derive(Debug)]
+pub(crate) enum Canceled {
+    /// The job is canceled (it was not running).
+    Done(Box<Job>),
+    /// The job runs: it is flagged, and ends canceled once its process is killed.
+    Running,
+}
+
+/// An answer that does not go with its request: a bug in this file.
+fn unexpected(what: &str, reply: &Reply) -> WireError {
+    tracing::error!("the queue writer answered {what} with {reply:?}");
+    WireError::new(ErrorCode::Internal, format!("unexpected answer from the queue store to {what}"))
 }
 
 /// One job changed state (`None`: it did not exist / no longer exists).
@@ -150,15 +165,91 @@ impl Writer {
         Ok(Writer { tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) })
     }
 
+    /// Inserts a job, or finds the one its idempotency key names; whether
+    /// it was found (`deduplicated`).
+    pub(crate) async fn submit(&self, job: NewJob) -> Result<(Job, bool), WireError> {
+        match self.call(Op::Submit(Box::new(job))).await? {
+            Reply::Submitted { job, deduplicated } => Ok((job, deduplicated)),
+            other => Err(unexpected("submit", &other)),
+        }
+    }
+
+    /// Records that attempt `n` of job `id` got the process `pid`, and marks
+    /// the job running; fails unless the job is runnable and `n` is its next
+    /// attempt. The request is queued now, so it is applied after everything
+    /// sent before it; its answer comes once it is committed, to await
+    /// whenever the caller needs it.
+    pub(crate) fn start(
+        &self,
+        id: u64,
+        n: u32,
+        pid: u32,
+        pid_start_time: Option<u64>,
+    ) -> impl Future<Output = Result<(), WireError>> + Send + 'static {
+        let answer = self.send(Op::Start { id, n, pid, pid_start_time });
+        async move {
+            match answer.await? {
+                Reply::Started(m) if m == n => Ok(()),
+                other => Err(unexpected("start", &other)),
+            }
+        }
+    }
+
+    /// Records how an attempt ended (`n` is `None` when it never got a
+    /// process); the job as it is now.
+    pub(crate) async fn finish(&self, id: u64, n: Option<u32>, end: AttemptEnd) -> Result<Job, WireError> {
+        match self.call(Op::Finish { id, n, end }).await? {
+            Reply::Job(job) => Ok(job),
+            other => Err(unexpected("finish", &other)),
+        }
+    }
+
+    /// Cancels a job: at once when it is not running; a running one is
+    /// flagged, and its process must be killed.
+    pub(crate) async fn cancel(&self, id: u64) -> Result<Canceled, WireError> {
+        match self.call(Op::Cancel { id }).await? {
+            Reply::Job(job) => Ok(Canceled::Done(Box::new(job))),
+            Reply::CancelRunning => Ok(Canceled::Running),
+            other => Err(unexpected("cancel", &other)),
+        }
+    }
+
+    /// Moves dead jobs back to the queue; their ids.
+    pub(crate) async fn retry(&self, selection: Selection) -> Result<Vec<u64>, WireError> {
+        self.ids("retry", Op::Retry(selection)).await
+    }
+
+    /// Deletes dead jobs; their ids.
+    pub(crate) async fn purge(&self, selection: Selection) -> Result<Vec<u64>, WireError> {
+        self.ids("purge", Op::Purge(selection)).await
+    }
+
+    /// Deletes finished jobs past their retention, and expired keys; the jobs' ids.
+    pub(crate) async fn prune(&self, keep_ms: u64, keep_count: u64) -> Result<Vec<u64>, WireError> {
+        self.ids("prune", Op::Prune { keep_ms, keep_count }).await
+    }
+
+    /// Proves the writer thread takes the store's write lock and answers
+    /// (an empty transaction writes nothing and syncs nothing).
+    pub(crate) async fn probe(&self) -> Result<(), WireError> {
+        self.ids("probe", Op::Probe).await.map(drop)
+    }
+
+    async fn ids(&self, what: &'static str, op: Op) -> Result<Vec<u64>, WireError> {
+        match self.call(op).await? {
+            Reply::Ids(ids) => Ok(ids),
+            other => Err(unexpected(what, &other)),
+        }
+    }
+
     /// Sends `op` and waits until it is committed (or failed).
-    pub(crate) async fn call(&self, op: Op) -> Result<Reply, WireError> {
+    async fn call(&self, op: Op) -> Result<Reply, WireError> {
         self.send(op).await
     }
 
     /// Queues `op` now (so it is applied after everything sent before it)
-    /// and returns its answer, which comes once it is committed, to await
-    /// whenever the caller needs it.
-    pub(crate) fn send(&self, op: Op) -> impl Future<Output = Result<Reply, WireError>> + Send + 'static {
+    /// and returns its answer, which comes once it is committed.
+    fn send(&self, op: Op) -> impl Future<Output = Result<Reply, WireError>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
         let sender = self.tx.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let closed = || WireError::new(ErrorCode::ShuttingDown, "the queue store is closed");

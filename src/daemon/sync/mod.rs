@@ -10,10 +10,9 @@
 //! - `peer.rs`: one connection's loop.
 //! - `settings.rs`: the `settings` document, its mirror and watcher.
 //!
-//! Entry points for the daemon: [`SyncService::start`], then per
-//! handshaked connection [`SyncService::admit`] (which may refuse it) and
-//! [`SyncService::serve`]; and `summary`, `health_reasons`, `probe`,
-//! `busy`, `status_line`, `drain` and `shutdown`.
+//! The daemon reaches it through the `Service` trait: `serve` admits a
+//! handshaked connection to its document's room (or answers why not) and
+//! serves it; the other hooks report, probe, drain and stop.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,13 +23,16 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::Config;
+use super::services::{BoxFuture, Opened, Service, StartCtx, StartError, StartService};
 use crate::connection::Connection;
 use crate::paths::Paths;
-use crate::protocol::status::{HealthReason, HealthState};
-use crate::protocol::sync::{SyncOpen, SyncSummary};
+use crate::protocol::Channel;
+use crate::protocol::status::{HealthCode, HealthReason, ServiceSummaries};
+use crate::protocol::sync::{SyncOpen, SyncResponse, SyncSummary};
 use crate::protocol::{ErrorCode, WireError};
 
-pub mod config;
+pub(crate) mod config;
 mod doc;
 mod peer;
 mod plan;
@@ -47,9 +49,6 @@ use plan::{Action, Policy, RoomView};
 use room::RoomLimits;
 use rooms::Rooms;
 
-/// How long health reports a refused settings edit or a store failure.
-const REPORT_WINDOW_MS: u64 = 10 * 60 * 1000;
-
 /// Counters for `status`.
 #[derive(Debug, Default)]
 pub(crate) struct SyncStats {
@@ -61,25 +60,6 @@ pub(crate) struct SyncStats {
 
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Why the service cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum SyncStartError {
-    /// The store directory cannot be made or used.
-    #[error("cannot open the sync store {dir}: {source}")]
-    Store {
-        /// The directory.
-        dir: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The writer thread cannot start.
-    #[error("cannot start the sync store's writer: {0}")]
-    Writer(std::io::Error),
-    /// The settings document cannot be loaded.
-    #[error("cannot load the settings document: {0}")]
-    Settings(WireError),
 }
 
 /// The running sync service.
@@ -101,17 +81,20 @@ pub(crate) struct SyncService {
 impl SyncService {
     /// Opens the store under `<state-dir>/sync/`, brings the settings
     /// document up to date, and starts the upkeep and mirror tasks.
-    pub(crate) async fn start(
+    pub(crate) async fn open(
         config: &SyncConfig,
         server: &crate::daemon::config::ServerConfig,
         paths: &Paths,
         stop: &CancellationToken,
         tracker: &TaskTracker,
-    ) -> Result<Arc<SyncService>, SyncStartError> {
+    ) -> Result<Arc<SyncService>, StartError> {
         let dir = paths.state_dir().join("sync");
-        let store = store::StoreDir::open(dir.clone())
-            .map_err(|source| SyncStartError::Store { dir: dir.display().to_string(), source })?;
-        let writer = Arc::new(writer::Writer::spawn(dir.clone()).map_err(SyncStartError::Writer)?);
+        let store =
+            store::StoreDir::open(dir.clone()).map_err(|source| StartError::Io { path: dir.clone(), source })?;
+        let writer = Arc::new(
+            writer::Writer::spawn(dir.clone())
+                .map_err(|source| StartError::Runtime { what: "the sync store's writer thread", source })?,
+        );
         let limits = RoomLimits {
             max_doc_size: config.max_doc_size.0,
             max_value_size: config.max_value_size.0,
@@ -124,7 +107,9 @@ impl SyncService {
             .iter()
             .filter_map(|(k, v)| Some((k.clone(), serde_json::to_value(v).ok()?)))
             .collect();
-        let problem = settings::upgrade(&rooms, &defaults).await.map_err(SyncStartError::Settings)?;
+        let problem = settings::upgrade(&rooms, &defaults)
+            .await
+            .map_err(|e| StartError::Store { what: "the settings document", source: Box::new(e) })?;
         let mirror = config.settings_mirror.then(|| settings::Mirror::new(paths.state_dir(), &dir));
         let service = Arc::new(SyncService {
             config: config.clone(),
@@ -167,9 +152,38 @@ impl SyncService {
         }
     }
 
-    /// Serves one admitted connection until it ends.
-    pub(crate) async fn serve(self: Arc<Self>, conn: Connection, admitted: Admitted) {
-        peer::serve(self, conn, admitted).await;
+    /// Serves one handshaked connection: admits it to its room and says
+    /// so with `joined`, or says why not (an error, then the connection
+    /// closes).
+    pub(crate) async fn serve_connection(
+        self: Arc<Self>,
+        mut conn: Connection,
+        params: &serde_json::Map<String, serde_json::Value>,
+        client: Option<String>,
+        pid: Option<u32>,
+    ) {
+        let admitted = match SyncOpen::from_params(params) {
+            Ok(open) => self.admit(&open, client, pid).await,
+            Err(e) => Err(e),
+        };
+        let timeout = self.config.peer_write_timeout.0;
+        match admitted {
+            Ok(admitted) => {
+                let joined = SyncResponse::Joined {
+                    doc: admitted.room.as_ref().map(|r| r.name.clone()),
+                    mode: admitted.mode,
+                    peer: admitted.id,
+                };
+                if matches!(tokio::time::timeout(timeout, conn.write_json(&joined)).await, Ok(Ok(()))) {
+                    peer::serve(self, conn, admitted).await;
+                }
+            }
+            Err(error) => {
+                tracing::debug!(code = %error.code, "sync connection refused: {}", error.message);
+                let _ = tokio::time::timeout(timeout, conn.write_json(&SyncResponse::Error(error))).await;
+                peer::linger(conn, timeout.min(Duration::from_secs(1))).await;
+            }
+        }
     }
 
     pub(crate) fn summary(&self) -> SyncSummary {
@@ -188,56 +202,34 @@ impl SyncService {
         }
     }
 
-    pub(crate) fn health_reasons(&self, reasons: &mut Vec<HealthReason>) {
+    fn health_reasons(&self, reasons: &mut Vec<HealthReason>) {
         let now = crate::time::now_ms();
         for moved in self.rooms.moved_aside() {
-            reasons.push(HealthReason {
-                code: "sync_store_moved_aside".into(),
-                severity: HealthState::Degraded,
-                message: format!(
-                    "the file of {} could not be read ({}); it was moved to {} and the document started empty",
-                    moved.doc, moved.why, moved.to
-                ),
-            });
+            let message = format!(
+                "the file of {} could not be read ({}); it was moved to {} and the document started empty",
+                moved.doc, moved.why, moved.to
+            );
+            reasons.push(HealthReason::new(HealthCode::SyncStoreMovedAside, message));
         }
-        if let Some((at, message)) = self
-            .rooms
-            .writer
-            .stats
-            .last_error
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-            .filter(|(at, _)| now.saturating_sub(*at) < REPORT_WINDOW_MS)
-        {
-            reasons.push(HealthReason {
-                code: "sync_store_errors".into(),
-                severity: HealthState::Degraded,
-                message: format!("the sync store failed {}s ago: {message}", now.saturating_sub(at) / 1000),
-            });
+        if let Some((ago, message)) = self.rooms.writer.stats.last_error.recent(now) {
+            let message = format!("the sync store failed {}s ago: {message}", ago.as_secs());
+            reasons.push(HealthReason::new(HealthCode::SyncStoreErrors, message));
         }
         if let Some(refused) = self.mirror.as_ref().and_then(|m| m.refused()) {
-            reasons.push(HealthReason {
-                code: "sync_settings_edit_refused".into(),
-                severity: HealthState::Degraded,
-                message: format!(
-                    "an edit of settings.json was refused {}s ago: {}",
-                    now.saturating_sub(refused.at_ms) / 1000,
-                    refused.why
-                ),
-            });
+            let message = format!(
+                "an edit of settings.json was refused {}s ago: {}",
+                now.saturating_sub(refused.at_ms) / 1000,
+                refused.why
+            );
+            reasons.push(HealthReason::new(HealthCode::SyncSettingsEditRefused, message));
         }
         if let Some(problem) = self.settings_problem.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone() {
-            reasons.push(HealthReason {
-                code: "sync_settings_schema".into(),
-                severity: HealthState::Degraded,
-                message: problem,
-            });
+            reasons.push(HealthReason::new(HealthCode::SyncSettingsSchema, problem));
         }
     }
 
     /// Proves the writer thread takes work.
-    pub(crate) async fn probe(&self) -> Result<(), String> {
+    async fn probe_writer(&self) -> Result<(), String> {
         match tokio::time::timeout(Duration::from_secs(2), self.rooms.writer.probe()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("the sync store's writer: {e}")),
@@ -246,13 +238,13 @@ impl SyncService {
     }
 
     /// Changes not yet on disk keep the daemon from being idle.
-    pub(crate) fn busy(&self) -> Option<String> {
+    fn busy_with(&self) -> Option<String> {
         let in_flight = self.rooms.all().iter().filter(|r| r.stats().in_flight).count();
         (in_flight > 0).then(|| format!("{in_flight} sync documents committing"))
     }
 
     /// `; sync: 3 rooms, 7 peers` for a `STATUS=` line.
-    pub(crate) fn status_line(&self, line: &mut String) {
+    fn status(&self, line: &mut String) {
         let rooms = self.rooms.all();
         if !rooms.is_empty() {
             let peers: usize = rooms.iter().map(|r| r.stats().peers).sum();
@@ -261,7 +253,7 @@ impl SyncService {
     }
 
     /// Waits until every applied change is on disk, at most until `deadline`.
-    pub(crate) async fn drain(&self, deadline: tokio::time::Instant) {
+    async fn drain_until(&self, deadline: tokio::time::Instant) {
         for room in self.rooms.all() {
             let target = room.seq();
             let mut durable = room.subscribe_durable();
@@ -271,7 +263,7 @@ impl SyncService {
 
     /// Closes every room (their peers are told the daemon is stopping),
     /// lets the writer commit what is queued, and stops it.
-    pub(crate) async fn shutdown(&self) {
+    pub(crate) async fn stop_all(&self) {
         for room in self.rooms.all() {
             let reason = WireError::new(ErrorCode::ShuttingDown, "the daemon is shutting down");
             let _ = tokio::time::timeout(Duration::from_secs(5), self.rooms.unload(&room, reason)).await;
@@ -298,6 +290,55 @@ impl SyncService {
                 }
             })
             .collect()
+    }
+}
+
+impl StartService for SyncService {
+    const CHANNEL: Channel = Channel::Sync;
+
+    fn enabled(config: &Config) -> bool {
+        config.sync.enabled
+    }
+
+    async fn start(ctx: StartCtx<'_>) -> Result<Arc<Self>, StartError> {
+        SyncService::open(&ctx.config.sync, &ctx.config.server, ctx.paths, ctx.stop, ctx.tracker).await
+    }
+}
+
+impl Service for SyncService {
+    fn serve(self: Arc<Self>, opened: Opened) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let Opened { conn, handshake, peer_pid, .. } = opened;
+            self.serve_connection(conn, &handshake.params, handshake.client, peer_pid).await;
+        })
+    }
+
+    fn summarize(&self, summaries: &mut ServiceSummaries) {
+        summaries.sync = Some(self.summary());
+    }
+
+    fn health(&self, reasons: &mut Vec<HealthReason>) {
+        self.health_reasons(reasons);
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(self.probe_writer())
+    }
+
+    fn busy(&self) -> Option<String> {
+        self.busy_with()
+    }
+
+    fn status_line(&self, line: &mut String) {
+        self.status(line);
+    }
+
+    fn drain(&self, deadline: tokio::time::Instant) -> BoxFuture<'_, ()> {
+        Box::pin(self.drain_until(deadline))
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.stop_all())
     }
 }
 

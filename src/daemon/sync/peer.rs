@@ -103,7 +103,7 @@ pub(crate) async fn serve(service: Arc<SyncService>, mut conn: Connection, admit
 /// Reads (and drops) what the peer still sends, briefly, before closing:
 /// closing a Unix socket with unread data resets the peer, which could
 /// then lose the error just written to it.
-async fn linger(mut conn: Connection, timeout: Duration) {
+pub(crate) async fn linger(mut conn: Connection, timeout: Duration) {
     let _ = tokio::time::timeout(timeout, async {
         let mut drained = 0usize;
         while drained < 1 << 20 {

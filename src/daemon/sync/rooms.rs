@@ -22,7 +22,6 @@ pub(crate) struct MovedAside {
     pub(crate) doc: DocName,
     pub(crate) to: String,
     pub(crate) why: String,
-    pub(crate) at_ms: u64,
 }
 
 /// Every loaded room.
@@ -119,7 +118,6 @@ impl Rooms {
                 doc: doc.clone(),
                 to: to.display().to_string(),
                 why,
-                at_ms: crate::time::now_ms(),
             });
         }
         self.loads.fetch_add(1, Ordering::Relaxed);

@@ -29,10 +29,10 @@ use crate::protocol::sync::{DocName, PatchOp, PathElem, SETTINGS_DOC};
 use crate::protocol::{ErrorCode, WireError};
 
 /// The key that holds the schema version.
-pub const SCHEMA_KEY: &str = "schema_version";
+pub(crate) const SCHEMA_KEY: &str = "schema_version";
 
 /// The schema version this daemon writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 1;
 
 /// The largest settings.json the watcher reads.
 const MAX_MIRROR_BYTES: u64 = 4 << 20;

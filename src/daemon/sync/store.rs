@@ -55,10 +55,6 @@ impl StoreDir {
         Ok(StoreDir { dir })
     }
 
-    pub(crate) fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The file of a document.
     pub(crate) fn path_of(&self, name: &DocName) -> PathBuf {
         self.dir.join(format!("{}.am", name.file_stem()))

@@ -14,12 +14,11 @@ use tokio::net::UnixListener;
 use super::*;
 use crate::client::{ConnectOptions, ReplicaClient, SyncClient, SyncEvent};
 use crate::daemon::config::ServerConfig;
-use crate::protocol::handshake::{Accepted, Channel, DaemonIdent, HandshakeReply, Refused};
-use crate::protocol::sync::{PathElem, Revision, SyncRequest, SyncResponse, apply_patch};
+use crate::protocol::handshake::{Accepted, Channel, DaemonIdent, HandshakeReply};
+use crate::protocol::sync::{PathElem, Revision, SyncRequest, SyncResponse, ValueKind, apply_patch};
 
 struct Harness {
     _dir: tempfile::TempDir,
-    paths: Paths,
     socket: PathBuf,
     service: Arc<SyncService>,
     stop: CancellationToken,
@@ -40,7 +39,7 @@ impl Harness {
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         let server = ServerConfig::default();
-        let service = SyncService::start(&config, &server, &paths, &stop, &tracker).await.unwrap();
+        let service = SyncService::open(&config, &server, &paths, &stop, &tracker).await.unwrap();
         let listener = UnixListener::bind(&socket).unwrap();
         let svc = service.clone();
         let stop2 = stop.clone();
@@ -54,37 +53,24 @@ impl Harness {
                 tokio::spawn(async move {
                     let mut conn = Connection::new(stream, 1 << 24);
                     let Ok(Some(frame)) = conn.read_frame().await else { return };
-                    let pid = None;
-                    let admitted = match SyncOpen::from_handshake(&frame) {
-                        Ok(open) => svc.admit(&open, Some("test".into()), pid).await,
-                        Err(e) => Err(e),
-                    };
-                    let ident = DaemonIdent { version: "0".into(), pid: 1 };
-                    match admitted {
-                        Ok(admitted) => {
-                            let reply = HandshakeReply::Accepted(Accepted {
-                                protocol: 1,
-                                daemon: ident,
-                                channel: Channel::Sync,
-                                max_frame: 1 << 24,
-                            });
-                            conn.write_json(&reply).await.unwrap();
-                            svc.serve(conn, admitted).await;
-                        }
-                        Err(error) => {
-                            let reply = HandshakeReply::Refused(Refused { protocol: 1, daemon: Some(ident), error });
-                            let _ = conn.write_json(&reply).await;
-                        }
-                    }
+                    let Ok(handshake) = crate::protocol::handshake::Handshake::parse(&frame) else { return };
+                    let reply = HandshakeReply::Accepted(Accepted {
+                        protocol: 1,
+                        daemon: DaemonIdent { version: "0".into(), pid: 1 },
+                        channel: Channel::Sync,
+                        max_frame: 1 << 24,
+                    });
+                    conn.write_json(&reply).await.unwrap();
+                    svc.serve_connection(conn, &handshake.params, Some("test".into()), None).await;
                 });
             }
         });
-        Harness { _dir: dir, paths, socket, service, stop, tracker }
+        Harness { _dir: dir, socket, service, stop, tracker }
     }
 
     async fn stop(self) -> tempfile::TempDir {
         self.stop.cancel();
-        self.service.shutdown().await;
+        self.service.stop_all().await;
         self.tracker.close();
         self.tracker.wait().await;
         self._dir
@@ -124,7 +110,7 @@ async fn view_writes_reach_watchers_and_replicas_and_back() {
     assert_eq!(mirror, json!({}));
 
     writer.put(&[k("title")], json!("hello")).await.unwrap();
-    writer.put_as(&[k("body")], json!("text"), ValueKindText).await.unwrap();
+    writer.put_as(&[k("body")], json!("text"), ValueKind::Text).await.unwrap();
     loop {
         match within(watcher.next_event()).await.unwrap() {
             SyncEvent::Changed { patches, .. } => {
@@ -154,8 +140,6 @@ async fn view_writes_reach_watchers_and_replicas_and_back() {
     assert_eq!(value, json!({"title": "hello", "body": "text!"}));
     h.stop().await;
 }
-
-const ValueKindText: crate::protocol::sync::ValueKind = crate::protocol::sync::ValueKind::Text;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_base_is_merged_and_reported() {
@@ -237,8 +221,6 @@ async fn a_peer_that_stops_reading_is_dropped_and_slows_no_one() {
     drop(stalled);
     h.stop().await;
 }
-
-use crate::protocol::sync::PatchOp;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_typed_errors_and_the_connection_goes_on() {

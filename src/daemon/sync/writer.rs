@@ -91,7 +91,7 @@ pub(crate) struct WriterStats {
     pub(crate) appends: AtomicU64,
     pub(crate) bytes: AtomicU64,
     pub(crate) errors: AtomicU64,
-    pub(crate) last_error: Mutex<Option<(u64, String)>>,
+    pub(crate) last_error: crate::daemon::services::LastFailure,
 }
 
 /// The handle of the writer thread.
@@ -328,8 +328,7 @@ impl Thread {
                 }
                 Some(message) => {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    *self.stats.last_error.lock().unwrap_or_else(PoisonError::into_inner) =
-                        Some((crate::time::now_ms(), message.clone()));
+                    self.stats.last_error.record(crate::time::now_ms(), message.clone());
                     let mut failed = w.durability.failed.lock().unwrap_or_else(PoisonError::into_inner);
                     if failed.is_none() {
                         tracing::error!(file = %w.path.display(), "sync store append failed: {message}");

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use hearth::client::find_daemon_binary;
 use hearth::daemon::fsutil;
-use hearth::service::{self, LAUNCHD_LABEL, MARKER, SYSTEMD_SERVICE, SYSTEMD_SOCKET, ServiceSpec};
+use hearth::unit_files::{self, LAUNCHD_LABEL, MARKER, SYSTEMD_SERVICE, SYSTEMD_SOCKET, ServiceSpec};
 use hearth::units::HumanDuration;
 use serde::Serialize;
 
@@ -122,6 +122,12 @@ struct Outcome {
     manual: Vec<String>,
 }
 
+impl Outcome {
+    fn new(profile: Profile, dry_run: bool) -> Self {
+        Self { profile, dry_run, files: Vec::new(), commands: Vec::new(), state: None, manual: Vec::new() }
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct FileChange {
     path: PathBuf,
@@ -207,14 +213,7 @@ pub(crate) async fn install(ctx: &Ctx, args: &InstallArgs) -> Result<u8, CliErro
         socket_activation: args.socket_activation,
         label: args.locations.label.clone(),
     };
-    let mut outcome = Outcome {
-        profile,
-        dry_run: args.dry_run,
-        files: Vec::new(),
-        commands: Vec::new(),
-        state: None,
-        manual: Vec::new(),
-    };
+    let mut outcome = Outcome::new(profile, args.dry_run);
     match profile {
         Profile::Launchd => install_launchd(&spec, &args.locations, &mut outcome)?,
         _ => install_systemd(&spec, &args.locations, &mut outcome)?,
@@ -227,9 +226,9 @@ fn install_systemd(spec: &ServiceSpec, loc: &Locations, out: &mut Outcome) -> Re
     let service_path = dir.join(SYSTEMD_SERVICE);
     let socket_path = dir.join(SYSTEMD_SOCKET);
     let service = out.files.len();
-    out.files.push(write_file(&service_path, service::systemd_service(spec).as_bytes(), 0o644, out.dry_run)?);
+    out.files.push(write_file(&service_path, unit_files::systemd_service(spec).as_bytes(), 0o644, out.dry_run)?);
     if spec.socket_activation {
-        out.files.push(write_file(&socket_path, service::systemd_socket(spec).as_bytes(), 0o644, out.dry_run)?);
+        out.files.push(write_file(&socket_path, unit_files::systemd_socket(spec).as_bytes(), 0o644, out.dry_run)?);
     } else if let Some(change) = remove_ours(&socket_path, out.dry_run) {
         // Installed with socket activation before: that socket unit goes.
         out.files.push(change);
@@ -274,11 +273,9 @@ fn install_systemd(spec: &ServiceSpec, loc: &Locations, out: &mut Outcome) -> Re
 
 fn install_launchd(spec: &ServiceSpec, loc: &Locations, out: &mut Outcome) -> Result<(), CliError> {
     let plist_path = loc.plist_path()?;
-    let plist = service::launchd_plist(spec).map_err(|e| CliError::new("install_failed", e.to_string()))?;
+    let plist = unit_files::launchd_plist(spec).map_err(|e| CliError::new("install_failed", e.to_string()))?;
     out.files.push(write_file(&plist_path, &plist, 0o644, out.dry_run)?);
-    // SAFETY: getuid cannot fail.
-    #[allow(unsafe_code)]
-    let uid = unsafe { libc::getuid() };
+    let uid = hearth::sys::uid();
     let domain = format!("gui/{uid}");
     let target = format!("{domain}/{}", spec.label);
     let plist_arg = plist_path.display().to_string();
@@ -315,21 +312,12 @@ fn install_launchd(spec: &ServiceSpec, loc: &Locations, out: &mut Outcome) -> Re
 
 pub(crate) async fn uninstall(ctx: &Ctx, args: &UninstallArgs) -> Result<u8, CliError> {
     let profile = args.locations.profile.resolve();
-    let mut out = Outcome {
-        profile,
-        dry_run: args.dry_run,
-        files: Vec::new(),
-        commands: Vec::new(),
-        state: None,
-        manual: Vec::new(),
-    };
+    let mut out = Outcome::new(profile, args.dry_run);
     match profile {
         Profile::Launchd => {
             let plist_path = args.locations.plist_path()?;
             if profile.supported_here() {
-                // SAFETY: getuid cannot fail.
-                #[allow(unsafe_code)]
-                let uid = unsafe { libc::getuid() };
+                let uid = hearth::sys::uid();
                 let target = format!("gui/{uid}/{}", args.locations.label);
                 if args.dry_run {
                     out.manual.push(format!("launchctl bootout {target}"));

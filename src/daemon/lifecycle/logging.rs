@@ -7,7 +7,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -173,12 +172,7 @@ fn open_and_redirect(path: &Path) -> io::Result<File> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)?;
     for target in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
-        // SAFETY: dup2 onto a standard descriptor; both descriptors are valid.
-        #[allow(unsafe_code)]
-        let rc = unsafe { libc::dup2(file.as_raw_fd(), target) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        crate::sys::redirect_stdio(std::os::fd::AsFd::as_fd(&file), target)?;
     }
     Ok(file)
 }

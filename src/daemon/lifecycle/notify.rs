@@ -7,7 +7,7 @@
 //! the daemon's environment and removed from every child's (`daemon::child`).
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -78,34 +78,12 @@ impl Notifier {
         if !self.enabled {
             return Ok(());
         }
-        let (read, write) = pipe()?;
+        let (read, write) = crate::sys::pipe()?;
         sd_notify::notify_with_fds(&[NotifyState::Custom("BARRIER=1")], &[write.as_fd()])?;
         drop(write);
-        let mut pfd = libc::pollfd { fd: read.as_raw_fd(), events: 0, revents: 0 };
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd owned by this frame.
-        #[allow(unsafe_code)]
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        match rc {
-            1 if pfd.revents & libc::POLLHUP != 0 => Ok(()),
-            0 => Err(io::Error::new(io::ErrorKind::TimedOut, "the service manager did not answer BARRIER=1")),
-            _ => Err(io::Error::last_os_error()),
+        match crate::sys::poll(read.as_fd(), 0, timeout)? {
+            events if events & libc::POLLHUP != 0 => Ok(()),
+            _ => Err(io::Error::new(io::ErrorKind::TimedOut, "the service manager did not answer BARRIER=1")),
         }
     }
-}
-
-#[allow(unsafe_code)]
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe writes two descriptors into the array we own.
-    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just opened and are ours alone.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    for fd in [&r, &w] {
-        // SAFETY: fcntl on a descriptor we own.
-        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
-    }
-    Ok((r, w))
 }

@@ -8,8 +8,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::Shared;
 use crate::connection::Connection;
+use crate::daemon::Shared;
+use crate::daemon::services::Opened;
 use crate::protocol::frame::FrameError;
 use crate::protocol::{ChannelProtocol, ErrorCode, Response, WireError, decode_request};
 
@@ -115,5 +116,12 @@ async fn within(timeout: Duration, write: impl Future<Output = Result<(), FrameE
             tracing::debug!("peer did not read within {timeout:?}; closing");
             Err(Closed)
         }
+    }
+}
+
+impl Opened {
+    /// The connection as a session of channel `C`.
+    pub(crate) fn session<C: ChannelProtocol>(self) -> Session<C> {
+        Session::new(self.conn, self.shared)
     }
 }

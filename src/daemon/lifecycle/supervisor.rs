@@ -16,8 +16,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::notify::Notifier;
-use super::{Shared, fsutil};
 use crate::client::{ConnectOptions, StatusClient};
+use crate::daemon::{Shared, fsutil};
 use crate::protocol::info::Heartbeat;
 use crate::protocol::status::ConnectionStats;
 

@@ -5,16 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
-use super::{Shared, bump, router};
-use crate::protocol::frame::{FrameCodec, Json};
-use crate::protocol::handshake::{HandshakeReply, Refused};
-use crate::protocol::{ErrorCode, PROTOCOL_VERSION, WireError};
-
-/// How long a refusal may take to write before the connection is dropped.
-const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+use super::router;
+use crate::daemon::{Shared, bump};
+use crate::protocol::{ErrorCode, WireError};
 
 pub(crate) async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
     let mut backoff = Duration::ZERO;
@@ -90,38 +85,7 @@ fn refuse_busy(stream: UnixStream, shared: &Arc<Shared>) {
     );
     let daemon = Some(shared.ident.clone());
     shared.tracker.spawn(async move {
-        refuse(stream, error, daemon).await;
+        router::refuse(stream, error, daemon).await;
         drop(slot);
     });
-}
-
-/// Writes a refused handshake reply, then closes the connection.
-pub(crate) async fn refuse(
-    mut stream: UnixStream,
-    error: WireError,
-    daemon: Option<crate::protocol::handshake::DaemonIdent>,
-) {
-    use tokio_util::codec::Encoder;
-    let reply = HandshakeReply::Refused(Refused { protocol: PROTOCOL_VERSION, daemon, error });
-    let mut buf = bytes::BytesMut::new();
-    if FrameCodec::default().encode(Json(&reply), &mut buf).is_err() {
-        return;
-    }
-    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
-        stream.write_all(&buf).await?;
-        stream.shutdown().await?;
-        // Read what the peer already sent before closing: closing a Unix
-        // socket with unread data resets the peer, which could then miss
-        // the refusal.
-        let mut sink = [0u8; 4096];
-        let mut drained = 0;
-        while drained < 64 * 1024 {
-            match stream.read(&mut sink).await? {
-                0 => break,
-                n => drained += n,
-            }
-        }
-        Ok::<(), io::Error>(())
-    })
-    .await;
 }

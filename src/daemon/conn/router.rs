@@ -1,16 +1,21 @@
 //! Per connection: check the peer, read the handshake, hand over to a channel.
 
+use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use super::pool::{PoolHolder, PoolService};
-use super::session::Session;
-use super::{Shared, blob, bump, pool, server, status};
 use crate::connection::Connection;
-use crate::protocol::frame::FrameError;
-use crate::protocol::handshake::{Accepted, Channel, Handshake, HandshakeReply, Refused};
+use crate::daemon::services::{Opened, Service, Slot};
+use crate::daemon::{Shared, bump};
+use crate::protocol::frame::{FrameCodec, FrameError, Json};
+use crate::protocol::handshake::{Accepted, Channel, DaemonIdent, Handshake, HandshakeReply, Refused};
 use crate::protocol::{ErrorCode, PROTOCOL_VERSION, WireError};
+
+/// How long a refusal may take to write before the connection is dropped.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub(crate) async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
     // The peer's credentials come from the kernel; a peer of another user is
@@ -22,11 +27,11 @@ pub(crate) async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
             return;
         }
     };
-    if peer.uid() != super::fsutil::euid() {
+    if peer.uid() != crate::sys::euid() {
         bump(&shared.stats.refused_peer);
         tracing::warn!(uid = peer.uid(), pid = ?peer.pid(), "refused a connection from another user");
         let error = WireError::new(ErrorCode::PermissionDenied, "this daemon serves only the user it runs as");
-        server::refuse(stream, error, None).await;
+        refuse(stream, error, None).await;
         return;
     }
 
@@ -53,7 +58,7 @@ pub(crate) async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
         },
     };
     let routed = first.and_then(|frame| Handshake::parse(&frame)).and_then(|hs| Ok((route(&shared, hs.channel)?, hs)));
-    let (route, handshake) = match routed {
+    let (service, handshake) = match routed {
         Ok(routed) => routed,
         Err(error) => {
             tracing::debug!(code = %error.code, "handshake refused: {}", error.message);
@@ -72,7 +77,7 @@ pub(crate) async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
         pid = ?peer.pid(),
         "connection opened"
     );
-    let _counted = (handshake.client.as_deref() != Some(super::supervisor::SELF_CHECK_CLIENT)).then(|| {
+    let _counted = (handshake.client.as_deref() != Some(crate::daemon::supervisor::SELF_CHECK_CLIENT)).then(|| {
         bump(&shared.stats.total);
         ActiveGuard::new(&shared)
     });
@@ -87,60 +92,49 @@ pub(crate) async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
         Ok(Ok(())) => {}
         _ => return,
     }
-    match route {
-        Route::Status => status::serve(Session::new(conn, shared)).await,
-        Route::Pool(service) => {
-            let holder = PoolHolder { client: handshake.client, pid: peer.pid().and_then(|p| u32::try_from(p).ok()) };
-            pool::serve(Session::new(conn, shared), service, holder).await;
-        }
-        Route::Queue(queue) => super::queue::serve(Session::new(conn, shared), queue).await,
-        Route::Blob(service) => blob::serve(Session::new(conn, shared), service).await,
-    }
+    let peer_pid = peer.pid().and_then(|p| u32::try_from(p).ok());
+    service.serve(Opened { conn, shared, handshake, peer_pid }).await;
 }
 
-/// The handler a channel's connections go to.
-pub(crate) enum Route {
-    Status,
-    Pool(Arc<PoolService>),
-    Queue(Arc<super::queue::QueueService>),
-    Blob(Arc<blob::BlobService>),
+/// The service `channel`'s connections go to, or why the channel cannot be
+/// opened: this is the one place that decides which channels a daemon serves.
+pub(crate) fn route(shared: &Shared, channel: Channel) -> Result<Arc<dyn Service>, WireError> {
+    let message = match shared.services.slot(channel) {
+        Some(Slot::Running(service)) => return Ok(service.clone()),
+        Some(Slot::Disabled) => {
+            format!("the {channel} channel is disabled in this daemon's configuration ({channel}.enabled = false)")
+        }
+        Some(Slot::Failed(e)) => format!("the {channel} service could not start: {e}"),
+        None => format!("the {channel} channel is not available in hearthd {}", crate::daemon::VERSION),
+    };
+    Err(WireError::new(ErrorCode::ChannelUnavailable, message))
 }
 
-/// Where `channel` goes, or why it cannot be opened: this is the one place
-/// that decides which channels a daemon serves.
-pub(crate) fn route(shared: &Shared, channel: Channel) -> Result<Route, WireError> {
-    if let Some(failure) = shared.services.failure(channel) {
-        return Err(WireError::new(
-            ErrorCode::ChannelUnavailable,
-            format!("the {channel} service could not start: {failure}"),
-        ));
+/// Writes a refused handshake reply, then closes the connection.
+pub(crate) async fn refuse(mut stream: UnixStream, error: WireError, daemon: Option<DaemonIdent>) {
+    use tokio_util::codec::Encoder;
+    let reply = HandshakeReply::Refused(Refused { protocol: PROTOCOL_VERSION, daemon, error });
+    let mut buf = bytes::BytesMut::new();
+    if FrameCodec::default().encode(Json(&reply), &mut buf).is_err() {
+        return;
     }
-    match channel {
-        Channel::Status => Ok(Route::Status),
-        Channel::Pool if shared.services.pool.is_some() => {
-            Ok(Route::Pool(shared.services.pool.clone().expect("checked")))
+    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
+        stream.write_all(&buf).await?;
+        stream.shutdown().await?;
+        // Read what the peer already sent before closing: closing a Unix
+        // socket with unread data resets the peer, which could then miss
+        // the refusal.
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        while drained < 64 * 1024 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => drained += n,
+            }
         }
-        Channel::Queue if shared.services.queue.is_some() => {
-            Ok(Route::Queue(shared.services.queue.clone().expect("checked")))
-        }
-        Channel::Blob if shared.services.blob.is_some() => {
-            Ok(Route::Blob(shared.services.blob.clone().expect("checked")))
-        }
-        Channel::Pool | Channel::Queue | Channel::Blob | Channel::Sync => {
-            let disabled = match channel {
-                Channel::Pool => !shared.config.pool.enabled,
-                Channel::Queue => !shared.config.queue.enabled,
-                Channel::Blob => !shared.config.blob.enabled,
-                Channel::Status | Channel::Sync => false,
-            };
-            let message = if disabled {
-                format!("the {channel} channel is disabled in this daemon's configuration ({channel}.enabled = false)")
-            } else {
-                format!("the {channel} channel is not available in hearthd {}", super::VERSION)
-            };
-            Err(WireError::new(ErrorCode::ChannelUnavailable, message))
-        }
-    }
+        Ok::<(), io::Error>(())
+    })
+    .await;
 }
 
 /// Counts a client connection as active for as long as it lives.

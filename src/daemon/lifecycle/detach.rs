@@ -15,10 +15,10 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
-use crate::protocol::info::LaunchReport;
+use crate::protocol::info::{LaunchCode, LaunchReport};
 
 /// Exit status: the daemon is ready.
 pub const EXIT_READY: u8 = 0;
@@ -76,23 +76,10 @@ pub enum Forked {
 /// on stdout and returns [`Forked::Parent`]. The child starts a new session,
 /// points its standard descriptors at `/dev/null`, closes every other
 /// descriptor it inherited, moves to `/`, and returns [`Forked::Child`].
-#[allow(unsafe_code)]
+#[expect(unsafe_code, reason = "the fork that starts the daemon process")]
 pub fn fork(ready_timeout: Duration) -> io::Result<Forked> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe writes two descriptors into the array we own.
-    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe succeeded, so both descriptors are open and ours alone.
-    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // Close-on-exec, so that no process the daemon starts keeps the pipe
-    // open (single-threaded here, so nothing can exec in between).
-    for fd in [&read_end, &write_end] {
-        // SAFETY: fcntl on a descriptor we own.
-        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
+    // Close-on-exec, so that no process the daemon starts keeps the pipe open.
+    let (read_end, write_end) = crate::sys::pipe()?;
 
     // SAFETY: the process is single-threaded here (documented precondition),
     // so the child may keep running ordinary code after fork.
@@ -100,8 +87,7 @@ pub fn fork(ready_timeout: Duration) -> io::Result<Forked> {
         -1 => Err(io::Error::last_os_error()),
         0 => {
             drop(read_end);
-            // SAFETY: setsid has no memory-safety preconditions.
-            unsafe { libc::setsid() };
+            crate::sys::new_session()?;
             redirect_stdio_to_null()?;
             close_inherited_fds(write_end.as_raw_fd())?;
             std::env::set_current_dir("/")?;
@@ -126,7 +112,7 @@ fn wait_for_report(mut pipe: File, child: u32, timeout: Duration) -> LaunchRepor
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return LaunchReport::Failed {
-                code: "start_timeout".into(),
+                code: LaunchCode::StartTimeout,
                 message: format!(
                     "hearthd (pid {child}) did not report ready within {timeout:?}; it may still be starting: see its log"
                 ),
@@ -148,25 +134,20 @@ fn wait_for_report(mut pipe: File, child: u32, timeout: Duration) -> LaunchRepor
     }
     let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
     serde_json::from_slice(line).unwrap_or_else(|_| LaunchReport::Failed {
-        code: "startup_crashed".into(),
+        code: LaunchCode::StartupCrashed,
         message: format!("hearthd (pid {child}) exited during start-up without a report; see its log"),
     })
 }
 
-#[allow(unsafe_code)]
 fn poll_readable(file: &File, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: one valid pollfd, owned by this frame.
-    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-    rc > 0
+    crate::sys::poll(file.as_fd(), libc::POLLIN, timeout).is_ok_and(|events| events != 0)
 }
 
 /// Closes every descriptor above stderr but `keep`. A caller may hand down
 /// more than stdio (a build tool's jobserver pipe, a shell's redirection)
 /// and wait for those to close; the daemon outlives it and must not hold
 /// them. Nothing in this process owns them (the precondition of [`fork`]).
-#[allow(unsafe_code)]
+#[expect(unsafe_code, reason = "closing descriptors no Rust object owns, after fork")]
 fn close_inherited_fds(keep: libc::c_int) -> io::Result<()> {
     let dir = if cfg!(target_os = "linux") { "/proc/self/fd" } else { "/dev/fd" };
     let fds: Vec<libc::c_int> = std::fs::read_dir(dir)?
@@ -182,14 +163,10 @@ fn close_inherited_fds(keep: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
-#[allow(unsafe_code)]
 fn redirect_stdio_to_null() -> io::Result<()> {
     let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
     for target in [libc::STDIN_FILENO, libc::STDOUT_FILENO, libc::STDERR_FILENO] {
-        // SAFETY: dup2 onto a standard descriptor from one we own.
-        if unsafe { libc::dup2(null.as_raw_fd(), target) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        crate::sys::redirect_stdio(null.as_fd(), target)?;
     }
     Ok(())
 }
