@@ -435,7 +435,7 @@ mod replica {
             if !self.doc.get_missing_deps(&theirs).is_empty() {
                 return false;
             }
-            let after: Vec<ChangeHash> = self.doc.get_changes(&theirs).iter().map(|c| c.hash()).collect();
+            let after: Vec<ChangeHash> = self.doc.get_changes(&theirs).iter().map(automerge::Change::hash).collect();
             heads.iter().all(|h| !after.contains(h))
         }
 

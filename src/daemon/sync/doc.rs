@@ -457,14 +457,14 @@ pub(crate) fn patch_ops(patches: Vec<Patch>) -> Vec<PatchOp> {
                 });
             }
             PatchAction::DeleteMap { key } => {
-                out.push(PatchOp::Delete { path: at(&base, PathElem::Key(key)), count: None })
+                out.push(PatchOp::Delete { path: at(&base, PathElem::Key(key)), count: None });
             }
             PatchAction::DeleteSeq { index, length } => out.push(PatchOp::Delete {
                 path: at(&base, PathElem::Index(index as u64)),
                 count: (length != 1).then_some(length as u64),
             }),
             PatchAction::Increment { prop, value } => {
-                out.push(PatchOp::Increment { path: at(&base, elem(&prop)), by: value })
+                out.push(PatchOp::Increment { path: at(&base, elem(&prop)), by: value });
             }
             PatchAction::Conflict { .. } | PatchAction::Mark { .. } => {}
         }

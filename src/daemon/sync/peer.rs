@@ -171,7 +171,7 @@ impl Peer {
                 }
                 read = read_with_idle(conn, idle), if can_read => {
                     match read {
-                        Ok(Some(frame)) => self.frame(frame),
+                        Ok(Some(frame)) => self.frame(&frame),
                         Ok(None) => return End::Quiet,
                         Err(end) => return end,
                     }
@@ -206,13 +206,13 @@ impl Peer {
         self.ready(SyncResponse::Error(error));
     }
 
-    fn frame(&mut self, frame: Bytes) {
-        match classify_frame(&frame) {
-            FrameKind::Json => match decode_request::<SyncRequest>(&frame) {
+    fn frame(&mut self, frame: &[u8]) {
+        match classify_frame(frame) {
+            FrameKind::Json => match decode_request::<SyncRequest>(frame) {
                 Ok(request) => self.request(request),
                 Err(error) => self.error(error),
             },
-            FrameKind::SyncMessage => self.sync_message(&frame),
+            FrameKind::SyncMessage => self.sync_message(frame),
         }
     }
 

@@ -35,6 +35,10 @@ struct Batch {
     bytes: usize,
 }
 
+/// Where a watch starts: the revision, then the value there or the patches
+/// from the client's `since`, and the cursor to go on from.
+pub(crate) type WatchStart = (Revision, Option<Value>, Option<Vec<PatchOp>>, u64);
+
 /// What a view peer is sent next.
 #[derive(Debug)]
 pub(crate) enum Update {
@@ -271,7 +275,7 @@ impl Room {
         &self,
         path: &[PathElem],
         since: Option<&Revision>,
-    ) -> Result<(Revision, Option<Value>, Option<Vec<PatchOp>>, u64), WireError> {
+    ) -> Result<WatchStart, WireError> {
         self.check_open()?;
         let state = self.lock();
         if let Some(since) = since {

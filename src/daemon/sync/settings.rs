@@ -285,18 +285,25 @@ impl Mirror {
         }
         let edited: Value = match serde_json::from_slice(&bytes) {
             Ok(v @ Value::Object(_)) => v,
-            Ok(_) => return Ok(self.refuse("it is not a JSON object".into())),
-            Err(e) => return Ok(self.refuse(format!("it is not valid JSON: {e}"))),
+            Ok(_) => {
+                self.refuse("it is not a JSON object".into());
+                return Ok(());
+            }
+            Err(e) => {
+                self.refuse(format!("it is not valid JSON: {e}"));
+                return Ok(());
+            }
         };
         let room = rooms.open(&settings_doc()).await?;
         let (_, current) = room.get(&[])?;
         if let Some(v) = edited.get(SCHEMA_KEY)
             && Some(v) != current.get(SCHEMA_KEY)
         {
-            return Ok(self.refuse(format!(
+            self.refuse(format!(
                 "it sets {SCHEMA_KEY} to {v}; the daemon manages the schema version ({})",
                 current.get(SCHEMA_KEY).unwrap_or(&Value::Null)
-            )));
+            ));
+            return Ok(());
         }
         let base = self.last.lock().unwrap_or_else(PoisonError::into_inner).clone().unwrap_or_else(|| current.clone());
         let ops = merge_ops(&base, &edited, &current);
@@ -367,20 +374,24 @@ pub(crate) async fn run(mirror: Arc<Mirror>, rooms: Arc<Rooms>, stop: Cancellati
             },
         };
         let mut durable = room.subscribe_durable();
+        // The file is written when the document changes, never because it
+        // was read: a person's editor may be halfway through its save.
+        let mut stale = true;
         loop {
-            if let Ok((_, value)) = room.get(&[]) {
+            if stale && let Ok((_, value)) = room.get(&[]) {
+                stale = false;
                 let writer = mirror.clone();
-                match tokio::task::spawn_blocking(move || writer.write(&value)).await {
-                    Ok(Err(e)) => {
-                        tracing::warn!(file = %mirror.file.display(), "cannot write the settings mirror: {e}")
-                    }
-                    Ok(Ok(_)) | Err(_) => {}
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || writer.write(&value)).await {
+                    tracing::warn!(file = %mirror.file.display(), "cannot write the settings mirror: {e}");
                 }
             }
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = room.closed.cancelled() => break,
-                changed = durable.changed() => if changed.is_err() { break },
+                changed = durable.changed() => match changed {
+                    Ok(()) => stale = true,
+                    Err(_) => break,
+                },
                 () = mirror.wake.notified() => {
                     // Let an editor's burst of events settle, then read once.
                     tokio::time::sleep(SETTLE).await;
@@ -418,7 +429,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn defaults(v: Value) -> Map<String, Value> {
+    fn defaults(v: &Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
     }
 
@@ -431,7 +442,7 @@ mod tests {
 
     #[test]
     fn upgrade_stamps_the_version_and_fills_missing_defaults_only() {
-        let d = defaults(json!({"theme": "system", "editor": {"font_size": 13, "wrap": true}}));
+        let d = defaults(&json!({"theme": "system", "editor": {"font_size": 13, "wrap": true}}));
         let doc = json!({"editor": {"font_size": 16}, "mine": 1});
         let ops = upgrade_ops(&doc, &d).unwrap();
         assert_eq!(
