@@ -271,11 +271,7 @@ impl Room {
 
     /// Starting a watch: the value at `path` (or the patches from `since`,
     /// when the log still reaches back to it) and the cursor to go on from.
-    pub(crate) fn watch_start(
-        &self,
-        path: &[PathElem],
-        since: Option<&Revision>,
-    ) -> Result<WatchStart, WireError> {
+    pub(crate) fn watch_start(&self, path: &[PathElem], since: Option<&Revision>) -> Result<WatchStart, WireError> {
         self.check_open()?;
         let state = self.lock();
         if let Some(since) = since {
