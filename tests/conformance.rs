@@ -499,6 +499,7 @@ conformance_files! {
     errors => "errors.json",
     timeouts => "timeouts.json",
     disabled => "disabled.json",
+    events => "events.json",
 }
 
 // --- coverage ---------------------------------------------------------------
