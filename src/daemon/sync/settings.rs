@@ -413,6 +413,11 @@ fn watch_file(mirror: &Arc<Mirror>) -> notify::Result<notify::RecommendedWatcher
     let weak = Arc::downgrade(mirror);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
+        // Reads (the daemon's own among them) are not edits: waking on them
+        // would read the file again, forever.
+        if matches!(event.kind, notify::EventKind::Access(_)) {
+            return;
+        }
         if event.paths.iter().any(|p| p.file_name().map(std::ffi::OsStr::to_owned) == target)
             && let Some(mirror) = weak.upgrade()
         {
