@@ -78,14 +78,16 @@ async fn fanout_hearth(socket: &Path, doc: &str, subscribers: usize, writes: usi
         let ready = ready_tx.clone();
         tasks.push(tokio::spawn(async move {
             let mut c = SyncClient::open(&socket, &doc).await.unwrap();
-            c.watch(&[key("n")], None).await.unwrap();
+            c.watch(&[], None).await.unwrap();
             ready.send(()).await.unwrap();
             let mut out = Vec::with_capacity(writes);
             while out.len() < writes {
                 if let SyncEvent::Changed { patches, .. } = c.next_event().await.unwrap() {
                     let now = Instant::now();
                     for p in patches {
-                        if let PatchOp::Put { value, .. } = p {
+                        if let PatchOp::Put { value, path, .. } = p
+                            && path == [key("n")]
+                        {
                             let i = value.as_u64().unwrap() as usize;
                             let t0 = sent.lock().await[i];
                             out.push(now - t0);
