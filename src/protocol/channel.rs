@@ -139,6 +139,6 @@ mod tests {
             let json = serde_json::to_string(&channel).unwrap();
             assert_eq!(json, format!("\"{channel}\""));
         }
-        assert_eq!(Channel::names(), "status, pool, queue, blob");
+        assert_eq!(Channel::names(), "status, pool, queue, blob, sync");
     }
 }
