@@ -255,6 +255,24 @@ impl fmt::Display for PathElem {
     }
 }
 
+impl From<&str> for PathElem {
+    fn from(key: &str) -> Self {
+        PathElem::Key(key.to_owned())
+    }
+}
+
+impl From<String> for PathElem {
+    fn from(key: String) -> Self {
+        PathElem::Key(key)
+    }
+}
+
+impl From<u64> for PathElem {
+    fn from(index: u64) -> Self {
+        PathElem::Index(index)
+    }
+}
+
 /// A path from the document's root.
 pub type Path = Vec<PathElem>;
 
