@@ -500,6 +500,7 @@ conformance_files! {
     timeouts => "timeouts.json",
     disabled => "disabled.json",
     events => "events.json",
+    sync => "sync.json",
 }
 
 // --- coverage ---------------------------------------------------------------
