@@ -181,11 +181,11 @@ async fn ls(ctx: &Ctx, prefix: Option<&str>) -> Result<u8, CliError> {
         return Ok(EXIT_OK);
     }
     if docs.is_empty() {
-        println!("no documents");
+        outln!("no documents");
     }
     for d in docs {
         let state = if d.loaded { format!("loaded, {} peers", d.peers) } else { "on disk".into() };
-        println!("{:<40} {:>10}  {state}", d.doc.as_str(), output::bytes(d.stored_bytes));
+        outln!("{:<40} {:>10}  {state}", d.doc.as_str(), output::bytes(d.stored_bytes));
     }
     Ok(EXIT_OK)
 }
@@ -215,7 +215,7 @@ async fn set(ctx: &Ctx, doc: &str, path: &str, value: &str, kind: Option<Kind>) 
     if ctx.json {
         output::json(&json!({"doc": doc, "path": path, "revision": written.revision}))?;
     } else {
-        println!("set {doc} {} (revision {})", show_path(&path), written.revision);
+        outln!("set {doc} {} (revision {})", show_path(&path), written.revision);
     }
     Ok(EXIT_OK)
 }
@@ -227,7 +227,7 @@ async fn rm(ctx: &Ctx, doc: &str, path: &str) -> Result<u8, CliError> {
     if ctx.json {
         output::json(&json!({"doc": doc, "path": path, "revision": written.revision}))?;
     } else {
-        println!("removed {doc} {} (revision {})", show_path(&path), written.revision);
+        outln!("removed {doc} {} (revision {})", show_path(&path), written.revision);
     }
     Ok(EXIT_OK)
 }
@@ -238,9 +238,9 @@ async fn watch(ctx: &Ctx, doc: &str, path: Option<&str>) -> Result<u8, CliError>
     let (revision, value) = client.watch(&path, None).await?;
     let mut value = value.unwrap_or(Value::Null);
     if ctx.json {
-        println!("{}", json!({"event": "start", "revision": revision, "value": value}));
+        outln!("{}", json!({"event": "start", "revision": revision, "value": value}));
     } else {
-        println!("{doc} {} at {revision}:", show_path(&path));
+        outln!("{doc} {} at {revision}:", show_path(&path));
         output::json(&value)?;
     }
     loop {
@@ -257,31 +257,31 @@ async fn watch(ctx: &Ctx, doc: &str, path: Option<&str>) -> Result<u8, CliError>
                     let _ = apply_patch(&mut value, &path, patch);
                 }
                 if ctx.json {
-                    println!("{}", json!({"event": "changed", "revision": revision, "patches": patches}));
+                    outln!("{}", json!({"event": "changed", "revision": revision, "patches": patches}));
                 } else {
                     for patch in &patches {
-                        println!("{}", describe(patch));
+                        outln!("{}", describe(patch));
                     }
                 }
             }
             SyncEvent::Snapshot { revision, value: fresh } => {
                 value = fresh;
                 if ctx.json {
-                    println!("{}", json!({"event": "snapshot", "revision": revision, "value": value}));
+                    outln!("{}", json!({"event": "snapshot", "revision": revision, "value": value}));
                 } else {
-                    println!("(caught up at {revision})");
+                    outln!("(caught up at {revision})");
                     output::json(&value)?;
                 }
             }
             SyncEvent::Presence(peers) => {
                 if ctx.json {
-                    println!("{}", json!({"event": "presence", "peers": peers}));
+                    outln!("{}", json!({"event": "presence", "peers": peers}));
                 } else {
                     let who: Vec<String> = peers
                         .iter()
                         .map(|p| format!("{} ({})", p.client.as_deref().unwrap_or("?"), p.mode.as_str()))
                         .collect();
-                    println!("peers: {}", who.join(", "));
+                    outln!("peers: {}", who.join(", "));
                 }
             }
         }
@@ -334,7 +334,7 @@ async fn inspect(ctx: &Ctx, doc: &str) -> Result<u8, CliError> {
     output::fields(&rows);
     for p in &report.peers {
         let pid = p.pid.map_or("-".into(), |pid| pid.to_string());
-        println!(
+        outln!(
             "  #{:<5} {:<8} pid {:<8} {}  since {}",
             p.id,
             p.mode.as_str(),
@@ -352,7 +352,7 @@ async fn close(ctx: &Ctx, doc: &str) -> Result<u8, CliError> {
     if ctx.json {
         output::json(&json!({"doc": doc, "peers_disconnected": peers}))?;
     } else {
-        println!("closed {doc} ({peers} peers disconnected)");
+        outln!("closed {doc} ({peers} peers disconnected)");
     }
     Ok(EXIT_OK)
 }
