@@ -522,3 +522,56 @@ fn a_disabled_pool_channel_is_refused_and_builds_nothing() {
     assert!(refused["error"]["message"].as_str().unwrap().contains("pool.enabled = false"), "{refused}");
     assert!(!state.state_dir().join("pools").exists(), "nothing was created");
 }
+
+/// A build's process is recorded before its program runs: a daemon killed
+/// at any moment of a build's start leaves nothing running once the next
+/// daemon has started. Killed at offsets of 0 to 4 ms after the build's
+/// directory appears (its process is started right after).
+#[test]
+fn kill_9_as_a_build_starts_never_leaves_its_process_running() {
+    let state = StateDir::new();
+    let tag = format!("hearth-test-build-{}", std::process::id());
+    let mut seen = BTreeSet::new();
+    let mut previous: Option<(String, Duration)> = None;
+    for step in 0..=40u64 {
+        let offset = Duration::from_micros(100 * step);
+        let marker = format!("{tag}-{step}");
+        state.write_config(&format!(
+            "[pool.slow]\ncreate = [\"sleep\", \"3600\"]\nsize = 1\nenv = {{ HEARTH_TEST_MARK = \"{marker}\" }}\n"
+        ));
+        let log = state.dir.path().join(format!("hearthd.kill.{step}.log"));
+        let child = state.hearthd().stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
+        let mut daemon = common::Daemon {
+            child: Some(child),
+            log,
+            socket: state.socket().to_owned(),
+            info: state.paths.info_file(),
+        };
+        let started = wait_for(PATIENCE, || resource_dirs(&state, "slow").into_iter().any(|id| seen.insert(id)));
+        assert!(started, "step {step}: no build started; log:\n{}", daemon.log_text());
+        // The offset is the experiment: where in the build's start the kill lands.
+        let kill_at = std::time::Instant::now() + offset;
+        while std::time::Instant::now() < kill_at {
+            std::hint::spin_loop();
+        }
+        daemon.kill9();
+        // This daemon started after the one before was killed, so it has
+        // killed what that one left, before it started a build of its own.
+        if let Some((marker, offset)) = previous.take() {
+            let gone = wait_for(Duration::from_secs(10), || common::processes_marked(&marker).is_empty());
+            assert!(
+                gone,
+                "a kill -9 {offset:?} after a build's start left its process running: {:?}",
+                common::processes_marked(&marker)
+            );
+        }
+        previous = Some((marker, offset));
+    }
+    state.write_config(&mkdir_pool("slow", 1, ""));
+    let mut daemon = state.start(&[]);
+    let (marker, offset) = previous.unwrap();
+    let gone = wait_for(Duration::from_secs(10), || common::processes_marked(&marker).is_empty());
+    assert!(gone, "a kill -9 {offset:?} after a build's start left its process running");
+    assert_eq!(daemon.stop(), 0);
+    assert!(common::processes_marked(&tag).is_empty(), "{:?}", common::processes_marked(&tag));
+}
