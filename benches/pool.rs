@@ -130,7 +130,7 @@ async fn wait_full(pool: &mut PoolClient, name: &str, ready: u32) {
 fn trivial(name: &str, size: u32) -> PoolDefinition {
     PoolDefinition {
         name: name.into(),
-        create: vec!["sh".into(), "-c".into(), "mkdir -p {path}/work".into()],
+        create: Some(vec!["sh".into(), "-c".into(), "mkdir -p {path}/work".into()]),
         size,
         ..Default::default()
     }
@@ -267,7 +267,7 @@ fn main() {
         let mut venv_result = None;
         if venv {
             let mut venv_def = trivial("venv-warm", 4);
-            venv_def.create.clear();
+            venv_def.create = None;
             venv_def.kind = Some(PoolKind::Venv);
             let (vcold_t, vcold_b) = cold_takes(&mut pool, "venv", venv_cold).await;
             pool.define(venv_def).await.unwrap();

@@ -287,7 +287,7 @@ async fn a_failing_create_backs_off_and_makes_health_degraded() {
     let mut client = PoolClient::connect(state.socket()).await.unwrap();
     let broken = PoolDefinition {
         name: "broken".into(),
-        create: vec!["sh".into(), "-c".into(), "echo boom >&2; exit 3".into()],
+        create: Some(vec!["sh".into(), "-c".into(), "echo boom >&2; exit 3".into()]),
         size: 1,
         ..Default::default()
     };
@@ -316,7 +316,7 @@ async fn a_failing_create_backs_off_and_makes_health_degraded() {
     // A fixed definition starts over at once, and health recovers.
     let fixed = PoolDefinition {
         name: "broken".into(),
-        create: vec!["sh".into(), "-c".into(), "mkdir -p {path}/work".into()],
+        create: Some(vec!["sh".into(), "-c".into(), "mkdir -p {path}/work".into()]),
         size: 1,
         ..Default::default()
     };
@@ -574,4 +574,25 @@ fn kill_9_as_a_build_starts_never_leaves_its_process_running() {
     assert!(gone, "a kill -9 {offset:?} after a build's start left its process running");
     assert_eq!(daemon.stop(), 0);
     assert!(common::processes_marked(&tag).is_empty(), "{:?}", common::processes_marked(&tag));
+}
+
+#[test]
+fn an_empty_create_is_refused_and_an_absent_one_means_venv() {
+    let state = StateDir::new();
+    state.write_config("");
+    let _daemon = state.start(&[]);
+    let mut c = RawConn::open(state.socket(), "pool");
+    for definition in [json!({"name": "e", "create": []}), json!({"name": "e", "kind": "command", "create": []})] {
+        let reply = c.request(&json!({"type": "define", "definition": definition}));
+        assert_eq!(reply["code"], "invalid_definition", "{definition}: {reply}");
+        assert!(reply["message"].as_str().unwrap().contains("create must name a program"), "{reply}");
+    }
+    assert_eq!(c.request(&json!({"type": "status", "pool": "e"}))["code"], "unknown_pool", "nothing was defined");
+    let out = state.run(&["pool", "define", "e", "--create", ""]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("(invalid_definition)"), "{}", stderr(&out));
+
+    let reply = c.request(&json!({"type": "define", "definition": {"name": "e"}}));
+    assert_eq!(reply["type"], "defined", "{reply}");
+    assert_eq!(pool_status(&state, "e")["definition"]["kind"], "venv");
 }

@@ -71,8 +71,8 @@ pub struct PoolEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<PoolKind>,
     /// Argument vector building a resource in `{path}`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub create: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create: Option<Vec<String>>,
     /// Argument vector that exits 0 when a ready resource is still good.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<Vec<String>>,
@@ -247,6 +247,8 @@ mod tests {
         assert!(err.contains("sise"), "{err}");
         let err = parse("[pool.\"bad name\"]\ncreate = [\"true\"]\n").unwrap_err();
         assert!(err.contains("bad name"), "{err}");
+        let err = parse("[pool.x]\ncreate = []\n").unwrap_err();
+        assert!(err.contains("[pool.x]: create must name a program"), "{err}");
         let err = parse("[pool]\nmax_concurrent_builds = 0\n").unwrap_err();
         assert!(err.contains("max_concurrent_builds"), "{err}");
     }

@@ -424,8 +424,8 @@ mod tests {
     use crate::daemon::pool::definition::normalize;
 
     fn def(name: &str, size: u32) -> PoolDefinition {
-        normalize(PoolDefinition { name: name.into(), create: vec!["true".into()], size, ..Default::default() })
-            .unwrap()
+        let create = Some(vec!["true".into()]);
+        normalize(PoolDefinition { name: name.into(), create, size, ..Default::default() }).unwrap()
     }
 
     fn state_with(defs: &[PoolDefinition]) -> State {
