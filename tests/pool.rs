@@ -191,8 +191,8 @@ fn a_take_whose_caller_leaves_while_waiting_does_not_leak_its_resource() {
     wait_pool(&state, "gated", "a waiting take", |s| s["waiting"] == 1 && s["building"] == 1);
     drop(c);
     std::fs::write(&gate, b"").unwrap();
-    // The build finishes for nobody: the resource ends up ready (trimmed
-    // to the target of 0), never taken.
+    // The build finishes for nobody: the resource ends up ready (kept for
+    // the next take, over the target of 0), never taken.
     let status = wait_pool(&state, "gated", "the build to end", |s| s["building"] == 0 && s["waiting"] == 0);
     assert_eq!(status["taken"], 0, "{status}");
     let mut c = RawConn::open(state.socket(), "pool");
@@ -595,4 +595,73 @@ fn an_empty_create_is_refused_and_an_absent_one_means_venv() {
     let reply = c.request(&json!({"type": "define", "definition": {"name": "e"}}));
     assert_eq!(reply["type"], "defined", "{reply}");
     assert_eq!(pool_status(&state, "e")["definition"]["kind"], "venv");
+}
+
+/// The take that gave up waiting comes back: the build it started serves it.
+/// A pool of size 0 (as the built-in `venv` is), a build slower than the
+/// take's timeout.
+#[test]
+fn a_build_whose_take_timed_out_serves_the_next_take() {
+    let state = StateDir::new();
+    state.write_config("");
+    let mut daemon = state.start(&[]);
+    let mut c = RawConn::open(state.socket(), "pool");
+    let define = |c: &mut RawConn, name: &str, create: &str, size: u32| {
+        let definition = json!({"name": name, "create": ["sh", "-c", create], "size": size});
+        let reply = c.request(&json!({"type": "define", "definition": definition}));
+        assert_eq!(reply["type"], "defined", "{reply}");
+    };
+    define(&mut c, "slow", "sleep 0.4; mkdir {path}/work", 0);
+    let reply = c.request(&json!({"type": "take", "pool": "slow", "timeout_ms": 50}));
+    assert_eq!(reply["code"], "take_timeout", "{reply}");
+    assert!(reply["message"].as_str().unwrap().contains("will serve the next take"), "{reply}");
+    wait_pool(&state, "slow", "the build to end", |s| s["builds"] == 1 && s["building"] == 0);
+    // The scheduler has planned since that build ended once another pool's
+    // build, asked for after it, has started and ended.
+    define(&mut c, "probe", "mkdir {path}/work", 1);
+    wait_pool(&state, "probe", "a ready probe", |s| s["ready"] == 1);
+    let status = pool_status(&state, "slow");
+    assert_eq!((status["target"].as_u64(), status["ready"].as_u64()), (Some(0), Some(1)), "kept: {status}");
+
+    let reply = c.request(&json!({"type": "take", "pool": "slow", "timeout_ms": 0}));
+    assert_eq!(reply["type"], "taken", "the next take gets it: {reply}");
+    assert_eq!(reply["warm"], true, "{reply}");
+    assert!(PathBuf::from(reply["path"].as_str().unwrap()).join("work").is_dir());
+    assert!(!daemon.log_text().contains("more than its target"), "{}", daemon.log_text());
+    assert_eq!(daemon.stop(), 0);
+
+    // Unclaimed past `pool.unclaimed_grace`, it goes.
+    state.write_config("[pool]\nunclaimed_grace = \"300ms\"\n");
+    let mut daemon = state.start(&[]);
+    let mut c = RawConn::open(state.socket(), "pool");
+    let reply = c.request(&json!({"type": "take", "pool": "slow", "timeout_ms": 50}));
+    assert_eq!(reply["code"], "take_timeout", "{reply}");
+    wait_pool(&state, "slow", "the build to end", |s| s["builds"] == 1 && s["building"] == 0);
+    wait_pool(&state, "slow", "its removal after the grace", |s| s["ready"] == 0);
+    assert!(daemon.log_text().contains("the pool holds more than its target"), "{}", daemon.log_text());
+    assert_eq!(daemon.stop(), 0);
+}
+
+/// Ten takes a second from a pool of six, each keeping its resource: the
+/// replacements start within 200 ms of the take that called for them, so
+/// every take finds one ready.
+#[test]
+fn a_steady_take_rate_never_runs_the_pool_dry() {
+    let state = StateDir::new();
+    state.write_config(&format!("[pool]\nmax_concurrent_builds = 2\n{}", mkdir_pool("steady", 6, "")));
+    let _daemon = state.start(&[]);
+    wait_pool(&state, "steady", "6 ready", |s| s["ready"] == 6 && s["building"] == 0);
+    let mut c = RawConn::open(state.socket(), "pool");
+    let mut outcomes = String::new();
+    let start = std::time::Instant::now();
+    for n in 0..40u32 {
+        // The load's shape, not a wait for the daemon: one take every 100 ms.
+        let due = start + Duration::from_millis(100) * n;
+        std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+        let reply = c.request(&json!({"type": "take", "pool": "steady", "timeout_ms": 0}));
+        outcomes.push(if reply["type"] == "taken" { 'o' } else { '.' });
+    }
+    assert_eq!(outcomes, "o".repeat(40), "o: a warm take, .: the pool was dry");
+    let status = pool_status(&state, "steady");
+    assert_eq!((status["taken"].as_u64(), status["warm_takes"].as_u64()), (Some(40), Some(40)), "{status}");
 }

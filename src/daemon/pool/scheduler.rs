@@ -23,14 +23,11 @@ const IDLE_PLAN: Duration = Duration::from_secs(3600);
 /// Plans and starts work whenever something changes or a deadline comes.
 pub(crate) async fn run(service: Arc<PoolService>) {
     loop {
-        let (actions, wake) = {
-            let mut state = service.lock();
-            state.plan(PoolService::clock(), service.settings.max_concurrent_builds, resource_id)
-        };
-        for action in actions {
+        let plan = service.lock().plan(PoolService::clock(), service.policy(), resource_id);
+        for action in plan.actions {
             execute(&service, action);
         }
-        let wake = wake.unwrap_or_else(|| Instant::now() + IDLE_PLAN);
+        let wake = plan.wake.unwrap_or_else(|| Instant::now() + IDLE_PLAN);
         tokio::select! {
             () = service.wake.notified() => {}
             () = tokio::time::sleep_until(wake) => {}
@@ -238,6 +235,7 @@ fn finished_ready(service: &Arc<PoolService>, pool: &str, id: &str, record: &Rec
         r.cancel = None;
         match p.waiters.pop_front() {
             Some(w) => {
+                r.for_take = false;
                 let lease = LeaseRecord {
                     id: w.lease.clone(),
                     taken_at_ms: clock.now_ms,
