@@ -665,3 +665,19 @@ fn a_steady_take_rate_never_runs_the_pool_dry() {
     let status = pool_status(&state, "steady");
     assert_eq!((status["taken"].as_u64(), status["warm_takes"].as_u64()), (Some(40), Some(40)), "{status}");
 }
+
+#[test]
+fn a_loosened_pools_directory_is_made_private_again_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let state = StateDir::new();
+    state.write_config("");
+    let mut daemon = state.start(&[]);
+    let pools = state.state_dir().join("pools");
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&pools), 0o700);
+    assert_eq!(daemon.stop(), 0);
+    std::fs::set_permissions(&pools, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _daemon = state.start(&[]);
+    assert_eq!(mode(&pools), 0o700, "narrowed again, as queue/ and blobs/ are");
+    assert!(daemon_status(&state)["channels"].as_array().unwrap().contains(&json!("pool")));
+}
