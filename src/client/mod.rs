@@ -29,12 +29,14 @@ use crate::protocol::{ChannelProtocol, ErrorCode, Response, WireError};
 pub mod blob;
 pub mod blocking;
 mod ensure;
+mod events;
 pub mod pool;
 pub mod queue;
 
 pub use blob::{BlobClient, BlockingIo, PutOptions};
 
 pub use ensure::{ENV_DAEMON_BIN, EnsureOptions, Ensured, ReplacePolicy, ensure_daemon_running, find_daemon_binary};
+pub use events::Notice;
 pub use pool::PoolClient;
 pub use queue::{JobPage, QueueClient, Submitted};
 

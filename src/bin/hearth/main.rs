@@ -15,11 +15,13 @@ mod blob_cmd;
 mod daemon_cmd;
 mod doctor_cmd;
 mod error;
+mod events_cmd;
 mod install_cmd;
 mod output;
 mod pool_cmd;
 mod progress;
 mod queue_cmd;
+mod shell_cmd;
 mod status_cmd;
 mod stdin_read;
 
@@ -43,7 +45,7 @@ Exit status:
 /// blob commands start one when none runs, unless --no-spawn.
 #[derive(Debug, Parser)]
 #[command(name = "hearth", version, max_term_width = 100, after_help = EXIT_STATUS_HELP)]
-struct Cli {
+pub(crate) struct Cli {
     #[command(flatten)]
     global: Global,
     #[command(subcommand)]
@@ -78,6 +80,9 @@ enum Command {
     Status,
     /// Ask the daemon to stop gracefully (never starts one)
     Shutdown(status_cmd::ShutdownArgs),
+    /// Print what the daemon's services do as it happens: job states, pool
+    /// builds and takes, blob puts, health changes (never starts one)
+    Events(events_cmd::EventsArgs),
     /// Start, stop and inspect the daemon process; install it as a service
     #[command(subcommand)]
     Daemon(daemon_cmd::DaemonCommand),
@@ -95,6 +100,8 @@ enum Command {
     /// The content-addressed blob store: put, get, list, pin, collect
     #[command(subcommand)]
     Blob(blob_cmd::BlobCommand),
+    /// Print a shell's tab-completion script (e.g. `hearth completions bash > ~/.local/share/bash-completion/completions/hearth`)
+    Completions(shell_cmd::CompletionsArgs),
 }
 
 /// What every command needs: where the daemon is and how to print.
@@ -160,12 +167,14 @@ fn run(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
             Command::Ping(args) => status_cmd::ping(ctx, &args).await,
             Command::Status => status_cmd::status(ctx).await,
             Command::Shutdown(args) => status_cmd::shutdown(ctx, args).await,
+            Command::Events(args) => events_cmd::events(ctx, &args).await,
             Command::Daemon(command) => daemon_cmd::run(ctx, command).await,
             Command::Doctor(args) => doctor_cmd::doctor(ctx, &args).await,
             Command::Pool(command) => pool_cmd::run(ctx, command).await,
             Command::Queue(command) => queue_cmd::run(ctx, command).await,
             Command::Run(args) => queue_cmd::run_attached(ctx, args).await,
             Command::Blob(command) => blob_cmd::run(ctx, command).await,
+            Command::Completions(args) => shell_cmd::completions(&args),
         }
     })
 }

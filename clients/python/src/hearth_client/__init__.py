@@ -1,0 +1,45 @@
+"""hearth from Python: a blocking client (:class:`Client`) and an asyncio one (:mod:`hearth_client.aio`).
+
+>>> import hearth_client
+>>> hearth_client.ensure_daemon_running()            # doctest: +SKIP
+>>> with hearth_client.Client() as client:            # doctest: +SKIP
+...     client.ping()
+
+Each channel is one module (:mod:`.status`, :mod:`.pool`, :mod:`.queue`,
+:mod:`.blob`) holding its request builders and answer readers (no I/O), its
+blocking client and its asyncio client; :mod:`.protocol` holds the framing
+and the handshake that both transports share.
+"""
+
+from . import errors as _errors
+from ._channel import DEFAULT
+from ._transport import AsyncConnection, Connection
+from ._version import __version__
+from .blob import BlobClient, Stored
+from .client import Client
+from .ensure import DaemonIdent, Ensured, ensure_daemon_running, find_daemon_binary
+from .errors import *  # noqa: F403 (the error classes are the package's API)
+from .paths import Paths
+from .pool import Lease, PoolClient
+from .queue import QueueClient
+from .status import StatusClient
+
+__all__ = [
+    "__version__",
+    "DEFAULT",
+    "Client",
+    "Connection",
+    "AsyncConnection",
+    "Paths",
+    "StatusClient",
+    "PoolClient",
+    "QueueClient",
+    "BlobClient",
+    "Lease",
+    "Stored",
+    "DaemonIdent",
+    "Ensured",
+    "ensure_daemon_running",
+    "find_daemon_binary",
+]
+__all__ += _errors.__all__
