@@ -237,7 +237,7 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let profile = if cfg!(debug_assertions) { "debug build: figures are not representative" } else { "release build" };
     println!("pool benchmark: {HEARTHD} ({profile}), state dir {}", daemon.state.display());
-    println!("  builds: at most 2 at once; replacements start 200 ms after a take, so runs of");
+    println!("  builds: at most 2 at once; replacements start within 200 ms of a take, so runs of");
     println!("  back-to-back library takes share the machine with the previous ones' builds");
     println!();
 
