@@ -547,8 +547,13 @@ fn kill_9_as_a_build_starts_never_leaves_its_process_running() {
             socket: state.socket().to_owned(),
             info: state.paths.info_file(),
         };
-        let started = wait_for(PATIENCE, || resource_dirs(&state, "slow").into_iter().any(|id| seen.insert(id)));
-        assert!(started, "step {step}: no build started; log:\n{}", daemon.log_text());
+        // Polled without a pause: the offsets below count from the moment
+        // the directory appears, not from a poll that comes late.
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while !resource_dirs(&state, "slow").into_iter().any(|id| seen.insert(id)) {
+            assert!(std::time::Instant::now() < deadline, "step {step}: no build started; log:\n{}", daemon.log_text());
+            std::thread::yield_now();
+        }
         // The offset is the experiment: where in the build's start the kill lands.
         let kill_at = std::time::Instant::now() + offset;
         while std::time::Instant::now() < kill_at {
