@@ -41,6 +41,12 @@ impl Service for StatusService {
 /// Events sent in one write at most, when a subscriber has a backlog.
 const EVENT_BATCH: usize = 256;
 
+/// A subscriber is written to at most this often while events stream in;
+/// the first event after a quiet spell goes out at once. Under a steady
+/// stream, each write carries every event of the interval: a hundred
+/// subscribers then cost a hundred writes per interval, not per event.
+const EVENT_COALESCE: std::time::Duration = std::time::Duration::from_millis(5);
+
 async fn serve(mut session: Session<StatusChannel>) {
     while let Some(request) = session.next_request().await {
         let result = match request {
@@ -74,6 +80,7 @@ async fn subscribe(session: &mut Session<StatusChannel>, request: &Subscribe) ->
     for chunk in frames.chunks(EVENT_BATCH) {
         session.send_frames(chunk.to_vec()).await?;
     }
+    let mut last_write: Option<tokio::time::Instant> = None;
     loop {
         let next = tokio::select! {
             frame = session.next_frame_while_streaming() => {
@@ -95,9 +102,11 @@ async fn subscribe(session: &mut Session<StatusChannel>, request: &Subscribe) ->
             }
             next = rx.recv() => next,
         };
-        // This event and whatever backlog is already there, in one write.
+        // This event and whatever else comes within the coalescing
+        // interval since the last write, in one write.
         let mut frames = Vec::new();
         let mut next = Some(next);
+        let mut waited = false;
         while let Some(received) = next.take() {
             match received {
                 Ok(event) => {
@@ -110,6 +119,13 @@ async fn subscribe(session: &mut Session<StatusChannel>, request: &Subscribe) ->
                 }
                 Err(broadcast::error::RecvError::Closed) => return Err(Closed),
             }
+            if !waited && !frames.is_empty() {
+                waited = true;
+                if let Some(at) = last_write.map(|t| t + EVENT_COALESCE).filter(|at| *at > tokio::time::Instant::now())
+                {
+                    tokio::time::sleep_until(at).await;
+                }
+            }
             if frames.len() < EVENT_BATCH {
                 next = match rx.try_recv() {
                     Ok(event) => Some(Ok(event)),
@@ -120,6 +136,7 @@ async fn subscribe(session: &mut Session<StatusChannel>, request: &Subscribe) ->
         }
         if !frames.is_empty() {
             session.send_frames(frames).await?;
+            last_write = Some(tokio::time::Instant::now());
         }
     }
 }

@@ -7,7 +7,10 @@
   ``client.queue.submit()`` against the same loop encoding each submit with
   ``json.dumps``;
 - blob put throughput of one file: ``client.blob.put_file()`` against the Rust
-  CLI ``hearth blob put`` on the same file.
+  CLI ``hearth blob put`` on the same file;
+- events read per second: ``client.events(since=0)`` (typed events) against the
+  same loop subscribing and parsing each frame with ``json.loads``, both
+  replaying the events the runs above published (the daemon keeps them all).
 
 Run from a checkout after ``cargo build --bins`` (or with ``HEARTH_DAEMON_BIN``):
 ``python benches/bench.py [--quick]``. The target is the client within 1.3x of
@@ -231,21 +234,90 @@ def bench_blob(fixture: DaemonFixture, size_mib: int, rounds: int) -> None:
     )
 
 
+class RawStream(RawConn):
+    """The baseline of a stream: :class:`RawConn` keeping what a read brings beyond one frame."""
+
+    def __init__(self, path: str, channel: str) -> None:
+        super().__init__(path, channel)
+        self.pending = bytearray()
+
+    def next_frame(self) -> bytes:
+        while True:
+            if len(self.pending) >= 4:
+                (length,) = struct.unpack_from(">I", self.pending, 0)
+                if len(self.pending) >= 4 + length:
+                    payload = bytes(self.pending[4 : 4 + length])
+                    del self.pending[: 4 + length]
+                    return payload
+            n = self.sock.recv_into(self.buf)
+            if n == 0:
+                raise ConnectionError("closed")
+            self.pending += self.buf[:n]
+
+
+def bench_events(socket_path: str, rounds: int) -> None:
+    def ours() -> float:
+        with hearth_client.Client(socket_path) as client:
+            t = time.perf_counter()
+            events = client.events(since=0)
+            last, n = events.seq, 0
+            for notice in events:
+                assert isinstance(notice, hearth_client.Event), notice
+                n += 1
+                if notice.seq == last:
+                    break
+            elapsed = time.perf_counter() - t
+            events.close()
+        return n / elapsed
+
+    def baseline() -> float:
+        raw = RawStream(socket_path, "status")
+        t = time.perf_counter()
+        raw.sock.sendall(frame({"type": "subscribe", "since": 0}))
+        last, n = json.loads(raw.next_frame())["seq"], 0
+        while True:
+            event = json.loads(raw.next_frame())
+            assert event["type"] == "event", event
+            n += 1
+            if event["seq"] == last:
+                break
+        elapsed = time.perf_counter() - t
+        raw.close()
+        return n / elapsed
+
+    a_rates: List[float] = []
+    b_rates: List[float] = []
+    for r in range(rounds):
+        first, second = (baseline, ours) if r % 2 else (ours, baseline)
+        (a_rates if first is ours else b_rates).append(first())
+        (a_rates if second is ours else b_rates).append(second())
+    with hearth_client.Client(socket_path) as client:
+        count = client.events().seq
+    a, b = statistics.median(a_rates), statistics.median(b_rates)
+    print(
+        f"events replayed ({count} per run, median of {rounds}): client {a:.0f}/s, "
+        f"minimal loop {b:.0f}/s, ratio {b / a:.2f}x"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
     args = parser.parse_args()
-    fixture = DaemonFixture("[blob]\nhttp = false\n\n[queue]\nworkers = 1\n")
+    # The daemon keeps every event the runs publish, for the events run to replay.
+    fixture = DaemonFixture("[daemon]\nevent_buffer = 100000\n\n[blob]\nhttp = false\n\n[queue]\nworkers = 1\n")
     try:
         print(f"hearthd {fixture.daemon.pid}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
         if args.quick:
             bench_ping(fixture.socket, 2, 200)
             bench_submits(fixture.socket, 16, 10, 1)
             bench_blob(fixture, 16, 1)
+            bench_events(fixture.socket, 1)
         else:
             bench_ping(fixture.socket, 10, 1000)
             bench_submits(fixture.socket, 16, 100, 9)
             bench_blob(fixture, 256, 4)
+            bench_events(fixture.socket, 9)
     finally:
         fixture.close()
 

@@ -44,6 +44,12 @@ class ReadmeExamples(unittest.TestCase):
         self.assertIn("hello from a pooled venv\n", out)
         self.assertRegex(out, r"sha256:[0-9a-f]{64}")
 
+    def test_the_events_example(self) -> None:
+        out = self.run_example(python_block(REPO / "clients" / "python" / "README.md", "## Events"))
+        self.assertRegex(
+            out, r"#\d+ job (\d+): None -> queued\n#\d+ job \1: queued -> running\n#\d+ job \1: running -> succeeded\n"
+        )
+
     def test_the_top_readme(self) -> None:
         out = self.run_example(python_block(REPO / "README.md", "## From Python"))
         self.assertRegex(out, r"job \d+ succeeded exit 0")

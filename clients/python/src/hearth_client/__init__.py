@@ -7,8 +7,9 @@
 
 Each channel is one module (:mod:`.status`, :mod:`.pool`, :mod:`.queue`,
 :mod:`.blob`) holding its request builders and answer readers (no I/O), its
-blocking client and its asyncio client; :mod:`.protocol` holds the framing
-and the handshake that both transports share.
+blocking client and its asyncio client; :mod:`.events` holds the event
+types and streams of the ``status`` channel's ``subscribe``, and
+:mod:`.protocol` the framing and the handshake that both transports share.
 """
 
 from . import errors as _errors
@@ -19,6 +20,23 @@ from .blob import BlobClient, Stored
 from .client import Client
 from .ensure import DaemonIdent, Ensured, ensure_daemon_running, find_daemon_binary
 from .errors import *  # noqa: F403 (the error classes are the package's API)
+from .events import (
+    EVENT_KINDS,
+    BlobDeleteEvent,
+    BlobGcEvent,
+    BlobPutEvent,
+    Event,
+    EventStream,
+    HealthChangedEvent,
+    JobStateEvent,
+    Lagged,
+    Notice,
+    PoolBuildEndedEvent,
+    PoolBuildStartedEvent,
+    PoolReleaseEvent,
+    PoolTakeEvent,
+    UnknownEvent,
+)
 from .paths import Paths
 from .pool import Lease, PoolClient
 from .queue import QueueClient
@@ -37,6 +55,21 @@ __all__ = [
     "BlobClient",
     "Lease",
     "Stored",
+    "EventStream",
+    "EVENT_KINDS",
+    "Event",
+    "JobStateEvent",
+    "PoolBuildStartedEvent",
+    "PoolBuildEndedEvent",
+    "PoolTakeEvent",
+    "PoolReleaseEvent",
+    "BlobPutEvent",
+    "BlobDeleteEvent",
+    "BlobGcEvent",
+    "HealthChangedEvent",
+    "UnknownEvent",
+    "Lagged",
+    "Notice",
     "DaemonIdent",
     "Ensured",
     "ensure_daemon_running",

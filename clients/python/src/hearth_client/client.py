@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Mapping, Optional, Type
+from typing import Iterable, Mapping, Optional, Type, Union
 
 from ._channel import DEFAULT, ConnectSettings, TimeoutArg
 from ._transport import DEFAULT_TIMEOUT
 from .blob import BlobClient
+from .events import EventStream
 from .paths import PathLike, Paths
 from .pool import PoolClient
 from .protocol import DEFAULT_CLIENT_NAME
@@ -24,11 +25,15 @@ class Client:
     ...     client.ping()
     ...     job = client.queue.submit(["make", "test"]).job
     ...     final = client.queue.wait_done(job["id"])
+    ...     with client.events(kinds=["job_state"]) as events:
+    ...         for event in events:
+    ...             print(event)
 
     ``socket`` and ``state_dir`` resolve as :meth:`Paths.resolve` does
     (``HEARTH_SOCKET``, ``HEARTH_STATE_DIR``, the platform default). Each
     channel (:attr:`status_channel`, :attr:`pool`, :attr:`queue`, :attr:`blob`)
-    opens its own connection on first use. ``timeout`` is the default
+    opens its own connection on first use; :meth:`events` streams what the
+    daemon does on a ``status`` connection of its own. ``timeout`` is the default
     deadline of a connect and of each request, in seconds (``None``: none).
 
     A client is not thread-safe: give each thread its own.
@@ -67,6 +72,18 @@ class Client:
     ) -> ShutdownAnswer:
         """Asks the daemon to stop (see :meth:`StatusClient.shutdown`)."""
         return self.status_channel.shutdown(reason, drain, timeout)
+
+    def events(
+        self,
+        *,
+        services: Optional[Iterable[str]] = None,
+        kinds: Optional[Iterable[str]] = None,
+        ids: Optional[Iterable[Union[str, int]]] = None,
+        since: Optional[int] = None,
+        timeout: Optional[float] = None,
+    ) -> EventStream:
+        """Subscribes to the daemon's events (see :meth:`StatusClient.events`)."""
+        return self.status_channel.events(services=services, kinds=kinds, ids=ids, since=since, timeout=timeout)
 
     def close(self) -> None:
         """Closes every connection."""

@@ -1,10 +1,18 @@
-"""The ``status`` channel: ``ping``, ``status``, ``shutdown`` (proto-docs/status.md)."""
+"""The ``status`` channel: ``ping``, ``status``, ``shutdown``, ``subscribe`` (proto-docs/status.md).
+
+The event types and streams are in :mod:`.events`.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, TypedDict, cast
+import time
+import weakref
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, TypedDict, Union, cast
 
-from ._channel import DEFAULT, AsyncChannel, SyncChannel, TimeoutArg
+from ._channel import DEFAULT, AsyncChannel, ConnectSettings, SyncChannel, TimeoutArg
+from ._transport import AsyncConnection, Connection
+from .errors import RequestError
+from .events import AsyncEventStream, EventStream, read_subscribed, subscribe_request
 from .protocol import Json, drop_none, encode_json, expect_type
 
 __all__ = ["StatusReport", "Health", "HealthReason", "ShutdownAnswer", "StatusClient", "AsyncStatusClient"]
@@ -76,6 +84,14 @@ def read_shutdown(response: Json) -> ShutdownAnswer:
     return cast(ShutdownAnswer, expect_type(response, "shutting_down"))
 
 
+def _subscribe_timeout(control: Optional[float], deadline: Optional[float]) -> Optional[float]:
+    """The subscribe round trip's deadline: the client's, or the stream's if nearer."""
+    if deadline is None:
+        return control
+    remaining = max(deadline - time.monotonic(), 1e-6)
+    return remaining if control is None else min(control, remaining)
+
+
 # -- the clients ----------------------------------------------------------
 
 
@@ -83,6 +99,62 @@ class StatusClient(SyncChannel):
     """The ``status`` channel, blocking."""
 
     CHANNEL = "status"
+
+    def __init__(self, settings: ConnectSettings, handshake: Optional[Mapping[str, object]] = None) -> None:
+        super().__init__(settings, handshake)
+        self._streams: "weakref.WeakSet[EventStream]" = weakref.WeakSet()
+
+    def events(
+        self,
+        *,
+        services: Optional[Iterable[str]] = None,
+        kinds: Optional[Iterable[str]] = None,
+        ids: Optional[Iterable[Union[str, int]]] = None,
+        since: Optional[int] = None,
+        timeout: Optional[float] = None,
+    ) -> EventStream:
+        """Subscribes to the daemon's events; returns once subscribed (nothing published after is missed).
+
+        Each filter given (channel names, kinds of :data:`~hearth_client.events.EVENT_KINDS`,
+        subjects: job ids, pool names, blob hashes) must match. ``since``
+        resumes after that sequence number (a stream's :attr:`~EventStream.seq`):
+        the events the daemon still keeps come first, older ones as one
+        :class:`~hearth_client.events.Lagged`. ``timeout`` bounds the whole
+        stream (default: none). An unknown kind is refused with
+        :class:`~hearth_client.InvalidRequest`.
+
+        The stream takes this client's connection until it is closed; the
+        client's own calls meanwhile open another.
+        """
+        request = subscribe_request(services, kinds, ids, since)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        control = self._settings.timeout
+        conn = self.connection()
+        self._conn = None
+        try:
+            seq = read_subscribed(conn.request(request, _subscribe_timeout(control, deadline)))
+        except RequestError:
+            self._give_back(conn)
+            raise
+        except BaseException:
+            conn.close()
+            raise
+        stream = EventStream(conn, seq, deadline, control, self._give_back)
+        self._streams.add(stream)
+        return stream
+
+    def _give_back(self, conn: Connection) -> None:
+        """Takes back a connection a stream is done with (or closes it, holding another already)."""
+        if self._conn is None or self._conn.closed:
+            self._conn = conn
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        """Closes the connection and those of its event streams."""
+        for stream in list(self._streams):
+            stream._abandon()
+        super().close()
 
     def ping(self, timeout: TimeoutArg = DEFAULT) -> None:
         """The cheapest round trip: proves the daemon answers."""
@@ -103,6 +175,55 @@ class AsyncStatusClient(AsyncChannel):
     """The ``status`` channel, asyncio."""
 
     CHANNEL = "status"
+
+    def __init__(self, settings: ConnectSettings, handshake: Optional[Mapping[str, object]] = None) -> None:
+        super().__init__(settings, handshake)
+        self._streams: "weakref.WeakSet[AsyncEventStream]" = weakref.WeakSet()
+
+    def events(
+        self,
+        *,
+        services: Optional[Iterable[str]] = None,
+        kinds: Optional[Iterable[str]] = None,
+        ids: Optional[Iterable[Union[str, int]]] = None,
+        since: Optional[int] = None,
+        timeout: Optional[float] = None,
+    ) -> AsyncEventStream:
+        """The daemon's events (see :meth:`StatusClient.events`): ``await`` it or ``async with`` it to subscribe.
+
+        ``async for`` alone subscribes when iteration starts.
+        """
+        request = subscribe_request(services, kinds, ids, since)
+        control = self._settings.timeout
+
+        async def start(deadline: Optional[float]) -> Tuple[AsyncConnection, int]:
+            conn = await self.connection()
+            self._conn = None
+            try:
+                seq = read_subscribed(await conn.request(request, _subscribe_timeout(control, deadline)))
+            except RequestError:
+                self._give_back(conn)
+                raise
+            except BaseException:
+                conn.close()
+                raise
+            return conn, seq
+
+        stream = AsyncEventStream(start, timeout, control, self._give_back)
+        self._streams.add(stream)
+        return stream
+
+    def _give_back(self, conn: AsyncConnection) -> None:
+        if self._conn is None or self._conn.closed:
+            self._conn = conn
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        """Closes the connection and those of its event streams."""
+        for stream in list(self._streams):
+            stream._abandon()
+        super().close()
 
     async def ping(self, timeout: TimeoutArg = DEFAULT) -> None:
         """The cheapest round trip: proves the daemon answers."""

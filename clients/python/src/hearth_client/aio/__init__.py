@@ -9,6 +9,9 @@
 ...             print(env.path)
 ...         async for job in client.queue.wait(7):
 ...             print(job["state"])
+...         async with client.events(kinds=["job_state"]) as events:
+...             async for event in events:
+...                 print(event)
 
 A call cancelled (or timed out) part-way closes its connection rather than
 leave half a frame on it; the next call opens a new one.
@@ -17,12 +20,13 @@ leave half a frame on it; the next call opens a new one.
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Mapping, Optional, Type
+from typing import Iterable, Mapping, Optional, Type, Union
 
 from .._channel import DEFAULT, ConnectSettings, TimeoutArg
 from .._transport import DEFAULT_TIMEOUT, AsyncConnection
 from ..blob import AsyncBlobClient
 from ..ensure import async_ensure_daemon_running as ensure_daemon_running
+from ..events import AsyncEventStream
 from ..paths import PathLike, Paths
 from ..pool import AsyncLease, AsyncPoolClient
 from ..protocol import DEFAULT_CLIENT_NAME
@@ -39,6 +43,7 @@ __all__ = [
     "AsyncBlobClient",
     "AsyncLease",
     "AsyncLogStream",
+    "AsyncEventStream",
 ]
 
 
@@ -78,6 +83,18 @@ class Client:
     ) -> ShutdownAnswer:
         """Asks the daemon to stop."""
         return await self.status_channel.shutdown(reason, drain, timeout)
+
+    def events(
+        self,
+        *,
+        services: Optional[Iterable[str]] = None,
+        kinds: Optional[Iterable[str]] = None,
+        ids: Optional[Iterable[Union[str, int]]] = None,
+        since: Optional[int] = None,
+        timeout: Optional[float] = None,
+    ) -> AsyncEventStream:
+        """The daemon's events (see :meth:`AsyncStatusClient.events`): ``async with client.events() as events``."""
+        return self.status_channel.events(services=services, kinds=kinds, ids=ids, since=since, timeout=timeout)
 
     def close(self) -> None:
         """Closes every connection."""
