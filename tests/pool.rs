@@ -191,12 +191,16 @@ fn a_take_whose_caller_leaves_while_waiting_does_not_leak_its_resource() {
     wait_pool(&state, "gated", "a waiting take", |s| s["waiting"] == 1 && s["building"] == 1);
     drop(c);
     std::fs::write(&gate, b"").unwrap();
-    // The build finishes for nobody: the resource ends up ready (kept for
-    // the next take, over the target of 0), never taken.
-    let status = wait_pool(&state, "gated", "the build to end", |s| s["building"] == 0 && s["waiting"] == 0);
-    assert_eq!(status["taken"], 0, "{status}");
+    // The build finishes for nobody (its answer cannot be delivered, so its
+    // take is undone): the resource ends up ready, kept for the next take
+    // over the target of 0, never taken.
+    wait_pool(&state, "gated", "the take undone and its resource kept", |s| {
+        s["building"] == 0 && s["waiting"] == 0 && s["taken"] == 0 && s["ready"] == 1
+    });
     let mut c = RawConn::open(state.socket(), "pool");
     assert_eq!(c.request(&json!({"type": "leases"}))["leases"], json!([]));
+    let reply = c.request(&json!({"type": "take", "pool": "gated", "timeout_ms": 0}));
+    assert_eq!((reply["type"].as_str(), reply["warm"].as_bool()), (Some("taken"), Some(true)), "kept for it: {reply}");
 }
 
 #[test]

@@ -267,12 +267,14 @@ impl PoolService {
     }
 
     /// Undoes a take whose answer could not be delivered: the resource was
-    /// never seen by anyone, so it goes back to ready.
+    /// never seen by anyone, so it goes back to ready. One built for that
+    /// take is kept like one whose take timed out (see `Policy`).
     pub(crate) fn untake(&self, lease: &LeaseId) {
         let (pool, id) = {
             let mut state = self.lock();
             let Some((pool, id)) = state.leases.remove(lease) else { return };
             let r = state.pools.get_mut(&pool).and_then(|p| p.resources.get_mut(&id)).expect("leased");
+            r.for_take = matches!(&r.state, ResState::Taken(lease) if !lease.warm);
             r.state = ResState::Claimed;
             (pool, id)
         };
