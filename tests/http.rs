@@ -99,6 +99,8 @@ fn metrics_are_valid_openmetrics_and_count_what_happened() {
         .output()
         .unwrap();
     assert!(blob.status.success(), "{}", String::from_utf8_lossy(&blob.stderr));
+    let set = state.run(&["sync", "set", "notes/metrics", "title", "\"scraped\""]);
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
 
     let r = curl(&[&url]);
     assert_eq!(r.status, 200);
@@ -148,6 +150,19 @@ fn metrics_are_valid_openmetrics_and_count_what_happened() {
     assert_eq!(sample(&families, "hearth_health", "hearth_health", &[("state", "healthy")]), Some(1.0));
     assert!(sample(&families, "hearth_connections_accepted", "hearth_connections_accepted_total", &[]) >= Some(4.0));
     assert_eq!(families["hearth_connections_accepted"]["type"], "counter");
+    // Per channel, whatever the channel: counted at the handshake.
+    let opened = |channel| {
+        let labels = [("channel", channel)];
+        sample(&families, "hearth_channel_connections_opened", "hearth_channel_connections_opened_total", &labels)
+    };
+    assert!(opened("queue") >= Some(2.0), "{}", families["hearth_channel_connections_opened"]);
+    assert!(opened("blob") >= Some(1.0));
+    assert!(opened("sync") >= Some(1.0));
+    assert_eq!(opened("pool"), Some(0.0), "a channel nobody opened is there, at 0");
+    let open = sample(&families, "hearth_channel_connections", "hearth_channel_connections", &[("channel", "pool")]);
+    assert_eq!(open, Some(0.0));
+    assert!(sample(&families, "hearth_sync_rooms", "hearth_sync_rooms", &[]) >= Some(1.0));
+    assert!(sample(&families, "hearth_sync_writes", "hearth_sync_writes_total", &[]) >= Some(1.0));
     assert_eq!(
         sample(&families, "hearth_build", "hearth_build_info", &[("version", env!("CARGO_PKG_VERSION"))]),
         Some(1.0)

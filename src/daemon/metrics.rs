@@ -27,6 +27,7 @@ use prometheus_client::encoding::{
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
@@ -51,6 +52,11 @@ pub(crate) const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf
 struct RequestLabels {
     channel: &'static str,
     r#type: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ChannelLabels {
+    channel: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -124,6 +130,8 @@ pub(crate) enum Route {
 pub(crate) struct Metrics {
     registry: Registry,
     requests: HistogramFamily<RequestLabels>,
+    channel_open: Family<ChannelLabels, Gauge>,
+    channel_opened: Family<ChannelLabels, Counter>,
     attempts: HistogramFamily<AttemptLabels>,
     syncs: HistogramFamily<StoreLabels>,
     blob_put_bytes: Counter,
@@ -158,6 +166,24 @@ impl Metrics {
             "Time from a request's arrival to its answer's first frame, per channel and request type",
             Unit::Seconds,
             requests.clone(),
+        );
+        // Per channel, from the handshake: every channel (one added later
+        // included) is counted without code of its own.
+        let channel_open = Family::<ChannelLabels, Gauge>::default();
+        let channel_opened = Family::<ChannelLabels, Counter>::default();
+        for &channel in Channel::ALL {
+            let _ = channel_open.get_or_create(&ChannelLabels { channel: channel.as_str() });
+            let _ = channel_opened.get_or_create(&ChannelLabels { channel: channel.as_str() });
+        }
+        registry.register(
+            "channel_connections",
+            "Client connections open on the socket, per channel (after the handshake)",
+            channel_open.clone(),
+        );
+        registry.register(
+            "channel_connections_opened",
+            "Client connections accepted by a channel's handshake since start, per channel",
+            channel_opened.clone(),
         );
         let attempts: HistogramFamily<AttemptLabels> =
             Family::new_with_constructor(|| Histogram::new(ATTEMPT_BUCKETS.iter().copied()));
@@ -206,6 +232,8 @@ impl Metrics {
         Self {
             registry,
             requests,
+            channel_open,
+            channel_opened,
             attempts,
             syncs,
             blob_put_bytes,
@@ -227,6 +255,18 @@ impl Metrics {
     pub(crate) fn request(&self, channel: Channel, kind: &'static str, took: Duration) {
         let labels = RequestLabels { channel: channel.as_str(), r#type: kind };
         self.requests.get_or_create(&labels).observe(took.as_secs_f64());
+    }
+
+    /// A client connection's handshake on `channel` was accepted.
+    pub(crate) fn channel_opened(&self, channel: Channel) {
+        let labels = ChannelLabels { channel: channel.as_str() };
+        self.channel_opened.get_or_create(&labels).inc();
+        self.channel_open.get_or_create(&labels).inc();
+    }
+
+    /// A connection counted by [`channel_opened`](Self::channel_opened) ended.
+    pub(crate) fn channel_closed(&self, channel: Channel) {
+        self.channel_open.get_or_create(&ChannelLabels { channel: channel.as_str() }).dec();
     }
 
     /// A job's attempt in `queue` ended with `outcome` after `took`.

@@ -83,7 +83,7 @@ pub(crate) async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
     );
     let _counted = (handshake.client.as_deref() != Some(crate::daemon::supervisor::SELF_CHECK_CLIENT)).then(|| {
         bump(&shared.stats.total);
-        ActiveGuard::new(&shared)
+        ActiveGuard::new(&shared, handshake.channel)
     });
     conn.set_max_frame(s.max_frame.as_usize());
     let reply = HandshakeReply::Accepted(Accepted {
@@ -141,18 +141,21 @@ pub(crate) async fn refuse(mut stream: UnixStream, error: WireError, daemon: Opt
     .await;
 }
 
-/// Counts a client connection as active for as long as it lives.
-struct ActiveGuard(Arc<Shared>);
+/// Counts a client connection as active, in all and on its channel, for
+/// as long as it lives.
+struct ActiveGuard(Arc<Shared>, Channel);
 
 impl ActiveGuard {
-    fn new(shared: &Arc<Shared>) -> Self {
+    fn new(shared: &Arc<Shared>, channel: Channel) -> Self {
         bump(&shared.stats.active);
-        ActiveGuard(shared.clone())
+        shared.metrics.channel_opened(channel);
+        ActiveGuard(shared.clone(), channel)
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.stats.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.metrics.channel_closed(self.1);
     }
 }

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Config;
+use super::metrics::Scrape;
 use super::services::{BoxFuture, Opened, Service, StartCtx, StartError, StartService};
 use crate::connection::Connection;
 use crate::paths::Paths;
@@ -322,6 +323,21 @@ impl Service for SyncService {
 
     fn summarize(&self, summaries: &mut ServiceSummaries) {
         summaries.sync = Some(self.summary());
+    }
+
+    fn collect(&self, scrape: &mut Scrape<'_, '_>) -> std::fmt::Result {
+        let s = self.summary();
+        scrape.gauge("sync_rooms", "Sync rooms loaded", None, s.rooms)?;
+        scrape.gauge("sync_peers", "Peers in the loaded sync rooms", None, s.peers)?;
+        scrape.counter("sync_writes", "View-mode writes received since start", None, s.writes)?;
+        scrape.counter("sync_messages", "Replica sync messages received since start", None, s.sync_messages)?;
+        scrape.counter("sync_commits", "Group commits of the sync store since start", None, s.commits)?;
+        scrape.counter(
+            "sync_peers_dropped_slow",
+            "Peers disconnected with peer_too_slow since start",
+            None,
+            s.peers_dropped_slow,
+        )
     }
 
     fn health(&self, reasons: &mut Vec<HealthReason>) {
