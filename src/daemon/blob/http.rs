@@ -171,10 +171,10 @@ enum Span {
 /// RFC 9110 allows.
 fn requested_span(headers: &HeaderMap, etag: &str, size: u64) -> Span {
     let Some(range) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else { return Span::Whole };
-    if let Some(if_range) = headers.get(header::IF_RANGE) {
-        if if_range.to_str().map(str::trim).ok() != Some(etag) {
-            return Span::Whole;
-        }
+    if let Some(if_range) = headers.get(header::IF_RANGE)
+        && if_range.to_str().map(str::trim).ok() != Some(etag)
+    {
+        return Span::Whole;
     }
     parse_range(range, size).unwrap_or(Span::Whole)
 }

@@ -195,10 +195,10 @@ fn bind(state_dir: &Path, configured: Option<u16>) -> io::Result<std::net::TcpLi
         None => any()?,
     };
     let port = listener.local_addr()?.port();
-    if remembered(file.clone()) != Some(port) {
-        if let Err(e) = fsutil::write_atomic(&file, port.to_string().as_bytes(), 0o600, false) {
-            tracing::warn!("cannot remember the HTTP port: {e}");
-        }
+    if remembered(file.clone()) != Some(port)
+        && let Err(e) = fsutil::write_atomic(&file, port.to_string().as_bytes(), 0o600, false)
+    {
+        tracing::warn!("cannot remember the HTTP port: {e}");
     }
     Ok(listener)
 }
