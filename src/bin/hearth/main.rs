@@ -31,6 +31,7 @@ mod queue_cmd;
 mod shell_cmd;
 mod status_cmd;
 mod stdin_read;
+mod watch;
 
 use error::CliError;
 

@@ -1,0 +1,68 @@
+//! An event subscription for commands that wait on what the daemon does
+//! (`queue wait` with several jobs, `pool warm --wait`, `top`).
+//!
+//! The subscription is read by a task of its own and handed over a bounded
+//! channel, so a command can wait on it in `select!` beside a deadline or
+//! its keyboard: a frame read never sits in `select!` half-done, and a
+//! command that falls behind leaves the daemon to count what it missed
+//! (`lagged`) instead of buffering without bound.
+
+use hearth::client::{ClientError, ConnectOptions, Notice, StatusClient};
+use hearth::protocol::event::EventFilter;
+use hearth::protocol::handshake::DaemonIdent;
+use tokio::sync::mpsc;
+
+/// Notices the reading task may hold before it waits for the command.
+const BUFFER: usize = 256;
+
+/// A live subscription; dropping it ends it (and its connection).
+#[derive(Debug)]
+pub(crate) struct EventFeed {
+    rx: mpsc::Receiver<Result<Notice, ClientError>>,
+    reader: tokio::task::JoinHandle<()>,
+    daemon: DaemonIdent,
+    /// The last sequence number before the subscription.
+    pub(crate) start_seq: u64,
+}
+
+impl EventFeed {
+    /// Connects, subscribes (resuming after `since` if given) and returns
+    /// once the daemon confirmed: every event after that reaches [`EventFeed::next`].
+    pub(crate) async fn start(
+        options: &ConnectOptions,
+        since: Option<u64>,
+        filter: EventFilter,
+    ) -> Result<Self, ClientError> {
+        let mut client = StatusClient::connect_with(options).await?;
+        let start_seq = client.subscribe_since(since, filter).await?;
+        let daemon = client.daemon().clone();
+        let (tx, rx) = mpsc::channel(BUFFER);
+        let reader = tokio::spawn(async move {
+            loop {
+                let notice = client.next_event().await;
+                let ended = notice.is_err();
+                if tx.send(notice).await.is_err() || ended {
+                    return;
+                }
+            }
+        });
+        Ok(Self { rx, reader, daemon, start_seq })
+    }
+
+    /// The next notice; an error when the subscription ended (the daemon
+    /// stopped, or the connection broke). Cancel-safe.
+    pub(crate) async fn next(&mut self) -> Result<Notice, ClientError> {
+        self.rx.recv().await.unwrap_or(Err(ClientError::Closed))
+    }
+
+    /// The daemon that serves the subscription.
+    pub(crate) fn daemon(&self) -> &DaemonIdent {
+        &self.daemon
+    }
+}
+
+impl Drop for EventFeed {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
