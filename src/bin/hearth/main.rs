@@ -31,6 +31,7 @@ mod queue_cmd;
 mod shell_cmd;
 mod status_cmd;
 mod stdin_read;
+mod top_cmd;
 mod watch;
 
 use error::CliError;
@@ -93,6 +94,10 @@ enum Command {
     /// Print what the daemon's services do as it happens: job states, pool
     /// builds and takes, blob puts, health changes (never starts one)
     Events(events_cmd::EventsArgs),
+    /// Watch the daemon live in the terminal: health, connections, jobs,
+    /// pools, throughput; cancel or retry jobs (never starts one)
+    #[command(after_help = top_cmd::TOP_HELP)]
+    Top,
     /// Start, stop and inspect the daemon process; install it as a service
     #[command(subcommand)]
     Daemon(daemon_cmd::DaemonCommand),
@@ -178,6 +183,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
             Command::Status => status_cmd::status(ctx).await,
             Command::Shutdown(args) => status_cmd::shutdown(ctx, args).await,
             Command::Events(args) => events_cmd::events(ctx, &args).await,
+            Command::Top => top_cmd::top(ctx).await,
             Command::Daemon(command) => daemon_cmd::run(ctx, command).await,
             Command::Doctor(args) => doctor_cmd::doctor(ctx, &args).await,
             Command::Pool(command) => pool_cmd::run(ctx, command).await,

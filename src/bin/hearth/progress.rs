@@ -214,7 +214,7 @@ impl WaitBar {
             Some(line) => {
                 let mut line = lock(line);
                 let mut err = std::io::stderr().lock();
-                let _ = write!(err, "{CLEAR_LINE}{text}\n");
+                let _ = writeln!(err, "{CLEAR_LINE}{text}");
                 let _ = err.flush();
                 line.shown = None;
                 line.redraw();

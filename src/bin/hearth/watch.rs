@@ -21,8 +21,6 @@ pub(crate) struct EventFeed {
     rx: mpsc::Receiver<Result<Notice, ClientError>>,
     reader: tokio::task::JoinHandle<()>,
     daemon: DaemonIdent,
-    /// The last sequence number before the subscription.
-    pub(crate) start_seq: u64,
 }
 
 impl EventFeed {
@@ -34,7 +32,7 @@ impl EventFeed {
         filter: EventFilter,
     ) -> Result<Self, ClientError> {
         let mut client = StatusClient::connect_with(options).await?;
-        let start_seq = client.subscribe_since(since, filter).await?;
+        client.subscribe_since(since, filter).await?;
         let daemon = client.daemon().clone();
         let (tx, rx) = mpsc::channel(BUFFER);
         let reader = tokio::spawn(async move {
@@ -46,7 +44,7 @@ impl EventFeed {
                 }
             }
         });
-        Ok(Self { rx, reader, daemon, start_seq })
+        Ok(Self { rx, reader, daemon })
     }
 
     /// The next notice; an error when the subscription ended (the daemon
