@@ -75,13 +75,12 @@ fn top_shows_jobs_as_they_come_cancels_and_retries_them_and_q_restores_the_termi
     });
     assert_eq!(job(&state, long)["state"], "canceled", "the daemon canceled it");
 
-    // Now ended, newest first: the dead job is above the selected canceled one.
-    tmux.wait_screen("the ended jobs, newest first", |s| {
-        s.find(&format!("│  {failing} "))
-            .is_some_and(|dead| s.find(&format!("│▶ {long} ")).is_some_and(|sel| dead < sel))
+    // Both ended now, newest first; the selection was never moved, so it
+    // is on the first row: the dead job.
+    tmux.wait_screen("the dead job first and selected", |s| {
+        s.find(&format!("│▶ {failing} "))
+            .is_some_and(|dead| s.find(&format!("│  {long} ")).is_some_and(|other| dead < other))
     });
-    tmux.keys(&["k"]);
-    tmux.wait_screen("the dead job selected", |s| row(s, failing).is_some_and(|r| r.contains('▶')));
     let first_end = job(&state, failing)["finished_at_ms"].clone();
     tmux.keys(&["r"]);
     tmux.wait_text(&format!("requeued job {failing}"));

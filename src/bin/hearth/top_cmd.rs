@@ -28,6 +28,7 @@ use crate::error::{CliError, EXIT_OK};
 pub(crate) const TOP_HELP: &str = "\
 Keys: up/down (k/j), PgUp/PgDn, Home/End select a job; c cancels it (after
 a y); r retries it when it is dead; ? shows every key; q or Esc quits.
+Until moved, the selection is the first row; then it follows its job.
 
 The screen follows the daemon's events and reads a full snapshot every
 second. `hearth top` never starts a daemon: when none runs it exits with

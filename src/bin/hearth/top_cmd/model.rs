@@ -125,6 +125,9 @@ pub(super) struct Model {
     pub(super) mode: Mode,
     /// The selected job, by id, so that it stays selected as rows move.
     pub(super) selected: Option<u64>,
+    /// Whether the person chose it; until then the first row is selected,
+    /// whichever job that is (the view keeps the running jobs in sight).
+    chosen: bool,
     pub(super) jobs_ended: Rate,
     pub(super) events: Rate,
     /// Events this dashboard fell behind on (it was told it missed them).
@@ -139,6 +142,7 @@ impl Model {
             snapshot: None,
             mode: Mode::Normal,
             selected: None,
+            chosen: false,
             jobs_ended: Rate::default(),
             events: Rate::default(),
             missed: 0,
@@ -172,6 +176,7 @@ impl Model {
                         if let Some(snapshot) = &mut self.snapshot {
                             snapshot.jobs.sort_by(job_order);
                         }
+                        self.keep_selection();
                     }
                 }
             }
@@ -228,18 +233,22 @@ impl Model {
             None => 0,
         };
         self.selected = Some(self.jobs()[next].id);
+        self.chosen = true;
     }
 
     pub(super) fn select_edge(&mut self, last: bool) {
         let jobs = self.jobs();
         self.selected = if last { jobs.last() } else { jobs.first() }.map(|j| j.id);
+        self.chosen = true;
     }
 
-    /// A job that left the list (purged, or older than what is shown)
-    /// hands the selection to the first row.
+    /// Until the person chooses, the first row is selected; a job they
+    /// chose that left the list (purged, or older than what is shown)
+    /// hands the selection back to the first row.
     fn keep_selection(&mut self) {
-        if self.selected_index().is_none() {
+        if !self.chosen || self.selected_index().is_none() {
             self.selected = self.jobs().first().map(|j| j.id);
+            self.chosen = false;
         }
     }
 
@@ -353,23 +362,25 @@ pub(super) mod tests {
     fn the_selection_follows_its_job_and_moves_within_the_list() {
         let mut model = model_with(vec![job(1, JobState::Running), job(2, JobState::Queued)]);
         assert_eq!(model.selected, Some(1), "the first row is selected at first");
+        // Not chosen yet: the first row stays selected, whichever job it is.
+        let snapshot = |model: &Model, jobs: Vec<Job>| {
+            Update::Snapshot(Box::new(Snapshot { jobs, ..model.snapshot.clone().expect("a snapshot") }))
+        };
+        model.apply(snapshot(&model, vec![job(0, JobState::Running), job(1, JobState::Running)]));
+        assert_eq!(model.selected, Some(0));
+        model.apply(snapshot(&model, vec![job(1, JobState::Running), job(2, JobState::Queued)]));
+        assert_eq!(model.selected, Some(1));
         model.select_by(5);
         assert_eq!(model.selected, Some(2), "clamped at the end");
         model.select_by(-9);
         assert_eq!(model.selected, Some(1));
         model.select_by(1);
-        // Job 2 starts running and moves up: it stays selected.
+        // Chosen: job 2 starts running and moves up; it stays selected.
         model.apply(job_event(2, Some(JobState::Running)));
-        let snapshot = model.snapshot.clone().expect("a snapshot");
-        let mut jobs = snapshot.jobs.clone();
-        jobs[1].state = JobState::Running;
-        model.apply(Update::Snapshot(Box::new(Snapshot { jobs, ..snapshot })));
+        model.apply(snapshot(&model, vec![job(2, JobState::Running), job(0, JobState::Running)]));
         assert_eq!(model.selected, Some(2));
-        // It is purged: the selection goes to the first row.
-        model.apply(Update::Snapshot(Box::new(Snapshot {
-            jobs: vec![job(1, JobState::Running)],
-            ..model.snapshot.clone().unwrap()
-        })));
+        // It is purged: the selection goes back to the first row.
+        model.apply(snapshot(&model, vec![job(1, JobState::Running)]));
         assert_eq!(model.selected, Some(1));
     }
 

@@ -142,7 +142,7 @@ fn draw_daemon(frame: &mut Frame<'_>, area: Rect, model: &Model) {
         )),
         Line::from(match &snapshot.queue {
             Some(q) => format!(
-                "queue        {} running · {} queued · {} retrying · {} dead · {} of {} workers busy · {} ended in the last minute",
+                "queue        {} running · {} queued · {} retrying · {} dead · {} of {} workers busy · {} ended in 1 min",
                 q.states.running,
                 q.states.queued,
                 q.states.retry_wait,
