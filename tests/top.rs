@@ -216,7 +216,7 @@ fn waits_show_a_bar_on_a_terminal_and_erase_it_when_done() {
     let held = submit(&state, &["--", "sh", "-c", &gate.command()]);
     assert!(wait_for(Duration::from_secs(20), || job(&state, held)["state"] == "running"), "the job runs");
     let tmux = Tmux::start(&state, 120, 20, &in_terminal("hearth daemon stop --drain --timeout 2m"), &[]);
-    tmux.wait_screen("the drain bar", |s| s.contains("draining [") && s.contains("1 jobs and 0 builds still running"));
+    tmux.wait_screen("the drain bar", |s| s.contains("draining [") && s.contains("1 job and 0 builds still running"));
     gate.open();
     let screen = tmux.wait_text("exited with 0");
     assert!(screen.contains("stopped hearthd"), "{screen}");

@@ -366,7 +366,8 @@ impl DrainWatch {
         let left = jobs + builds;
         self.most = self.most.max(left);
         self.bar.set(self.most - left, self.most);
-        self.bar.note(format!("{jobs} jobs and {builds} builds still running"));
+        let plural = |n: u64, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+        self.bar.note(format!("{} and {} still running", plural(jobs, "job"), plural(builds, "build")));
     }
 }
 

@@ -273,7 +273,10 @@ impl BarLine {
         let fraction = if self.total == 0 { 1.0 } else { (self.done as f64 / self.total as f64).min(1.0) };
         let filled = (fraction * WIDTH as f64) as usize;
         let note = if self.note.is_empty() { String::new() } else { format!("  {}", self.note) };
-        let elapsed = crate::output::duration(Duration::from_secs(self.started.elapsed().as_secs()));
+        let elapsed = match self.started.elapsed().as_secs() {
+            s @ 0..60 => format!("{s}s"),
+            s => crate::output::duration(Duration::from_secs(s)),
+        };
         let text = format!(
             "{} [{}{}] {} of {} {}{note}  {elapsed}",
             self.label,
