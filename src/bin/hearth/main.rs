@@ -43,7 +43,7 @@ Exit status:
   0  success
   1  the command failed (the error's code is printed)
   2  usage error
-  3  no daemon is running (ping, status, shutdown never start one)
+  3  no daemon is running (ping, status, shutdown, events, top never start one)
   4  no answer within the deadline
   5  daemon stop/restart refused to signal a process it could not prove to be the daemon
   141  stdout was closed before everything was written (e.g. `| head`); nothing more is printed
