@@ -282,3 +282,30 @@ fn waits_show_no_bar_when_stderr_is_not_a_terminal() {
     assert!(out.stderr.is_empty(), "no bar in a pipe: {:?}", stderr(&out));
     assert!(daemon.wait_exit(Duration::from_secs(20)).is_some(), "the daemon stopped");
 }
+
+#[test]
+fn a_wait_on_several_jobs_outlasts_the_idle_timeout() {
+    let state = StateDir::new();
+    let _daemon = state.start(&["--connection-idle-timeout", "300ms"]);
+    let gate = Gate::new(&state, "gate");
+    let quick = submit(&state, &["--", "true"]);
+    let held = submit(&state, &["--", "sh", "-c", &gate.command()]);
+    let wait = state
+        .hearth()
+        .args(["queue", "wait", &quick.to_string(), &held.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn queue wait");
+    // Its subscription stands; its request connection idles out. Each
+    // `status` counts itself, the subscription and, until then, that one.
+    let idled_out = wait_for(Duration::from_secs(20), || {
+        let out = state.run(&["--json", "status"]);
+        serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|v| v["connections"]["active"] == 2)
+    });
+    assert!(idled_out, "the wait's request connection idled out");
+    gate.open();
+    let out = common::output_within(wait, common::COMMAND_LIMIT, "queue wait");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("job {held}: succeeded")), "{}", stderr(&out));
+}

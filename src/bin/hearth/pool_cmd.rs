@@ -338,7 +338,7 @@ async fn warm(ctx: &Ctx, client: &mut PoolClient, args: &WarmArgs) -> Result<u8,
     let feed = if args.wait {
         let filter =
             EventFilter { services: vec![Channel::Pool], ids: vec![args.name.clone()], ..EventFilter::default() };
-        Some(EventFeed::start(&ctx.connect_options(), None, filter).await?)
+        Some(EventFeed::start(&ctx.connect_options(), filter).await?)
     } else {
         None
     };

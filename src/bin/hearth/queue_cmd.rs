@@ -406,7 +406,7 @@ async fn wait_all(ctx: &Ctx, client: &mut QueueClient, ids: &[u64]) -> Result<u8
         ids: if unique.len() <= MAX_FILTER_ENTRIES { unique.iter().map(u64::to_string).collect() } else { vec![] },
     };
     // Subscribed before the jobs are read: an end between the two is not missed.
-    let mut feed = EventFeed::start(&ctx.connect_options(), None, filter).await?;
+    let mut feed = EventFeed::start(&ctx.connect_options(), filter).await?;
     let total = unique.len() as u64;
     let bar = WaitBar::new("waiting", "jobs ended", total, ctx.json);
     let mut ended: BTreeMap<u64, u8> = BTreeMap::new();
@@ -428,7 +428,7 @@ async fn wait_all(ctx: &Ctx, client: &mut QueueClient, ids: &[u64]) -> Result<u8
             Notice::Lagged { .. } => unique.iter().copied().filter(|id| !ended.contains_key(id)).collect(),
         };
         for id in check {
-            match client.get(id).await {
+            match get_after_idle(ctx, client, id).await {
                 Ok((job, attempts)) if job.state.is_final() => {
                     ended.insert(id, report_end(ctx, &bar, &job, attempts.last()));
                 }
@@ -444,6 +444,25 @@ async fn wait_all(ctx: &Ctx, client: &mut QueueClient, ids: &[u64]) -> Result<u8
     bar.finish();
     // The first job named that did not succeed decides.
     Ok(ids.iter().map(|id| ended[id]).find(|&status| status != 0).unwrap_or(EXIT_OK))
+}
+
+/// `get`, on a fresh connection if the daemon closed this one: a wait
+/// can outlast `server.connection_idle_timeout`.
+async fn get_after_idle(
+    ctx: &Ctx,
+    client: &mut QueueClient,
+    id: u64,
+) -> Result<(Job, Vec<Attempt>), hearth::client::ClientError> {
+    use hearth::client::ClientError;
+    match client.get(id).await {
+        // The daemon says why it closed the connection, when it can.
+        Err(ClientError::Closed)
+        | Err(ClientError::Daemon(hearth::protocol::WireError { code: ErrorCode::IdleTimeout, .. })) => {
+            *client = QueueClient::connect_with(&ctx.connect_options()).await?;
+            client.get(id).await
+        }
+        other => other,
+    }
 }
 
 /// Says that a job ended; returns its exit status.

@@ -24,15 +24,11 @@ pub(crate) struct EventFeed {
 }
 
 impl EventFeed {
-    /// Connects, subscribes (resuming after `since` if given) and returns
-    /// once the daemon confirmed: every event after that reaches [`EventFeed::next`].
-    pub(crate) async fn start(
-        options: &ConnectOptions,
-        since: Option<u64>,
-        filter: EventFilter,
-    ) -> Result<Self, ClientError> {
+    /// Connects, subscribes and returns once the daemon confirmed: every
+    /// event after that reaches [`EventFeed::next`].
+    pub(crate) async fn start(options: &ConnectOptions, filter: EventFilter) -> Result<Self, ClientError> {
         let mut client = StatusClient::connect_with(options).await?;
-        client.subscribe_since(since, filter).await?;
+        client.subscribe(filter).await?;
         let daemon = client.daemon().clone();
         let (tx, rx) = mpsc::channel(BUFFER);
         let reader = tokio::spawn(async move {

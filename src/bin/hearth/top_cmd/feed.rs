@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hearth::client::{Client, ClientError, ConnectOptions, Notice, PoolClient, QueueClient, StatusClient};
-use hearth::protocol::event::{EventData, EventFilter};
+use hearth::client::{Client, ClientError, ConnectOptions, PoolClient, QueueClient, StatusClient};
+use hearth::protocol::event::EventFilter;
 use hearth::protocol::queue::{JobState, ListFilter, QueueChannel, Selection};
 use hearth::protocol::{ChannelProtocol, ErrorCode};
 use tokio::sync::{Notify, mpsc};
@@ -25,6 +25,8 @@ const MIN_REFRESH: Duration = Duration::from_millis(150);
 const ACTIVE_JOBS: u32 = 500;
 /// Ended jobs shown (the newest).
 const ENDED_JOBS: u32 = 50;
+/// A snapshot not read within this long: the daemon counts as not answering.
+const ANSWER: Duration = Duration::from_secs(5);
 /// The longest pause between two attempts to reach a daemon.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -83,7 +85,7 @@ async fn session(
     nudge: &Notify,
     backoff: &mut Duration,
 ) -> String {
-    let mut feed = match EventFeed::start(options, None, EventFilter::default()).await {
+    let mut feed = match EventFeed::start(options, EventFilter::default()).await {
         Ok(feed) => feed,
         Err(e) => return why(&e),
     };
@@ -98,22 +100,22 @@ async fn session(
     let mut next = Instant::now();
     loop {
         if Instant::now() >= next {
-            match clients.snapshot().await {
-                Ok(snapshot) => {
+            match tokio::time::timeout(ANSWER, clients.snapshot()).await {
+                Ok(Ok(snapshot)) => {
                     if updates.send(Update::Snapshot(Box::new(snapshot))).await.is_err() {
                         return "closed".into();
                     }
                 }
-                Err(e) => return why(&e),
+                Ok(Err(e)) => return why(&e),
+                Err(_) => return format!("the daemon did not answer within {}", crate::output::duration(ANSWER)),
             }
             next = Instant::now() + REFRESH;
         }
         tokio::select! {
             notice = feed.next() => match notice {
                 Ok(notice) => {
-                    if shown_differently(&notice) {
-                        next = next.min(Instant::now() + MIN_REFRESH);
-                    }
+                    // What changed is read soon (the event says only what happened).
+                    next = next.min(Instant::now() + MIN_REFRESH);
                     if updates.send(Update::Notice(notice)).await.is_err() {
                         return "closed".into();
                     }
@@ -123,15 +125,6 @@ async fn session(
             () = nudge.notified() => next = next.min(Instant::now() + MIN_REFRESH),
             () = tokio::time::sleep_until(next) => {}
         }
-    }
-}
-
-/// Whether an event changes what a snapshot would show (every kind does
-/// today but an unknown one; kept as a function for kinds that will not).
-fn shown_differently(notice: &Notice) -> bool {
-    match notice {
-        Notice::Event(event) => !matches!(event.data, EventData::Unknown),
-        Notice::Lagged { .. } => true,
     }
 }
 
