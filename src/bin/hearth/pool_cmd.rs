@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::error::{CliError, EXIT_OK};
 use crate::progress::WaitBar;
-use crate::watch::EventFeed;
+use crate::watch::{EventFeed, reconnecting};
 use crate::{Ctx, output};
 
 #[derive(Debug, Subcommand)]
@@ -382,7 +382,7 @@ async fn wait_ready(ctx: &Ctx, client: &mut PoolClient, args: &WarmArgs, mut fee
                 .exit(crate::error::EXIT_TIMEOUT));
             }
         }
-        pool = client.pool_status(&args.name).await?;
+        pool = reconnecting(&ctx.connect_options(), client, async |c| c.pool_status(&args.name).await).await?;
     }
     bar.finish();
     Ok(pool.ready)

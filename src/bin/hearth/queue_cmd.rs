@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::error::{CliError, EXIT_OK};
 use crate::progress::WaitBar;
-use crate::watch::EventFeed;
+use crate::watch::{EventFeed, reconnecting};
 use crate::{Ctx, output};
 
 /// Exit status of `queue wait` and `run` for a canceled job.
@@ -428,7 +428,7 @@ async fn wait_all(ctx: &Ctx, client: &mut QueueClient, ids: &[u64]) -> Result<u8
             Notice::Lagged { .. } => unique.iter().copied().filter(|id| !ended.contains_key(id)).collect(),
         };
         for id in check {
-            match get_after_idle(ctx, client, id).await {
+            match reconnecting(&ctx.connect_options(), client, async |c| c.get(id).await).await {
                 Ok((job, attempts)) if job.state.is_final() => {
                     ended.insert(id, report_end(ctx, &bar, &job, attempts.last()));
                 }
@@ -444,25 +444,6 @@ async fn wait_all(ctx: &Ctx, client: &mut QueueClient, ids: &[u64]) -> Result<u8
     bar.finish();
     // The first job named that did not succeed decides.
     Ok(ids.iter().map(|id| ended[id]).find(|&status| status != 0).unwrap_or(EXIT_OK))
-}
-
-/// `get`, on a fresh connection if the daemon closed this one: a wait
-/// can outlast `server.connection_idle_timeout`.
-async fn get_after_idle(
-    ctx: &Ctx,
-    client: &mut QueueClient,
-    id: u64,
-) -> Result<(Job, Vec<Attempt>), hearth::client::ClientError> {
-    use hearth::client::ClientError;
-    match client.get(id).await {
-        // The daemon says why it closed the connection, when it can.
-        Err(ClientError::Closed)
-        | Err(ClientError::Daemon(hearth::protocol::WireError { code: ErrorCode::IdleTimeout, .. })) => {
-            *client = QueueClient::connect_with(&ctx.connect_options()).await?;
-            client.get(id).await
-        }
-        other => other,
-    }
 }
 
 /// Says that a job ended; returns its exit status.

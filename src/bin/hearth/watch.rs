@@ -7,9 +7,10 @@
 //! command that falls behind leaves the daemon to count what it missed
 //! (`lagged`) instead of buffering without bound.
 
-use hearth::client::{ClientError, ConnectOptions, Notice, StatusClient};
+use hearth::client::{Client, ClientError, ConnectOptions, Notice, StatusClient};
 use hearth::protocol::event::EventFilter;
 use hearth::protocol::handshake::DaemonIdent;
+use hearth::protocol::{ChannelProtocol, ErrorCode, WireError};
 use tokio::sync::mpsc;
 
 /// Notices the reading task may hold before it waits for the command.
@@ -58,5 +59,23 @@ impl EventFeed {
 impl Drop for EventFeed {
     fn drop(&mut self) {
         self.reader.abort();
+    }
+}
+
+/// Makes a request of `call` on `client`; when the daemon had closed that
+/// connection (a wait can outlast `server.connection_idle_timeout`),
+/// makes it once more on a fresh one, which replaces it.
+pub(crate) async fn reconnecting<C: ChannelProtocol, T>(
+    options: &ConnectOptions,
+    client: &mut Client<C>,
+    mut call: impl AsyncFnMut(&mut Client<C>) -> Result<T, ClientError>,
+) -> Result<T, ClientError> {
+    match call(client).await {
+        // The daemon says why it closes a connection, when it can.
+        Err(ClientError::Closed | ClientError::Daemon(WireError { code: ErrorCode::IdleTimeout, .. })) => {
+            *client = Client::connect_with(options).await?;
+            call(client).await
+        }
+        other => other,
     }
 }
