@@ -78,6 +78,7 @@ pub mod info;
 pub mod pool;
 pub mod queue;
 pub mod status;
+pub mod sync;
 
 pub use channel::{Channel, ChannelProtocol, ChannelVisitor, Request, Response};
 pub use error::{ErrorCode, WireError};
