@@ -232,12 +232,12 @@ impl WaitBar {
         if let Some(ticker) = self.ticker.take() {
             ticker.abort();
         }
-        if let Some(line) = self.line.take() {
-            if lock(&line).shown.take().is_some() {
-                let mut err = std::io::stderr().lock();
-                let _ = err.write_all(CLEAR_LINE.as_bytes());
-                let _ = err.flush();
-            }
+        if let Some(line) = self.line.take()
+            && lock(&line).shown.take().is_some()
+        {
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(CLEAR_LINE.as_bytes());
+            let _ = err.flush();
         }
     }
 }
