@@ -54,11 +54,27 @@ fn top_shows_jobs_as_they_come_cancels_and_retries_them_and_q_restores_the_termi
     let state = StateDir::new();
     let daemon = state.start(&[]);
     let long = submit(&state, &["--", "sleep", "600"]);
+    let wrote = state.run(&["sync", "set", "notebook/top", "title", r#""seen""#]);
+    assert!(wrote.status.success(), "sync set: {}", stderr(&wrote));
     let tmux = Tmux::start(&state, 120, 36, TOP, &[]);
     tmux.wait_screen("the running job", |s| {
         s.contains(&format!("hearthd {} (pid {})", env!("CARGO_PKG_VERSION"), daemon.pid()))
             && row(s, long).is_some_and(|r| r.contains("running") && r.contains("sleep 600"))
     });
+
+    // Each service that `hearth status` summarises has its line, the same
+    // words (the sync document written above keeps its room open).
+    let status = state.run(&["status"]);
+    assert!(status.status.success(), "status: {}", stderr(&status));
+    for service in ["blob", "sync"] {
+        let summary = stdout(&status)
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix(&format!("{service}:")).map(|v| v.trim().to_owned()))
+            .unwrap_or_else(|| panic!("status summarises {service}: {}", stdout(&status)));
+        tmux.wait_screen(&format!("the {service} line: {summary}"), |s| {
+            s.lines().any(|l| l.starts_with(&format!("│{service} ")) && l.contains(&summary))
+        });
+    }
 
     // A job submitted while it runs appears, and its end is shown.
     let failing = submit(&state, &["--max-attempts", "1", "--", "sh", "-c", "exit 7"]);

@@ -15,8 +15,8 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Cell, Clear, Paragraph, Row, Sparkline, Table, TableState};
 
-use super::model::{Link, Mode, Model};
-use crate::output;
+use super::model::{Link, Mode, Model, Snapshot};
+use crate::{output, status_cmd};
 
 /// How long the outcome of an action stays in the footer.
 const MESSAGE_FOR: Duration = Duration::from_secs(8);
@@ -38,8 +38,8 @@ impl Section {
     fn height(self, model: &Model) -> Constraint {
         match self {
             Section::Daemon => {
-                let reasons = model.snapshot.as_ref().map_or(0, |s| s.status.health.reasons.len().min(3));
-                Constraint::Length(2 + 3 + reasons as u16)
+                let lines = model.snapshot.as_ref().map_or(1, |s| daemon_lines(s).len());
+                Constraint::Length(2 + lines as u16)
             }
             Section::Jobs => Constraint::Min(5),
             Section::PoolsAndThroughput => {
@@ -128,10 +128,17 @@ fn health(state: HealthState) -> Span<'static> {
 
 fn draw_daemon(frame: &mut Frame<'_>, area: Rect, model: &Model) {
     let block = Block::bordered().title(" Daemon ");
-    let Some(snapshot) = &model.snapshot else {
-        frame.render_widget(Paragraph::new("waiting for the daemon's first answer…").block(block), area);
-        return;
+    let lines = match &model.snapshot {
+        Some(snapshot) => daemon_lines(snapshot),
+        None => vec![Line::raw("waiting for the daemon's first answer…")],
     };
+    frame.render_widget(Paragraph::new(lines).style(body_style(model)).block(block), area);
+}
+
+/// Health, connections, the queue, then the line `hearth status` shows for
+/// each other service that runs (pools have their own section), then the
+/// health reasons (three at most).
+fn daemon_lines(snapshot: &Snapshot) -> Vec<Line<'static>> {
     let s: &StatusReport = &snapshot.status;
     let c = s.connections;
     let mut lines = vec![
@@ -140,27 +147,37 @@ fn draw_daemon(frame: &mut Frame<'_>, area: Rect, model: &Model) {
             "connections  {} open of {} · {} since start · refused {} busy, {} other user",
             c.active, s.limits.max_connections, c.total, c.refused_busy, c.refused_peer
         )),
-        Line::from(match &snapshot.queue {
-            Some(q) => format!(
-                "queue        {} running · {} queued · {} retrying · {} dead · {} of {} workers busy · {} ended in 1 min",
-                q.states.running,
-                q.states.queued,
-                q.states.retry_wait,
-                q.states.dead,
-                q.busy_workers,
-                q.workers,
-                q.finished_last_minute
-            ),
-            None => "queue        not served by this daemon".into(),
-        }),
     ];
+    if let Some(q) = &snapshot.queue {
+        lines.push(Line::from(format!(
+            "queue        {} running · {} queued · {} retrying · {} dead · {} of {} workers busy · {} ended in 1 min",
+            q.states.running,
+            q.states.queued,
+            q.states.retry_wait,
+            q.states.dead,
+            q.busy_workers,
+            q.workers,
+            q.finished_last_minute
+        )));
+    }
+    for (name, summary) in status_cmd::service_rows(s) {
+        // Shown in more detail elsewhere on the screen.
+        let detailed = match name {
+            "queue" => snapshot.queue.is_some(),
+            "pools" => snapshot.pools.is_some(),
+            _ => false,
+        };
+        if !detailed {
+            lines.push(Line::from(format!("{name:<12} {summary}")));
+        }
+    }
     for reason in s.health.reasons.iter().take(3) {
         lines.push(Line::styled(
             format!("  {} [{}]: {}", reason.code, reason.severity.as_str(), reason.message),
             Style::default().fg(Color::Yellow),
         ));
     }
-    frame.render_widget(Paragraph::new(lines).style(body_style(model)).block(block), area);
+    lines
 }
 
 fn state_style(state: JobState) -> Style {
