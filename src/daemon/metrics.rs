@@ -610,8 +610,8 @@ mod tests {
         }
         registry.register_collector(Box::new(One(b)));
         prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
-        assert!(out.contains("x_seconds_bucket{pool=\"a\\\"b\",le=\"10.0\"} 3\n"), "{out}");
-        assert!(out.contains("x_seconds_bucket{pool=\"a\\\"b\",le=\"+Inf\"} 5\n"), "{out}");
+        assert!(out.contains("x_seconds_bucket{le=\"10.0\",pool=\"a\\\"b\"} 3\n"), "{out}");
+        assert!(out.contains("x_seconds_bucket{le=\"+Inf\",pool=\"a\\\"b\"} 5\n"), "{out}");
         assert!(out.ends_with("# EOF\n"), "{out}");
     }
 

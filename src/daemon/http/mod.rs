@@ -109,7 +109,7 @@ impl HttpState {
             }
         };
         if config.dashboard {
-            match dashboard::Dashboard::new(port, config.max_event_streams) {
+            match dashboard::Dashboard::new(port, config.max_event_streams.min(config.max_connections)) {
                 Ok(d) => state.dashboard = Some(d),
                 Err(e) => tracing::error!("the dashboard cannot start: no secret from the kernel's random source: {e}"),
             }
