@@ -47,6 +47,49 @@ impl BuildTimes {
     }
 }
 
+/// A pool's counters: since this daemon started ([`Stats::counts`]), as
+/// earlier daemons left them ([`Stats::earlier`]), or both together
+/// ([`Stats::lifetime`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub(crate) takes: u64,
+    pub(crate) warm_takes: u64,
+    pub(crate) builds: u64,
+    pub(crate) build_ms_total: u64,
+    pub(crate) failures_total: u64,
+    pub(crate) expired: u64,
+    pub(crate) check_failed: u64,
+}
+
+impl Stats {
+    /// The counters since this daemon started.
+    pub(crate) fn counts(&self) -> Counts {
+        Counts {
+            takes: self.takes,
+            warm_takes: self.warm_takes,
+            builds: self.builds,
+            build_ms_total: self.build_ms_total,
+            failures_total: self.failures_total,
+            expired: self.expired,
+            check_failed: self.check_failed,
+        }
+    }
+
+    /// The counters over the pool's life: earlier daemons' and this one's.
+    pub(crate) fn lifetime(&self) -> Counts {
+        let (now, before) = (self.counts(), self.earlier);
+        Counts {
+            takes: before.takes + now.takes,
+            warm_takes: before.warm_takes + now.warm_takes,
+            builds: before.builds + now.builds,
+            build_ms_total: before.build_ms_total + now.build_ms_total,
+            failures_total: before.failures_total + now.failures_total,
+            expired: before.expired + now.expired,
+            check_failed: before.check_failed + now.check_failed,
+        }
+    }
+}
+
 /// One pool's counters as written.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -73,28 +116,33 @@ struct SavedFile {
 impl Saved {
     fn of(s: &Stats) -> Self {
         let b = &s.build_times.0;
+        let c = s.lifetime();
         Saved {
-            takes: s.takes,
-            warm_takes: s.warm_takes,
-            builds: s.builds,
-            build_ms_total: s.build_ms_total,
-            failures_total: s.failures_total,
-            expired: s.expired,
-            check_failed: s.check_failed,
+            takes: c.takes,
+            warm_takes: c.warm_takes,
+            builds: c.builds,
+            build_ms_total: c.build_ms_total,
+            failures_total: c.failures_total,
+            expired: c.expired,
+            check_failed: c.check_failed,
             build_bounds_s: b.bounds.to_vec(),
             build_counts: b.counts.clone(),
             build_sum_s: b.sum,
         }
     }
 
+    /// Restores into `earlier`: the counters `status` shows start at zero
+    /// with the daemon, as the protocol says.
     fn restore(self, s: &mut Stats) {
-        s.takes = self.takes;
-        s.warm_takes = self.warm_takes;
-        s.builds = self.builds;
-        s.build_ms_total = self.build_ms_total;
-        s.failures_total = self.failures_total;
-        s.expired = self.expired;
-        s.check_failed = self.check_failed;
+        s.earlier = Counts {
+            takes: self.takes,
+            warm_takes: self.warm_takes,
+            builds: self.builds,
+            build_ms_total: self.build_ms_total,
+            failures_total: self.failures_total,
+            expired: self.expired,
+            check_failed: self.check_failed,
+        };
         if self.build_bounds_s == BUILD_BOUNDS && self.build_counts.len() == BUILD_BOUNDS.len() + 1 {
             s.build_times.0.counts = self.build_counts;
             s.build_times.0.sum = self.build_sum_s;
@@ -176,7 +224,9 @@ mod tests {
         fresh.pools.insert("venv".into(), Pool::new("venv".into()));
         restore(dir.path(), &mut fresh);
         let s = &fresh.pools["venv"].stats;
-        assert_eq!((s.takes, s.warm_takes, s.builds, s.build_ms_total), (7, 5, 2, 4_000));
+        assert_eq!(s.counts(), Counts::default(), "status counts from this daemon's start");
+        let life = s.lifetime();
+        assert_eq!((life.takes, life.warm_takes, life.builds, life.build_ms_total), (7, 5, 2, 4_000));
         assert_eq!(s.build_times, state.pools["venv"].stats.build_times);
         assert_eq!(s.build_times.0.count(), 2);
 
@@ -185,13 +235,13 @@ mod tests {
         let mut fresh = State::default();
         fresh.pools.insert("venv".into(), Pool::new("venv".into()));
         restore(dir.path(), &mut fresh);
-        assert_eq!(fresh.pools["venv"].stats.takes, 3);
+        assert_eq!(fresh.pools["venv"].stats.lifetime().takes, 3);
         assert_eq!(fresh.pools["venv"].stats.build_times, BuildTimes::default(), "other bounds are not misread");
 
         std::fs::write(dir.path().join(FILE), "not json").unwrap();
         let mut fresh = State::default();
         fresh.pools.insert("venv".into(), Pool::new("venv".into()));
         restore(dir.path(), &mut fresh);
-        assert_eq!(fresh.pools["venv"].stats.takes, 0);
+        assert_eq!(fresh.pools["venv"].stats.lifetime().takes, 0);
     }
 }

@@ -624,31 +624,32 @@ impl Service for PoolService {
             "pool_takes",
             "Resources handed out (kept across restarts)",
             None,
-            per_pool(|p| p.stats.takes),
+            per_pool(|p| p.stats.lifetime().takes),
         )?;
         scrape.counters(
             "pool_warm_takes",
             "Takes served at once by a ready resource (kept across restarts)",
             None,
-            per_pool(|p| p.stats.warm_takes),
+            per_pool(|p| p.stats.lifetime().warm_takes),
         )?;
         let ratios = pools
             .iter()
-            .filter(|p| p.stats.takes > 0)
-            .map(|p| (name(p), p.stats.warm_takes as f64 / p.stats.takes as f64))
+            .map(|p| (name(p), p.stats.lifetime()))
+            .filter(|(_, c)| c.takes > 0)
+            .map(|(name, c)| (name, c.warm_takes as f64 / c.takes as f64))
             .collect();
         scrape.gauges("pool_warm_hit_ratio", "Warm takes over takes, since the pool's first start", None, ratios)?;
         scrape.counters(
             "pool_builds",
             "Successful builds (kept across restarts)",
             None,
-            per_pool(|p| p.stats.builds),
+            per_pool(|p| p.stats.lifetime().builds),
         )?;
         scrape.counters(
             "pool_build_failures",
             "Failed builds (kept across restarts)",
             None,
-            per_pool(|p| p.stats.failures_total),
+            per_pool(|p| p.stats.lifetime().failures_total),
         )?;
         let times: Vec<(Label<'_>, Buckets)> = pools.iter().map(|p| (name(p), p.stats.build_times.0.clone())).collect();
         scrape.histograms(

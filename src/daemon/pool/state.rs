@@ -68,8 +68,8 @@ pub(crate) struct Resource {
     pub(crate) for_take: bool,
 }
 
-/// Counters: since the pool's first start for those `counters.rs` keeps,
-/// since the daemon started for the others.
+/// Counters since the daemon started (what `status` shows); `earlier` and
+/// `build_times` add the pool's life before it, for `/metrics`.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     pub(crate) takes: u64,
@@ -82,8 +82,11 @@ pub(crate) struct Stats {
     pub(crate) expired: u64,
     pub(crate) check_failed: u64,
     pub(crate) last_error: Option<BuildFailure>,
-    /// How long successful builds took (kept across restarts, like the counters above).
+    /// How long successful builds took, over the pool's life (kept across restarts).
     pub(crate) build_times: super::counters::BuildTimes,
+    /// The counters above as previous daemons left them: `status` says what
+    /// happened since this daemon started, `/metrics` over the pool's life.
+    pub(crate) earlier: super::counters::Counts,
 }
 
 /// While builds fail: when the next background build may start.
