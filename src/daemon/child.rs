@@ -218,6 +218,32 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
     }
 }
 
+/// Whether the process group a record names (its leader `pid`, started at
+/// `recorded_start`) still has processes: its leader with the recorded start
+/// time (so a reused pid is never taken for it), or, with the leader gone,
+/// any process of the group (the kernel does not reuse an id a group still
+/// uses).
+pub fn recorded_group_alive(pid: u32, recorded_start: Option<u64>) -> bool {
+    match (process_start_time(pid), recorded_start) {
+        (Some(now), Some(then)) => now == then,
+        (None, _) => group_alive(pid),
+        (Some(_), None) => false,
+    }
+}
+
+/// This boot's id (Linux), so that records of processes from before a
+/// reboot are known for what they are.
+pub fn boot_id() -> Option<String> {
+    #[cfg(target_os = "linux")]
+    {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|id| id.trim().to_owned())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

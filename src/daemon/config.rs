@@ -53,6 +53,8 @@ pub struct Config {
     pub queue: QueueConfig,
     /// The blob store and its HTTP read server.
     pub blob: BlobConfig,
+    /// Supervised processes, and those defined in this file.
+    pub process: super::process::settings::ProcessSettings,
 }
 
 /// Connection handling and its limits.
@@ -372,6 +374,7 @@ impl Config {
             }
         }
         self.pool.validate()?;
+        self.process.validate()?;
         self.blob.validate()?;
         self.validate_queue()
     }

@@ -47,6 +47,7 @@ pub(crate) const REGISTRY: &[Registration] = &[
     Registration::of::<super::pool::PoolService>(),
     Registration::of::<super::queue::QueueService>(),
     Registration::of::<super::blob::BlobService>(),
+    Registration::of::<super::process::ProcessService>(),
 ];
 
 /// What a service needs to start.

@@ -96,6 +96,8 @@ channels! {
     Queue = "queue" => super::queue::QueueChannel, summary queue: super::queue::QueueSummary;
     /// The content-addressed blob store.
     Blob = "blob" => super::blob::BlobChannel, summary blob: super::blob::Usage;
+    /// Supervised long-running processes.
+    Process = "process" => super::process::ProcessChannel, summary process: super::process::ProcessSummary;
 }
 
 impl Channel {
@@ -137,6 +139,6 @@ mod tests {
             let json = serde_json::to_string(&channel).unwrap();
             assert_eq!(json, format!("\"{channel}\""));
         }
-        assert_eq!(Channel::names(), "status, pool, queue, blob");
+        assert_eq!(Channel::names(), "status, pool, queue, blob, process");
     }
 }

@@ -274,6 +274,8 @@ health_codes! {
     BlobHttpUnavailable => "blob_http_unavailable", Degraded,
     /// Pinned blobs alone exceed the store's budget.
     BlobPinnedOverBudget => "blob_pinned_over_budget", Degraded,
+    /// A supervised process is `failed`: restarted too often, or it cannot start.
+    ProcessFailing => "process_failing", Degraded,
 }
 
 impl std::fmt::Display for HealthCode {
