@@ -30,12 +30,14 @@ pub mod blob;
 pub mod blocking;
 mod ensure;
 pub mod pool;
+pub mod process;
 pub mod queue;
 
 pub use blob::{BlobClient, BlockingIo, PutOptions};
 
 pub use ensure::{ENV_DAEMON_BIN, EnsureOptions, Ensured, ReplacePolicy, ensure_daemon_running, find_daemon_binary};
 pub use pool::PoolClient;
+pub use process::ProcessClient;
 pub use queue::{JobPage, QueueClient, Submitted};
 
 /// This library's `client` string in handshakes.

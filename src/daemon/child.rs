@@ -196,9 +196,47 @@ pub fn kill_group(pgid: u32, signal: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// Whether any process of the group `pgid` still exists.
+/// Whether any process of the group `pgid` still runs. A zombie (ended,
+/// waiting to be reaped by whoever its parent is now) does not count.
 pub fn group_alive(pgid: u32) -> bool {
-    crate::sys::group_exists(pgid)
+    if !crate::sys::group_exists(pgid) {
+        return false;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // The group exists: is any of its processes more than a zombie?
+        let Ok(entries) = std::fs::read_dir("/proc") else { return true };
+        entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(proc_stat)
+            .any(|stat| stat.pgrp == pgid && stat.state != 'Z')
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        true
+    }
+}
+
+/// The fields of `/proc/<pid>/stat` the daemon looks at.
+#[cfg(target_os = "linux")]
+struct ProcStat {
+    state: char,
+    pgrp: u32,
+    start_time: u64,
+}
+
+#[cfg(target_os = "linux")]
+fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name (which may contain
+    // anything) start at field 3: state, ppid, pgrp, … starttime (22).
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(ProcStat {
+        state: fields.first()?.chars().next()?,
+        pgrp: fields.get(2)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
 }
 
 /// When the process `pid` started, in clock ticks since boot (Linux), so
@@ -207,10 +245,7 @@ pub fn group_alive(pgid: u32) -> bool {
 pub fn process_start_time(pid: u32) -> Option<u64> {
     #[cfg(target_os = "linux")]
     {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Field 22; fields after the parenthesised command name start at 3.
-        let (_, rest) = stat.rsplit_once(')')?;
-        rest.split_whitespace().nth(19)?.parse().ok()
+        proc_stat(pid).map(|stat| stat.start_time)
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -225,9 +260,9 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
 /// uses).
 pub fn recorded_group_alive(pid: u32, recorded_start: Option<u64>) -> bool {
     match (process_start_time(pid), recorded_start) {
-        (Some(now), Some(then)) => now == then,
+        (Some(now), Some(then)) if now == then => crate::daemon::fsutil::pid_alive(pid) || group_alive(pid),
+        (Some(_), _) => false,
         (None, _) => group_alive(pid),
-        (Some(_), None) => false,
     }
 }
 

@@ -158,6 +158,18 @@ impl Selector {
     }
 }
 
+impl From<&str> for Selector {
+    fn from(name: &str) -> Self {
+        Selector::name(name)
+    }
+}
+
+impl From<String> for Selector {
+    fn from(name: String) -> Self {
+        Selector::name(name)
+    }
+}
+
 /// A response on the `process` channel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -18,6 +18,7 @@ mod error;
 mod install_cmd;
 mod output;
 mod pool_cmd;
+mod proc_cmd;
 mod progress;
 mod queue_cmd;
 mod status_cmd;
@@ -39,8 +40,8 @@ Exit status:
 /// Talk to the hearth daemon: one per user, shared by every app, CLI and
 /// script over one Unix socket.
 ///
-/// `ping`, `status` and `shutdown` never start a daemon. The pool, queue and
-/// blob commands start one when none runs, unless --no-spawn.
+/// `ping`, `status` and `shutdown` never start a daemon. The pool, queue,
+/// blob and proc commands start one when none runs, unless --no-spawn.
 #[derive(Debug, Parser)]
 #[command(name = "hearth", version, max_term_width = 100, after_help = EXIT_STATUS_HELP)]
 struct Cli {
@@ -95,6 +96,9 @@ enum Command {
     /// The content-addressed blob store: put, get, list, pin, collect
     #[command(subcommand)]
     Blob(blob_cmd::BlobCommand),
+    /// Supervised processes: add, start, stop, restart (rolling), logs; kept alive by policy and checks
+    #[command(subcommand)]
+    Proc(proc_cmd::ProcCommand),
 }
 
 /// What every command needs: where the daemon is and how to print.
@@ -166,6 +170,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
             Command::Queue(command) => queue_cmd::run(ctx, command).await,
             Command::Run(args) => queue_cmd::run_attached(ctx, args).await,
             Command::Blob(command) => blob_cmd::run(ctx, command).await,
+            Command::Proc(command) => proc_cmd::run(ctx, command).await,
         }
     })
 }

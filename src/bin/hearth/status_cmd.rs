@@ -113,6 +113,19 @@ pub(crate) fn print_report(r: &StatusReport) {
             ),
         ));
     }
+    if let Some(procs) = &r.services.process {
+        let listed: Vec<String> = procs
+            .processes
+            .iter()
+            .map(|(name, p)| {
+                let pid = p.pid.map(|pid| format!(" pid {pid}")).unwrap_or_default();
+                let restarts = if p.restarts > 0 { format!(", {} restarts", p.restarts) } else { String::new() };
+                format!("{name} {}{pid}{restarts}", p.state)
+            })
+            .collect();
+        let shown = if listed.is_empty() { "none defined".to_owned() } else { listed.join("; ") };
+        rows.push(("processes", shown));
+    }
     for reason in &r.health.reasons {
         rows.push(("reason", format!("{} [{}]: {}", reason.code, reason.severity.as_str(), reason.message)));
     }

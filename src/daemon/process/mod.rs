@@ -131,7 +131,12 @@ impl ProcessService {
         {
             let state = service.lock();
             let running = state.procs.values().filter(|p| p.is_defined() && !p.file.stopped).count();
-            tracing::info!(processes = state.procs.len(), to_start = running, survivors = survivors.len(), "process service ready");
+            tracing::info!(
+                processes = state.procs.len(),
+                to_start = running,
+                survivors = survivors.len(),
+                "process service ready"
+            );
         }
         for (name, id, pid, start_time) in survivors {
             let s = service.clone();
@@ -164,7 +169,8 @@ impl ProcessService {
     fn log_sink(&self, name: &str, def: &ProcessDefinition) -> Arc<LogSink> {
         let (max, keep) = self.settings.log_limits(def);
         let mut logs = self.logs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let sink = logs.entry(name.to_owned()).or_insert_with(|| Arc::new(LogSink::new(self.store.log(name), max, keep)));
+        let sink =
+            logs.entry(name.to_owned()).or_insert_with(|| Arc::new(LogSink::new(self.store.log(name), max, keep)));
         sink.set_limits(max, keep);
         sink.clone()
     }
@@ -232,7 +238,8 @@ impl ProcessService {
     pub(crate) fn status(&self, select: &Selector) -> Result<ProcessesReport, WireError> {
         let clock = Self::clock();
         let state = self.lock();
-        let names = if select.given() == 0 { state.procs.keys().cloned().collect() } else { Self::select(&state, select)? };
+        let names =
+            if select.given() == 0 { state.procs.keys().cloned().collect() } else { Self::select(&state, select)? };
         let logs = self.logs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let mut processes: Vec<ProcessStatus> = names
             .iter()
@@ -287,7 +294,9 @@ impl ProcessService {
             if !exists && defined >= self.settings.max_processes as usize {
                 return Err(WireError::new(
                     ErrorCode::TooManyProcesses,
-                    format!("{defined} processes are defined, the most this daemon supervises (process.max_processes); remove one first"),
+                    format!(
+                        "{defined} processes are defined, the most this daemon supervises (process.max_processes); remove one first"
+                    ),
                 ));
             }
             let shutting_down = state.shutting_down;
@@ -295,8 +304,7 @@ impl ProcessService {
             let changed = p.file.definition.as_ref() != Some(&def);
             if changed {
                 let stopped = if exists { p.file.stopped } else { !start };
-                let before =
-                    std::mem::replace(&mut p.file, store::ProcFile { definition: Some(def), stopped });
+                let before = std::mem::replace(&mut p.file, store::ProcFile { definition: Some(def), stopped });
                 if let Err(e) = self.store.write_file(&name, &p.file) {
                     p.file = before;
                     return Err(WireError::new(ErrorCode::Internal, format!("cannot save the definition: {e}")));
@@ -311,7 +319,11 @@ impl ProcessService {
 
     /// Removes a run-time definition and waits until its process has
     /// stopped; returns the definition in force now (`config`), if any.
-    pub(crate) async fn remove(&self, name: &str, stop: &CancellationToken) -> Result<Option<ProcessSource>, WireError> {
+    pub(crate) async fn remove(
+        &self,
+        name: &str,
+        stop: &CancellationToken,
+    ) -> Result<Option<ProcessSource>, WireError> {
         let source = {
             let mut state = self.lock();
             let p = state.procs.get_mut(name).ok_or_else(|| unknown_process(name))?;
@@ -673,9 +685,8 @@ impl Service for ProcessService {
                 let names: Vec<String> = self.lock().procs.keys().cloned().collect();
                 let never = CancellationToken::new();
                 let limit = grace + SHUTDOWN_MARGIN;
-                let stopped = self
-                    .wait(&names, Some(limit), &never, |s, n| !s.procs.get(n).is_some_and(Proc::is_live))
-                    .await;
+                let stopped =
+                    self.wait(&names, Some(limit), &never, |s, n| !s.procs.get(n).is_some_and(Proc::is_live)).await;
                 if let Err(left) = stopped {
                     tracing::warn!(?left, "supervised processes did not stop within {limit:?}");
                 }

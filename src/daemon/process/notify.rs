@@ -63,7 +63,12 @@ pub(crate) fn parse(message: &[u8]) -> Notification {
 }
 
 /// Receives the process `name`'s messages until `cancel`.
-pub(crate) async fn receive(socket: UnixDatagram, name: String, service: Arc<ProcessService>, cancel: CancellationToken) {
+pub(crate) async fn receive(
+    socket: UnixDatagram,
+    name: String,
+    service: Arc<ProcessService>,
+    cancel: CancellationToken,
+) {
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
         let received = tokio::select! {

@@ -164,7 +164,11 @@ impl CheckEntry {
             "command" => {
                 unused(
                     "command",
-                    &[("path", self.path.is_some()), ("stale", self.stale.is_some()), ("watchdog", self.watchdog.is_some())],
+                    &[
+                        ("path", self.path.is_some()),
+                        ("stale", self.stale.is_some()),
+                        ("watchdog", self.watchdog.is_some()),
+                    ],
                 )?;
                 Ok(ProcessCheck::Command {
                     argv: self.argv.clone().ok_or("a command check needs check.argv")?,

@@ -261,11 +261,8 @@ impl Proc {
         self.restarts += 1;
         self.quick_failures = if ran >= window { 1 } else { self.quick_failures.saturating_add(1) };
         let delay = backoff_delay(self.quick_failures, def.backoff_base(), def.backoff_max());
-        self.phase = Phase::Backoff {
-            until: clock.now + delay,
-            until_ms: clock.now_ms + delay.as_millis() as u64,
-            delay,
-        };
+        self.phase =
+            Phase::Backoff { until: clock.now + delay, until_ms: clock.now_ms + delay.as_millis() as u64, delay };
     }
 }
 
@@ -595,10 +592,7 @@ impl State {
                     Some(ProcessCheck::Notify { watchdog_ms: Some(ms), .. }) => *ms,
                     _ => 0,
                 };
-                Some(Some(format!(
-                    "no WATCHDOG=1 for {}",
-                    crate::units::HumanDuration(Duration::from_millis(ms))
-                )))
+                Some(Some(format!("no WATCHDOG=1 for {}", crate::units::HumanDuration(Duration::from_millis(ms)))))
             } else {
                 None
             };

@@ -219,10 +219,9 @@ pub fn untracked(state_dir: &Path) -> Vec<Untracked> {
         .flatten()
         .filter_map(|e| {
             let record = read_run(&e.path())?.ok()?;
-            record.alive(boot.as_deref()).then(|| Untracked {
-                name: e.file_name().to_string_lossy().into_owned(),
-                pid: record.pid,
-            })
+            record
+                .alive(boot.as_deref())
+                .then(|| Untracked { name: e.file_name().to_string_lossy().into_owned(), pid: record.pid })
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
