@@ -266,6 +266,15 @@ impl Proc {
     }
 }
 
+/// `820ms`, `31.2s`: an age as people read it.
+fn age_text(age: Duration) -> String {
+    if age < Duration::from_secs(1) {
+        format!("{}ms", age.as_millis())
+    } else {
+        format!("{:.1}s", age.as_secs_f64())
+    }
+}
+
 /// Something the supervisor does outside the lock.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Action {
@@ -443,7 +452,7 @@ impl State {
                         let message = format!(
                             "heartbeat {} is {} old (stale after {})",
                             path.display(),
-                            crate::units::HumanDuration(Duration::from_millis(age.as_millis() as u64)),
+                            age_text(age),
                             crate::units::HumanDuration(stale)
                         );
                         if age > stale {
