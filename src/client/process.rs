@@ -73,7 +73,7 @@ impl Client<ProcessChannel> {
 
     /// [`Client::define`], leaving a new process stopped unless `start`.
     pub async fn define_with(&mut self, definition: ProcessDefinition, start: bool) -> Result<Defined, ClientError> {
-        match self.request(&ProcessRequest::Define { definition, start }).await? {
+        match self.request(&ProcessRequest::Define { definition: Box::new(definition), start }).await? {
             ProcessResponse::Defined { source, changed, state, .. } => Ok(Defined { source, changed, state }),
             other => Err(unexpected("defined", other)),
         }

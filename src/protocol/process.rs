@@ -53,7 +53,7 @@ pub enum ProcessRequest {
     /// Define or redefine a process (persisted) → `defined`.
     Define {
         /// The definition.
-        definition: ProcessDefinition,
+        definition: Box<ProcessDefinition>,
         /// Start a process defined for the first time (default true); a
         /// redefinition keeps whether it runs.
         #[serde(default = "yes", skip_serializing_if = "is_true")]

@@ -62,7 +62,7 @@ async fn handle(
         }
         ProcessRequest::Define { definition, start } => {
             let name = definition.name.clone();
-            let (source, changed, state) = service.define(definition, start)?;
+            let (source, changed, state) = service.define(*definition, start)?;
             ProcessResponse::Defined { name, source, changed, state }
         }
         ProcessRequest::Remove { name } => {

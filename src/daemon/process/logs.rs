@@ -161,10 +161,20 @@ impl LogReader {
     }
 
     fn open_current(&self) -> io::Result<Option<File>> {
-        match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&self.path) {
-            Ok(file) => Ok(Some(file)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+        open_log(&self.path)
+    }
+
+    /// The rotated log written after the one `is_ours` recognises (`None`:
+    /// the current one). When ours is gone (more rotations than are kept
+    /// went by), the oldest that is left.
+    fn successor(&self, is_ours: &dyn Fn(&std::fs::Metadata) -> bool) -> Option<PathBuf> {
+        let rotated: Vec<(u32, std::fs::Metadata)> = (1..=MAX_SEEN)
+            .filter_map(|n| std::fs::symlink_metadata(numbered(&self.path, n)).ok().map(|m| (n, m)))
+            .collect();
+        match rotated.iter().find(|(_, m)| is_ours(m)) {
+            Some((1, _)) => None,
+            Some((n, _)) => Some(numbered(&self.path, n - 1)),
+            None => rotated.last().map(|(n, _)| numbered(&self.path, *n)),
         }
     }
 
@@ -185,18 +195,30 @@ impl LogReader {
             if !buf.is_empty() {
                 return Ok(buf);
             }
-            // At the end of the file read: if it was rotated away, go on with the new one.
-            let current = file.metadata()?;
-            match std::fs::symlink_metadata(&self.path) {
-                Ok(now) if now.ino() != current.ino() || now.dev() != current.dev() => {
-                    self.file = self.open_current()?;
-                    if self.file.is_none() {
-                        return Ok(Vec::new());
-                    }
-                }
-                _ => return Ok(Vec::new()),
+            // At the end of the file read: if it was rotated away, go on
+            // with the file written after it.
+            let ours = file.metadata()?;
+            let same = |m: &std::fs::Metadata| m.ino() == ours.ino() && m.dev() == ours.dev();
+            if std::fs::symlink_metadata(&self.path).is_ok_and(|m| same(&m)) {
+                return Ok(Vec::new());
+            }
+            let next = self.successor(&same);
+            self.file = match next {
+                Some(path) => open_log(&path)?,
+                None => self.open_current()?,
+            };
+            if self.file.is_none() {
+                return Ok(Vec::new());
             }
         }
+    }
+}
+
+fn open_log(path: &Path) -> io::Result<Option<File>> {
+    match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) {
+        Ok(file) => Ok(Some(file)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -260,14 +282,28 @@ mod tests {
             all.extend(chunk);
         }
         assert_eq!(all, b"0123456789abcdefghij", "a reader follows the log across its rotation");
+        let mut behind = LogReader::open(path.clone(), None).unwrap();
+        assert_eq!(behind.read(100).unwrap(), b"abcdefghij");
+        sink.write(b"0123456789ABCDEFGHIJ!").unwrap();
+        let mut rest = Vec::new();
+        loop {
+            let chunk = behind.read(100).unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+            rest.extend(chunk);
+        }
+        assert_eq!(rest, b"0123456789ABCDEFGHIJ!", "two rotations behind, it still reads them in order");
         sink.write(b"klmnopqrstuvwxyz").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"uvwxyz");
-        assert_eq!(std::fs::read(numbered(&path, 2)).unwrap(), b"abcdefghij");
+        assert_eq!(std::fs::read(&path).unwrap(), b"tuvwxyz");
+        assert_eq!(std::fs::read(numbered(&path, 1)).unwrap(), b"!klmnopqrs");
+        assert_eq!(std::fs::read(numbered(&path, 2)).unwrap(), b"ABCDEFGHIJ");
         assert_eq!(sink.rotated(), [numbered(&path, 1), numbered(&path, 2)]);
         assert!(!numbered(&path, 3).exists(), "keep 2");
         sink.set_limits(10, 0);
         sink.write(b"0123456789!").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"456789!", "keep 0: a full log is dropped");
+        assert_eq!(std::fs::read(&path).unwrap(), b"3456789!", "keep 0: a full log is dropped");
+        assert!(sink.rotated().is_empty());
     }
 
     #[test]

@@ -268,11 +268,7 @@ impl Proc {
 
 /// `820ms`, `31.2s`: an age as people read it.
 fn age_text(age: Duration) -> String {
-    if age < Duration::from_secs(1) {
-        format!("{}ms", age.as_millis())
-    } else {
-        format!("{:.1}s", age.as_secs_f64())
-    }
+    if age < Duration::from_secs(1) { format!("{}ms", age.as_millis()) } else { format!("{:.1}s", age.as_secs_f64()) }
 }
 
 /// Something the supervisor does outside the lock.
@@ -493,11 +489,7 @@ impl State {
         if ok && starting {
             p.phase = Phase::Running { since: clock.now };
         }
-        if ok || !starting {
-            p.check_result(clock, ok, message);
-        } else if p.last_check.as_ref().is_none_or(|c| c.message != message) {
-            p.check_result(clock, ok, message);
-        }
+        p.check_result(clock, ok, message);
     }
 
     /// The notify socket of `name` received `note`.
@@ -587,9 +579,11 @@ impl State {
             };
             // Why the instance must stop now, if it must: `Some(None)` as
             // asked, `Some(Some(why))` as a failure.
-            let stop: Option<Option<String>> = if shutting_down || p.file.stopped || def.is_none() {
-                Some(None)
-            } else if std::mem::take(&mut p.restart_requested) || def.as_ref() != Some(&inst.def) {
+            let asked = shutting_down
+                || p.file.stopped
+                || std::mem::take(&mut p.restart_requested)
+                || def.as_ref() != Some(&inst.def);
+            let stop: Option<Option<String>> = if asked {
                 Some(None)
             } else if let Some(why) = inst.doomed.take() {
                 Some(Some(why))
