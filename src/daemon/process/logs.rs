@@ -307,6 +307,19 @@ mod tests {
     }
 
     #[test]
+    fn a_symlink_at_the_log_is_never_written_or_read_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, b"precious\n").unwrap();
+        let path = dir.path().join("output.log");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let sink = LogSink::new(path.clone(), 4096, 1);
+        assert!(sink.write(b"output").is_err());
+        assert!(LogReader::open(path, None).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"precious\n");
+    }
+
+    #[test]
     fn the_last_lines() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("output.log");
