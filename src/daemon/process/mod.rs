@@ -62,9 +62,10 @@ mod state;
 pub mod store;
 mod supervisor;
 
-/// Descriptors one supervised process holds in the daemon at its peak: its
-/// two output pipes, its log, its notify socket, and a check's pipes.
-const FDS_PER_PROCESS: u64 = 6;
+/// Descriptors one supervised process holds in the daemon: its two output
+/// pipes, its log and its notify socket. (A spawn's gate and a check's
+/// pipes come and go within the base reserve.)
+const FDS_PER_PROCESS: u64 = 4;
 
 /// Beyond the processes' own grace, how long shutdown waits for them.
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
