@@ -751,7 +751,7 @@ fn the_cli_adds_lists_shows_starts_stops_restarts_follows_and_removes() {
             }
         }
     });
-    let restart = hearth(&["proc", "restart", "web"]);
+    let restart = hearth(&["proc", "restart", "web", "--no-wait"]);
     assert!(restart.status.success(), "{}", stderr(&restart));
     let deadline = std::time::Instant::now() + PATIENCE;
     let mut got = Vec::new();
@@ -823,5 +823,37 @@ fn status_and_health_show_each_process() {
     let out = setup.state.run(&["--json", "doctor"]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(report["problems"].as_array().unwrap().iter().any(|p| p["code"] == "process_failing"), "{report:#}");
+    daemon.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_changes_are_published_as_events() {
+    use hearth::client::{Notice, StatusClient};
+    use hearth::protocol::Channel;
+    use hearth::protocol::event::{EventData, EventFilter};
+    let setup = Setup::new();
+    let mut daemon = setup.state.start(&[]);
+    let mut events = StatusClient::connect(setup.state.socket()).await.unwrap();
+    let filter = EventFilter { services: vec![Channel::Process], ids: vec!["ev".into()], ..EventFilter::default() };
+    events.subscribe(filter).await.unwrap();
+    let mut client = ProcessClient::connect(setup.state.socket()).await.unwrap();
+    client.define_with(setup.def("ev", "exec sleep 1000"), false).await.unwrap();
+    let pid = client.start("ev").await.unwrap()["ev"].pid.unwrap();
+    client.stop("ev").await.unwrap();
+    client.remove("ev").await.unwrap();
+    let mut seen: Vec<(Option<ProcessState>, Option<ProcessState>, Option<u32>)> = Vec::new();
+    while seen.last().is_none_or(|(_, to, _)| to.is_some()) {
+        let notice = common::within(PATIENCE, "process_state events", events.next_event()).await.unwrap();
+        let Notice::Event(event) = notice else { panic!("lagged: {notice:?}") };
+        let EventData::ProcessState { name, from, to, pid } = event.data else { panic!("{event:?}") };
+        assert_eq!(name, "ev");
+        seen.push((from, to, pid));
+    }
+    use ProcessState::{Running, Stopped, Stopping};
+    let states: Vec<_> = seen.iter().map(|(from, to, _)| (*from, *to)).collect();
+    assert_eq!(states.first(), Some(&(None, Some(Stopped))), "defined: {seen:?}");
+    assert!(states.contains(&(Some(Running), Some(Stopping))), "{seen:?}");
+    assert!(seen.iter().any(|(_, to, p)| *to == Some(Running) && *p == Some(pid)), "running with its pid: {seen:?}");
+    assert_eq!(states.last(), Some(&(Some(Stopped), None)), "removed: {seen:?}");
     daemon.stop();
 }

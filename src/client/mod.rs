@@ -29,6 +29,7 @@ use crate::protocol::{ChannelProtocol, ErrorCode, Response, WireError};
 pub mod blob;
 pub mod blocking;
 mod ensure;
+mod events;
 pub mod pool;
 pub mod process;
 pub mod queue;
@@ -36,6 +37,7 @@ pub mod queue;
 pub use blob::{BlobClient, BlockingIo, PutOptions};
 
 pub use ensure::{ENV_DAEMON_BIN, EnsureOptions, Ensured, ReplacePolicy, ensure_daemon_running, find_daemon_binary};
+pub use events::Notice;
 pub use pool::PoolClient;
 pub use process::ProcessClient;
 pub use queue::{JobPage, QueueClient, Submitted};

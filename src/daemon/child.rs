@@ -47,32 +47,37 @@ pub fn command(program: impl AsRef<OsStr>, args: &[impl AsRef<OsStr>]) -> tokio:
     for var in SERVICE_MANAGER_VARS {
         cmd.env_remove(var);
     }
-    if let Some(&(soft, hard)) = ORIGINAL_NOFILE.get() {
-        restore_nofile(&mut cmd, soft, hard);
-    }
+    reset_in_child(&mut cmd, original_nofile_limit());
     cmd
 }
 
 /// The open-file limit (soft, hard) to give the processes the daemon starts,
 /// when the daemon raised its own; `None` when it did not.
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // the queue's clone, Linux only
 pub(crate) fn original_nofile_limit() -> Option<(libc::rlim_t, libc::rlim_t)> {
     let &(soft, hard) = ORIGINAL_NOFILE.get()?;
     let (current, _) = crate::sys::nofile_limit().ok()?;
     (current != soft).then_some((soft, hard))
 }
 
+/// What the child must not inherit from the daemon's thread that forks it:
+/// its signal mask (the daemon's threads keep SIGTERM, SIGINT and SIGHUP
+/// blocked, see `lifecycle::signals`, and std's spawn does not clear the
+/// mask: a child would ignore its stop signal), and the raised open-file
+/// limit (`nofile`: the limit to restore, when it was raised).
 #[expect(unsafe_code, reason = "a pre_exec hook runs in the child between fork and exec")]
-fn restore_nofile(cmd: &mut tokio::process::Command, soft: libc::rlim_t, hard: libc::rlim_t) {
-    if crate::sys::nofile_limit().is_ok_and(|(current, _)| current == soft) {
-        return; // Nothing was raised: keep the faster posix_spawn path.
-    }
+fn reset_in_child(cmd: &mut tokio::process::Command, nofile: Option<(libc::rlim_t, libc::rlim_t)>) {
     // SAFETY: the closure runs in the child between fork and exec and only
-    // calls setrlimit, which is async-signal-safe.
+    // calls sigemptyset, pthread_sigmask and setrlimit, which are
+    // async-signal-safe, on values on its own stack.
     unsafe {
         cmd.pre_exec(move || {
-            let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            if let Some((soft, hard)) = nofile {
+                let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
             Ok(())
         });
     }
@@ -297,6 +302,23 @@ mod tests {
         let removed: Vec<_> = cmd.as_std().get_envs().filter(|(_, v)| v.is_none()).map(|(k, _)| k.to_owned()).collect();
         for var in SERVICE_MANAGER_VARS {
             assert!(removed.iter().any(|k| k == var), "{var} is not removed");
+        }
+    }
+
+    #[test]
+    fn children_start_with_no_signal_blocked() {
+        // As in the daemon: the thread that starts the child has the stop signals blocked.
+        let held = crate::sys::BlockedSignals::block(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let out = runtime.block_on(async {
+            // grep itself reads its own mask (a shell would change its own).
+            let mut cmd = command("grep", &["SigBlk", "/proc/self/status"]);
+            cmd.stdout(std::process::Stdio::piped()).output().await.unwrap()
+        });
+        held.restore();
+        let text = String::from_utf8_lossy(&out.stdout);
+        if cfg!(target_os = "linux") {
+            assert_eq!(text.split_whitespace().nth(1), Some("0000000000000000"), "{text}");
         }
     }
 

@@ -102,6 +102,9 @@ pub struct DaemonConfig {
     pub heartbeat_interval: HumanDuration,
     /// With a draining shutdown: how long to wait for running work.
     pub drain_timeout: HumanDuration,
+    /// Events an event subscriber may fall behind before it is told it
+    /// missed some (`lagged`); the buffer is shared by all subscribers.
+    pub event_buffer: u64,
 }
 
 impl Default for DaemonConfig {
@@ -110,6 +113,7 @@ impl Default for DaemonConfig {
             idle_timeout: HumanDuration(Duration::ZERO),
             heartbeat_interval: HumanDuration(Duration::from_secs(5)),
             drain_timeout: HumanDuration(Duration::from_secs(600)),
+            event_buffer: 4096,
         }
     }
 }
@@ -357,6 +361,9 @@ impl Config {
         }
         if self.daemon.heartbeat_interval.0 < Duration::from_millis(100) {
             return Err("daemon.heartbeat_interval must be at least 100ms".into());
+        }
+        if !(1..=1 << 20).contains(&self.daemon.event_buffer) {
+            return Err(format!("daemon.event_buffer must be between 1 and 1048576, not {}", self.daemon.event_buffer));
         }
         if self.health.disk_free_unhealthy > self.health.disk_free_degraded {
             return Err("health.disk_free_unhealthy must not exceed health.disk_free_degraded".into());

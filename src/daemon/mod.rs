@@ -77,6 +77,7 @@ mod blob;
 pub mod child;
 pub mod config;
 mod conn;
+mod events;
 pub mod fsutil;
 pub mod lifecycle;
 pub mod pool;
@@ -127,6 +128,8 @@ pub(crate) struct Shared {
     pub(crate) max_connections: u64,
     pub(crate) stats: ConnectionCounters,
     pub(crate) services: services::Services,
+    /// What the services did, for subscribers.
+    pub(crate) events: Arc<events::EventBus>,
     /// Set once a draining shutdown has begun.
     pub(crate) draining: AtomicBool,
     /// Why the last self-check failed, if it did.
@@ -266,7 +269,9 @@ impl Daemon {
         let notifier = Notifier::from_env();
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let ctx = services::StartCtx { config: &config, paths: &paths, stop: &stop, tracker: &tracker };
+        let events = Arc::new(events::EventBus::new(config.daemon.event_buffer as usize));
+        let ctx =
+            services::StartCtx { config: &config, paths: &paths, stop: &stop, tracker: &tracker, events: &events };
         let services = services::Services::start(ctx, &notifier).await;
         let shared = Arc::new(Shared {
             ident: DaemonIdent { version: VERSION.into(), pid: std::process::id() },
@@ -279,6 +284,7 @@ impl Daemon {
             max_connections,
             stats: ConnectionCounters::default(),
             services,
+            events,
             draining: AtomicBool::new(false),
             self_check: Mutex::new(None),
             self_check_pass: AtomicBool::new(false),

@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Config;
 use super::Shared;
+use super::events::EventBus;
 use super::lifecycle::notify::Notifier;
 use crate::connection::Connection;
 use crate::paths::Paths;
@@ -59,6 +60,8 @@ pub(crate) struct StartCtx<'a> {
     pub(crate) stop: &'a CancellationToken,
     /// The daemon's tracker: tasks spawned on it are waited for at shutdown.
     pub(crate) tracker: &'a TaskTracker,
+    /// Where the service publishes what it does.
+    pub(crate) events: &'a Arc<EventBus>,
 }
 
 /// Why a service could not start.

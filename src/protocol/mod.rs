@@ -71,6 +71,7 @@ pub mod blob;
 pub mod channel;
 mod codes;
 pub mod error;
+pub mod event;
 pub mod frame;
 pub mod handshake;
 pub mod info;

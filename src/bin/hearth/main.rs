@@ -15,12 +15,14 @@ mod blob_cmd;
 mod daemon_cmd;
 mod doctor_cmd;
 mod error;
+mod events_cmd;
 mod install_cmd;
 mod output;
 mod pool_cmd;
 mod proc_cmd;
 mod progress;
 mod queue_cmd;
+mod shell_cmd;
 mod status_cmd;
 mod stdin_read;
 
@@ -44,7 +46,7 @@ Exit status:
 /// blob and proc commands start one when none runs, unless --no-spawn.
 #[derive(Debug, Parser)]
 #[command(name = "hearth", version, max_term_width = 100, after_help = EXIT_STATUS_HELP)]
-struct Cli {
+pub(crate) struct Cli {
     #[command(flatten)]
     global: Global,
     #[command(subcommand)]
@@ -79,6 +81,9 @@ enum Command {
     Status,
     /// Ask the daemon to stop gracefully (never starts one)
     Shutdown(status_cmd::ShutdownArgs),
+    /// Print what the daemon's services do as it happens: job states, pool
+    /// builds and takes, blob puts, health changes (never starts one)
+    Events(events_cmd::EventsArgs),
     /// Start, stop and inspect the daemon process; install it as a service
     #[command(subcommand)]
     Daemon(daemon_cmd::DaemonCommand),
@@ -99,6 +104,8 @@ enum Command {
     /// Supervised processes: add, start, stop, restart (rolling), logs; kept alive by policy and checks
     #[command(subcommand)]
     Proc(proc_cmd::ProcCommand),
+    /// Print a shell's tab-completion script (e.g. `hearth completions bash > ~/.local/share/bash-completion/completions/hearth`)
+    Completions(shell_cmd::CompletionsArgs),
 }
 
 /// What every command needs: where the daemon is and how to print.
@@ -164,6 +171,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
             Command::Ping(args) => status_cmd::ping(ctx, &args).await,
             Command::Status => status_cmd::status(ctx).await,
             Command::Shutdown(args) => status_cmd::shutdown(ctx, args).await,
+            Command::Events(args) => events_cmd::events(ctx, &args).await,
             Command::Daemon(command) => daemon_cmd::run(ctx, command).await,
             Command::Doctor(args) => doctor_cmd::doctor(ctx, &args).await,
             Command::Pool(command) => pool_cmd::run(ctx, command).await,
@@ -171,6 +179,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
             Command::Run(args) => queue_cmd::run_attached(ctx, args).await,
             Command::Blob(command) => blob_cmd::run(ctx, command).await,
             Command::Proc(command) => proc_cmd::run(ctx, command).await,
+            Command::Completions(args) => shell_cmd::completions(&args),
         }
     })
 }

@@ -30,7 +30,7 @@ pub(crate) enum ProcCommand {
     /// Show one process in full: definition, state, last exit, last check, log files
     Show(NameArg),
     /// Start processes and wait until they are ready
-    Start(SelectArgs),
+    Start(StartArgs),
     /// Stop processes (stop signal, then SIGKILL after the grace); they stay stopped until started
     Stop(SelectArgs),
     /// Restart processes: all at once, or one at a time with --rolling
@@ -143,7 +143,7 @@ pub(crate) struct NameArg {
 }
 
 #[derive(Debug, clap::Args)]
-#[group(id = "which", required = true, multiple = false, args = ["name", "label", "all"])]
+#[group(id = "which", required = true, multiple = false)]
 pub(crate) struct SelectArgs {
     /// The process
     name: Option<String>,
@@ -153,7 +153,13 @@ pub(crate) struct SelectArgs {
     /// Every process
     #[arg(long)]
     all: bool,
-    /// Answer once started, without waiting for readiness (start and restart)
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct StartArgs {
+    #[command(flatten)]
+    select: SelectArgs,
+    /// Answer once started, without waiting for readiness
     #[arg(long)]
     no_wait: bool,
 }
@@ -171,6 +177,9 @@ pub(crate) struct RestartArgs {
     /// One at a time, by name, each ready before the next is stopped; stop at the first that is not
     #[arg(long, conflicts_with = "no_wait")]
     rolling: bool,
+    /// Answer once started, without waiting for readiness
+    #[arg(long)]
+    no_wait: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -205,7 +214,7 @@ pub(crate) async fn run(ctx: &Ctx, command: ProcCommand) -> Result<u8, CliError>
         ProcCommand::Ls => ls(ctx, &mut client).await,
         ProcCommand::Show(args) => show(ctx, &mut client, &args.name).await,
         ProcCommand::Start(args) => {
-            let done = client.start_with(args.selector(), !args.no_wait).await?;
+            let done = client.start_with(args.select.selector(), !args.no_wait).await?;
             report(ctx, "started", &done)
         }
         ProcCommand::Stop(args) => {
@@ -448,7 +457,7 @@ async fn restart(ctx: &Ctx, client: &mut ProcessClient, args: &RestartArgs) -> R
     let done = if args.rolling {
         client.rolling_restart(select).await?
     } else {
-        let request = ProcessRequest::Restart { select, rolling: false, no_wait: args.select.no_wait };
+        let request = ProcessRequest::Restart { select, rolling: false, no_wait: args.no_wait };
         match client.request(&request).await? {
             ProcessResponse::Restarted { processes } => processes,
             other => return Err(CliError::new("protocol_error", format!("expected restarted, got {other:?}"))),

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use super::notify::Notifier;
 use crate::client::{ConnectOptions, StatusClient};
 use crate::daemon::{Shared, fsutil};
+use crate::protocol::Channel;
+use crate::protocol::event::EventData;
 use crate::protocol::info::Heartbeat;
 use crate::protocol::status::ConnectionStats;
 
@@ -41,6 +43,7 @@ pub(crate) async fn run(shared: Arc<Shared>, notifier: Notifier) {
     let mut last_heartbeat: Option<Instant> = None;
     let mut last_watchdog: Option<Instant> = None;
     let mut last_status = String::new();
+    let mut last_health = shared.health().state;
     let mut idle_since: Option<Instant> = None;
 
     loop {
@@ -70,6 +73,14 @@ pub(crate) async fn run(shared: Arc<Shared>, notifier: Notifier) {
                 tracing::warn!("self-check failed: {e}; withholding heartbeat and watchdog");
                 shared.set_self_check(Some(e));
             }
+        }
+
+        let health = shared.health();
+        if health.state != last_health {
+            let codes = health.reasons.iter().map(|r| r.code.clone()).collect();
+            let changed = EventData::HealthChanged { from: last_health, to: health.state, codes };
+            shared.events.publish(Channel::Status, changed);
+            last_health = health.state;
         }
 
         if let Some(idle) = idle_timeout {

@@ -27,6 +27,7 @@ use self::definition::{MAX_POOLS, MAX_SIZE, builtin_venv, check_command, fingerp
 use self::state::{Clock, Holder, Pool, ResState, Resource, State, Waiter, unknown_pool};
 use self::store::{LeaseRecord, Record, RecordState, Store};
 use crate::daemon::Config;
+use crate::daemon::events::EventBus;
 use crate::daemon::services::{BoxFuture, Opened, Service, StartCtx, StartError, StartService};
 use crate::paths::Paths;
 use crate::protocol::Channel;
@@ -67,18 +68,26 @@ pub(crate) struct PoolService {
     sync: Notify,
     stop: CancellationToken,
     tasks: TaskTracker,
+    /// Where builds, takes and releases are told.
+    events: Arc<EventBus>,
 }
 
 /// What `release` answers.
 #[derive(Debug)]
 pub(crate) struct Released {
+    /// The pool the resource came from.
+    pub(crate) pool: String,
     pub(crate) outcome: ReleaseOutcome,
     pub(crate) reason: Option<String>,
 }
 
 impl PoolService {
     /// Recovers the pools on disk, then starts the scheduler.
-    pub(crate) async fn open(config: &Config, paths: &Paths) -> Result<Arc<PoolService>, StartError> {
+    pub(crate) async fn open(
+        config: &Config,
+        paths: &Paths,
+        events: Arc<EventBus>,
+    ) -> Result<Arc<PoolService>, StartError> {
         let root = paths.state_dir().join("pools");
         let store = Store::open(root.clone()).map_err(|source| StartError::Io { path: root.clone(), source })?;
         let recovering = store.clone();
@@ -116,6 +125,7 @@ impl PoolService {
             sync: Notify::new(),
             stop,
             tasks: TaskTracker::new(),
+            events,
         });
         service.tasks.spawn(scheduler::run(service.clone()));
         service.tasks.spawn(scheduler::collect_trash(service.clone()));
@@ -316,7 +326,7 @@ impl PoolService {
                     tracing::warn!(pool, resource = %id, "cannot clear a lease file: {e}");
                 }
                 self.wake.notify_one();
-                return Ok(Released { outcome: ReleaseOutcome::Resetting, reason: None });
+                return Ok(Released { pool, outcome: ReleaseOutcome::Resetting, reason: None });
             }
         }
         // The record goes first: a lease file without a record is a release
@@ -336,7 +346,7 @@ impl PoolService {
         self.remove_resource(&pool, &id);
         self.wake.notify_one();
         let reason = reason.filter(|_| reuse).map(str::to_owned);
-        Ok(Released { outcome: ReleaseOutcome::Removed, reason })
+        Ok(Released { pool, outcome: ReleaseOutcome::Removed, reason })
     }
 
     /// Deletes a forgotten resource's record and lease file, and moves its
@@ -551,7 +561,7 @@ impl StartService for PoolService {
     }
 
     async fn start(ctx: StartCtx<'_>) -> Result<Arc<Self>, StartError> {
-        PoolService::open(ctx.config, ctx.paths).await
+        PoolService::open(ctx.config, ctx.paths, ctx.events.clone()).await
     }
 }
 

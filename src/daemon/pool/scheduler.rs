@@ -13,8 +13,9 @@ use super::runner::{self, BuildLog, Step, StepError};
 use super::state::{Action, Backoff, ResState, backoff_delay};
 use super::store::{LeaseRecord, ProcessRef, Record, RecordState};
 use super::{PoolService, failure};
+use crate::protocol::event::EventData;
 use crate::protocol::pool::{Lease, PoolDefinition};
-use crate::protocol::{ErrorCode, WireError};
+use crate::protocol::{Channel, ErrorCode, WireError};
 use crate::time::now_ms;
 
 /// The longest the scheduler sleeps without being woken.
@@ -79,6 +80,8 @@ fn resource_id() -> String {
 fn execute(service: &Arc<PoolService>, action: Action) {
     match action {
         Action::Build { pool, id, def, cancel } => {
+            let started = EventData::PoolBuildStarted { pool: pool.clone(), resource: id.clone() };
+            service.events.publish(Channel::Pool, started);
             let s = service.clone();
             service.tasks.spawn(async move { build(&s, &pool, &id, &def, &cancel).await });
         }
@@ -213,6 +216,8 @@ async fn build(service: &Arc<PoolService>, pool: &str, id: &str, def: &PoolDefin
 /// A resource is built (or reset) and recorded ready: give it to the first
 /// waiting take, else to the pool.
 fn finished_ready(service: &Arc<PoolService>, pool: &str, id: &str, record: &Record, built: bool) {
+    let ended = EventData::PoolBuildEnded { pool: pool.into(), resource: id.into(), ok: true, ms: record.build_ms };
+    service.events.publish(Channel::Pool, ended);
     let clock = PoolService::clock();
     let handed = {
         let mut state = service.lock();
@@ -274,6 +279,9 @@ fn finished_failed(service: &Arc<PoolService>, pool: &str, id: &str, outcome: &O
     if !outcome.cancelled() {
         tracing::warn!(pool, resource = %id, "build failed: {message}");
     }
+    let ms = outcome.elapsed.as_millis() as u64;
+    let ended = EventData::PoolBuildEnded { pool: pool.into(), resource: id.into(), ok: false, ms };
+    service.events.publish(Channel::Pool, ended);
     service.remove_resource(pool, id);
     {
         let mut state = service.lock();

@@ -41,6 +41,7 @@ use self::logs::LogSink;
 use self::state::{Clock, Notification, Phase, Proc, State, unknown_process};
 use self::store::Store;
 use crate::daemon::Config;
+use crate::daemon::events::EventBus;
 use crate::daemon::services::{BoxFuture, Opened, Service, StartCtx, StartError, StartService};
 use crate::paths::Paths;
 use crate::protocol::Channel;
@@ -88,6 +89,8 @@ pub(crate) struct ProcessService {
     logs: Mutex<HashMap<String, Arc<LogSink>>>,
     /// The notify sockets' receivers.
     notify: Mutex<HashMap<String, CancellationToken>>,
+    /// Where state changes are published (`process_state` events).
+    events: Arc<EventBus>,
     /// Stops the supervisor (once every process has stopped).
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -95,7 +98,11 @@ pub(crate) struct ProcessService {
 
 impl ProcessService {
     /// Finds what the previous daemon left, then starts the supervisor.
-    pub(crate) async fn open(config: &Config, paths: &Paths) -> Result<Arc<ProcessService>, StartError> {
+    pub(crate) async fn open(
+        config: &Config,
+        paths: &Paths,
+        events: Arc<EventBus>,
+    ) -> Result<Arc<ProcessService>, StartError> {
         let root = paths.state_dir().join(store::DIR);
         let store = Store::open(root.clone()).map_err(|source| StartError::Io { path: root.clone(), source })?;
         let scanning = store.clone();
@@ -126,6 +133,7 @@ impl ProcessService {
             changed: watch::Sender::new(0),
             logs: Mutex::new(HashMap::new()),
             notify: Mutex::new(HashMap::new()),
+            events,
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
@@ -552,6 +560,45 @@ impl ProcessService {
         names.filter_map(|n| Some((n.clone(), state.procs.get(n)?.brief(clock, state.shutting_down)))).collect()
     }
 
+    /// Each process's state and pid as clients see them now.
+    fn states(&self) -> HashMap<String, (ProcessState, Option<u32>)> {
+        let state = self.lock();
+        state
+            .procs
+            .values()
+            .map(|p| {
+                let pid = p.instance.as_ref().and_then(|i| i.pid);
+                (p.name.clone(), (p.state(state.shutting_down), pid))
+            })
+            .collect()
+    }
+
+    /// Publishes a `process_state` event for every process whose state (or
+    /// pid) changed since `seen`, which becomes the states now.
+    fn publish_changes(&self, seen: &mut HashMap<String, (ProcessState, Option<u32>)>) {
+        use crate::protocol::event::EventData;
+        let now = self.states();
+        let mut names: Vec<&String> = now.keys().chain(seen.keys()).collect();
+        names.sort();
+        names.dedup();
+        for name in names {
+            let (before, after) = (seen.get(name), now.get(name));
+            if before == after {
+                continue;
+            }
+            self.events.publish(
+                Channel::Process,
+                EventData::ProcessState {
+                    name: name.clone(),
+                    from: before.map(|(s, _)| *s),
+                    to: after.map(|(s, _)| *s),
+                    pid: after.and_then(|(_, pid)| *pid),
+                },
+            );
+        }
+        *seen = now;
+    }
+
     /// The status channel's summary.
     pub(crate) fn summary(&self) -> ProcessSummary {
         let clock = Self::clock();
@@ -621,7 +668,7 @@ impl StartService for ProcessService {
     }
 
     async fn start(ctx: StartCtx<'_>) -> Result<Arc<Self>, StartError> {
-        ProcessService::open(ctx.config, ctx.paths).await
+        ProcessService::open(ctx.config, ctx.paths, ctx.events.clone()).await
     }
 }
 

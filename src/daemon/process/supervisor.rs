@@ -33,11 +33,14 @@ const READ_CHUNK: usize = 64 << 10;
 
 /// Plans and acts whenever something changes or a deadline comes.
 pub(crate) async fn run(service: Arc<ProcessService>) {
+    // What subscribers were last told; the processes found at start-up are not news.
+    let mut published = service.states();
     loop {
         let (actions, wake) = service.lock().plan(ProcessService::clock());
         for action in actions {
             execute(&service, action);
         }
+        service.publish_changes(&mut published);
         service.changed.send_modify(|n| *n = n.wrapping_add(1));
         let wake = wake.unwrap_or_else(|| Instant::now() + IDLE_PLAN);
         tokio::select! {
