@@ -8,7 +8,7 @@
 //! the daemon (they are all close-on-exec).
 //!
 //! A child that must be recorded before its program runs (a queue attempt,
-//! a supervised process) is started behind a gate ([`spawn_gated`]): before
+//! a supervised process) is started behind a gate (`spawn_gated`): before
 //! `exec` it writes its pid to a pipe and blocks reading a second pipe; the
 //! daemon writes its record, then opens the gate (one byte `1`) and the
 //! child execs its program. If the record cannot be written the daemon
