@@ -198,6 +198,7 @@ impl ConnectOptions {
 pub struct Client<C: ChannelProtocol> {
     conn: Connection,
     accepted: Accepted,
+    peer_pid: Option<u32>,
     _channel: PhantomData<C>,
 }
 
@@ -230,7 +231,7 @@ impl<C: ChannelProtocol> Client<C> {
                 _ => ClientError::Connect { socket, source },
             }
         })?;
-        check_daemon_user(&stream, &options.socket)?;
+        let peer_pid = check_daemon_user(&stream, &options.socket)?;
         let mut conn = Connection::new(stream, DEFAULT_MAX_FRAME);
         let handshake = Handshake::new(C::CHANNEL, Some(options.client_name.clone()));
         conn.write_json(&handshake).await.map_err(closed_on_reset)?;
@@ -240,7 +241,7 @@ impl<C: ChannelProtocol> Client<C> {
         match reply {
             HandshakeReply::Accepted(accepted) => {
                 conn.set_max_frame(usize::try_from(accepted.max_frame).unwrap_or(usize::MAX));
-                Ok(Client { conn, accepted, _channel: PhantomData })
+                Ok(Client { conn, accepted, peer_pid, _channel: PhantomData })
             }
             HandshakeReply::Refused(r) => Err(ClientError::Refused { error: r.error, daemon: r.daemon }),
         }
@@ -249,6 +250,15 @@ impl<C: ChannelProtocol> Client<C> {
     /// The daemon that accepted the handshake.
     pub fn daemon(&self) -> &DaemonIdent {
         &self.accepted.daemon
+    }
+
+    /// The pid of the process serving the socket, as the kernel records it
+    /// (`SO_PEERCRED`: the process that called `listen`, in this pid
+    /// namespace; a service manager's, for a socket it passed), where the
+    /// platform says. Unlike [`daemon`](Self::daemon)'s pid, it is not the
+    /// daemon's own word.
+    pub fn peer_pid(&self) -> Option<u32> {
+        self.peer_pid
     }
 
     /// The largest frame the daemon accepts on this connection.
@@ -284,14 +294,15 @@ impl<C: ChannelProtocol> Client<C> {
 
 /// The daemon must run as this user, as it only serves this user: the
 /// kernel's record of who listens on the socket is checked before anything
-/// (a job's command line, a blob's bytes) is sent.
-fn check_daemon_user(stream: &UnixStream, socket: &Path) -> Result<(), ClientError> {
+/// (a job's command line, a blob's bytes) is sent. Returns the peer's pid,
+/// when the platform says.
+fn check_daemon_user(stream: &UnixStream, socket: &Path) -> Result<Option<u32>, ClientError> {
     let me = crate::sys::euid();
     let cred = stream.peer_cred().map_err(|source| ClientError::Connect { socket: socket.to_owned(), source })?;
     if cred.uid() != me {
         return Err(ClientError::ForeignDaemon { socket: socket.to_owned(), uid: cred.uid(), me });
     }
-    Ok(())
+    Ok(cred.pid().and_then(|pid| u32::try_from(pid).ok()).filter(|pid| *pid > 0))
 }
 
 /// A reset or broken pipe from the daemon means it closed the connection.

@@ -315,11 +315,22 @@ pub struct Override {
     pub value: String,
 }
 
+/// Reads a settings file, which must be a regular file (or a link to one):
+/// a FIFO or a device is refused at once instead of stalling start-up.
+fn read_settings(file: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    let mut text = String::new();
+    crate::daemon::fsutil::open_regular(file, &mut options, libc::O_CLOEXEC)?.read_to_string(&mut text)?;
+    Ok(text)
+}
+
 impl Config {
     /// Loads `file` (a missing file is fine unless `required`), applies
     /// `overrides`, and validates the result.
     pub fn load(file: &Path, required: bool, overrides: &[Override]) -> Result<Config, ConfigError> {
-        let mut table = match std::fs::read_to_string(file) {
+        let mut table = match read_settings(file) {
             Ok(text) => text
                 .parse::<toml::Table>()
                 .map_err(|e| ConfigError::Invalid { origin: file.display().to_string(), message: e.to_string() })?,

@@ -59,7 +59,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Semaphore;
@@ -137,6 +137,11 @@ pub(crate) struct Shared {
     /// Set while the self-check connects: one connection from this process
     /// may then be served beyond the connection cap.
     pub(crate) self_check_pass: AtomicBool,
+    /// Device and inode of the socket this daemon bound (not one the
+    /// service manager passed), which the supervisor watches.
+    pub(crate) bound_socket: Option<(u64, u64)>,
+    /// Set when the daemon stops because its socket was removed or replaced.
+    pub(crate) socket_lost: OnceLock<String>,
 }
 
 #[derive(Debug, Default)]
@@ -288,6 +293,8 @@ impl Daemon {
             draining: AtomicBool::new(false),
             self_check: Mutex::new(None),
             self_check_pass: AtomicBool::new(false),
+            bound_socket: instance.bound_socket(),
+            socket_lost: OnceLock::new(),
             paths: paths.clone(),
             config,
         });
@@ -337,6 +344,11 @@ impl Daemon {
     /// stops accepting, gives in-flight requests the grace period, and
     /// removes the socket and info file and releases the lock.
     pub async fn run_until(self, signal: impl Future<Output = ()>) {
+        self.serve_until(signal).await;
+    }
+
+    /// [`run_until`](Self::run_until), and says why the daemon stopped.
+    pub async fn serve_until(self, signal: impl Future<Output = ()>) -> Stopped {
         let Daemon { shared, instance, accept_loop, supervisor, notifier, .. } = self;
         tokio::select! {
             () = signal => tracing::info!("stop signal received; shutting down"),
@@ -363,7 +375,23 @@ impl Daemon {
         if let Err(e) = notifier.barrier(Duration::from_secs(5)) {
             tracing::debug!("sd_notify barrier: {e}");
         }
+        match shared.socket_lost.get() {
+            Some(what) => Stopped::SocketLost(what.clone()),
+            None => Stopped::Requested,
+        }
     }
+}
+
+/// Why a daemon stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stopped {
+    /// It was asked to: a signal, a `shutdown` request, idle exit.
+    Requested,
+    /// The socket it bound was removed or replaced while it ran (what
+    /// happened, in words): clients could no longer reach it, so it
+    /// stopped, and the next client's start binds the socket again.
+    SocketLost(String),
 }
 
 /// The service manager this process runs under, from the variables each sets.

@@ -34,7 +34,7 @@ pub(crate) async fn events(ctx: &Ctx, args: &EventsArgs) -> Result<u8, CliError>
             (Notice::Event(event), false) => describe(event),
             (Notice::Lagged { missed }, false) => format!("… {missed} events missed: this terminal fell behind"),
         };
-        println!("{line}");
+        outln!("{line}");
     }
 }
 

@@ -2,6 +2,10 @@
 // The doc comments of the argument structs are clap's `--help` text, where
 // `<state-dir>` is a placeholder, not an HTML tag.
 #![allow(rustdoc::invalid_html_tags, reason = "these doc comments are --help text")]
+#![deny(
+    clippy::print_stdout,
+    reason = "stdout is written through output::Stdout (`outln!`), which ends quietly on EPIPE"
+)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,13 +15,16 @@ use hearth::client::{Client, ConnectOptions, EnsureOptions, ensure_daemon_runnin
 use hearth::paths::Paths;
 use hearth::protocol::ChannelProtocol;
 
+// First: its `outln!` is for every module below.
+#[macro_use]
+mod output;
+
 mod blob_cmd;
 mod daemon_cmd;
 mod doctor_cmd;
 mod error;
 mod events_cmd;
 mod install_cmd;
-mod output;
 mod pool_cmd;
 mod proc_cmd;
 mod progress;
@@ -37,6 +44,8 @@ Exit status:
   2  usage error
   3  no daemon is running (ping, status, shutdown never start one)
   4  no answer within the deadline
+  5  daemon stop/restart refused to signal a process it could not prove to be the daemon
+  141  stdout was closed before everything was written (e.g. `| head`); nothing more is printed
   `hearth daemon status` has its own (see its --help).";
 
 /// Talk to the hearth daemon: one per user, shared by every app, CLI and
@@ -148,7 +157,7 @@ fn main() -> ExitCode {
     let result = match Paths::resolve(cli.global.state_dir, cli.global.socket) {
         Ok(paths) => {
             let ctx = Ctx { paths, json, no_spawn: cli.global.no_spawn };
-            run(&ctx, cli.command)
+            output::catching_stdout_end(|| run(&ctx, cli.command))
         }
         Err(e) => Err(CliError::new("state_dir_unusable", e.to_string())),
     };

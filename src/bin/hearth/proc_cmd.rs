@@ -1,7 +1,6 @@
 //! `hearth proc …`: supervised processes.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -267,10 +266,10 @@ async fn add(ctx: &Ctx, client: &mut ProcessClient, args: AddArgs) -> Result<u8,
             let what = if defined.changed { "defined" } else { "unchanged" };
             let pid = brief.as_ref().and_then(|b| b.pid).map(|p| format!(" (pid {p})")).unwrap_or_default();
             match defined.source {
-                ProcessSource::Config => println!(
+                ProcessSource::Config => outln!(
                     "process {name}: {what}, but config.toml defines {name} too and its definition stays in force; {state}{pid}"
                 ),
-                ProcessSource::Runtime => println!("process {name}: {what}; {state}{pid}"),
+                ProcessSource::Runtime => outln!("process {name}: {what}; {state}{pid}"),
             }
         }
         results.push(json!({
@@ -342,7 +341,7 @@ async fn ls(ctx: &Ctx, client: &mut ProcessClient) -> Result<u8, CliError> {
         return Ok(EXIT_OK);
     }
     if report.processes.is_empty() {
-        println!("no processes; `hearth proc add NAME -- CMD` defines one");
+        outln!("no processes; `hearth proc add NAME -- CMD` defines one");
         return Ok(EXIT_OK);
     }
     let mut rows = vec![["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "CHECK"].map(str::to_owned)];
@@ -359,7 +358,7 @@ async fn ls(ctx: &Ctx, client: &mut ProcessClient) -> Result<u8, CliError> {
     }
     output::table(&rows);
     if report.truncated {
-        println!("(some processes were left out to fit one answer; `hearth proc show NAME` shows each)");
+        outln!("(some processes were left out to fit one answer; `hearth proc show NAME` shows each)");
     }
     Ok(EXIT_OK)
 }
@@ -375,7 +374,7 @@ async fn show(ctx: &Ctx, client: &mut ProcessClient, name: &str) -> Result<u8, C
 }
 
 fn print_status(p: &ProcessStatus) {
-    println!("{}: {}", p.name, p.state);
+    outln!("{}: {}", p.name, p.state);
     let mut rows: Vec<(&str, String)> = Vec::new();
     if let Some(def) = &p.definition {
         rows.push(("command", shell_words(&def.argv)));
@@ -443,11 +442,11 @@ fn report(ctx: &Ctx, what: &str, done: &BTreeMap<String, ProcessBrief>) -> Resul
         return Ok(EXIT_OK);
     }
     if done.is_empty() {
-        println!("no process is defined");
+        outln!("no process is defined");
     }
     for (name, b) in done {
         let pid = b.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
-        println!("{name}: {what}; {}{pid}", b.state);
+        outln!("{name}: {what}; {}{pid}", b.state);
     }
     Ok(EXIT_OK)
 }
@@ -468,27 +467,18 @@ async fn restart(ctx: &Ctx, client: &mut ProcessClient, args: &RestartArgs) -> R
 
 async fn logs(ctx: &Ctx, client: &mut ProcessClient, args: &LogsArgs) -> Result<u8, CliError> {
     let lines = args.lines.or(args.follow.then_some(10));
-    let mut stdout = std::io::stdout().lock();
-    let mut failed = None;
     let json = ctx.json;
     let state = client
         .logs(&args.name, lines, args.follow, |data| {
-            let written = if json {
-                let line = json!({ "output": String::from_utf8_lossy(data) });
-                writeln!(stdout, "{line}").and_then(|()| stdout.flush())
+            if json {
+                outln!("{}", json!({ "output": String::from_utf8_lossy(data) }));
             } else {
-                stdout.write_all(data).and_then(|()| stdout.flush())
-            };
-            if let Err(e) = written {
-                failed.get_or_insert(e);
+                output::bytes_out(data);
             }
         })
         .await?;
-    if let Some(e) = failed {
-        return Err(CliError::new("io_error", format!("cannot write the output: {e}")));
-    }
     if json {
-        writeln!(stdout, "{}", json!({ "end": true, "state": state })).map_err(CliError::from)?;
+        outln!("{}", json!({ "end": true, "state": state }));
     }
     Ok(EXIT_OK)
 }
@@ -499,8 +489,8 @@ async fn rm(ctx: &Ctx, client: &mut ProcessClient, name: &str) -> Result<u8, Cli
         output::json(&json!({ "name": name, "source": source }))?;
     } else {
         match source {
-            Some(_) => println!("process {name}: run-time definition removed; the one in config.toml applies"),
-            None => println!("process {name} stopped and removed"),
+            Some(_) => outln!("process {name}: run-time definition removed; the one in config.toml applies"),
+            None => outln!("process {name} stopped and removed"),
         }
     }
     Ok(EXIT_OK)

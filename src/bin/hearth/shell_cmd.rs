@@ -19,7 +19,7 @@ pub(crate) struct CompletionsArgs {
 /// Prints the completion script for a shell on stdout.
 pub(crate) fn completions(args: &CompletionsArgs) -> Result<u8, CliError> {
     let mut command = crate::Cli::command();
-    clap_complete::generate(args.shell, &mut command, "hearth", &mut std::io::stdout());
+    clap_complete::generate(args.shell, &mut command, "hearth", &mut crate::output::Stdout);
     Ok(EXIT_OK)
 }
 

@@ -12,6 +12,8 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+
+use crate::daemon::fsutil;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -91,12 +93,9 @@ impl LogFile {
     fn write(&mut self, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
             if self.file.is_none() {
-                let file = std::fs::OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&self.path)?;
+                let mut options = std::fs::OpenOptions::new();
+                options.append(true).create(true).mode(0o600);
+                let file = fsutil::open_regular(&self.path, &mut options, libc::O_NOFOLLOW)?;
                 self.size = file.metadata()?.len();
                 self.file = Some(file);
             }
@@ -215,7 +214,7 @@ impl LogReader {
 }
 
 fn open_log(path: &Path) -> io::Result<Option<File>> {
-    match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) {
+    match fsutil::open_regular(path, std::fs::OpenOptions::new().read(true), libc::O_NOFOLLOW) {
         Ok(file) => Ok(Some(file)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
@@ -304,6 +303,18 @@ mod tests {
         sink.write(b"0123456789!").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"3456789!", "keep 0: a full log is dropped");
         assert!(sink.rotated().is_empty());
+    }
+
+    #[test]
+    fn a_fifo_at_the_log_is_refused_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("output.log");
+        assert!(std::process::Command::new("mkfifo").arg(&path).status().unwrap().success());
+        let sink = LogSink::new(path.clone(), 4096, 1);
+        let err = sink.write(b"output").unwrap_err();
+        assert!(err.to_string().contains("a FIFO"), "{err}");
+        let err = LogReader::open(path, None).unwrap_err();
+        assert!(err.to_string().contains("a FIFO"), "{err}");
     }
 
     #[test]
