@@ -41,10 +41,11 @@ pub(crate) enum ProcCommand {
 }
 
 const ADD_HELP: &str = "\
-The command after `--` runs without a shell (use `sh -c '...'` for pipes or
-`&&`), in --cwd (default: this directory), with the daemon's environment plus
---env, HEARTH_PROCESS=NAME and, for checks, HEARTH_HEARTBEAT_FILE or
-NOTIFY_SOCKET. Its stdout and stderr go to its log (`hearth proc logs NAME`).
+The command after `--` runs without a shell (use `sh -c '...'` for pipes
+or `&&`), in --cwd (default: this directory), with the daemon's environment
+plus the variables of --env, HEARTH_PROCESS=NAME and, for checks,
+HEARTH_HEARTBEAT_FILE or NOTIFY_SOCKET. Its stdout and stderr go to its log
+(`hearth proc logs NAME`).
 
 Readiness and liveness (at most one):
   --heartbeat FILE --stale 30s  ready once FILE is touched; restarted when it is older than --stale
