@@ -42,7 +42,7 @@ pub struct ProcessSettings {
 
 impl Default for ProcessSettings {
     fn default() -> Self {
-        Self { enabled: true, max_processes: 32, log_max: ByteSize(10 << 20), log_keep: 3, processes: BTreeMap::new() }
+        Self { enabled: true, max_processes: 16, log_max: ByteSize(10 << 20), log_keep: 3, processes: BTreeMap::new() }
     }
 }
 
