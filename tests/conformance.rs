@@ -270,6 +270,9 @@ async fn open(case: &Value, socket: &Path, timeout: Duration, caps: &mut Capture
                 Some(Channel::Pool) => client_connect(socket, timeout).await.map(|(c, r)| (Conn::Pool(c), r)),
                 Some(Channel::Queue) => client_connect(socket, timeout).await.map(|(c, r)| (Conn::Queue(c), r)),
                 Some(Channel::Blob) => client_connect(socket, timeout).await.map(|(c, r)| (Conn::Blob(c), r)),
+                Some(Channel::Sync) => {
+                    return Err("a sync case names its document: give it \"handshake\": {\"doc\": ...}".into());
+                }
                 Some(Channel::Process) => client_connect(socket, timeout).await.map(|(c, r)| (Conn::Process(c), r)),
                 None => return Err(format!("the Rust client has no channel {channel:?}")),
             };
@@ -501,6 +504,7 @@ conformance_files! {
     timeouts => "timeouts.json",
     disabled => "disabled.json",
     events => "events.json",
+    sync => "sync.json",
     process => "process.json",
 }
 

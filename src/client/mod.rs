@@ -33,6 +33,7 @@ mod events;
 pub mod pool;
 pub mod process;
 pub mod queue;
+pub mod sync;
 
 pub use blob::{BlobClient, BlockingIo, PutOptions};
 
@@ -41,6 +42,9 @@ pub use events::Notice;
 pub use pool::PoolClient;
 pub use process::ProcessClient;
 pub use queue::{JobPage, QueueClient, Submitted};
+#[cfg(feature = "replica")]
+pub use sync::ReplicaClient;
+pub use sync::{SyncClient, SyncEvent, Written};
 
 /// This library's `client` string in handshakes.
 pub const DEFAULT_CLIENT_NAME: &str = concat!("hearth-client/", env!("CARGO_PKG_VERSION"));
@@ -213,14 +217,26 @@ impl<C: ChannelProtocol> Client<C> {
 
     /// Connects and completes the handshake within `options.timeout`.
     pub async fn connect_with(options: &ConnectOptions) -> Result<Self, ClientError> {
-        let work = Self::connect_inner(options);
+        Self::connect_with_fields(options, serde_json::Map::new()).await
+    }
+
+    /// Connects with a handshake that carries the channel's own `fields`
+    /// beside `channel`, `protocol` and `client` (the sync channel's `doc`).
+    pub(crate) async fn connect_with_fields(
+        options: &ConnectOptions,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self, ClientError> {
+        let work = Self::connect_inner(options, fields);
         match tokio::time::timeout(options.timeout, work).await {
             Ok(result) => result,
             Err(_) => Err(ClientError::Timeout { what: "connect and handshake", after: options.timeout }),
         }
     }
 
-    async fn connect_inner(options: &ConnectOptions) -> Result<Self, ClientError> {
+    async fn connect_inner(
+        options: &ConnectOptions,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self, ClientError> {
         check_socket_path(&options.socket)?;
         let stream = UnixStream::connect(&options.socket).await.map_err(|source| {
             let socket = options.socket.clone();
@@ -233,7 +249,8 @@ impl<C: ChannelProtocol> Client<C> {
         })?;
         let peer_pid = check_daemon_user(&stream, &options.socket)?;
         let mut conn = Connection::new(stream, DEFAULT_MAX_FRAME);
-        let handshake = Handshake::new(C::CHANNEL, Some(options.client_name.clone()));
+        let mut handshake = Handshake::new(C::CHANNEL, Some(options.client_name.clone()));
+        handshake.params = fields;
         conn.write_json(&handshake).await.map_err(closed_on_reset)?;
         let frame = conn.read_frame().await.map_err(closed_on_reset)?.ok_or(ClientError::Closed)?;
         let reply: HandshakeReply =

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use super::pool::settings::{PoolEntry, PoolSettings};
+pub use super::sync::SyncConfig;
 use crate::protocol::frame::DEFAULT_MAX_FRAME;
 use crate::units::{ByteSize, HumanDuration};
 
@@ -53,6 +54,8 @@ pub struct Config {
     pub queue: QueueConfig,
     /// The blob store and its HTTP read server.
     pub blob: BlobConfig,
+    /// The sync channel's documents.
+    pub sync: SyncConfig,
     /// Supervised processes, and those defined in this file.
     pub process: super::process::settings::ProcessSettings,
 }
@@ -394,6 +397,7 @@ impl Config {
         self.pool.validate()?;
         self.process.validate()?;
         self.blob.validate()?;
+        self.sync.validate(s.max_frame.0)?;
         self.validate_queue()
     }
 

@@ -86,6 +86,7 @@ pub mod queue;
 pub mod random;
 pub(crate) mod services;
 mod status;
+mod sync;
 
 pub use config::Config;
 use conn::server;

@@ -48,6 +48,7 @@ pub(crate) const REGISTRY: &[Registration] = &[
     Registration::of::<super::pool::PoolService>(),
     Registration::of::<super::queue::QueueService>(),
     Registration::of::<super::blob::BlobService>(),
+    Registration::of::<super::sync::SyncService>(),
     Registration::of::<super::process::ProcessService>(),
 ];
 

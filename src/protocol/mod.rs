@@ -79,6 +79,7 @@ pub mod pool;
 pub mod process;
 pub mod queue;
 pub mod status;
+pub mod sync;
 
 pub use channel::{Channel, ChannelProtocol, ChannelVisitor, Request, Response};
 pub use error::{ErrorCode, WireError};

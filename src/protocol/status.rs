@@ -295,6 +295,14 @@ health_codes! {
     BlobHttpUnavailable => "blob_http_unavailable", Degraded,
     /// Pinned blobs alone exceed the store's budget.
     BlobPinnedOverBudget => "blob_pinned_over_budget", Degraded,
+    /// A sync document's file could not be read; it was moved aside.
+    SyncStoreMovedAside => "sync_store_moved_aside", Degraded,
+    /// The sync store failed to write lately.
+    SyncStoreErrors => "sync_store_errors", Degraded,
+    /// An edit of settings.json was refused (not a JSON object, or it changed the schema version).
+    SyncSettingsEditRefused => "sync_settings_edit_refused", Degraded,
+    /// The settings document has a schema this daemon cannot migrate.
+    SyncSettingsSchema => "sync_settings_schema", Degraded,
     /// A supervised process is `failed`: restarted too often, or it cannot start.
     ProcessFailing => "process_failing", Degraded,
 }

@@ -32,6 +32,7 @@ mod queue_cmd;
 mod shell_cmd;
 mod status_cmd;
 mod stdin_read;
+mod sync_cmd;
 
 use error::CliError;
 
@@ -52,7 +53,7 @@ Exit status:
 /// script over one Unix socket.
 ///
 /// `ping`, `status` and `shutdown` never start a daemon. The pool, queue,
-/// blob and proc commands start one when none runs, unless --no-spawn.
+/// blob, sync, settings and proc commands start one when none runs, unless --no-spawn.
 #[derive(Debug, Parser)]
 #[command(name = "hearth", version, max_term_width = 100, after_help = EXIT_STATUS_HELP)]
 pub(crate) struct Cli {
@@ -110,6 +111,12 @@ enum Command {
     /// The content-addressed blob store: put, get, list, pin, collect
     #[command(subcommand)]
     Blob(blob_cmd::BlobCommand),
+    /// Live documents shared by every window: list, get, set, watch, inspect, close
+    #[command(subcommand)]
+    Sync(sync_cmd::SyncCommand),
+    /// The shared settings document (`hearth sync … settings`): get, set, watch
+    #[command(subcommand)]
+    Settings(sync_cmd::SettingsCommand),
     /// Supervised processes: add, start, stop, restart (rolling), logs; kept alive by policy and checks
     #[command(subcommand)]
     Proc(proc_cmd::ProcCommand),
@@ -187,6 +194,8 @@ fn run(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
             Command::Queue(command) => queue_cmd::run(ctx, command).await,
             Command::Run(args) => queue_cmd::run_attached(ctx, args).await,
             Command::Blob(command) => blob_cmd::run(ctx, command).await,
+            Command::Sync(command) => sync_cmd::run(ctx, command).await,
+            Command::Settings(command) => sync_cmd::settings(ctx, command).await,
             Command::Proc(command) => proc_cmd::run(ctx, command).await,
             Command::Completions(args) => shell_cmd::completions(&args),
         }

@@ -113,6 +113,15 @@ pub(crate) fn print_report(r: &StatusReport) {
             ),
         ));
     }
+    if let Some(sync) = &r.services.sync {
+        rows.push((
+            "sync",
+            format!(
+                "{} rooms, {} peers; {} writes, {} sync messages, {} commits since start",
+                sync.rooms, sync.peers, sync.writes, sync.sync_messages, sync.commits
+            ),
+        ));
+    }
     if let Some(procs) = &r.services.process {
         let listed: Vec<String> = procs
             .processes
