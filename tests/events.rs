@@ -65,7 +65,7 @@ async fn every_service_tells_what_it_did_in_order() {
 
     let mut pool = PoolClient::connect(state.socket()).await.unwrap();
     let definition =
-        PoolDefinition { name: "scratch".into(), create: vec!["true".into()], size: 0, ..Default::default() };
+        PoolDefinition { name: "scratch".into(), create: Some(vec!["true".into()]), size: 0, ..Default::default() };
     pool.define(definition).await.unwrap();
     let lease = pool.take("scratch").await.unwrap();
     pool.release(&lease.lease, false).await.unwrap();

@@ -100,10 +100,16 @@ fn raw_frames_join_read_write_and_refuse_bad_input() {
     assert_eq!(answer["code"], json!("invalid_sync_message"), "{answer}");
     assert_eq!(conn.request(&json!({"type": "get", "path": ["a", 1]}))["value"], json!(2));
 
-    // A bad name is answered with one error, then the connection closes.
-    let (mut bad, first) = raw_join(state.socket(), "../../etc/passwd", "view");
-    assert_eq!(first["code"], json!("invalid_doc_name"), "{first}");
-    assert!(bad.is_closed());
+    // A bad name or mode refuses the handshake itself.
+    for (doc, mode, code) in
+        [("../../etc/passwd", "view", "invalid_doc_name"), ("notebook/x", "both", "invalid_handshake")]
+    {
+        let mut bad = RawConn::connect(state.socket());
+        bad.send_json(&json!({"channel": "sync", "protocol": 1, "doc": doc, "mode": mode}));
+        let reply = bad.read_json().expect("a handshake reply");
+        assert_eq!((reply["ok"].clone(), reply["error"]["code"].clone()), (json!(false), json!(code)), "{reply}");
+        assert!(bad.is_closed());
+    }
     // A replica gets the daemon's first sync message right after `joined`.
     let (mut replica, joined) = raw_join(state.socket(), "notebook/raw", "replica");
     assert_eq!(joined["mode"], json!("replica"));

@@ -1,5 +1,5 @@
 //! Starting the processes the daemon runs for others (queue jobs, pool
-//! commands) the same careful way, and finding or killing them later.
+//! commands, supervised processes) the same careful way, and finding or killing them later.
 //!
 //! Every child gets its own process group (so a timeout or a cancel kills
 //! the whole tree), none of the service manager's variables (`NOTIFY_SOCKET`,
@@ -8,7 +8,7 @@
 //! the daemon (they are all close-on-exec).
 //!
 //! A child that must be recorded before its program runs (a queue attempt,
-//! a supervised process) is started behind a gate (`spawn_gated`): before
+//! a pool command, a supervised process) is started behind a gate (`Gated::spawn`): before
 //! `exec` it writes its pid to a pipe and blocks reading a second pipe; the
 //! daemon writes its record, then opens the gate (one byte `1`) and the
 //! child execs its program. If the record cannot be written the daemon
@@ -83,7 +83,8 @@ fn reset_in_child(cmd: &mut tokio::process::Command, nofile: Option<(libc::rlim_
     }
 }
 
-/// A forked child waiting at the gate (see the module docs).
+/// A forked child waiting at the gate (see the module docs): it exists,
+/// with its pid and process group, but runs nothing until [`Gated::open`].
 #[derive(Debug)]
 pub(crate) struct Gated {
     pub(crate) pid: u32,
@@ -92,6 +93,41 @@ pub(crate) struct Gated {
 }
 
 impl Gated {
+    /// Forks `cmd` and waits until the child stands at the gate, its pid known
+    /// and its program not yet run.
+    pub(crate) async fn spawn(mut cmd: Command) -> io::Result<Gated> {
+        let (pid_r, pid_w) = crate::sys::pipe()?;
+        let (gate_r, gate_w) = crate::sys::pipe()?;
+        install_gate(&mut cmd, pid_r.as_raw_fd(), pid_w.as_raw_fd(), gate_r.as_raw_fd(), gate_w.as_raw_fd());
+        let spawn = tokio::task::spawn_blocking(move || {
+            let spawned = cmd.spawn();
+            // Our copies of the child's ends: closing them lets the pid reader
+            // see EOF when the child died before sending its pid.
+            drop(pid_w);
+            drop(gate_r);
+            spawned
+        });
+        let pid = async {
+            let mut buf = [0u8; 4];
+            tokio::net::unix::pipe::Receiver::from_owned_fd(pid_r)?.read_exact(&mut buf).await?;
+            Ok::<u32, io::Error>(u32::from_ne_bytes(buf))
+        }
+        .await;
+        match pid {
+            Ok(pid) => Ok(Gated { pid, gate: std::fs::File::from(gate_w), spawn }),
+            Err(_) => {
+                drop(gate_w);
+                match spawn.await.map_err(io::Error::other)? {
+                    Err(e) => Err(e),
+                    Ok(mut child) => {
+                        let _ = child.start_kill();
+                        Err(io::Error::other("the child started without passing the gate"))
+                    }
+                }
+            }
+        }
+    }
+
     /// Lets the child exec its program; returns it, or why exec failed
     /// (e.g. a missing program).
     pub(crate) async fn open(self) -> io::Result<Child> {
@@ -110,41 +146,6 @@ impl Gated {
         let spawned = self.spawn.await.map_err(io::Error::other)?;
         written?;
         spawned
-    }
-}
-
-/// Forks `cmd` and waits until the child stands at the gate, its pid known
-/// and its program not yet run.
-pub(crate) async fn spawn_gated(mut cmd: Command) -> io::Result<Gated> {
-    let (pid_r, pid_w) = crate::sys::pipe()?;
-    let (gate_r, gate_w) = crate::sys::pipe()?;
-    install_gate(&mut cmd, pid_r.as_raw_fd(), pid_w.as_raw_fd(), gate_r.as_raw_fd(), gate_w.as_raw_fd());
-    let spawn = tokio::task::spawn_blocking(move || {
-        let spawned = cmd.spawn();
-        // Our copies of the child's ends: closing them lets the pid reader
-        // see EOF when the child died before sending its pid.
-        drop(pid_w);
-        drop(gate_r);
-        spawned
-    });
-    let pid = async {
-        let mut buf = [0u8; 4];
-        tokio::net::unix::pipe::Receiver::from_owned_fd(pid_r)?.read_exact(&mut buf).await?;
-        Ok::<u32, io::Error>(u32::from_ne_bytes(buf))
-    }
-    .await;
-    match pid {
-        Ok(pid) => Ok(Gated { pid, gate: std::fs::File::from(gate_w), spawn }),
-        Err(_) => {
-            drop(gate_w);
-            match spawn.await.map_err(io::Error::other)? {
-                Err(e) => Err(e),
-                Ok(mut child) => {
-                    let _ = child.start_kill();
-                    Err(io::Error::other("the child started without passing the gate"))
-                }
-            }
-        }
     }
 }
 
@@ -323,6 +324,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_gated_child_runs_only_once_its_gate_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let mut cmd = command("touch", &[marker.as_os_str()]);
+        cmd.stdin(std::process::Stdio::null());
+        let gated = Gated::spawn(cmd).await.unwrap();
+        assert!(crate::daemon::fsutil::pid_alive(gated.pid));
+        assert!(process_start_time(gated.pid).is_some(), "it can be recorded before it runs");
+        assert!(!marker.exists(), "nothing runs before the gate opens");
+        assert!(gated.open().await.unwrap().wait().await.unwrap().success());
+        assert!(marker.exists());
+
+        let aborted = marker.with_extension("no");
+        let mut cmd = command("touch", &[aborted.as_os_str()]);
+        cmd.stdin(std::process::Stdio::null());
+        let gated = Gated::spawn(cmd).await.unwrap();
+        gated.abort().await;
+        assert!(!aborted.exists(), "an aborted child never runs its program");
+
+        let mut cmd = command("/nonexistent/hearth-test-program", &[] as &[&str]);
+        cmd.stdin(std::process::Stdio::null());
+        let err = Gated::spawn(cmd).await.unwrap().open().await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+    }
+
+    #[tokio::test]
     async fn children_lead_their_own_process_group() {
         let out =
             command("sh", &["-c", "ps -o pgid= -p $$"]).stdout(std::process::Stdio::piped()).output().await.unwrap();
@@ -330,34 +357,5 @@ mod tests {
         let mine = crate::sys::process_group();
         assert_ne!(pgid, mine, "the child leads its own process group");
         assert!(!group_alive(pgid), "the group ended with its only process");
-    }
-
-    #[tokio::test]
-    async fn the_program_runs_only_after_the_gate_opens() {
-        let dir = tempfile::tempdir().unwrap();
-        let marker = dir.path().join("ran");
-        let mut cmd = command("touch", &[marker.as_os_str()]);
-        cmd.stdin(std::process::Stdio::null());
-        let gated = spawn_gated(cmd).await.unwrap();
-        assert!(crate::daemon::fsutil::pid_alive(gated.pid));
-        assert!(!marker.exists(), "nothing runs before the gate opens");
-        let status = gated.open().await.unwrap().wait().await.unwrap();
-        assert!(status.success());
-        assert!(marker.exists());
-
-        let mut cmd = command("touch", &[marker.with_extension("no").as_os_str()]);
-        cmd.stdin(std::process::Stdio::null());
-        let gated = spawn_gated(cmd).await.unwrap();
-        gated.abort().await;
-        assert!(!marker.with_extension("no").exists(), "an aborted child never runs its program");
-    }
-
-    #[tokio::test]
-    async fn a_missing_program_fails_after_the_gate() {
-        let mut cmd = command("/nonexistent/hearth-test-program", &[] as &[&str]);
-        cmd.stdin(std::process::Stdio::null());
-        let gated = spawn_gated(cmd).await.unwrap();
-        let err = gated.open().await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
     }
 }

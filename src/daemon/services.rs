@@ -28,10 +28,10 @@ use super::events::EventBus;
 use super::lifecycle::notify::Notifier;
 use crate::connection::Connection;
 use crate::paths::Paths;
-use crate::protocol::Channel;
 use crate::protocol::handshake::Handshake;
 use crate::protocol::info::Endpoints;
 use crate::protocol::status::{HealthCode, HealthReason, ServiceSummaries};
+use crate::protocol::{Channel, WireError};
 
 /// How much more time the service manager gives the services' start.
 const START_EXTENSION: Duration = Duration::from_secs(90);
@@ -148,6 +148,12 @@ pub(crate) struct Opened {
 /// [`Service::shutdown`] must be written; the other hooks default to "nothing
 /// to say".
 pub(crate) trait Service: std::fmt::Debug + Send + Sync + 'static {
+    /// Checks a handshake's channel-specific fields (`params`) before it is
+    /// accepted: an error refuses the handshake with its code.
+    fn check_handshake(&self, _handshake: &Handshake) -> Result<(), WireError> {
+        Ok(())
+    }
+
     /// Serves one handshaked connection until it ends.
     fn serve(self: Arc<Self>, opened: Opened) -> BoxFuture<'static, ()>;
 

@@ -382,7 +382,7 @@ fn definition_from_flags(args: DefineArgs) -> Result<PoolDefinition, CliError> {
     Ok(PoolDefinition {
         name: args.name.unwrap_or_default(),
         kind: args.kind,
-        create: words("create", args.create)?.unwrap_or_default(),
+        create: words("create", args.create)?,
         check: words("check", args.check)?,
         reset: words("reset", args.reset)?,
         packages: args.packages,

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::definition::{MAX_POOLS, MAX_SIZE, builtin_venv, check_command, fingerprint, normalize};
-use self::state::{Clock, Holder, Pool, ResState, Resource, State, Waiter, unknown_pool};
+use self::state::{Clock, Holder, Policy, Pool, ResState, Resource, State, Waiter, unknown_pool};
 use self::store::{LeaseRecord, Record, RecordState, Store};
 use crate::daemon::Config;
 use crate::daemon::events::EventBus;
@@ -142,6 +142,10 @@ impl PoolService {
         Clock { now: Instant::now(), now_ms: now_ms() }
     }
 
+    fn policy(&self) -> Policy {
+        Policy { max_builds: self.settings.max_concurrent_builds, unclaimed_grace: self.settings.unclaimed_grace.0 }
+    }
+
     fn lease_view(&self, pool: &str, id: &str, r: &Resource, lease: &LeaseRecord, now_ms: u64) -> Lease {
         Lease {
             lease: lease.id.clone(),
@@ -185,11 +189,12 @@ impl PoolService {
                     holder: holder.client.clone(),
                     holder_pid: holder.pid,
                 };
-                let r = p.resources.get_mut(&id).expect("picked");
-                r.state = ResState::Taken(record.clone());
+                p.took(clock.now);
                 p.stats.takes += 1;
                 p.stats.warm_takes += 1;
-                p.last_take = Some(clock.now);
+                let r = p.resources.get_mut(&id).expect("picked");
+                r.state = ResState::Taken(record.clone());
+                r.for_take = false;
                 let r = r.clone();
                 state.leases.insert(lease.clone(), (pool.to_owned(), id.clone()));
                 drop(state);
@@ -262,12 +267,14 @@ impl PoolService {
     }
 
     /// Undoes a take whose answer could not be delivered: the resource was
-    /// never seen by anyone, so it goes back to ready.
+    /// never seen by anyone, so it goes back to ready. One built for that
+    /// take is kept like one whose take timed out (see `Policy`).
     pub(crate) fn untake(&self, lease: &LeaseId) {
         let (pool, id) = {
             let mut state = self.lock();
             let Some((pool, id)) = state.leases.remove(lease) else { return };
             let r = state.pools.get_mut(&pool).and_then(|p| p.resources.get_mut(&id)).expect("leased");
+            r.for_take = matches!(&r.state, ResState::Taken(lease) if !lease.warm);
             r.state = ResState::Claimed;
             (pool, id)
         };
@@ -680,6 +687,7 @@ fn adopt_recovered(state: &mut State, found: std::collections::BTreeMap<String, 
                 created_at_ms: record.created_at_ms,
                 build_ms: record.build_ms,
                 cancel: None,
+                for_take: false,
             };
             pool.resources.insert(record.id, resource);
         }

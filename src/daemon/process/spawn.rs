@@ -1,6 +1,6 @@
 //! Starting one instance of a process: its environment, working directory
 //! and pipes, and its run record, written before its program runs (behind
-//! the gate of `child::spawn_gated`), so that no instance ever runs that a
+//! the gate of `child::Gated::spawn`), so that no instance ever runs that a
 //! restarted daemon could not find.
 
 use std::collections::BTreeMap;
@@ -65,7 +65,7 @@ pub(crate) async fn start(store: &Store, launch: &Launch<'_>) -> Result<Started,
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let gated = child::spawn_gated(cmd).await.map_err(|e| SpawnError::of(&e))?;
+    let gated = child::Gated::spawn(cmd).await.map_err(|e| SpawnError::of(&e))?;
     let pid = gated.pid;
     if let Err(e) = store.write_run(launch.name, launch.instance, pid, launch.started_at_ms) {
         gated.abort().await;

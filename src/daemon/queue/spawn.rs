@@ -119,7 +119,7 @@ async fn spawn_forked(cmd: JobCommand, running: &RunningDir, job: u64, n: u32) -
         .stdin(if cmd.stdin_piped { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let gated = child::spawn_gated(command).await?;
+    let gated = child::Gated::spawn(command).await?;
     let pid = gated.pid;
     let start_time = child::process_start_time(pid);
     if let Err(e) = running.write(job, n, pid, start_time) {

@@ -28,6 +28,7 @@ use super::services::{BoxFuture, Opened, Service, StartCtx, StartError, StartSer
 use crate::connection::Connection;
 use crate::paths::Paths;
 use crate::protocol::Channel;
+use crate::protocol::handshake::Handshake;
 use crate::protocol::status::{HealthCode, HealthReason, ServiceSummaries};
 use crate::protocol::sync::{SyncOpen, SyncResponse, SyncSummary};
 use crate::protocol::{ErrorCode, WireError};
@@ -306,6 +307,12 @@ impl StartService for SyncService {
 }
 
 impl Service for SyncService {
+    /// A bad `doc` or `mode` refuses the handshake; the room's own limits
+    /// (`too_many_docs`, `room_full`) are said after it, in place of `joined`.
+    fn check_handshake(&self, handshake: &Handshake) -> Result<(), WireError> {
+        SyncOpen::from_params(&handshake.params).map(drop)
+    }
+
     fn serve(self: Arc<Self>, opened: Opened) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             let Opened { conn, handshake, peer_pid, .. } = opened;
