@@ -117,10 +117,10 @@ fn fifo_lines(path: &Path) -> mpsc::Receiver<(Instant, u32)> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for text in std::io::BufReader::new(fifo).lines().map_while(Result::ok) {
-            if let Ok(pid) = text.trim().parse() {
-                if tx.send((Instant::now(), pid)).is_err() {
-                    break;
-                }
+            if let Ok(pid) = text.trim().parse()
+                && tx.send((Instant::now(), pid)).is_err()
+            {
+                break;
             }
         }
     });

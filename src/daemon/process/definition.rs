@@ -134,20 +134,20 @@ pub(crate) fn validate(def: &ProcessDefinition) -> Result<(), String> {
     if def.restart_window_ms == Some(0) {
         return Err("restart_window_ms must be longer than 0".into());
     }
-    if let Some(n) = def.max_restarts {
-        if n == 0 || n > MAX_RESTARTS {
-            return Err(format!("max_restarts must be 1 to {MAX_RESTARTS}, not {n}"));
-        }
+    if let Some(n) = def.max_restarts
+        && (n == 0 || n > MAX_RESTARTS)
+    {
+        return Err(format!("max_restarts must be 1 to {MAX_RESTARTS}, not {n}"));
     }
-    if let Some(signal) = &def.stop_signal {
-        if signal_number(signal).is_none() {
-            let names: Vec<&str> = STOP_SIGNALS.iter().map(|(n, _)| *n).collect();
-            return Err(format!(
-                "stop_signal {:?} is not one of {}",
-                signal.chars().take(20).collect::<String>(),
-                names.join(", ")
-            ));
-        }
+    if let Some(signal) = &def.stop_signal
+        && signal_number(signal).is_none()
+    {
+        let names: Vec<&str> = STOP_SIGNALS.iter().map(|(n, _)| *n).collect();
+        return Err(format!(
+            "stop_signal {:?} is not one of {}",
+            signal.chars().take(20).collect::<String>(),
+            names.join(", ")
+        ));
     }
     if let Some(check) = &def.check {
         validate_check(check)?;

@@ -234,11 +234,11 @@ impl ProcessService {
         let before = state.proc_mut(name)?.file.stopped;
         change(state)?;
         let p = state.proc_mut(name)?;
-        if p.file.stopped != before {
-            if let Err(e) = self.store.write_file(name, &p.file) {
-                p.file.stopped = before;
-                return Err(WireError::new(ErrorCode::Internal, format!("cannot save the state of {name}: {e}")));
-            }
+        if p.file.stopped != before
+            && let Err(e) = self.store.write_file(name, &p.file)
+        {
+            p.file.stopped = before;
+            return Err(WireError::new(ErrorCode::Internal, format!("cannot save the state of {name}: {e}")));
         }
         Ok(())
     }
