@@ -110,9 +110,12 @@ export interface ListFilter {
 
 /** A page of jobs, newest first. */
 export interface JobPage {
+  /** Fewer than the limit when more would not fit in one frame (`next_before_id` is set then). */
   jobs: Job[];
   /** `before_id` of the next page; `null` on the last. */
   next_before_id: number | null;
+  /** Matching jobs too large to send at all (proto-docs/queue.md). */
+  omitted: number[];
 }
 
 /** Which dead jobs `retry` and `purge` act on: `ids`, or `all` (of `queue`). */
@@ -181,8 +184,8 @@ export class QueueClient extends ChannelClient {
 
   /** A page of jobs, newest first. */
   async list(filter: ListFilter = {}, options?: CallOptions): Promise<JobPage> {
-    const { jobs, next_before_id } = await this.call<JobPage>("list", { ...filter, type: "list" }, "jobs", options);
-    return { jobs, next_before_id };
+    const page = await this.call<Partial<JobPage>>("list", { ...filter, type: "list" }, "jobs", options);
+    return { jobs: page.jobs ?? [], next_before_id: page.next_before_id ?? null, omitted: page.omitted ?? [] };
   }
 
   /** Cancels a job (a running one is killed first); returns it, canceled. */
