@@ -424,10 +424,13 @@ pub(crate) struct Page {
 pub(crate) fn list(conn: &Connection, filter: &ListFilter, limit: u32, room: usize) -> rusqlite::Result<Page> {
     let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1");
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
-    if !filter.states.is_empty() {
-        let marks = vec!["?"; filter.states.len()].join(", ");
+    // Each state once: a filter may repeat them, and SQLite takes a bounded
+    // number of parameters.
+    let states: std::collections::BTreeSet<JobState> = filter.states.iter().copied().collect();
+    if !states.is_empty() {
+        let marks = vec!["?"; states.len()].join(", ");
         sql.push_str(&format!(" AND state IN ({marks})"));
-        args.extend(filter.states.iter().map(|s| s.as_str().to_owned().into()));
+        args.extend(states.iter().map(|s| s.as_str().to_owned().into()));
     }
     if let Some(queue) = &filter.queue {
         sql.push_str(" AND queue = ?");
