@@ -13,7 +13,11 @@
 //! - warm take through the CLI: a whole `hearth --json pool take NAME`
 //!   process, start to exit, each started with the pool full and idle,
 //!   beside `hearth ping` started in the same conditions;
-//! - cold: a `take` on a pool of size 0, which builds on demand.
+//! - cold: a `take` on a pool of size 0, which builds on demand;
+//! - a steady take rate: 10 takes a second from a pool of 6, each keeping
+//!   its resource, beside the same at 2.5 takes a second (slower than the
+//!   200 ms replacement delay): how many were warm, and the fewest ready
+//!   resources left after a take.
 //!
 //! Targets: warm take p50 under 1 ms through the library and under 3 ms
 //! through the CLI.
@@ -22,7 +26,8 @@
 //! HEARTH_BENCH_CLI_TAKES (default 60), HEARTH_BENCH_COLD (trivial cold
 //! takes, default 40), HEARTH_BENCH_VENV_COLD (default 2),
 //! HEARTH_BENCH_VENV_ROUNDS (rounds of 4 warm venv takes, default 2),
-//! HEARTH_BENCH_VENV=0 skips the venv kind.
+//! HEARTH_BENCH_STEADY_TAKES (takes at 10/s, default 40; half as many at
+//! 2.5/s), HEARTH_BENCH_VENV=0 skips the venv kind.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -130,7 +135,7 @@ async fn wait_full(pool: &mut PoolClient, name: &str, ready: u32) {
 fn trivial(name: &str, size: u32) -> PoolDefinition {
     PoolDefinition {
         name: name.into(),
-        create: vec!["sh".into(), "-c".into(), "mkdir -p {path}/work".into()],
+        create: Some(vec!["sh".into(), "-c".into(), "mkdir -p {path}/work".into()]),
         size,
         ..Default::default()
     }
@@ -170,6 +175,39 @@ async fn cold_takes(pool: &mut PoolClient, name: &str, samples: usize) -> (Vec<D
     (takes, builds)
 }
 
+/// What a steady take rate left: takes served warm, of how many, and the
+/// fewest ready resources seen right after a take.
+struct Steady {
+    warm: usize,
+    takes: usize,
+    fewest_ready: u32,
+}
+
+/// `takes` takes, one every `every`, each keeping its resource (so that
+/// each calls for a replacement); released at the end.
+async fn steady_takes(pool: &mut PoolClient, name: &str, size: u32, every: Duration, takes: usize) -> Steady {
+    wait_full(pool, name, size).await;
+    let mut leases = Vec::new();
+    let mut fewest_ready = size;
+    let start = tokio::time::Instant::now();
+    for n in 0..takes {
+        tokio::time::sleep_until(start + every * n as u32).await;
+        if let Ok(lease) = pool.take_within(name, Duration::ZERO).await {
+            leases.push(lease.lease);
+        }
+        fewest_ready = fewest_ready.min(pool.pool_status(name).await.expect("status").ready);
+    }
+    let warm = leases.len();
+    for lease in leases {
+        pool.release(&lease, false).await.expect("release");
+    }
+    Steady { warm, takes, fewest_ready }
+}
+
+fn steady_line(label: &str, s: &Steady, size: u32) {
+    println!("  {label:<44} {}/{} warm, fewest ready after a take {} of {size}", s.warm, s.takes, s.fewest_ready);
+}
+
 fn cli_take(daemon: &Daemon, name: &str) -> (Duration, LeaseId) {
     let start = Instant::now();
     let out = daemon.cli().args(["--json", "pool", "take", name, "--timeout", "0s"]).output().expect("run hearth");
@@ -193,12 +231,13 @@ fn main() {
     let venv = knob("HEARTH_BENCH_VENV", 1) != 0;
     let venv_cold = knob("HEARTH_BENCH_VENV_COLD", 2);
     let venv_rounds = knob("HEARTH_BENCH_VENV_ROUNDS", 2);
+    let steady = knob("HEARTH_BENCH_STEADY_TAKES", 40);
 
     let daemon = Daemon::start();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let profile = if cfg!(debug_assertions) { "debug build: figures are not representative" } else { "release build" };
     println!("pool benchmark: {HEARTHD} ({profile}), state dir {}", daemon.state.display());
-    println!("  builds: at most 2 at once; replacements start 200 ms after a take, so runs of");
+    println!("  builds: at most 2 at once; replacements start within 200 ms of a take, so runs of");
     println!("  back-to-back library takes share the machine with the previous ones' builds");
     println!();
 
@@ -249,6 +288,11 @@ fn main() {
         pool.drain("trivial").await.unwrap();
         let (cold_t, cold_b) = (stats(cold_t), stats(cold_b));
 
+        pool.define(trivial("steady", 6)).await.unwrap();
+        let fast = steady_takes(&mut pool, "steady", 6, Duration::from_millis(100), steady).await;
+        let slow = steady_takes(&mut pool, "steady", 6, Duration::from_millis(400), (steady / 2).max(1)).await;
+        pool.drain("steady").await.unwrap();
+
         println!("floor (same run)");
         line("status ping round trip (library)", &ping);
         line("`hearth ping` (whole process)", &cli_floor);
@@ -263,11 +307,15 @@ fn main() {
             "  cold / warm (library, p50): {:.1}x",
             cold_t.p50.as_secs_f64() / warm_lib.p50.as_secs_f64().max(1e-9)
         );
+        println!();
+        println!("steady take rate, pool of 6, each take keeping its resource");
+        steady_line("10 takes/s", &fast, 6);
+        steady_line("2.5 takes/s (baseline: slower than the delay)", &slow, 6);
 
         let mut venv_result = None;
         if venv {
             let mut venv_def = trivial("venv-warm", 4);
-            venv_def.create.clear();
+            venv_def.create = None;
             venv_def.kind = Some(PoolKind::Venv);
             let (vcold_t, vcold_b) = cold_takes(&mut pool, "venv", venv_cold).await;
             pool.define(venv_def).await.unwrap();
@@ -293,6 +341,14 @@ fn main() {
             );
         }
         let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+        println!(
+            "target: every take warm at 10 takes/s, as at 2.5: {} ({}/{} beside {}/{})",
+            verdict(fast.warm == fast.takes && slow.warm == slow.takes),
+            fast.warm,
+            fast.takes,
+            slow.warm,
+            slow.takes
+        );
         println!(
             "target: warm take p50 < 1 ms through the library: {} ({}; {:.1}x the ping floor)",
             verdict(warm_lib.p50 < Duration::from_millis(1)),

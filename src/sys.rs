@@ -205,6 +205,29 @@ pub fn socket_option(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Re
     Ok(value)
 }
 
+/// The pid of the process at the other end of a connected Unix socket, as
+/// the kernel recorded it (`SO_PEERCRED`; for a client, the process that
+/// called `listen`). `None` where the platform does not say, or for a peer
+/// of another pid namespace.
+#[cfg(target_os = "linux")]
+pub fn peer_pid(socket: BorrowedFd<'_>) -> io::Result<Option<u32>> {
+    // SAFETY: ucred is plain old data; an all-zero value is valid.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which we own.
+    check(unsafe {
+        libc::getsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&raw mut cred).cast(), &mut len)
+    })?;
+    Ok(u32::try_from(cred.pid).ok().filter(|pid| *pid > 0))
+}
+
+/// The pid of the process at the other end of a connected Unix socket:
+/// not said on this platform.
+#[cfg(not(target_os = "linux"))]
+pub fn peer_pid(_socket: BorrowedFd<'_>) -> io::Result<Option<u32>> {
+    Ok(None)
+}
+
 /// Takes ownership of a listening socket the service manager passed as
 /// descriptor `fd` (`LISTEN_FDS`). The caller checks (with
 /// [`socket_option`]) that it is a stream socket; this checks that the
@@ -243,6 +266,13 @@ pub fn peek_byte(socket: BorrowedFd<'_>) -> io::Result<usize> {
     // SAFETY: a one-byte peek into a local buffer; MSG_PEEK leaves the data where it is.
     let n = unsafe { libc::recv(socket.as_raw_fd(), (&raw mut byte).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
     if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+}
+
+/// Clock ticks per second, the unit of process start times in `/proc`.
+pub fn clock_ticks_per_second() -> Option<u64> {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(ticks).ok().filter(|t| *t > 0)
 }
 
 /// The length of the longest socket path `sockaddr_un` holds.

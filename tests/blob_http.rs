@@ -349,3 +349,85 @@ fn the_http_server_listens_on_loopback_only() {
     // not 0.0.0.0, not :: (which would take IPv4 too on a dual-stack socket).
     assert_eq!(listening_addresses(port_of(&url)), ["0100007F"], "{url}");
 }
+
+/// The status code of a raw HTTP answer.
+fn status_of(answer: &str) -> u16 {
+    answer.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn a_request_head_over_16_kib_or_100_fields_gets_431() {
+    let state = StateDir::new();
+    let _daemon = state.start(&["--blob-http-port", "0"]);
+    let hash = put(&state, b"a small blob", &[]);
+    let port = port_of(&state.blob_url());
+    let start = format!("GET /blob/{hash} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n");
+    let end = "Connection: close\r\n\r\n";
+    // A head (request line, headers, blank line) of exactly `size` bytes.
+    let head = |size: usize| {
+        let pad = size - start.len() - "X-Pad: \r\n".len() - end.len();
+        format!("{start}X-Pad: {}\r\n{end}", "a".repeat(pad))
+    };
+    assert_eq!(head(16 * 1024).len(), 16 * 1024);
+    assert!(raw_http(port, head(16 * 1024).as_bytes()).starts_with("HTTP/1.1 200 "), "16 KiB is within the limit");
+    let answer = raw_http(port, head(16 * 1024 + 100).as_bytes());
+    assert_eq!(status_of(&answer), 431, "{answer}");
+    let answer = raw_http(port, head(64 * 1024).as_bytes());
+    assert_eq!(status_of(&answer), 431, "{answer}");
+    // 100 header fields in all are fine; 101 are not.
+    let fields = |n: usize| format!("{start}{}{end}", (0..n - 2).map(|i| format!("X-{i}: 1\r\n")).collect::<String>());
+    assert_eq!(status_of(&raw_http(port, fields(100).as_bytes())), 200);
+    assert_eq!(status_of(&raw_http(port, fields(101).as_bytes())), 431);
+    // Only that connection: the server serves on.
+    assert_eq!(curl(&[&format!("{}/blob/{hash}", state.blob_url())]).body, b"a small blob");
+}
+
+#[test]
+fn absolute_form_targets_are_served_only_when_they_name_this_server() {
+    let state = StateDir::new();
+    let _daemon = state.start(&["--blob-http-port", "0"]);
+    let hash = put(&state, b"absolute", &[]);
+    let port = port_of(&state.blob_url());
+    let get = |target: &str, host: Option<&str>| {
+        let host = host.map(|h| format!("Host: {h}\r\n")).unwrap_or_default();
+        status_of(&raw_http(port, format!("GET {target} HTTP/1.1\r\n{host}Connection: close\r\n\r\n").as_bytes()))
+    };
+    let here = format!("127.0.0.1:{port}");
+    // Named by any loopback name with the port, in any case and scheme; the
+    // Host (which must be there, and loopback too) need not be the same name.
+    for authority in [here.clone(), format!("localhost:{port}"), format!("LocalHost:{port}"), format!("[::1]:{port}")] {
+        assert_eq!(get(&format!("http://{authority}/blob/{hash}"), Some(&here)), 200, "{authority}");
+    }
+    assert_eq!(get(&format!("https://{here}/blob/{hash}"), Some(&format!("localhost:{port}"))), 200);
+    // Anything else is 403: another host, no port, user info, a foreign or missing Host.
+    for authority in
+        ["evil.example".to_owned(), format!("evil.example:{port}"), "127.0.0.1".into(), format!("u@{here}")]
+    {
+        assert_eq!(get(&format!("http://{authority}/blob/{hash}"), Some(&here)), 403, "{authority}");
+    }
+    assert_eq!(get(&format!("http://{here}/blob/{hash}"), Some("evil.example")), 403);
+    assert_eq!(get(&format!("http://{here}/blob/{hash}"), None), 403);
+}
+
+#[test]
+fn host_names_match_without_regard_to_case_and_nothing_else() {
+    let state = StateDir::new();
+    let _daemon = state.start(&["--blob-http-port", "0"]);
+    let hash = put(&state, b"hosts", &[]);
+    let url = format!("{}/blob/{hash}", state.blob_url());
+    let port = port_of(&url);
+    let status = |host: &str| curl(&["-H", &format!("Host: {host}"), &url]).status;
+    for host in [format!("LOCALHOST:{port}"), format!("LocalHost:{port}"), format!("localhost:{port}")] {
+        assert_eq!(status(&host), 200, "Host: {host}");
+    }
+    // Other spellings of loopback, a trailing dot, another port, no port: 403.
+    for host in [
+        format!("127.1:{port}"),
+        format!("[0:0:0:0:0:0:0:1]:{port}"),
+        format!("localhost.:{port}"),
+        format!("localhost:{}", port.wrapping_add(1)),
+        "localhost".to_owned(),
+    ] {
+        assert_eq!(status(&host), 403, "Host: {host}");
+    }
+}

@@ -510,3 +510,207 @@ fn every_command_has_help_that_describes_it_and_each_of_its_options() {
     }
     assert!(seen > 40, "walked only {seen} commands");
 }
+
+/// A process the test started, killed when the test ends.
+struct Bystander(std::process::Child);
+
+impl Bystander {
+    fn spawn(cmd: &mut Command) -> Self {
+        Self(cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn"))
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn alive(&mut self) -> bool {
+        self.0.try_wait().expect("try_wait").is_none()
+    }
+}
+
+impl Drop for Bystander {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn private_state_dir(state: &StateDir) {
+    std::fs::create_dir_all(state.state_dir()).unwrap();
+    std::fs::set_permissions(state.state_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+/// `flock` holding `daemon.lock` (with `sleep` under it), once the lock is held.
+fn hold_lock_with_flock(state: &StateDir) -> Bystander {
+    use hearth::daemon::lifecycle::singleton::{LockState, probe_lock};
+    let holder = Bystander::spawn(Command::new("flock").arg("-n").arg(state.paths.lock_file()).args(["sleep", "997"]));
+    let held = wait_for(Duration::from_secs(10), || matches!(probe_lock(&state.paths), Ok(LockState::Held { .. })));
+    assert!(held, "flock did not take daemon.lock within 10s");
+    holder
+}
+
+#[test]
+fn stop_never_signals_a_process_that_is_not_this_state_directorys_daemon() {
+    let state = StateDir::new();
+    private_state_dir(&state);
+    // An unrelated process whose pid is written in daemon.lock, while
+    // another process (not a hearthd) holds the lock.
+    let mut unrelated = Bystander::spawn(Command::new("sleep").arg("998"));
+    std::fs::write(state.paths.lock_file(), format!("{}\n", unrelated.pid())).unwrap();
+    let mut holder = hold_lock_with_flock(&state);
+
+    for command in [&["daemon", "stop", "--timeout", "1s"][..], &["daemon", "restart", "--timeout", "1s"]] {
+        let out = state.run(command);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(5), "{command:?} is refused: {err}");
+        assert!(err.contains("stop_refused") && err.contains("nothing was signalled"), "{err}");
+        assert!(
+            err.contains(&format!("daemon.lock names pid {}", unrelated.pid()))
+                && err.contains(&format!("holding the lock is pid {}", holder.pid())),
+            "{err}"
+        );
+        assert!(unrelated.alive(), "{command:?} killed the unrelated process named in daemon.lock");
+        assert!(holder.alive(), "{command:?} killed the lock's holder");
+    }
+
+    // The lock file naming the holder does not make the holder a hearthd.
+    std::fs::write(state.paths.lock_file(), format!("{}\n", holder.pid())).unwrap();
+    let out = state.run(&["--json", "daemon", "stop", "--timeout", "200ms"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let err: Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(err["error"]["code"], "stop_refused");
+    assert!(err["error"]["message"].as_str().unwrap().contains("is not a hearthd"), "{err}");
+    assert!(holder.alive() && unrelated.alive());
+}
+
+#[test]
+fn a_daemon_of_another_state_directory_on_the_same_socket_is_never_asked_to_stop() {
+    // Two state directories given the same --socket: the one serving it is
+    // not the one whose lock (held by a process that is no daemon) is stopped.
+    let other = StateDir::new();
+    let socket = other.dir.path().join("shared.sock");
+    let mut cmd = other.hearthd();
+    cmd.arg("--socket").arg(&socket);
+    let mut serving = common::Daemon {
+        child: Some(cmd.stderr(Stdio::null()).spawn().unwrap()),
+        log: other.dir.path().join("unused.log"),
+        socket: socket.clone(),
+        info: other.paths.info_file(),
+    };
+    let answers = || RawConn::try_connect(&socket).is_some_and(|mut c| c.handshake("status")["ok"] == json!(true));
+    assert!(wait_for(Duration::from_secs(20), answers), "the other daemon did not answer within 20s");
+
+    let state = StateDir::new();
+    private_state_dir(&state);
+    // Even naming the other daemon's pid in this state directory's lock file.
+    std::fs::write(state.paths.lock_file(), format!("{}\n", serving.pid())).unwrap();
+    let holder = hold_lock_with_flock(&state);
+    let out = state.run(&["--socket", socket.to_str().unwrap(), "daemon", "stop", "--timeout", "500ms"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains(&format!("(pid {}) does not hold this state directory's lock", serving.pid())), "{err}");
+    assert!(answers(), "the other state directory's daemon was stopped");
+    drop(holder);
+    assert_eq!(serving.stop(), 0);
+}
+
+#[test]
+fn stop_refuses_a_lock_holder_that_started_after_daemon_json_was_written() {
+    let state = StateDir::new();
+    let mut daemon = state.start(&[]);
+    // A hung daemon whose daemon.json says it started an hour before the
+    // process did: the pid in it cannot be this process's.
+    daemon.signal(libc::SIGSTOP);
+    let mut info = state.daemon_info();
+    let started = hearth::time::parse_rfc3339_utc(info["started_at"].as_str().unwrap()).unwrap();
+    info["started_at"] = json!(hearth::time::rfc3339_ms(started - 3_600_000));
+    std::fs::write(state.paths.info_file(), info.to_string()).unwrap();
+    let out = state.run(&["daemon", "stop", "--timeout", "300ms"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("the pid was reused"), "{err}");
+    // A SIGKILL would have been waited for: the daemon would be gone by now.
+    assert!(daemon.wait_exit(Duration::ZERO).is_none(), "the daemon was signalled");
+
+    // With daemon.json as the daemon wrote it, the same stop proceeds.
+    info["started_at"] = json!(hearth::time::rfc3339_ms(started));
+    std::fs::write(state.paths.info_file(), info.to_string()).unwrap();
+    let out = state.run(&["--json", "daemon", "stop", "--timeout", "300ms"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json_of(&out)["how"], "sigkill");
+    assert!(daemon.wait_exit(Duration::from_secs(10)).is_some());
+}
+
+/// Runs `hearth args` with a stdout nobody reads (the read end of its pipe
+/// is closed before it starts): every write gets EPIPE, as under `| head -1`
+/// once `head` has gone.
+fn run_with_closed_stdout(state: &StateDir, args: &[&str]) -> std::process::Output {
+    let (reader, writer) = hearth::sys::pipe().unwrap();
+    drop(reader);
+    let child = state.hearth().args(args).stdout(writer).stderr(Stdio::piped()).spawn().unwrap();
+    common::output_within(child, common::COMMAND_LIMIT, &format!("hearth {args:?}"))
+}
+
+#[test]
+fn a_closed_stdout_ends_every_command_quietly_with_status_141() {
+    let state = StateDir::new();
+    assert!(state.run(&["daemon", "start"]).status.success());
+    let out = state.run(&["--json", "queue", "submit", "--", "echo", "hello"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = json_of(&out)["job"]["id"].as_u64().unwrap_or_else(|| panic!("no id: {}", stdout(&out))).to_string();
+    assert!(state.run(&["queue", "wait", &id]).status.success());
+    let file = state.dir.path().join("data.txt");
+    std::fs::write(&file, "blob\n").unwrap();
+    let out = state.run(&["blob", "put", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let hash = stdout(&out).trim().to_owned();
+
+    let commands: &[&[&str]] = &[
+        &["queue", "list", "--limit", "500"],
+        &["--json", "queue", "list"],
+        &["queue", "show", &id],
+        &["queue", "logs", &id],
+        &["status"],
+        &["--json", "daemon", "status"],
+        &["daemon", "logs"],
+        &["blob", "get", &hash],
+        &["blob", "ls"],
+        &["pool", "status"],
+        &["ping"],
+        &["completions", "bash"],
+    ];
+    for args in commands {
+        let out = run_with_closed_stdout(&state, args);
+        assert_eq!(out.status.code(), Some(141), "hearth {args:?}: {}", stderr(&out));
+        assert_eq!(stderr(&out), "", "hearth {args:?} is quiet");
+    }
+    assert!(state.run(&["daemon", "stop"]).status.success());
+}
+
+#[test]
+fn a_start_after_daemon_lock_was_deleted_names_this_state_directorys_daemon() {
+    let state = StateDir::new();
+    let mut daemon = state.start(&[]);
+    std::fs::remove_file(state.paths.lock_file()).unwrap();
+    let out = common::run_bounded(&mut state.hearthd(), common::COMMAND_LIMIT);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("socket_path_occupied"), "{err}");
+    assert!(
+        err.contains(&format!("the daemon of this state directory (pid {}) is listening on it", daemon.pid()))
+            && err.contains("daemon.lock was deleted or replaced"),
+        "{err}"
+    );
+    assert!(!err.contains("another state directory"), "{err}");
+    // And the remedy it names works.
+    assert!(state.run(&["shutdown"]).status.success());
+    assert_eq!(daemon.wait_exit(Duration::from_secs(20)), Some(0), "the daemon did not stop within 20s");
+
+    // A daemon of another state directory on the same socket is named as such.
+    let other = StateDir::new();
+    let socket = state.socket().to_str().unwrap();
+    let _daemon = state.start(&[]);
+    let out = common::run_bounded(other.hearthd().args(["--socket", socket]), common::COMMAND_LIMIT);
+    let err = stderr(&out);
+    assert!(err.contains("a daemon of another state directory is listening on it"), "{err}");
+}

@@ -857,3 +857,128 @@ fn a_stuck_store_stops_the_watchdog_and_the_heartbeat() {
     common::wait_child(&mut holder, common::COMMAND_LIMIT, "the process holding the store's lock");
     assert!(wait_for(Duration::from_secs(20), || notify.count("WATCHDOG=1") > pings), "pings resume");
 }
+
+// --- the socket, lost under a running daemon ------------------------------------
+
+/// A directory of the user's own (0700) for a `--socket` outside the state directory.
+fn private_dir(state: &StateDir, name: &str) -> PathBuf {
+    let dir = state.dir.path().join(name);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    dir
+}
+
+/// `hearthd` on `state` serving `socket`, once it answers there.
+fn start_on_socket(state: &StateDir, socket: &Path, extra: &[&str]) -> common::Daemon {
+    let mut cmd = state.hearthd();
+    cmd.arg("--socket").arg(socket).args(extra);
+    state.start_cmd_on(cmd, socket)
+}
+
+#[test]
+fn a_daemon_whose_socket_is_removed_stops_and_the_next_client_starts_one() {
+    // The socket alone, or the directory holding it (as $XDG_RUNTIME_DIR
+    // goes at logout).
+    for remove_dir in [false, true] {
+        let state = StateDir::new();
+        let run = private_dir(&state, "run");
+        let socket = run.join("hearth.sock");
+        let mut daemon = start_on_socket(&state, &socket, &[]);
+        let first = daemon.pid();
+        if remove_dir {
+            std::fs::remove_dir_all(&run).unwrap();
+        } else {
+            std::fs::remove_file(&socket).unwrap();
+        }
+        // A client arriving meanwhile starts the next daemon, once this one is gone.
+        let client = state
+            .hearth()
+            .args(["--json", "--socket", socket.to_str().unwrap(), "daemon", "start"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = daemon.wait_exit(Duration::from_secs(20));
+        assert_eq!(status, Some(4), "remove_dir={remove_dir}: the daemon went on without its socket");
+        assert!(daemon.log_text().contains("the socket was removed"), "{}", daemon.log_text());
+        let out = common::output_within(client, common::COMMAND_LIMIT, "hearth daemon start");
+        assert!(out.status.success(), "remove_dir={remove_dir}: {}", stderr(&out));
+        let started = json_of(&out);
+        assert_eq!(started["started"], true, "{started}");
+        assert_ne!(started["pid"], json!(first));
+        let mut c = RawConn::open(&socket, "status");
+        assert_eq!(c.request(&json!({"type": "ping"})), json!({"type": "pong"}));
+        let out = state.run(&["--socket", socket.to_str().unwrap(), "daemon", "stop"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+}
+
+#[test]
+fn a_daemon_whose_socket_another_daemon_took_stops_and_leaves_it_alone() {
+    let first = StateDir::new();
+    let run = private_dir(&first, "run");
+    let socket = run.join("hearth.sock");
+    let mut daemon = start_on_socket(&first, &socket, &[]);
+    // The socket is removed and another state directory's daemon binds the path.
+    std::fs::remove_file(&socket).unwrap();
+    let second = StateDir::new();
+    let mut other = start_on_socket(&second, &socket, &[]);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(20)), Some(4), "log:\n{}", daemon.log_text());
+    let log = daemon.log_text();
+    assert!(log.contains("the socket was removed") || log.contains("the socket was replaced"), "{log}");
+    // Its stop removed nothing of the other daemon's.
+    let mut c = RawConn::open(&socket, "status");
+    assert_eq!(c.request(&json!({"type": "status"}))["pid"], json!(other.pid()));
+    assert_eq!(other.stop(), 0);
+}
+
+#[test]
+fn the_self_check_fails_when_another_daemon_answers_on_the_socket() {
+    // With a socket the service manager passed, the path is the manager's
+    // and is not watched; the self-check still finds who answers on it.
+    let first = StateDir::new();
+    std::fs::create_dir_all(first.state_dir()).unwrap();
+    std::fs::set_permissions(first.state_dir(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let socket = private_dir(&first, "run").join("hearth.sock");
+    let mut activated = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&socket)
+        .arg(hearthd_bin())
+        .arg("--state-dir")
+        .arg(first.state_dir())
+        .args(["--heartbeat-interval", "200ms"])
+        .stderr(std::fs::File::create(first.dir.path().join("activate.log")).unwrap())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(Duration::from_secs(10), || socket.exists()), "the activator did not bind within 10s");
+    let mut c = RawConn::open(&socket, "status");
+    assert_eq!(c.request(&json!({"type": "status"}))["pid"], json!(activated.id()));
+
+    std::fs::remove_file(&socket).unwrap();
+    let second = StateDir::new();
+    let mut other = start_on_socket(&second, &socket, &[]);
+    let mut reason = || {
+        let status = c.request(&json!({"type": "status"}));
+        status["health"]["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["code"] == "self_check_failed")
+            .map(|r| r["message"].as_str().unwrap().to_owned())
+    };
+    let mut message = None;
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            message = reason();
+            message.is_some()
+        }),
+        "no self_check_failed within 20s while pid {} answered on the socket",
+        other.pid()
+    );
+    let message = message.unwrap();
+    assert!(message.contains(&format!("another daemon (pid {}) answers", other.pid())), "{message}");
+    assert_eq!(c.request(&json!({"type": "shutdown"}))["type"], "shutting_down");
+    assert!(common::wait_child(&mut activated, Duration::from_secs(30), "the activated hearthd").success());
+    assert_eq!(other.stop(), 0);
+}

@@ -191,12 +191,16 @@ fn a_take_whose_caller_leaves_while_waiting_does_not_leak_its_resource() {
     wait_pool(&state, "gated", "a waiting take", |s| s["waiting"] == 1 && s["building"] == 1);
     drop(c);
     std::fs::write(&gate, b"").unwrap();
-    // The build finishes for nobody: the resource ends up ready (trimmed
-    // to the target of 0), never taken.
-    let status = wait_pool(&state, "gated", "the build to end", |s| s["building"] == 0 && s["waiting"] == 0);
-    assert_eq!(status["taken"], 0, "{status}");
+    // The build finishes for nobody (its answer cannot be delivered, so its
+    // take is undone): the resource ends up ready, kept for the next take
+    // over the target of 0, never taken.
+    wait_pool(&state, "gated", "the take undone and its resource kept", |s| {
+        s["building"] == 0 && s["waiting"] == 0 && s["taken"] == 0 && s["ready"] == 1
+    });
     let mut c = RawConn::open(state.socket(), "pool");
     assert_eq!(c.request(&json!({"type": "leases"}))["leases"], json!([]));
+    let reply = c.request(&json!({"type": "take", "pool": "gated", "timeout_ms": 0}));
+    assert_eq!((reply["type"].as_str(), reply["warm"].as_bool()), (Some("taken"), Some(true)), "kept for it: {reply}");
 }
 
 #[test]
@@ -287,7 +291,7 @@ async fn a_failing_create_backs_off_and_makes_health_degraded() {
     let mut client = PoolClient::connect(state.socket()).await.unwrap();
     let broken = PoolDefinition {
         name: "broken".into(),
-        create: vec!["sh".into(), "-c".into(), "echo boom >&2; exit 3".into()],
+        create: Some(vec!["sh".into(), "-c".into(), "echo boom >&2; exit 3".into()]),
         size: 1,
         ..Default::default()
     };
@@ -316,7 +320,7 @@ async fn a_failing_create_backs_off_and_makes_health_degraded() {
     // A fixed definition starts over at once, and health recovers.
     let fixed = PoolDefinition {
         name: "broken".into(),
-        create: vec!["sh".into(), "-c".into(), "mkdir -p {path}/work".into()],
+        create: Some(vec!["sh".into(), "-c".into(), "mkdir -p {path}/work".into()]),
         size: 1,
         ..Default::default()
     };
@@ -521,4 +525,168 @@ fn a_disabled_pool_channel_is_refused_and_builds_nothing() {
     assert_eq!(refused["error"]["code"], "channel_unavailable", "{refused}");
     assert!(refused["error"]["message"].as_str().unwrap().contains("pool.enabled = false"), "{refused}");
     assert!(!state.state_dir().join("pools").exists(), "nothing was created");
+}
+
+/// A build's process is recorded before its program runs: a daemon killed
+/// at any moment of a build's start leaves nothing running once the next
+/// daemon has started. Killed at offsets of 0 to 4 ms after the build's
+/// directory appears (its process is started right after).
+#[test]
+fn kill_9_as_a_build_starts_never_leaves_its_process_running() {
+    let state = StateDir::new();
+    let tag = format!("hearth-test-build-{}", std::process::id());
+    let mut seen = BTreeSet::new();
+    let mut previous: Option<(String, Duration)> = None;
+    for step in 0..=40u64 {
+        let offset = Duration::from_micros(100 * step);
+        let marker = format!("{tag}-{step}");
+        state.write_config(&format!(
+            "[pool.slow]\ncreate = [\"sleep\", \"3600\"]\nsize = 1\nenv = {{ HEARTH_TEST_MARK = \"{marker}\" }}\n"
+        ));
+        let log = state.dir.path().join(format!("hearthd.kill.{step}.log"));
+        let child = state.hearthd().stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
+        let mut daemon = common::Daemon {
+            child: Some(child),
+            log,
+            socket: state.socket().to_owned(),
+            info: state.paths.info_file(),
+        };
+        // Polled without a pause: the offsets below count from the moment
+        // the directory appears, not from a poll that comes late.
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while !resource_dirs(&state, "slow").into_iter().any(|id| seen.insert(id)) {
+            assert!(std::time::Instant::now() < deadline, "step {step}: no build started; log:\n{}", daemon.log_text());
+            std::thread::yield_now();
+        }
+        // The offset is the experiment: where in the build's start the kill lands.
+        let kill_at = std::time::Instant::now() + offset;
+        while std::time::Instant::now() < kill_at {
+            std::hint::spin_loop();
+        }
+        daemon.kill9();
+        // This daemon started after the one before was killed, so it has
+        // killed what that one left, before it started a build of its own.
+        if let Some((marker, offset)) = previous.take() {
+            let gone = wait_for(Duration::from_secs(10), || common::processes_marked(&marker).is_empty());
+            assert!(
+                gone,
+                "a kill -9 {offset:?} after a build's start left its process running: {:?}",
+                common::processes_marked(&marker)
+            );
+        }
+        previous = Some((marker, offset));
+    }
+    state.write_config(&mkdir_pool("slow", 1, ""));
+    let mut daemon = state.start(&[]);
+    let (marker, offset) = previous.unwrap();
+    let gone = wait_for(Duration::from_secs(10), || common::processes_marked(&marker).is_empty());
+    assert!(gone, "a kill -9 {offset:?} after a build's start left its process running");
+    assert_eq!(daemon.stop(), 0);
+    assert!(common::processes_marked(&tag).is_empty(), "{:?}", common::processes_marked(&tag));
+}
+
+#[test]
+fn an_empty_create_is_refused_and_an_absent_one_means_venv() {
+    let state = StateDir::new();
+    state.write_config("");
+    let _daemon = state.start(&[]);
+    let mut c = RawConn::open(state.socket(), "pool");
+    for definition in [json!({"name": "e", "create": []}), json!({"name": "e", "kind": "command", "create": []})] {
+        let reply = c.request(&json!({"type": "define", "definition": definition}));
+        assert_eq!(reply["code"], "invalid_definition", "{definition}: {reply}");
+        assert!(reply["message"].as_str().unwrap().contains("create must name a program"), "{reply}");
+    }
+    assert_eq!(c.request(&json!({"type": "status", "pool": "e"}))["code"], "unknown_pool", "nothing was defined");
+    let out = state.run(&["pool", "define", "e", "--create", ""]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("(invalid_definition)"), "{}", stderr(&out));
+
+    let reply = c.request(&json!({"type": "define", "definition": {"name": "e"}}));
+    assert_eq!(reply["type"], "defined", "{reply}");
+    assert_eq!(pool_status(&state, "e")["definition"]["kind"], "venv");
+}
+
+/// The take that gave up waiting comes back: the build it started serves it.
+/// A pool of size 0 (as the built-in `venv` is), a build slower than the
+/// take's timeout.
+#[test]
+fn a_build_whose_take_timed_out_serves_the_next_take() {
+    let state = StateDir::new();
+    state.write_config("");
+    let mut daemon = state.start(&[]);
+    let mut c = RawConn::open(state.socket(), "pool");
+    let define = |c: &mut RawConn, name: &str, create: &str, size: u32| {
+        let definition = json!({"name": name, "create": ["sh", "-c", create], "size": size});
+        let reply = c.request(&json!({"type": "define", "definition": definition}));
+        assert_eq!(reply["type"], "defined", "{reply}");
+    };
+    define(&mut c, "slow", "sleep 0.4; mkdir {path}/work", 0);
+    let reply = c.request(&json!({"type": "take", "pool": "slow", "timeout_ms": 50}));
+    assert_eq!(reply["code"], "take_timeout", "{reply}");
+    assert!(reply["message"].as_str().unwrap().contains("will serve the next take"), "{reply}");
+    wait_pool(&state, "slow", "the build to end", |s| s["builds"] == 1 && s["building"] == 0);
+    // The scheduler has planned since that build ended once another pool's
+    // build, asked for after it, has started and ended.
+    define(&mut c, "probe", "mkdir {path}/work", 1);
+    wait_pool(&state, "probe", "a ready probe", |s| s["ready"] == 1);
+    let status = pool_status(&state, "slow");
+    assert_eq!((status["target"].as_u64(), status["ready"].as_u64()), (Some(0), Some(1)), "kept: {status}");
+
+    let reply = c.request(&json!({"type": "take", "pool": "slow", "timeout_ms": 0}));
+    assert_eq!(reply["type"], "taken", "the next take gets it: {reply}");
+    assert_eq!(reply["warm"], true, "{reply}");
+    assert!(PathBuf::from(reply["path"].as_str().unwrap()).join("work").is_dir());
+    assert!(!daemon.log_text().contains("more than its target"), "{}", daemon.log_text());
+    assert_eq!(daemon.stop(), 0);
+
+    // Unclaimed past `pool.unclaimed_grace`, it goes.
+    state.write_config("[pool]\nunclaimed_grace = \"300ms\"\n");
+    let mut daemon = state.start(&[]);
+    let mut c = RawConn::open(state.socket(), "pool");
+    let reply = c.request(&json!({"type": "take", "pool": "slow", "timeout_ms": 50}));
+    assert_eq!(reply["code"], "take_timeout", "{reply}");
+    wait_pool(&state, "slow", "the build to end", |s| s["builds"] == 1 && s["building"] == 0);
+    wait_pool(&state, "slow", "its removal after the grace", |s| s["ready"] == 0);
+    assert!(daemon.log_text().contains("the pool holds more than its target"), "{}", daemon.log_text());
+    assert_eq!(daemon.stop(), 0);
+}
+
+/// Ten takes a second from a pool of six, each keeping its resource: the
+/// replacements start within 200 ms of the take that called for them, so
+/// every take finds one ready.
+#[test]
+fn a_steady_take_rate_never_runs_the_pool_dry() {
+    let state = StateDir::new();
+    state.write_config(&format!("[pool]\nmax_concurrent_builds = 2\n{}", mkdir_pool("steady", 6, "")));
+    let _daemon = state.start(&[]);
+    wait_pool(&state, "steady", "6 ready", |s| s["ready"] == 6 && s["building"] == 0);
+    let mut c = RawConn::open(state.socket(), "pool");
+    let mut outcomes = String::new();
+    let start = std::time::Instant::now();
+    for n in 0..40u32 {
+        // The load's shape, not a wait for the daemon: one take every 100 ms.
+        let due = start + Duration::from_millis(100) * n;
+        std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+        let reply = c.request(&json!({"type": "take", "pool": "steady", "timeout_ms": 0}));
+        outcomes.push(if reply["type"] == "taken" { 'o' } else { '.' });
+    }
+    assert_eq!(outcomes, "o".repeat(40), "o: a warm take, .: the pool was dry");
+    let status = pool_status(&state, "steady");
+    assert_eq!((status["taken"].as_u64(), status["warm_takes"].as_u64()), (Some(40), Some(40)), "{status}");
+}
+
+#[test]
+fn a_loosened_pools_directory_is_made_private_again_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let state = StateDir::new();
+    state.write_config("");
+    let mut daemon = state.start(&[]);
+    let pools = state.state_dir().join("pools");
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&pools), 0o700);
+    assert_eq!(daemon.stop(), 0);
+    std::fs::set_permissions(&pools, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _daemon = state.start(&[]);
+    assert_eq!(mode(&pools), 0o700, "narrowed again, as queue/ and blobs/ are");
+    assert!(daemon_status(&state)["channels"].as_array().unwrap().contains(&json!("pool")));
 }

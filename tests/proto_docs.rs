@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use hearth::protocol::error::ErrorCode;
+use hearth::protocol::event::EventKind;
 use hearth::protocol::handshake::{Handshake, HandshakeReply};
 use hearth::protocol::info::{DaemonInfo, Heartbeat, LaunchCode, LaunchReport};
 use hearth::protocol::status::HealthCode;
@@ -182,5 +183,20 @@ fn every_launch_code_is_documented() {
     let rows = documented_codes("lifecycle.md");
     for code in LaunchCode::ALL {
         assert!(rows.contains_key(code.as_str()), "proto-docs/lifecycle.md has no row for the launch code `{code}`");
+    }
+}
+
+#[test]
+fn every_event_kind_has_an_example() {
+    let shown: BTreeSet<String> = examples()
+        .iter()
+        .filter(|(_, _, tag, _)| tag == "status.response")
+        .filter_map(|(_, _, _, text)| {
+            let value: Value = serde_json::from_str(text).ok()?;
+            (value["type"] == "event").then(|| value["kind"].as_str().map(str::to_owned))?
+        })
+        .collect();
+    for kind in EventKind::ALL {
+        assert!(shown.contains(kind.as_str()), "proto-docs/status.md has no example of the event kind `{kind}`");
     }
 }

@@ -80,6 +80,56 @@ fn handshake_refusals_have_their_own_codes() {
 }
 
 #[test]
+fn only_an_object_with_the_named_fields_is_a_handshake() {
+    let state = StateDir::new();
+    let _daemon = state.start(&[]);
+    let refused: &[&[u8]] = &[
+        // An array, even one whose values would fill the fields in order.
+        br#"["status",1]"#,
+        br#"["status",1,"app/1"]"#,
+        br#""status""#,
+        b"1",
+        b"null",
+        b"",
+        // The fields' types are exact.
+        br#"{"channel":"status","protocol":1.0}"#,
+        br#"{"channel":"status","protocol":"1"}"#,
+        br#"{"channel":"status","protocol":-1}"#,
+        br#"{"channel":["status"],"protocol":1}"#,
+        br#"{"channel":"status","protocol":1,"client":5}"#,
+        // One object, once: no field twice, nothing after it.
+        br#"{"channel":"status","channel":"queue","protocol":1}"#,
+        br#"{"channel":"status","protocol":1} {}"#,
+        b"{\"channel\":\"st\xffatus\",\"protocol\":1}",
+    ];
+    for frame in refused {
+        let mut c = RawConn::connect(state.socket());
+        c.send_frame(frame);
+        let reply = c.read_json().expect("a refusal");
+        let shown = String::from_utf8_lossy(frame);
+        assert_eq!(reply["ok"], json!(false), "{shown}: {reply}");
+        assert_eq!(code(&reply), "invalid_handshake", "{shown}: {reply}");
+        assert!(c.is_closed(), "{shown}: closed after the refusal");
+    }
+    let accepted: &[&[u8]] = &[
+        br#"{"channel":"status","protocol":1}"#,
+        br#"{"protocol":1,"channel":"status","client":"app/1.0"}"#,
+        br#"{"channel":"status","protocol":1,"client":null}"#,
+        // Fields a channel does not take are left to it; status takes none and ignores them.
+        br#"{"channel":"status","protocol":1,"doc":"settings"}"#,
+        b" {\"channel\":\"status\",\"protocol\":1}\n",
+    ];
+    for frame in accepted {
+        let mut c = RawConn::connect(state.socket());
+        c.send_frame(frame);
+        let reply = c.read_json().expect("a reply");
+        assert_eq!(reply["ok"], json!(true), "{}: {reply}", String::from_utf8_lossy(frame));
+        assert_eq!(c.request(&json!({"type": "ping"})), json!({"type": "pong"}));
+    }
+    assert_serving(&state);
+}
+
+#[test]
 fn request_errors_keep_the_connection_usable() {
     let state = StateDir::new();
     let _daemon = state.start(&[]);

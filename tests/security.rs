@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -532,6 +532,69 @@ fn symlinks_at_the_daemons_own_files_are_never_followed() {
     }
 }
 
+fn mkfifo(path: &Path) {
+    let out = std::process::Command::new("mkfifo").arg(path).output().expect("mkfifo");
+    assert!(out.status.success(), "mkfifo {path:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `hearthd --detach` with `args`: its launch report and exit status. A
+/// start-up that waits past `COMMAND_LIMIT` fails the test.
+fn detached_start(state: &StateDir, args: &[&str]) -> (Value, Option<i32>) {
+    let out = common::run_bounded(state.hearthd().arg("--detach").args(args), common::COMMAND_LIMIT);
+    let report = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no launch report ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    (report, out.status.code())
+}
+
+#[test]
+fn a_fifo_at_daemon_log_is_refused_at_once_with_or_without_a_reader() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let state = StateDir::new();
+    let log = make_state_dir(&state).join("daemon.log");
+    mkfifo(&log);
+    // Nobody reads it (opening it to write would wait forever), then someone does.
+    let (report, status) = detached_start(&state, &["--ready-timeout", "60s"]);
+    assert_eq!(status, Some(1), "{report}");
+    assert_eq!(report["code"], "startup_failed", "{report}");
+    assert!(report["message"].as_str().unwrap().contains("is a FIFO, not a regular file"), "{report}");
+    let reader = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&log).unwrap();
+    let err = start_failure(&state, &["--log-to-file"]);
+    assert!(err.contains("is a FIFO, not a regular file") && err.contains("startup_failed"), "{err}");
+    drop(reader);
+    // Refused before anything else: the lock is free, nothing was bound.
+    let free = hearth::daemon::lifecycle::singleton::probe_lock(&state.paths).unwrap();
+    assert_eq!(free, hearth::daemon::lifecycle::singleton::LockState::Free);
+    assert!(!state.socket().exists());
+    assert!(std::fs::symlink_metadata(&log).unwrap().file_type().is_fifo(), "the FIFO is left as it was");
+}
+
+#[test]
+fn a_fifo_as_the_settings_file_is_refused_at_once() {
+    // At <state-dir>/config.toml, or named by --config: either would block
+    // the read (before the fork, past --ready-timeout) until someone wrote.
+    let state = StateDir::new();
+    mkfifo(&make_state_dir(&state).join("config.toml"));
+    let (report, status) = detached_start(&state, &["--ready-timeout", "60s"]);
+    assert_eq!(status, Some(1), "{report}");
+    assert_eq!(report["code"], "config_invalid", "{report}");
+    assert!(report["message"].as_str().unwrap().contains("is a FIFO, not a regular file"), "{report}");
+    let err = start_failure(&state, &[]);
+    assert!(err.contains("config_invalid") && err.contains("is a FIFO"), "{err}");
+
+    let other = StateDir::new();
+    let fifo = state.dir.path().join("settings.fifo");
+    mkfifo(&fifo);
+    let (report, _) = detached_start(&other, &["--config", fifo.to_str().unwrap(), "--ready-timeout", "60s"]);
+    assert_eq!(report["code"], "config_invalid", "{report}");
+    // A link to a regular file is a settings file like any other.
+    std::fs::remove_file(state.paths.config_file()).unwrap();
+    let real = state.dir.path().join("real.toml");
+    std::fs::write(&real, "[daemon]\nheartbeat_interval = \"1s\"\n").unwrap();
+    symlink(&real, state.paths.config_file()).unwrap();
+    let out = common::run_bounded(state.hearthd().arg("--print-config"), common::COMMAND_LIMIT);
+    assert!(common::stdout(&out).contains("heartbeat_interval = \"1s\""), "{}", common::stdout(&out));
+}
+
 #[test]
 fn only_listed_origins_get_cors_and_the_http_connection_cap_holds() {
     use std::io::{Read, Write};
@@ -617,4 +680,30 @@ fn the_pre_handshake_cap_and_the_blob_size_limit_hold() {
     assert!(wait_for(Duration::from_secs(20), || std::fs::read_dir(&tmp).unwrap().count() == 0), "no temp file");
     let list = RawConn::open(state.socket(), "blob").request(&json!({"type": "list"}));
     assert_eq!(list["blobs"], json!([]), "{list}");
+}
+
+#[test]
+fn the_queue_store_and_its_wal_are_private_and_tightened_at_start() {
+    let state = StateDir::new();
+    let mut daemon = state.start(&[]);
+    run_job(&state, &["true"]);
+    let queue = state.state_dir().join("queue");
+    let files = ["queue.db", "queue.db-wal", "queue.db-shm"];
+    let mode = |name: &str| std::fs::metadata(queue.join(name)).map(|m| m.permissions().mode() & 0o777).ok();
+    for name in files {
+        assert_eq!(mode(name), Some(0o600), "{name} of a fresh store");
+    }
+    // Loosened while the daemon was away: tightened at the next start.
+    assert_eq!(daemon.stop(), 0);
+    for name in ["queue.db", "queue.db-wal", "queue.db-shm"] {
+        let path = queue.join(name);
+        if path.exists() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+    let _daemon = state.start(&[]);
+    run_job(&state, &["true"]);
+    for name in files {
+        assert_eq!(mode(name), Some(0o600), "{name} after a start");
+    }
 }

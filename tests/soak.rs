@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{StateDir, processes_marked, rss_kib, wait_for};
-use hearth::client::{BlobClient, ClientError, PoolClient, PutOptions, QueueClient, StatusClient};
+use hearth::client::{BlobClient, ClientError, PoolClient, PutOptions, QueueClient, StatusClient, SyncClient};
 use hearth::protocol::blob::BlobHash;
 use hearth::protocol::pool::LeaseId;
 use hearth::protocol::queue::{JobSpec, JobState};
@@ -82,6 +82,8 @@ struct Record {
     keys: Mutex<HashMap<String, u64>>,
     /// Acknowledged blobs: hash → size.
     blobs: Mutex<HashMap<BlobHash, u64>>,
+    /// Acknowledged sync writes: (document, key) → the last value written.
+    sync_writes: Mutex<HashMap<(String, String), u64>>,
     /// Resource paths currently held by a client (certainly: taken, not yet released).
     held: Mutex<HashSet<PathBuf>>,
     /// Leases whose release was acknowledged.
@@ -93,6 +95,7 @@ struct Record {
     queue: Counts,
     blob: Counts,
     pool: Counts,
+    sync: Counts,
 }
 
 impl Record {
@@ -122,6 +125,8 @@ struct Worker {
     queue: Option<QueueClient>,
     blob: Option<BlobClient>,
     pool: Option<PoolClient>,
+    /// A view peer of `sync_doc`.
+    sync: Option<SyncClient>,
     /// Leases taken and not yet released.
     leases: Vec<(LeaseId, PathBuf)>,
     seq: u64,
@@ -173,10 +178,11 @@ impl Worker {
 
     async fn run(mut self) {
         while !self.stop.load(Ordering::Relaxed) {
-            match self.rng.below(10) {
+            match self.rng.below(12) {
                 0 => self.status().await,
                 1..=4 => self.job().await,
                 5..=7 => self.blob().await,
+                8 | 9 => self.sync_write().await,
                 _ => self.pool().await,
             }
         }
@@ -287,6 +293,31 @@ impl Worker {
             } else {
                 self.queue = None;
             }
+        }
+    }
+
+    /// Puts this client's next number under its own key of a shared
+    /// document: every acknowledged value must be there after the kills.
+    async fn sync_write(&mut self) {
+        let doc = format!("soak/{}", self.n % 3);
+        if self.sync.is_none() {
+            let deadline = Instant::now() + RECONNECT;
+            loop {
+                match SyncClient::open(&self.socket, &doc).await {
+                    Ok(c) => break self.sync = Some(c),
+                    Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Err(e) => panic!("client {}: cannot open {doc} within {RECONNECT:?}: {e}", self.n),
+                }
+            }
+        }
+        self.seq += 1;
+        let key = format!("c{}", self.n);
+        let path = [hearth::protocol::sync::PathElem::Key(key.clone())];
+        let result = self.sync.as_mut().unwrap().put(&path, serde_json::json!(self.seq)).await;
+        if self.tally(|r| &r.sync, "sync write", &result) {
+            self.record.sync_writes.lock().unwrap().insert((doc, key), self.seq);
+        } else {
+            self.sync = None;
         }
     }
 
@@ -411,6 +442,7 @@ fn chaos_soak() {
                 status: None,
                 queue: None,
                 blob: None,
+                sync: None,
                 pool: None,
                 leases: Vec::new(),
                 seq: 0,
@@ -466,6 +498,17 @@ fn chaos_soak() {
                 Ok((job, _)) if !job.state.is_final() => leftover.push((id, job.state)),
                 Ok(_) => {}
                 Err(e) => record.violation(format!("acknowledged job {id}: {e}")),
+            }
+        }
+        let writes: Vec<((String, String), u64)> =
+            record.sync_writes.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect();
+        for ((doc, key), acked) in writes {
+            let mut view = SyncClient::open(&socket, &doc).await.unwrap();
+            let path = [hearth::protocol::sync::PathElem::Key(key.clone())];
+            match view.get(&path).await.map(|(_, v)| v.as_u64()) {
+                Ok(Some(stored)) if stored >= acked => {}
+                Ok(stored) => record.violation(format!("{doc} {key}: acknowledged {acked}, stored {stored:?}")),
+                Err(e) => record.violation(format!("{doc} {key}: acknowledged {acked}: {e}")),
             }
         }
         let mut blob = BlobClient::connect(&socket).await.unwrap();
@@ -555,10 +598,11 @@ fn chaos_soak() {
     eprintln!("---- soak summary ----");
     eprintln!("seed {seed}; chaos {chaos_secs:.0}s, whole run {:.0}s; {kills} kills", started.elapsed().as_secs_f64());
     eprintln!(
-        "operations: {}; {}; {}; {}",
+        "operations: {}; {}; {}; {}; {}",
         line("status", &record.status),
         line("queue", &record.queue),
         line("blob", &record.blob),
+        line("sync", &record.sync),
         line("pool", &record.pool)
     );
     eprintln!(

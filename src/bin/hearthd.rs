@@ -12,7 +12,7 @@ use hearth::daemon::config::Override;
 use hearth::daemon::lifecycle::detach::{self, Forked, Reporter};
 use hearth::daemon::lifecycle::logging::{self, LogTarget};
 use hearth::daemon::lifecycle::{activation, permissions, signals};
-use hearth::daemon::{Config, Daemon, Instance, StartupError};
+use hearth::daemon::{Config, Daemon, Instance, StartupError, Stopped};
 use hearth::paths::Paths;
 use hearth::protocol::info::{LaunchCode, LaunchReport};
 use hearth::units::{ByteSize, HumanDuration};
@@ -26,7 +26,9 @@ use hearth::units::{ByteSize, HumanDuration};
 /// detached; HEARTH_LOG (or RUST_LOG) sets the filter, e.g. HEARTH_LOG=debug.
 ///
 /// Exit status: 0 after a clean stop, 1 when it cannot start, 3 when another
-/// hearthd already runs for the state directory.
+/// hearthd already runs for the state directory, 4 when it stopped because
+/// its socket was removed or replaced while it ran (no client could reach
+/// it; the next client's start binds the socket again).
 #[derive(Debug, Parser)]
 #[command(name = "hearthd", version, max_term_width = 100)]
 struct Args {
@@ -255,8 +257,12 @@ fn main() -> ExitCode {
         Ok(paths) => paths,
         Err(e) => return fail(args.detach, LaunchCode::StateDirUnusable, &e.to_string()),
     };
+    // Absolute, as the detached daemon reads it from `/`.
     let (config_file, required) = match &args.config {
-        Some(file) => (file.clone(), true),
+        Some(file) => match std::path::absolute(file) {
+            Ok(file) => (file, true),
+            Err(e) => return fail(args.detach, LaunchCode::ConfigInvalid, &format!("{}: {e}", file.display())),
+        },
         None => (paths.config_file(), false),
     };
     let mut overrides = args.server.overrides();
@@ -264,11 +270,11 @@ fn main() -> ExitCode {
     overrides.extend(args.pool.overrides());
     overrides.extend(args.queue.overrides());
     overrides.extend(args.blob.overrides());
-    let config = match Config::load(&config_file, required, &overrides) {
-        Ok(config) => config,
-        Err(e) => return fail(args.detach, LaunchCode::ConfigInvalid, &e.to_string()),
-    };
     if args.print_config {
+        let config = match Config::load(&config_file, required, &overrides) {
+            Ok(config) => config,
+            Err(e) => return fail(false, LaunchCode::ConfigInvalid, &e.to_string()),
+        };
         println!("# state_dir = {:?}", paths.state_dir());
         println!("# socket = {:?}", paths.socket());
         println!("# config file = {config_file:?}");
@@ -276,6 +282,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
+    // Forked before anything is read or locked, so that whatever start-up
+    // waits for (the settings file, the lock, the services' stores) is
+    // within the parent's --ready-timeout.
     let mut reporter = if args.detach {
         match detach::fork(args.ready_timeout.0) {
             Ok(Forked::Parent(status)) => return ExitCode::from(status),
@@ -292,8 +301,12 @@ fn main() -> ExitCode {
     // Blob chunks (1 MiB) stay below it, on the heap, where they are reused.
     hearth::sys::return_large_allocations(LARGE_ALLOCATION);
 
-    match start_and_run(paths, config, &mut reporter, args.detach || args.log_to_file) {
-        Ok(()) => ExitCode::SUCCESS,
+    let started = Config::load(&config_file, required, &overrides)
+        .map_err(StartupError::from)
+        .and_then(|config| start_and_run(paths, config, &mut reporter, args.detach || args.log_to_file));
+    match started {
+        Ok(Stopped::SocketLost(_)) => ExitCode::from(EXIT_SOCKET_LOST),
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             let report = match e {
                 StartupError::AlreadyRunning { pid } => LaunchReport::AlreadyRunning { pid },
@@ -307,7 +320,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn start_and_run(paths: Paths, config: Config, reporter: &mut Reporter, to_file: bool) -> Result<(), StartupError> {
+/// Exit status: the daemon stopped because its socket was removed or replaced.
+const EXIT_SOCKET_LOST: u8 = 4;
+
+fn start_and_run(
+    paths: Paths,
+    config: Config,
+    reporter: &mut Reporter,
+    to_file: bool,
+) -> Result<Stopped, StartupError> {
     // A SIGTERM during start-up must stop cleanly once the socket can be
     // seen: the stop signals wait until the handlers are installed. Held
     // before any thread starts (the log writer's is the first), since a
@@ -345,7 +366,7 @@ fn start_and_run(paths: Paths, config: Config, reporter: &mut Reporter, to_file:
         .thread_name("hearthd")
         .build()
         .map_err(|e| StartupError::Other(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(async {
+    let stopped = runtime.block_on(async {
         // Handlers first, so that a SIGTERM during start-up still stops cleanly.
         let stop = stop_signal().map_err(|e| StartupError::Other(format!("cannot install signal handlers: {e}")))?;
         reopen_log_on_sighup(log).map_err(|e| StartupError::Other(format!("cannot install signal handlers: {e}")))?;
@@ -357,11 +378,10 @@ fn start_and_run(paths: Paths, config: Config, reporter: &mut Reporter, to_file:
             version: info.version.clone(),
             socket: info.socket.clone(),
         });
-        daemon.run_until(stop).await;
-        Ok::<(), StartupError>(())
+        Ok::<_, StartupError>(daemon.serve_until(stop).await)
     })?;
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    Ok(())
+    Ok(stopped)
 }
 
 /// SIGHUP reopens the log file (after logrotate moved it away).

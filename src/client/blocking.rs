@@ -23,6 +23,7 @@ use tokio::runtime::{Builder, Runtime};
 
 use super::{ClientError, ConnectOptions, EnsureOptions, Ensured};
 use crate::protocol::ChannelProtocol;
+use crate::protocol::event::EventFilter;
 use crate::protocol::handshake::DaemonIdent;
 use crate::protocol::pool::{Lease, LeaseId, PoolChannel};
 use crate::protocol::queue::{Job, JobSpec, QueueChannel};
@@ -98,6 +99,21 @@ impl Client<StatusChannel> {
     /// Asks the daemon to stop gracefully; returns its grace period.
     pub fn shutdown(&mut self, reason: Option<String>) -> Result<Duration, ClientError> {
         self.runtime.block_on(self.inner.shutdown(reason))
+    }
+
+    /// Starts an event subscription; see [`super::Client::subscribe`].
+    pub fn subscribe(&mut self, filter: EventFilter) -> Result<u64, ClientError> {
+        self.runtime.block_on(self.inner.subscribe(filter))
+    }
+
+    /// The next event of the subscription; blocks until one comes.
+    pub fn next_event(&mut self) -> Result<super::Notice, ClientError> {
+        self.runtime.block_on(self.inner.next_event())
+    }
+
+    /// Ends the subscription.
+    pub fn unsubscribe(&mut self) -> Result<(), ClientError> {
+        self.runtime.block_on(self.inner.unsubscribe())
     }
 }
 

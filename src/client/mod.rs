@@ -29,14 +29,20 @@ use crate::protocol::{ChannelProtocol, ErrorCode, Response, WireError};
 pub mod blob;
 pub mod blocking;
 mod ensure;
+mod events;
 pub mod pool;
 pub mod queue;
+pub mod sync;
 
 pub use blob::{BlobClient, BlockingIo, PutOptions};
 
 pub use ensure::{ENV_DAEMON_BIN, EnsureOptions, Ensured, ReplacePolicy, ensure_daemon_running, find_daemon_binary};
+pub use events::Notice;
 pub use pool::PoolClient;
 pub use queue::{JobPage, QueueClient, Submitted};
+#[cfg(feature = "replica")]
+pub use sync::ReplicaClient;
+pub use sync::{SyncClient, SyncEvent, Written};
 
 /// This library's `client` string in handshakes.
 pub const DEFAULT_CLIENT_NAME: &str = concat!("hearth-client/", env!("CARGO_PKG_VERSION"));
@@ -194,6 +200,7 @@ impl ConnectOptions {
 pub struct Client<C: ChannelProtocol> {
     conn: Connection,
     accepted: Accepted,
+    peer_pid: Option<u32>,
     _channel: PhantomData<C>,
 }
 
@@ -208,14 +215,26 @@ impl<C: ChannelProtocol> Client<C> {
 
     /// Connects and completes the handshake within `options.timeout`.
     pub async fn connect_with(options: &ConnectOptions) -> Result<Self, ClientError> {
-        let work = Self::connect_inner(options);
+        Self::connect_with_fields(options, serde_json::Map::new()).await
+    }
+
+    /// Connects with a handshake that carries the channel's own `fields`
+    /// beside `channel`, `protocol` and `client` (the sync channel's `doc`).
+    pub(crate) async fn connect_with_fields(
+        options: &ConnectOptions,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self, ClientError> {
+        let work = Self::connect_inner(options, fields);
         match tokio::time::timeout(options.timeout, work).await {
             Ok(result) => result,
             Err(_) => Err(ClientError::Timeout { what: "connect and handshake", after: options.timeout }),
         }
     }
 
-    async fn connect_inner(options: &ConnectOptions) -> Result<Self, ClientError> {
+    async fn connect_inner(
+        options: &ConnectOptions,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self, ClientError> {
         check_socket_path(&options.socket)?;
         let stream = UnixStream::connect(&options.socket).await.map_err(|source| {
             let socket = options.socket.clone();
@@ -226,9 +245,10 @@ impl<C: ChannelProtocol> Client<C> {
                 _ => ClientError::Connect { socket, source },
             }
         })?;
-        check_daemon_user(&stream, &options.socket)?;
+        let peer_pid = check_daemon_user(&stream, &options.socket)?;
         let mut conn = Connection::new(stream, DEFAULT_MAX_FRAME);
-        let handshake = Handshake::new(C::CHANNEL, Some(options.client_name.clone()));
+        let mut handshake = Handshake::new(C::CHANNEL, Some(options.client_name.clone()));
+        handshake.params = fields;
         conn.write_json(&handshake).await.map_err(closed_on_reset)?;
         let frame = conn.read_frame().await.map_err(closed_on_reset)?.ok_or(ClientError::Closed)?;
         let reply: HandshakeReply =
@@ -236,7 +256,7 @@ impl<C: ChannelProtocol> Client<C> {
         match reply {
             HandshakeReply::Accepted(accepted) => {
                 conn.set_max_frame(usize::try_from(accepted.max_frame).unwrap_or(usize::MAX));
-                Ok(Client { conn, accepted, _channel: PhantomData })
+                Ok(Client { conn, accepted, peer_pid, _channel: PhantomData })
             }
             HandshakeReply::Refused(r) => Err(ClientError::Refused { error: r.error, daemon: r.daemon }),
         }
@@ -245,6 +265,15 @@ impl<C: ChannelProtocol> Client<C> {
     /// The daemon that accepted the handshake.
     pub fn daemon(&self) -> &DaemonIdent {
         &self.accepted.daemon
+    }
+
+    /// The pid of the process serving the socket, as the kernel records it
+    /// (`SO_PEERCRED`: the process that called `listen`, in this pid
+    /// namespace; a service manager's, for a socket it passed), where the
+    /// platform says. Unlike [`daemon`](Self::daemon)'s pid, it is not the
+    /// daemon's own word.
+    pub fn peer_pid(&self) -> Option<u32> {
+        self.peer_pid
     }
 
     /// The largest frame the daemon accepts on this connection.
@@ -280,14 +309,15 @@ impl<C: ChannelProtocol> Client<C> {
 
 /// The daemon must run as this user, as it only serves this user: the
 /// kernel's record of who listens on the socket is checked before anything
-/// (a job's command line, a blob's bytes) is sent.
-fn check_daemon_user(stream: &UnixStream, socket: &Path) -> Result<(), ClientError> {
+/// (a job's command line, a blob's bytes) is sent. Returns the peer's pid,
+/// when the platform says.
+fn check_daemon_user(stream: &UnixStream, socket: &Path) -> Result<Option<u32>, ClientError> {
     let me = crate::sys::euid();
     let cred = stream.peer_cred().map_err(|source| ClientError::Connect { socket: socket.to_owned(), source })?;
     if cred.uid() != me {
         return Err(ClientError::ForeignDaemon { socket: socket.to_owned(), uid: cred.uid(), me });
     }
-    Ok(())
+    Ok(cred.pid().and_then(|pid| u32::try_from(pid).ok()).filter(|pid| *pid > 0))
 }
 
 /// A reset or broken pipe from the daemon means it closed the connection.

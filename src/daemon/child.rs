@@ -61,6 +61,134 @@ fn restore_nofile(cmd: &mut tokio::process::Command, soft: libc::rlim_t, hard: l
     }
 }
 
+/// A child forked behind a gate: it exists, with its pid and process
+/// group, but runs nothing until [`Gated::open`]. This lets the daemon
+/// record a process (so that a daemon killed at any moment finds it again
+/// at its next start) before its program can run: before `exec` the child
+/// writes its pid to a pipe and blocks reading a second one (the gate);
+/// one byte `1` lets it exec, anything else (a `0`, or the gate closing
+/// because the daemon died) makes it exit without running anything. On
+/// Linux it is also killed with the daemon while it waits (the parent
+/// death signal, armed before the pid is sent and disarmed before `exec`;
+/// the thread that forked waits in `spawn` until the child execs, so it
+/// cannot end first), which covers a gate held open by another child that
+/// was forked meanwhile.
+#[derive(Debug)]
+pub(crate) struct Gated {
+    pub(crate) pid: u32,
+    gate: std::fs::File,
+    spawn: tokio::task::JoinHandle<io::Result<tokio::process::Child>>,
+}
+
+impl Gated {
+    /// Forks `cmd` and waits until the child stands at the gate.
+    pub(crate) async fn spawn(mut cmd: tokio::process::Command) -> io::Result<Gated> {
+        use std::os::fd::AsRawFd;
+        use tokio::io::AsyncReadExt;
+        let (pid_r, pid_w) = crate::sys::pipe()?;
+        let (gate_r, gate_w) = crate::sys::pipe()?;
+        install_gate(&mut cmd, pid_r.as_raw_fd(), pid_w.as_raw_fd(), gate_r.as_raw_fd(), gate_w.as_raw_fd());
+        let spawn = tokio::task::spawn_blocking(move || {
+            let spawned = cmd.spawn();
+            // Our copies of the child's ends: closing them lets the pid
+            // reader see EOF when the child died before sending its pid.
+            drop(pid_w);
+            drop(gate_r);
+            spawned
+        });
+        let pid = async {
+            let mut buf = [0u8; 4];
+            tokio::net::unix::pipe::Receiver::from_owned_fd(pid_r)?.read_exact(&mut buf).await?;
+            Ok::<u32, io::Error>(u32::from_ne_bytes(buf))
+        }
+        .await;
+        match pid {
+            Ok(pid) => Ok(Gated { pid, gate: std::fs::File::from(gate_w), spawn }),
+            Err(_) => {
+                drop(gate_w);
+                match spawn.await.map_err(io::Error::other)? {
+                    Err(e) => Err(e),
+                    Ok(mut child) => {
+                        let _ = child.start_kill();
+                        Err(io::Error::other("the child started without passing the gate"))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lets the child exec its program; returns it, or why exec failed
+    /// (e.g. a missing program).
+    pub(crate) async fn open(self) -> io::Result<tokio::process::Child> {
+        self.release(1).await
+    }
+
+    /// Makes the child exit without running its program.
+    pub(crate) async fn abort(self) {
+        let _ = self.release(0).await;
+    }
+
+    async fn release(mut self, byte: u8) -> io::Result<tokio::process::Child> {
+        use std::io::Write;
+        // A one-byte write to an empty pipe never blocks.
+        let written = self.gate.write_all(&[byte]);
+        drop(self.gate);
+        let spawned = self.spawn.await.map_err(io::Error::other)?;
+        written?;
+        spawned
+    }
+}
+
+#[expect(unsafe_code, reason = "a pre_exec hook runs in the child between fork and exec")]
+fn install_gate(
+    cmd: &mut tokio::process::Command,
+    pid_r: std::os::fd::RawFd,
+    pid_w: std::os::fd::RawFd,
+    gate_r: std::os::fd::RawFd,
+    gate_w: std::os::fd::RawFd,
+) {
+    // SAFETY: getpid cannot fail.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only async-signal-safe functions (close, prctl, getppid, getpid,
+    // write, read) on descriptors that exist in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::close(pid_r);
+            libc::close(gate_w);
+            #[cfg(target_os = "linux")]
+            {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+                if libc::getppid() != parent {
+                    return Err(io::Error::from_raw_os_error(libc::ECANCELED));
+                }
+            }
+            #[cfg(not(target_os = "linux"))]
+            let _ = parent;
+            let me = libc::getpid().to_ne_bytes();
+            if libc::write(pid_w, me.as_ptr().cast(), me.len()) != me.len() as isize {
+                return Err(io::Error::from_raw_os_error(libc::ECANCELED));
+            }
+            libc::close(pid_w);
+            let mut byte = 0u8;
+            loop {
+                let n = libc::read(gate_r, (&raw mut byte).cast(), 1);
+                if n == 1 && byte == 1 {
+                    break;
+                }
+                if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(io::Error::from_raw_os_error(libc::ECANCELED));
+            }
+            libc::close(gate_r);
+            #[cfg(target_os = "linux")]
+            libc::prctl(libc::PR_SET_PDEATHSIG, 0 as libc::c_ulong, 0, 0, 0);
+            Ok(())
+        });
+    }
+}
+
 /// Sends `signal` to every process of the group `pgid`. A group that no
 /// longer exists is not an error.
 pub fn kill_group(pgid: u32, signal: libc::c_int) -> io::Result<()> {
@@ -334,6 +462,32 @@ mod tests {
         for var in SERVICE_MANAGER_VARS {
             assert!(removed.iter().any(|k| k == var), "{var} is not removed");
         }
+    }
+
+    #[tokio::test]
+    async fn a_gated_child_runs_only_once_its_gate_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let mut cmd = command("touch", &[marker.as_os_str()]);
+        cmd.stdin(std::process::Stdio::null());
+        let gated = Gated::spawn(cmd).await.unwrap();
+        assert!(crate::daemon::fsutil::pid_alive(gated.pid));
+        assert!(process_start_time(gated.pid).is_some(), "it can be recorded before it runs");
+        assert!(!marker.exists(), "nothing runs before the gate opens");
+        assert!(gated.open().await.unwrap().wait().await.unwrap().success());
+        assert!(marker.exists());
+
+        let aborted = marker.with_extension("no");
+        let mut cmd = command("touch", &[aborted.as_os_str()]);
+        cmd.stdin(std::process::Stdio::null());
+        let gated = Gated::spawn(cmd).await.unwrap();
+        gated.abort().await;
+        assert!(!aborted.exists(), "an aborted child never runs its program");
+
+        let mut cmd = command("/nonexistent/hearth-test-program", &[] as &[&str]);
+        cmd.stdin(std::process::Stdio::null());
+        let err = Gated::spawn(cmd).await.unwrap().open().await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
     }
 
     #[tokio::test]

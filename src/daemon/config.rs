@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use super::pool::settings::{PoolEntry, PoolSettings};
+pub use super::sync::SyncConfig;
 use crate::protocol::frame::DEFAULT_MAX_FRAME;
 use crate::units::{ByteSize, HumanDuration};
 
@@ -53,6 +54,8 @@ pub struct Config {
     pub queue: QueueConfig,
     /// The blob store and its HTTP read server.
     pub blob: BlobConfig,
+    /// The sync channel's documents.
+    pub sync: SyncConfig,
 }
 
 /// Connection handling and its limits.
@@ -113,6 +116,9 @@ pub struct DaemonConfig {
     pub heartbeat_interval: HumanDuration,
     /// With a draining shutdown: how long to wait for running work.
     pub drain_timeout: HumanDuration,
+    /// Events an event subscriber may fall behind before it is told it
+    /// missed some (`lagged`); the buffer is shared by all subscribers.
+    pub event_buffer: u64,
 }
 
 impl Default for DaemonConfig {
@@ -121,6 +127,7 @@ impl Default for DaemonConfig {
             idle_timeout: HumanDuration(Duration::ZERO),
             heartbeat_interval: HumanDuration(Duration::from_secs(5)),
             drain_timeout: HumanDuration(Duration::from_secs(600)),
+            event_buffer: 4096,
         }
     }
 }
@@ -322,11 +329,22 @@ pub struct Override {
     pub value: String,
 }
 
+/// Reads a settings file, which must be a regular file (or a link to one):
+/// a FIFO or a device is refused at once instead of stalling start-up.
+fn read_settings(file: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    let mut text = String::new();
+    crate::daemon::fsutil::open_regular(file, &mut options, libc::O_CLOEXEC)?.read_to_string(&mut text)?;
+    Ok(text)
+}
+
 impl Config {
     /// Loads `file` (a missing file is fine unless `required`), applies
     /// `overrides`, and validates the result.
     pub fn load(file: &Path, required: bool, overrides: &[Override]) -> Result<Config, ConfigError> {
-        let mut table = match std::fs::read_to_string(file) {
+        let mut table = match read_settings(file) {
             Ok(text) => text
                 .parse::<toml::Table>()
                 .map_err(|e| ConfigError::Invalid { origin: file.display().to_string(), message: e.to_string() })?,
@@ -376,6 +394,9 @@ impl Config {
         if self.daemon.heartbeat_interval.0 < Duration::from_millis(100) {
             return Err("daemon.heartbeat_interval must be at least 100ms".into());
         }
+        if !(1..=1 << 20).contains(&self.daemon.event_buffer) {
+            return Err(format!("daemon.event_buffer must be between 1 and 1048576, not {}", self.daemon.event_buffer));
+        }
         if self.health.disk_free_unhealthy > self.health.disk_free_degraded {
             return Err("health.disk_free_unhealthy must not exceed health.disk_free_degraded".into());
         }
@@ -393,6 +414,7 @@ impl Config {
         }
         self.pool.validate()?;
         self.blob.validate()?;
+        self.sync.validate(s.max_frame.0)?;
         self.validate_queue()
     }
 

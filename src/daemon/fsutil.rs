@@ -55,6 +55,44 @@ pub fn read_small(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Opens `path` with `options` and the extra open `flags`, never waiting
+/// on a FIFO or a device: the open is non-blocking, and what it opened must
+/// be a regular file, else the error says what it is (a FIFO opened for
+/// writing with no reader fails at once with `ENXIO`, and is named too).
+/// `O_NONBLOCK` stays set on the descriptor, where it has no effect on a
+/// regular file.
+pub fn open_regular(path: &Path, options: &mut OpenOptions, flags: libc::c_int) -> io::Result<File> {
+    use std::os::unix::fs::FileTypeExt;
+    let refuse = |kind: std::fs::FileType| {
+        let what = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_dir() {
+            "a directory"
+        } else if kind.is_symlink() {
+            "a symbolic link"
+        } else {
+            "not a file"
+        };
+        io::Error::new(io::ErrorKind::InvalidInput, format!("{} is {what}, not a regular file", path.display()))
+    };
+    let file =
+        options.custom_flags(flags | libc::O_NONBLOCK).open(path).map_err(|e| {
+            match std::fs::symlink_metadata(path) {
+                Ok(meta) if e.raw_os_error() == Some(libc::ENXIO) => refuse(meta.file_type()),
+                _ => e,
+            }
+        })?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        return Err(refuse(kind));
+    }
+    Ok(file)
+}
+
 /// Fsyncs a directory so that renames and unlinks in it are durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

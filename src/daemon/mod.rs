@@ -59,7 +59,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Semaphore;
@@ -78,6 +78,7 @@ mod blob;
 pub mod child;
 pub mod config;
 mod conn;
+mod events;
 pub mod fsutil;
 pub mod lifecycle;
 pub mod pool;
@@ -85,6 +86,7 @@ pub mod queue;
 pub mod random;
 pub(crate) mod services;
 mod status;
+mod sync;
 
 pub use config::Config;
 use conn::server;
@@ -133,6 +135,8 @@ pub(crate) struct Shared {
     pub(crate) max_connections: u64,
     pub(crate) stats: ConnectionCounters,
     pub(crate) services: services::Services,
+    /// What the services did, for subscribers.
+    pub(crate) events: Arc<events::EventBus>,
     /// Set once a draining shutdown has begun.
     pub(crate) draining: AtomicBool,
     /// Why the last self-check failed, if it did.
@@ -142,6 +146,11 @@ pub(crate) struct Shared {
     pub(crate) self_check_pass: AtomicBool,
     /// Set while a trim of the allocator's free memory is due.
     pub(crate) trim_due: AtomicBool,
+    /// Device and inode of the socket this daemon bound (not one the
+    /// service manager passed), which the supervisor watches.
+    pub(crate) bound_socket: Option<(u64, u64)>,
+    /// Set when the daemon stops because its socket was removed or replaced.
+    pub(crate) socket_lost: OnceLock<String>,
 }
 
 #[derive(Debug, Default)]
@@ -290,7 +299,9 @@ impl Daemon {
         let notifier = Notifier::from_env();
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let ctx = services::StartCtx { config: &config, paths: &paths, stop: &stop, tracker: &tracker };
+        let events = Arc::new(events::EventBus::new(config.daemon.event_buffer as usize));
+        let ctx =
+            services::StartCtx { config: &config, paths: &paths, stop: &stop, tracker: &tracker, events: &events };
         let services = services::Services::start(ctx, &notifier).await;
         let shared = Arc::new(Shared {
             ident: DaemonIdent { version: VERSION.into(), pid: std::process::id() },
@@ -304,10 +315,13 @@ impl Daemon {
             max_connections,
             stats: ConnectionCounters::default(),
             services,
+            events,
             draining: AtomicBool::new(false),
             self_check: Mutex::new(None),
             self_check_pass: AtomicBool::new(false),
             trim_due: AtomicBool::new(false),
+            bound_socket: instance.bound_socket(),
+            socket_lost: OnceLock::new(),
             paths: paths.clone(),
             config,
         });
@@ -357,6 +371,11 @@ impl Daemon {
     /// stops accepting, gives in-flight requests the grace period, and
     /// removes the socket and info file and releases the lock.
     pub async fn run_until(self, signal: impl Future<Output = ()>) {
+        self.serve_until(signal).await;
+    }
+
+    /// [`run_until`](Self::run_until), and says why the daemon stopped.
+    pub async fn serve_until(self, signal: impl Future<Output = ()>) -> Stopped {
         let Daemon { shared, instance, accept_loop, supervisor, notifier, .. } = self;
         tokio::select! {
             () = signal => tracing::info!("stop signal received; shutting down"),
@@ -383,7 +402,23 @@ impl Daemon {
         if let Err(e) = notifier.barrier(Duration::from_secs(5)) {
             tracing::debug!("sd_notify barrier: {e}");
         }
+        match shared.socket_lost.get() {
+            Some(what) => Stopped::SocketLost(what.clone()),
+            None => Stopped::Requested,
+        }
     }
+}
+
+/// Why a daemon stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stopped {
+    /// It was asked to: a signal, a `shutdown` request, idle exit.
+    Requested,
+    /// The socket it bound was removed or replaced while it ran (what
+    /// happened, in words): clients could no longer reach it, so it
+    /// stopped, and the next client's start binds the socket again.
+    SocketLost(String),
 }
 
 /// The service manager this process runs under, from the variables each sets.

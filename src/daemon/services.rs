@@ -24,13 +24,14 @@ use tokio_util::task::TaskTracker;
 
 use super::Config;
 use super::Shared;
+use super::events::EventBus;
 use super::lifecycle::notify::Notifier;
 use crate::connection::Connection;
 use crate::paths::Paths;
-use crate::protocol::Channel;
 use crate::protocol::handshake::Handshake;
 use crate::protocol::info::Endpoints;
 use crate::protocol::status::{HealthCode, HealthReason, ServiceSummaries};
+use crate::protocol::{Channel, WireError};
 
 /// How much more time the service manager gives the services' start.
 const START_EXTENSION: Duration = Duration::from_secs(90);
@@ -47,6 +48,7 @@ pub(crate) const REGISTRY: &[Registration] = &[
     Registration::of::<super::pool::PoolService>(),
     Registration::of::<super::queue::QueueService>(),
     Registration::of::<super::blob::BlobService>(),
+    Registration::of::<super::sync::SyncService>(),
 ];
 
 /// What a service needs to start.
@@ -58,6 +60,8 @@ pub(crate) struct StartCtx<'a> {
     pub(crate) stop: &'a CancellationToken,
     /// The daemon's tracker: tasks spawned on it are waited for at shutdown.
     pub(crate) tracker: &'a TaskTracker,
+    /// Where the service publishes what it does.
+    pub(crate) events: &'a Arc<EventBus>,
 }
 
 /// Why a service could not start.
@@ -143,6 +147,12 @@ pub(crate) struct Opened {
 /// [`Service::shutdown`] must be written; the other hooks default to "nothing
 /// to say".
 pub(crate) trait Service: std::fmt::Debug + Send + Sync + 'static {
+    /// Checks a handshake's channel-specific fields (`params`) before it is
+    /// accepted: an error refuses the handshake with its code.
+    fn check_handshake(&self, _handshake: &Handshake) -> Result<(), WireError> {
+        Ok(())
+    }
+
     /// Serves one handshaked connection until it ends.
     fn serve(self: Arc<Self>, opened: Opened) -> BoxFuture<'static, ()>;
 

@@ -109,6 +109,8 @@ channels! {
     Queue = "queue" => super::queue::QueueChannel, summary queue: super::queue::QueueSummary;
     /// The content-addressed blob store.
     Blob = "blob" => super::blob::BlobChannel, summary blob: super::blob::Usage;
+    /// Live Automerge documents shared by every window.
+    Sync = "sync" => super::sync::SyncChannel, summary sync: super::sync::SyncSummary;
 }
 
 impl Channel {
@@ -150,6 +152,6 @@ mod tests {
             let json = serde_json::to_string(&channel).unwrap();
             assert_eq!(json, format!("\"{channel}\""));
         }
-        assert_eq!(Channel::names(), "status, pool, queue, blob");
+        assert_eq!(Channel::names(), "status, pool, queue, blob, sync");
     }
 }

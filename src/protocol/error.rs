@@ -92,6 +92,40 @@ stable_codes! {
         RangeNotSatisfiable => "range_not_satisfiable",
         /// The store's filesystem is full or over quota.
         StorageFull => "storage_full",
+        // The sync channel.
+        /// A document name breaks the naming rules (the message says which).
+        InvalidDocName => "invalid_doc_name",
+        /// Creating this document would exceed `sync.max_docs`.
+        TooManyDocs => "too_many_docs",
+        /// The room already has `sync.max_peers_per_room` peers.
+        RoomFull => "room_full",
+        /// No document has this name (`inspect` does not create documents).
+        DocNotFound => "doc_not_found",
+        /// The request needs a document, and this connection's handshake named none.
+        NoDocument => "no_document",
+        /// A binary frame is not a valid Automerge sync message, or its changes do not apply.
+        InvalidSyncMessage => "invalid_sync_message",
+        /// A sync message is larger than `sync.max_sync_message`.
+        SyncMessageTooLarge => "sync_message_too_large",
+        /// A path names a key or index that does not exist.
+        PathNotFound => "path_not_found",
+        /// A path goes through a scalar value (a string, a number...) as if it were a map or list.
+        NotAContainer => "not_a_container",
+        /// An operation does not fit what the path names (a key into a list, a
+        /// splice of a non-text, an increment of a non-counter, a bad `as`).
+        WrongType => "wrong_type",
+        /// A written value is larger than `sync.max_value_size` or nested too deeply.
+        ValueTooLarge => "value_too_large",
+        /// The change would take the document over `sync.max_doc_size`.
+        DocTooLarge => "doc_too_large",
+        /// A revision names a change this document does not have.
+        UnknownRevision => "unknown_revision",
+        /// The answer (a document or value as JSON) would not fit in one frame.
+        ViewTooLarge => "view_too_large",
+        /// The room was closed (`close`, or the daemon is stopping); reconnect to reload it.
+        RoomClosed => "room_closed",
+        /// The peer did not take what it was sent within `sync.peer_write_timeout`; it was disconnected.
+        PeerTooSlow => "peer_too_slow",
     }
 }
 

@@ -72,12 +72,14 @@ pub mod channel;
 mod codes;
 mod decode;
 pub mod error;
+pub mod event;
 pub mod frame;
 pub mod handshake;
 pub mod info;
 pub mod pool;
 pub mod queue;
 pub mod status;
+pub mod sync;
 
 pub use channel::{Channel, ChannelProtocol, ChannelVisitor, Request, Response};
 pub use error::{ErrorCode, WireError};

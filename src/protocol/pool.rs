@@ -249,9 +249,11 @@ pub struct PoolDefinition {
     /// environment). When absent: `command` if `create` is given, else `venv`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<PoolKind>,
-    /// Builds a resource in the fresh empty directory `{path}`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub create: Vec<String>,
+    /// Builds a resource in the fresh empty directory `{path}`. Absent for
+    /// `venv`; given, it must name a program (an empty list is refused,
+    /// never read as "absent").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create: Option<Vec<String>>,
     /// Exits 0 when a ready resource is still good.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<Vec<String>>,

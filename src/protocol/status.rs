@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 pub use super::channel::ServiceSummaries;
 use super::error::WireError;
+use super::event::{Event, Subscribe};
 use super::{Channel, ChannelProtocol, Request, Response};
 
 /// The `status` channel.
@@ -37,10 +38,15 @@ pub enum StatusRequest {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         drain: bool,
     },
+    /// Stream the events that pass the filter → `subscribed`, then `event`
+    /// (and `lagged`) frames until `unsubscribe` or the connection closes.
+    Subscribe(Subscribe),
+    /// End a subscription → `unsubscribed`; the connection takes requests again.
+    Unsubscribe,
 }
 
 impl Request for StatusRequest {
-    const TYPES: &'static [&'static str] = &["ping", "status", "shutdown"];
+    const TYPES: &'static [&'static str] = &["ping", "status", "shutdown", "subscribe", "unsubscribe"];
 }
 
 /// A response on the `status` channel.
@@ -59,6 +65,21 @@ pub enum StatusResponse {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         drain_ms: Option<u64>,
     },
+    /// A subscription began; `seq` is the sequence number of the last
+    /// event before it (the first event it streams is `seq + 1` or later).
+    Subscribed {
+        /// The last sequence number before the subscription.
+        seq: u64,
+    },
+    /// One event of a subscription.
+    Event(Event),
+    /// The subscriber fell behind its buffer and missed this many events.
+    Lagged {
+        /// Events dropped for this subscriber.
+        missed: u64,
+    },
+    /// The subscription ended.
+    Unsubscribed,
     /// The request failed; the connection stays usable.
     Error(WireError),
 }
@@ -283,6 +304,14 @@ health_codes! {
     BlobHttpUnavailable => "blob_http_unavailable", Degraded,
     /// Pinned blobs alone exceed the store's budget.
     BlobPinnedOverBudget => "blob_pinned_over_budget", Degraded,
+    /// A sync document's file could not be read; it was moved aside.
+    SyncStoreMovedAside => "sync_store_moved_aside", Degraded,
+    /// The sync store failed to write lately.
+    SyncStoreErrors => "sync_store_errors", Degraded,
+    /// An edit of settings.json was refused (not a JSON object, or it changed the schema version).
+    SyncSettingsEditRefused => "sync_settings_edit_refused", Degraded,
+    /// The settings document has a schema this daemon cannot migrate.
+    SyncSettingsSchema => "sync_settings_schema", Degraded,
 }
 
 impl std::fmt::Display for HealthCode {

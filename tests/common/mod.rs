@@ -167,12 +167,16 @@ impl StateDir {
 
     /// Starts a prepared `hearthd` command (see [`StateDir::hearthd`]) and
     /// waits until it answers.
-    pub fn start_cmd(&self, mut cmd: Command) -> Daemon {
+    pub fn start_cmd(&self, cmd: Command) -> Daemon {
+        self.start_cmd_on(cmd, self.socket())
+    }
+
+    /// [`StateDir::start_cmd`] for a daemon given another `--socket`.
+    pub fn start_cmd_on(&self, mut cmd: Command, socket: &Path) -> Daemon {
         let log = self.dir.path().join(format!("hearthd.{}.log", unique()));
         let stderr = std::fs::File::create(&log).expect("log file");
         let child = cmd.stderr(stderr).spawn().expect("spawn hearthd");
-        let mut daemon =
-            Daemon { child: Some(child), log, socket: self.socket().to_owned(), info: self.paths.info_file() };
+        let mut daemon = Daemon { child: Some(child), log, socket: socket.to_owned(), info: self.paths.info_file() };
         daemon.wait_ready();
         daemon
     }

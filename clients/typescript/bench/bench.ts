@@ -7,12 +7,16 @@
  * - durable queue submits per second (16 connections, jobs parked a day
  *   ahead so that none runs), beside the same minimal loop;
  * - blob put throughput of a file, beside `hearth blob put` (the Rust CLI)
- *   on the same file.
+ *   on the same file;
+ * - events read per second, replaying what the daemon keeps
+ *   (`subscribe({ since: 0 })`), beside the same minimal loop subscribing and
+ *   parsing each frame.
  *
  * `npm run bench`. Uses `HEARTH_DAEMON_BIN` / `HEARTH_CLI_BIN` when set,
  * else the repository's release build when there is one, else the debug
  * build. Knobs: `HEARTH_BENCH_PINGS` (20000), `HEARTH_BENCH_SUBMITS`
- * (4000), `HEARTH_BENCH_BLOB_MIB` (256), `HEARTH_BENCH_ROUNDS` (5).
+ * (4000), `HEARTH_BENCH_BLOB_MIB` (256), `HEARTH_BENCH_EVENTS` (20000),
+ * `HEARTH_BENCH_ROUNDS` (5).
  */
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -27,6 +31,7 @@ const knob = (name: string, fallback: number): number => Number(process.env[name
 const PINGS = knob("HEARTH_BENCH_PINGS", 20_000);
 const SUBMITS = knob("HEARTH_BENCH_SUBMITS", 4000);
 const BLOB_MIB = knob("HEARTH_BENCH_BLOB_MIB", 256);
+const EVENTS = knob("HEARTH_BENCH_EVENTS", 20_000);
 const ROUNDS = knob("HEARTH_BENCH_ROUNDS", 5);
 const CONNECTIONS = 16;
 
@@ -207,6 +212,79 @@ async function putSeconds(file: string, expected: string, client: boolean): Prom
   });
 }
 
+// --- events -------------------------------------------------------------------------
+
+/** Publishes `count` events: puts of a stored blob, one round trip and one event each. */
+async function publish(state: TempState, count: number): Promise<void> {
+  const perConnection = Math.ceil(count / CONNECTIONS);
+  const content = Buffer.from("an event");
+  await Promise.all(
+    Array.from({ length: CONNECTIONS }, async () => {
+      const blobs = await BlobClient.connect(state.options);
+      const { hash } = await blobs.put(content);
+      for (let i = 1; i < perConnection; i++) await blobs.put(content, { sha256: hash });
+      blobs.close();
+    }),
+  );
+}
+
+/** Events per second read by replaying every event the daemon keeps. */
+async function replayRate(state: TempState, client: boolean): Promise<number> {
+  const start = performance.now();
+  let read = 0;
+  if (client) {
+    const status = await StatusClient.connect(state.options);
+    const events = await status.subscribe({ since: 0 });
+    const last = events.seq;
+    for await (const notice of events) {
+      if (notice.type !== "event") throw new Error(`the replay lagged by ${notice.missed}`);
+      read++;
+      if (notice.seq === last) break;
+    }
+    status.close();
+  } else {
+    read = await rawReplay(state.socket);
+  }
+  return read / ((performance.now() - start) / 1000);
+}
+
+/** The baseline: a raw socket that handshakes, subscribes and parses each frame's JSON. */
+function rawReplay(path: string): Promise<number> {
+  const frame = (value: object): Buffer => {
+    const payload = Buffer.from(JSON.stringify(value));
+    const header = Buffer.allocUnsafe(4);
+    header.writeUInt32BE(payload.length, 0);
+    return Buffer.concat([header, payload]);
+  };
+  return new Promise<number>((resolve, reject) => {
+    const socket = netConnect({ path });
+    let buffered: Buffer = Buffer.alloc(0);
+    let frames = 0;
+    let last = -1;
+    socket.once("connect", () => socket.write(Buffer.concat([frame({ channel: "status", protocol: 1 }), frame({ type: "subscribe", since: 0 })])));
+    socket.once("error", reject);
+    socket.on("data", (chunk: Buffer) => {
+      buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
+      let offset = 0;
+      while (buffered.length - offset >= 4) {
+        const length = buffered.readUInt32BE(offset);
+        if (buffered.length - offset < 4 + length) break;
+        const value = JSON.parse(buffered.toString("utf8", offset + 4, offset + 4 + length)) as { seq?: number };
+        offset += 4 + length;
+        frames++;
+        // The handshake's reply, then `subscribed` (the last event's number), then the events.
+        if (frames === 2) last = value.seq as number;
+        else if (frames > 2 && value.seq === last) {
+          socket.destroy();
+          resolve(frames - 2);
+          return;
+        }
+      }
+      buffered = buffered.subarray(offset);
+    });
+  });
+}
+
 // --- the run ----------------------------------------------------------------------
 
 async function main(): Promise<void> {
@@ -265,6 +343,25 @@ async function main(): Promise<void> {
     line("client throughput / CLI throughput (best rounds)", `${(Math.min(...cliSecs) / Math.min(...clientSecs)).toFixed(2)}x`);
   } finally {
     await scratch.cleanup();
+  }
+
+  console.log(`\nevents replayed from the daemon's buffer (${EVENTS} per round)`);
+  const events = new TempState();
+  try {
+    events.writeConfig(`[daemon]\nevent_buffer = ${EVENTS}\n\n[blob]\nhttp = false\n`);
+    await events.start();
+    await publish(events, EVENTS);
+    const clientEvents: number[] = [];
+    const rawEvents: number[] = [];
+    for (let r = 0; r < ROUNDS; r++) {
+      rawEvents.push(await replayRate(events, false));
+      clientEvents.push(await replayRate(events, true));
+    }
+    line("baseline (minimal loop on a raw socket)", `${median(rawEvents).toFixed(0)} events/s`);
+    line("hearth-client StatusClient.subscribe({ since: 0 })", `${median(clientEvents).toFixed(0)} events/s`);
+    line("baseline rate / client rate", `${(median(rawEvents) / median(clientEvents)).toFixed(2)}x`);
+  } finally {
+    await events.cleanup();
   }
 }
 

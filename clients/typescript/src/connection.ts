@@ -48,9 +48,17 @@ export const DEFAULT_CLIENT_NAME = `hearth-client-ts/${VERSION}`;
 /** The default deadline for connect plus handshake. */
 export const DEFAULT_CONNECT_TIMEOUT_MS = 5000;
 
-/** Frames queued unread before the socket stops reading (keeps a slow consumer's memory flat). */
+/**
+ * Frames queued unread before the socket stops reading (keeps a slow
+ * consumer's memory flat): bytes bound large frames (a blob's), the count
+ * small ones (an event stream's, each a few hundred bytes and an object), so
+ * that a slow event subscriber soon leaves its backlog to the daemon, which
+ * then tells it what it missed rather than queueing tens of thousands here.
+ */
 const QUEUE_HIGH_WATER = 4 * 1024 * 1024;
 const QUEUE_LOW_WATER = 1024 * 1024;
+const QUEUE_HIGH_FRAMES = 1024;
+const QUEUE_LOW_FRAMES = 256;
 /** Data-frame bytes a transfer may queue in the socket's buffer before it waits for it to drain. */
 const WRITE_AHEAD = 2 * 1024 * 1024;
 
@@ -266,7 +274,7 @@ export class Connection {
     } else {
       this.frames.push(frame);
       this.queuedBytes += frame.length;
-      if (!this.paused && this.queuedBytes > QUEUE_HIGH_WATER) {
+      if (!this.paused && (this.queuedBytes > QUEUE_HIGH_WATER || this.frames.length > QUEUE_HIGH_FRAMES)) {
         this.paused = true;
         this.socket.pause();
       }
@@ -332,7 +340,7 @@ export class Connection {
     const frame = this.frames.shift();
     if (frame === undefined) return undefined;
     this.queuedBytes -= frame.length;
-    if (this.paused && this.queuedBytes < QUEUE_LOW_WATER) {
+    if (this.paused && this.queuedBytes < QUEUE_LOW_WATER && this.frames.length < QUEUE_LOW_FRAMES) {
       this.paused = false;
       this.socket.resume();
     }
@@ -504,7 +512,12 @@ export class Exchange {
    * the daemon does).
    */
   async readAnswer(): Promise<AnyResponse> {
-    const response = await this.readResponse();
+    return this.streamAnswer(await this.readFrame());
+  }
+
+  /** A frame already taken ({@link pollFrame}), as {@link readAnswer} returns it: an error answer is thrown. */
+  streamAnswer(frame: Buffer): AnyResponse {
+    const response = parseResponse(frame);
     if (response.type === "error") {
       this.complete();
       throw this.errorOf(response);

@@ -5,6 +5,7 @@
  * - {@link ensureDaemonRunning} connects, starting `hearthd` if none runs.
  * - One client class per channel: {@link StatusClient}, {@link PoolClient},
  *   {@link QueueClient}, {@link BlobClient}; each owns one connection.
+ * - `StatusClient.events()` streams what the daemon does ({@link Notice}).
  * - Every failure is a {@link HearthError} with a stable `code`.
  *
  * @module
@@ -27,6 +28,26 @@ export * from "./paths.js";
 export * from "./ensure.js";
 export { ChannelClient } from "./channel.js";
 export * from "./status.js";
+export {
+  type BlobDeleteEvent,
+  type BlobGcEvent,
+  type BlobPutEvent,
+  EVENT_KINDS,
+  type EventHead,
+  type EventKind,
+  EventStream,
+  type EventsOptions,
+  type HealthChangedEvent,
+  type HearthEvent,
+  type JobStateEvent,
+  type Lagged,
+  type Notice,
+  type PoolBuildEndedEvent,
+  type PoolBuildStartedEvent,
+  type PoolReleaseEvent,
+  type PoolTakeEvent,
+  type UnknownEvent,
+} from "./events.js";
 export * from "./pool.js";
 export * from "./queue.js";
 export * from "./blob.js";

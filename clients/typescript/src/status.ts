@@ -1,6 +1,6 @@
 /**
- * The `status` channel (proto-docs/status.md): liveness, health, identity
- * and a graceful stop.
+ * The `status` channel (proto-docs/status.md): liveness, health, identity,
+ * a graceful stop, and the daemon's events (their types are in events.ts).
  *
  * ```ts
  * const status = await StatusClient.connect();
@@ -14,7 +14,8 @@
  */
 
 import { ChannelClient } from "./channel.js";
-import { type CallOptions, type ConnectOptions, Connection } from "./connection.js";
+import { type CallOptions, type ConnectOptions, Connection, unexpected } from "./connection.js";
+import { EventStream, type EventsOptions, type Notice, subscribeRequest } from "./events.js";
 import type { PoolSummary } from "./pool.js";
 import type { Usage } from "./blob.js";
 
@@ -129,5 +130,33 @@ export class StatusClient extends ChannelClient {
     return answer.drain_ms === undefined
       ? { grace_ms: answer.grace_ms }
       : { grace_ms: answer.grace_ms, drain_ms: answer.drain_ms };
+  }
+
+  /**
+   * Subscribes to the daemon's events; resolves once the daemon has
+   * confirmed, so nothing published after that is missed. The stream
+   * holds this client's connection until it ends (see {@link EventStream}).
+   */
+  async subscribe(options: EventsOptions = {}): Promise<EventStream> {
+    const exchange = await this.begin("the event subscription", options);
+    try {
+      const sent = exchange.send(subscribeRequest(options));
+      if (sent) await sent;
+      const answer = await exchange.readAnswer();
+      if (answer.type !== "subscribed" || typeof answer.seq !== "number") throw unexpected("subscribed", answer);
+      return new EventStream(exchange, answer.seq);
+    } catch (error) {
+      exchange.end("the subscription failed");
+      throw error;
+    }
+  }
+
+  /**
+   * The daemon's events, as they happen, and word of any missed
+   * ({@link Notice}): {@link subscribe} and iterate. Leaving the loop
+   * unsubscribes; the connection then serves calls again.
+   */
+  async *events(options: EventsOptions = {}): AsyncGenerator<Notice, void, undefined> {
+    yield* await this.subscribe(options);
   }
 }

@@ -67,6 +67,12 @@ test("the top README's TypeScript example runs", { timeout: 180_000 }, async () 
   assert.match(out, /hash: 'sha256:[0-9a-f]{64}'/);
 });
 
+test("the package README's events example runs", { timeout: 180_000 }, async () => {
+  const script = compile("events", example(join(PACKAGE_DIR, "README.md"), "## Events"));
+  const out = await run(script);
+  assert.match(out, /#\d+ job (\d+): null -> queued\n#\d+ job \1: queued -> running\n#\d+ job \1: running -> succeeded\n/);
+});
+
 test("the package README's example runs", { timeout: 180_000 }, async () => {
   const script = compile("package", example(join(PACKAGE_DIR, "README.md"), undefined));
   const out = await run(script);

@@ -69,7 +69,8 @@ pub(crate) enum BlobCommand {
 pub(crate) struct PutArgs {
     /// The file to store; `-` reads stdin
     file: PathBuf,
-    /// Media type, e.g. image/png [default: guessed from the file's extension]
+    /// Media type, e.g. image/png [default: guessed from the file's extension (png, jpg, pdf, json,
+    /// txt… as listed in the README); none for stdin or another extension]
     #[arg(long, value_name = "TYPE")]
     media_type: Option<String>,
     /// A name for people [default: the file's name]
@@ -124,7 +125,7 @@ pub(crate) async fn run(ctx: &Ctx, command: BlobCommand) -> Result<u8, CliError>
             if ctx.json {
                 output::json(&json!({ "hash": hash, "url": url }))?;
             } else {
-                println!("{url}");
+                outln!("{url}");
             }
             Ok(EXIT_OK)
         }
@@ -135,7 +136,7 @@ pub(crate) async fn run(ctx: &Ctx, command: BlobCommand) -> Result<u8, CliError>
             for hash in hashes {
                 let size = client.delete(&hash, force).await?;
                 if !ctx.json {
-                    println!("deleted {hash} ({})", output::bytes(size));
+                    outln!("deleted {hash} ({})", output::bytes(size));
                 }
                 deleted.push(json!({ "hash": hash, "size": size }));
             }
@@ -151,7 +152,7 @@ pub(crate) async fn run(ctx: &Ctx, command: BlobCommand) -> Result<u8, CliError>
             if ctx.json {
                 output::json(&report)?;
             } else {
-                println!("removed {} blobs, freed {}", report.removed, output::bytes(report.freed_bytes));
+                outln!("removed {} blobs, freed {}", report.removed, output::bytes(report.freed_bytes));
                 print_usage(&report.usage);
             }
             Ok(EXIT_OK)
@@ -208,7 +209,7 @@ async fn put(ctx: &Ctx, client: &mut BlobClient, args: PutArgs) -> Result<u8, Cl
     if ctx.json {
         output::json(&stored)?;
     } else {
-        println!("{}", stored.hash);
+        outln!("{}", stored.hash);
     }
     Ok(EXIT_OK)
 }
@@ -219,7 +220,7 @@ async fn get(ctx: &Ctx, client: &mut BlobClient, args: GetArgs) -> Result<u8, Cl
     let Some(path) = args.output.filter(|p| p.as_os_str() != "-") else {
         let to_terminal = std::io::stdout().is_terminal();
         let mut progress = Progress::new("get", (!to_terminal).then_some(size));
-        let writer = ProgressWrite { inner: BlockingIo(std::io::stdout()), progress: &mut progress };
+        let writer = ProgressWrite { inner: BlockingIo(output::Stdout), progress: &mut progress };
         client.get_to_writer(&hash, None, writer).await?;
         progress.finish();
         return Ok(EXIT_OK);
@@ -266,12 +267,12 @@ async fn ls(ctx: &Ctx, client: &mut BlobClient, limit: Option<usize>) -> Result<
         return output::json(&blobs).map(|()| EXIT_OK);
     }
     if blobs.is_empty() {
-        println!("no blobs");
+        outln!("no blobs");
         return Ok(EXIT_OK);
     }
-    println!("{:<71}  {:>10}  {:<6}  {:<24}  NAME", "HASH", "SIZE", "PINNED", "LAST ACCESS");
+    outln!("{:<71}  {:>10}  {:<6}  {:<24}  NAME", "HASH", "SIZE", "PINNED", "LAST ACCESS");
     for b in &blobs {
-        println!(
+        outln!(
             "{:<71}  {:>10}  {:<6}  {:<24}  {}",
             b.hash,
             output::bytes(b.size),
@@ -288,7 +289,7 @@ async fn set_pinned(ctx: &Ctx, client: &mut BlobClient, hashes: &[String], pinne
     for hash in &hashes {
         client.set_pinned(hash, pinned).await?;
         if !ctx.json {
-            println!("{hash} {}", if pinned { "pinned" } else { "unpinned" });
+            outln!("{hash} {}", if pinned { "pinned" } else { "unpinned" });
         }
     }
     if ctx.json {
@@ -299,7 +300,7 @@ async fn set_pinned(ctx: &Ctx, client: &mut BlobClient, hashes: &[String], pinne
 }
 
 fn print_info(b: &BlobInfo) {
-    println!("{}", b.hash);
+    outln!("{}", b.hash);
     output::fields(&[
         ("size", format!("{} ({} bytes)", output::bytes(b.size), b.size)),
         ("media type", b.media_type.clone().unwrap_or_else(|| "-".into())),
@@ -348,4 +349,22 @@ fn guess_media_type(path: &Path) -> Option<String> {
         _ => return None,
     };
     Some(media_type.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_types_are_guessed_from_the_extension_in_any_case() {
+        let guess = |name: &str| guess_media_type(Path::new(name));
+        assert_eq!(guess("plot.png").as_deref(), Some("image/png"));
+        assert_eq!(guess("dir.d/PHOTO.JPEG").as_deref(), Some("image/jpeg"));
+        assert_eq!(guess("notes.Md").as_deref(), Some("text/markdown"));
+        assert_eq!(guess("archive.tar.gz").as_deref(), Some("application/gzip"));
+        assert_eq!(guess("page.html").as_deref(), Some("text/html"), "stored as given; served as octet-stream");
+        for none in ["data.bin", "README", ".png", "archive.tgz", "png"] {
+            assert_eq!(guess(none), None, "{none}");
+        }
+    }
 }

@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use clap::Subcommand;
 use hearth::client::{ClientError, ConnectOptions, ReplacePolicy, StatusClient, ensure_daemon_running};
+use hearth::daemon::lifecycle::owner;
 use hearth::daemon::lifecycle::singleton::{LockState, probe_lock};
 use hearth::paths::Paths;
 use hearth::protocol::info::DaemonInfo;
@@ -11,7 +12,7 @@ use hearth::protocol::status::{HealthCode, HealthReason, HealthState, StatusRepo
 use hearth::units::HumanDuration;
 use serde::Serialize;
 
-use crate::error::{CliError, EXIT_OK, EXIT_TIMEOUT};
+use crate::error::{CliError, EXIT_OK, EXIT_REFUSED, EXIT_TIMEOUT};
 use crate::{Ctx, install_cmd, output, status_cmd};
 
 const DAEMON_STATUS_HELP: &str = "\
@@ -26,6 +27,21 @@ Exit status:
   5  running, degraded
   6  running, unhealthy";
 
+const DAEMON_STOP_HELP: &str = "\
+Only this state directory's daemon is asked or signalled. The daemon that
+answers on the socket is asked to stop only if it holds daemon.lock. Before
+any signal, the process the kernel shows holding the lock must be named by
+daemon.lock and daemon.json, run hearthd, serve this state directory, and
+not have started after daemon.json's started_at; its start time is checked
+again right before each signal. Otherwise the stop is refused.
+
+Exit status:
+  0  stopped, or none was running
+  1  failed
+  4  still running after --timeout with --no-force, or after SIGKILL
+  5  refused: the lock's holder could not be proven to be this state
+     directory's hearthd; nothing was signalled";
+
 /// How long a daemon gets to answer `status` or `shutdown` (connect,
 /// handshake and request together) before it counts as not responding.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -36,11 +52,13 @@ pub(crate) enum DaemonCommand {
     /// Start the daemon in the background, or report the one running (idempotent)
     Start(StartArgs),
     /// Stop the daemon: ask, wait, then SIGTERM, then SIGKILL; returns once its lock is released
+    #[command(after_help = DAEMON_STOP_HELP)]
     Stop(StopArgs),
     /// Tell running, stopped, stale and not responding apart, even when the socket does not answer
     #[command(after_help = DAEMON_STATUS_HELP)]
     Status,
     /// Stop (draining running work first) and start again
+    #[command(after_help = DAEMON_STOP_HELP)]
     Restart(RestartArgs),
     /// Show the daemon's log (daemon.log, or the systemd journal)
     Logs(LogsArgs),
@@ -123,10 +141,10 @@ async fn start(ctx: &Ctx, args: &StartArgs) -> Result<u8, CliError> {
         let d = &ensured.daemon;
         match (&ensured.replaced, ensured.spawned) {
             (Some(old), _) => {
-                println!("replaced hearthd {} (pid {}) with {} (pid {})", old.version, old.pid, d.version, d.pid);
+                outln!("replaced hearthd {} (pid {}) with {} (pid {})", old.version, old.pid, d.version, d.pid);
             }
-            (None, true) => println!("started hearthd {} (pid {})", d.version, d.pid),
-            (None, false) => println!("hearthd {} is already running (pid {})", d.version, d.pid),
+            (None, true) => outln!("started hearthd {} (pid {})", d.version, d.pid),
+            (None, false) => outln!("hearthd {} is already running (pid {})", d.version, d.pid),
         }
     }
     Ok(EXIT_OK)
@@ -147,13 +165,10 @@ async fn stop(ctx: &Ctx, args: &StopArgs) -> Result<u8, CliError> {
         output::json(&stopped)?;
     } else {
         match (stopped.pid, stopped.how) {
-            (_, "none") => println!("hearthd is not running"),
-            (Some(pid), "request") => println!("stopped hearthd (pid {pid})"),
+            (_, "none") => outln!("hearthd is not running"),
+            (Some(pid), "request") => outln!("stopped hearthd (pid {pid})"),
             (pid, how) => {
-                println!(
-                    "stopped hearthd (pid {}) with {how}",
-                    pid.map_or_else(|| "unknown".into(), |p| p.to_string())
-                );
+                outln!("stopped hearthd (pid {}) with {how}", pid.map_or_else(|| "unknown".into(), |p| p.to_string()));
             }
         }
     }
@@ -162,56 +177,112 @@ async fn stop(ctx: &Ctx, args: &StopArgs) -> Result<u8, CliError> {
 
 /// Asks for a graceful shutdown, waits up to `timeout` for the lock to be
 /// released, then (with `force`) sends SIGTERM and finally SIGKILL.
+///
+/// Only this state directory's daemon is asked or signalled: the daemon
+/// answering on the socket is asked only if it is the lock's holder (see
+/// [`answers_for_the_lock`]), and a signal goes only to a process proven to
+/// be the hearthd that owns the state directory ([`owner::verify_owner`]);
+/// when that cannot be proven, nothing is signalled and the stop is refused.
 async fn stop_daemon(paths: &Paths, timeout: Duration, force: bool, drain: bool) -> Result<Stopped, CliError> {
-    let LockState::Held { pid } = probe_lock(paths)? else {
+    let LockState::Held { pid: named } = probe_lock(paths)? else {
         return Ok(Stopped { pid: None, how: "none" });
     };
-    let mut pid = pid;
+    let holder = owner::lock_holder(&paths.lock_file()).ok().flatten();
+    let mut pid = None;
+    let mut foreign = None;
     // The whole exchange is bounded: a daemon that stopped answering (hung,
     // or SIGSTOPped between our handshake and our request) is signalled below.
     let ask = async {
         let options = ConnectOptions::new(paths.socket()).timeout(ANSWER_TIMEOUT);
         let mut client = StatusClient::connect_with(&options).await?;
         let daemon = client.daemon().pid;
+        if !answers_for_the_lock(&client, holder, named) {
+            return Ok((daemon, None));
+        }
         let asked = if drain {
             client.drain_and_shutdown(Some("hearth daemon stop --drain".into())).await.map(drop)
         } else {
             client.shutdown(Some("hearth daemon stop".into())).await.map(drop)
         };
-        Ok::<_, ClientError>((daemon, asked))
+        Ok::<_, ClientError>((daemon, Some(asked)))
     };
-    if let Ok(Ok((daemon, asked))) = tokio::time::timeout(ANSWER_TIMEOUT, ask).await {
-        pid = Some(daemon);
-        match asked {
-            Ok(()) | Err(ClientError::Closed) => {}
-            Err(e) => return Err(e.into()),
+    match tokio::time::timeout(ANSWER_TIMEOUT, ask).await {
+        Ok(Ok((daemon, Some(asked)))) => {
+            pid = Some(daemon);
+            match asked {
+                Ok(()) | Err(ClientError::Closed) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
+        Ok(Ok((daemon, None))) => foreign = Some(daemon),
+        _ => {}
     }
     if wait_for_release(paths, timeout).await? {
         return Ok(Stopped { pid, how: "request" });
     }
-    let Some(pid) = pid.filter(|_| force) else {
-        let hint = if force {
-            "its pid is unknown; find it with `hearth daemon status`"
-        } else {
-            "run without --no-force to signal it"
-        };
+    if !force {
         return Err(CliError::new(
             "stop_timeout",
             format!("the daemon did not stop within {}", HumanDuration(timeout)),
         )
-        .hint(hint)
+        .hint("run without --no-force to signal it")
         .exit(EXIT_TIMEOUT));
+    }
+    let owner = match owner::verify_owner(paths) {
+        Ok(owner) => owner,
+        Err(_) if probe_lock(paths)? == LockState::Free => return Ok(Stopped { pid, how: "request" }),
+        Err(doubt) => return Err(refused(paths, &doubt, foreign)),
     };
     for (signal, name, wait) in
         [(libc::SIGTERM, "sigterm", Duration::from_secs(3)), (libc::SIGKILL, "sigkill", Duration::from_secs(5))]
     {
-        send_signal(pid, signal)?;
+        let pid = owner.pid();
+        let sent =
+            owner.signal(signal).map_err(|e| CliError::new("stop_failed", format!("cannot signal pid {pid}: {e}")))?;
         if wait_for_release(paths, wait).await? {
             return Ok(Stopped { pid: Some(pid), how: name });
         }
+        if !sent {
+            return Err(CliError::new(
+                "stop_failed",
+                format!("pid {pid} has ended, but another process holds the lock now; nothing more was signalled"),
+            )
+            .hint("a new daemon may have started: `hearth daemon status` shows it; run the stop again"));
+        }
     }
-    Err(CliError::new("stop_failed", format!("pid {pid} still holds the lock after SIGKILL")).exit(EXIT_TIMEOUT))
+    Err(CliError::new("stop_failed", format!("pid {} still holds the lock after SIGKILL", owner.pid()))
+        .exit(EXIT_TIMEOUT))
+}
+
+/// Whether the daemon that answered on the socket is the one holding the
+/// state directory's lock: the kernel's holder is the socket's listener
+/// (its pid as the kernel records it, which holds across pid namespaces)
+/// or the pid the daemon gives (for a socket a service manager passed, the
+/// listener is the manager). Where the kernel names no holder, the lock
+/// file's pid must be the daemon's.
+fn answers_for_the_lock(client: &StatusClient, holder: Option<u32>, named: Option<u32>) -> bool {
+    let daemon = client.daemon().pid;
+    match holder {
+        Some(holder) => daemon == holder || client.peer_pid() == Some(holder),
+        None => named == Some(daemon),
+    }
+}
+
+fn refused(paths: &Paths, doubt: &owner::NotOwner, foreign: Option<u32>) -> CliError {
+    let mut message = format!("refusing to signal anything: {doubt}");
+    if let Some(pid) = foreign {
+        message.push_str(&format!(
+            "; the daemon answering on {} (pid {pid}) does not hold this state directory's lock, \
+             so it was not asked to stop",
+            paths.socket().display()
+        ));
+    }
+    CliError::new("stop_refused", message)
+        .hint(
+            "nothing was signalled; `hearth daemon status` and `hearth doctor` show what holds the state \
+             directory; stop that process yourself if it is the daemon",
+        )
+        .exit(EXIT_REFUSED)
 }
 
 async fn wait_for_release(paths: &Paths, timeout: Duration) -> Result<bool, CliError> {
@@ -226,15 +297,6 @@ async fn wait_for_release(paths: &Paths, timeout: Duration) -> Result<bool, CliE
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(50));
-    }
-}
-
-fn send_signal(pid: u32, signal: libc::c_int) -> Result<(), CliError> {
-    match hearth::sys::kill(pid, signal) {
-        Err(e) if e.raw_os_error() != Some(libc::ESRCH) => {
-            Err(CliError::new("stop_failed", format!("cannot signal pid {pid}: {e}")))
-        }
-        _ => Ok(()),
     }
 }
 
@@ -263,15 +325,15 @@ async fn restart(ctx: &Ctx, args: &RestartArgs) -> Result<u8, CliError> {
         )?;
     } else {
         match stopped.pid {
-            Some(old) => println!("restarted hearthd: pid {old} -> {pid}"),
-            None => println!("started hearthd (pid {pid}); none was running"),
+            Some(old) => outln!("restarted hearthd: pid {old} -> {pid}"),
+            None => outln!("started hearthd (pid {pid}); none was running"),
         }
     }
     Ok(EXIT_OK)
 }
 
 async fn logs(ctx: &Ctx, args: &LogsArgs) -> Result<u8, CliError> {
-    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::io::{Read, Seek, SeekFrom};
     use std::os::unix::fs::MetadataExt;
     let path = ctx.paths.log_file();
     let Ok(mut file) = std::fs::File::open(&path) else {
@@ -298,11 +360,9 @@ async fn logs(ctx: &Ctx, args: &LogsArgs) -> Result<u8, CliError> {
     let mut text = String::new();
     file.read_to_string(&mut text)?;
     let lines: Vec<&str> = text.lines().collect();
-    let mut stdout = std::io::stdout().lock();
     for line in &lines[lines.len().saturating_sub(args.lines)..] {
-        writeln!(stdout, "{line}")?;
+        outln!("{line}");
     }
-    stdout.flush()?;
     if !args.follow {
         return Ok(EXIT_OK);
     }
@@ -323,8 +383,7 @@ async fn logs(ctx: &Ctx, args: &LogsArgs) -> Result<u8, CliError> {
         file.read_to_end(&mut chunk)?;
         if !chunk.is_empty() {
             pos += chunk.len() as u64;
-            stdout.write_all(&chunk)?;
-            stdout.flush()?;
+            output::bytes_out(&chunk);
         }
     }
 }
@@ -432,33 +491,33 @@ async fn status(ctx: &Ctx) -> Result<u8, CliError> {
             }
             print_heartbeat(state.heartbeat.as_ref());
         }
-        "not_responding" => println!(
+        "not_responding" => outln!(
             "hearthd (pid {}) holds the lock but its socket {} does not answer; \
              it may be hung: `hearth daemon stop` signals it",
             state.pid.map_or_else(|| "unknown".into(), |p| p.to_string()),
             paths.socket().display()
         ),
 
-        "stale" => println!(
+        "stale" => outln!(
             "hearthd is not running; a daemon{} crashed and left {}; the next start cleans up",
             state.pid.map_or_else(String::new, |p| format!(" (pid {p})")),
             state.stale_files.join(", ")
         ),
-        _ => println!("hearthd is not running (state dir {})", paths.state_dir().display()),
+        _ => outln!("hearthd is not running (state dir {})", paths.state_dir().display()),
     }
     Ok(exit)
 }
 
 fn print_heartbeat(heartbeat: Option<&HeartbeatAge>) {
     match heartbeat {
-        Some(h) if h.stale => println!(
+        Some(h) if h.stale => outln!(
             "  heartbeat:    STALE, {} old (cycle {}): alive but not progressing",
             output::duration(Duration::from_millis(h.age_ms)),
             h.cycle
         ),
         Some(h) => {
-            println!("  heartbeat:    {} ago (cycle {})", output::duration(Duration::from_millis(h.age_ms)), h.cycle);
+            outln!("  heartbeat:    {} ago (cycle {})", output::duration(Duration::from_millis(h.age_ms)), h.cycle);
         }
-        None => println!("  heartbeat:    none yet"),
+        None => outln!("  heartbeat:    none yet"),
     }
 }

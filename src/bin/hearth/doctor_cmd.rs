@@ -68,7 +68,7 @@ pub(crate) async fn doctor(ctx: &Ctx, args: &DoctorArgs) -> Result<u8, CliError>
     if ctx.json {
         output::json(&report)?;
     } else if report.problems.is_empty() {
-        println!("no problems found in {}", ctx.paths.state_dir().display());
+        outln!("no problems found in {}", ctx.paths.state_dir().display());
     } else {
         for p in &report.problems {
             let severity = match p.severity {
@@ -76,8 +76,8 @@ pub(crate) async fn doctor(ctx: &Ctx, args: &DoctorArgs) -> Result<u8, CliError>
                 Severity::Warning => "warning",
                 Severity::Info => "info",
             };
-            println!("{severity}: {} ({})", p.message, p.code);
-            println!("  fix: {}", p.fix);
+            outln!("{severity}: {} ({})", p.message, p.code);
+            outln!("  fix: {}", p.fix);
         }
     }
     Ok(if ok { EXIT_OK } else { EXIT_FAILED })

@@ -13,6 +13,10 @@ pub(crate) const EXIT_FAILED: u8 = 1;
 pub(crate) const EXIT_NOT_RUNNING: u8 = 3;
 /// Exit status: no answer within the deadline.
 pub(crate) const EXIT_TIMEOUT: u8 = 4;
+/// Exit status of `daemon stop` and `restart`: the process holding the lock
+/// could not be proven to be this state directory's hearthd, so nothing
+/// was signalled.
+pub(crate) const EXIT_REFUSED: u8 = 5;
 
 #[derive(Debug)]
 pub(crate) struct CliError {

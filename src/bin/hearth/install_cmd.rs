@@ -378,26 +378,26 @@ fn report(ctx: &Ctx, out: &Outcome) -> Result<u8, CliError> {
         return Ok(EXIT_OK);
     }
     for f in &out.files {
-        println!("{} {}", f.action.replace('_', " "), f.path.display());
+        outln!("{} {}", f.action.replace('_', " "), f.path.display());
         if out.dry_run && f.action == "would_write" {
             if let Some(content) = &f.content {
-                println!("{}", content.trim_end().lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n"));
+                outln!("{}", content.trim_end().lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n"));
             }
         }
     }
     for c in &out.commands {
-        println!("ran: {} ({})", c.command, if c.ok { "ok" } else { "failed" });
+        outln!("ran: {} ({})", c.command, if c.ok { "ok" } else { "failed" });
         if !c.ok && !c.output.is_empty() {
-            println!("    {}", c.output.replace('\n', "\n    "));
+            outln!("    {}", c.output.replace('\n', "\n    "));
         }
     }
     if let Some(state) = &out.state {
-        println!("{state}");
+        outln!("{state}");
     }
     if !out.manual.is_empty() {
-        println!("{}", if out.dry_run { "would run:" } else { "run these to finish:" });
+        outln!("{}", if out.dry_run { "would run:" } else { "run these to finish:" });
         for m in &out.manual {
-            println!("  {m}");
+            outln!("  {m}");
         }
     }
     Ok(EXIT_OK)

@@ -2,6 +2,10 @@
 // The doc comments of the argument structs are clap's `--help` text, where
 // `<state-dir>` is a placeholder, not an HTML tag.
 #![allow(rustdoc::invalid_html_tags, reason = "these doc comments are --help text")]
+#![deny(
+    clippy::print_stdout,
+    reason = "stdout is written through output::Stdout (`outln!`), which ends quietly on EPIPE"
+)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,17 +15,23 @@ use hearth::client::{Client, ConnectOptions, EnsureOptions, ensure_daemon_runnin
 use hearth::paths::Paths;
 use hearth::protocol::ChannelProtocol;
 
+// First: its `outln!` is for every module below.
+#[macro_use]
+mod output;
+
 mod blob_cmd;
 mod daemon_cmd;
 mod doctor_cmd;
 mod error;
+mod events_cmd;
 mod install_cmd;
-mod output;
 mod pool_cmd;
 mod progress;
 mod queue_cmd;
+mod shell_cmd;
 mod status_cmd;
 mod stdin_read;
+mod sync_cmd;
 
 use error::CliError;
 
@@ -34,16 +44,18 @@ Exit status:
   2  usage error
   3  no daemon is running (ping, status, shutdown never start one)
   4  no answer within the deadline
+  5  daemon stop/restart refused to signal a process it could not prove to be the daemon
+  141  stdout was closed before everything was written (e.g. `| head`); nothing more is printed
   `hearth daemon status` has its own (see its --help).";
 
 /// Talk to the hearth daemon: one per user, shared by every app, CLI and
 /// script over one Unix socket.
 ///
-/// `ping`, `status` and `shutdown` never start a daemon. The pool, queue and
-/// blob commands start one when none runs, unless --no-spawn.
+/// `ping`, `status` and `shutdown` never start a daemon. The pool, queue,
+/// blob, sync and settings commands start one when none runs, unless --no-spawn.
 #[derive(Debug, Parser)]
 #[command(name = "hearth", version, max_term_width = 100, after_help = EXIT_STATUS_HELP)]
-struct Cli {
+pub(crate) struct Cli {
     #[command(flatten)]
     global: Global,
     #[command(subcommand)]
@@ -78,6 +90,9 @@ enum Command {
     Status,
     /// Ask the daemon to stop gracefully (never starts one)
     Shutdown(status_cmd::ShutdownArgs),
+    /// Print what the daemon's services do as it happens: job states, pool
+    /// builds and takes, blob puts, health changes (never starts one)
+    Events(events_cmd::EventsArgs),
     /// Start, stop and inspect the daemon process; install it as a service
     #[command(subcommand)]
     Daemon(daemon_cmd::DaemonCommand),
@@ -95,6 +110,14 @@ enum Command {
     /// The content-addressed blob store: put, get, list, pin, collect
     #[command(subcommand)]
     Blob(blob_cmd::BlobCommand),
+    /// Live documents shared by every window: list, get, set, watch, inspect, close
+    #[command(subcommand)]
+    Sync(sync_cmd::SyncCommand),
+    /// The shared settings document (`hearth sync … settings`): get, set, watch
+    #[command(subcommand)]
+    Settings(sync_cmd::SettingsCommand),
+    /// Print a shell's tab-completion script (e.g. `hearth completions bash > ~/.local/share/bash-completion/completions/hearth`)
+    Completions(shell_cmd::CompletionsArgs),
 }
 
 /// What every command needs: where the daemon is and how to print.
@@ -137,7 +160,7 @@ fn main() -> ExitCode {
     let result = match Paths::resolve(cli.global.state_dir, cli.global.socket) {
         Ok(paths) => {
             let ctx = Ctx { paths, json, no_spawn: cli.global.no_spawn };
-            run(&ctx, cli.command)
+            output::catching_stdout_end(|| run(&ctx, cli.command))
         }
         Err(e) => Err(CliError::new("state_dir_unusable", e.to_string())),
     };
@@ -160,12 +183,16 @@ fn run(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
             Command::Ping(args) => status_cmd::ping(ctx, &args).await,
             Command::Status => status_cmd::status(ctx).await,
             Command::Shutdown(args) => status_cmd::shutdown(ctx, args).await,
+            Command::Events(args) => events_cmd::events(ctx, &args).await,
             Command::Daemon(command) => daemon_cmd::run(ctx, command).await,
             Command::Doctor(args) => doctor_cmd::doctor(ctx, &args).await,
             Command::Pool(command) => pool_cmd::run(ctx, command).await,
             Command::Queue(command) => queue_cmd::run(ctx, command).await,
             Command::Run(args) => queue_cmd::run_attached(ctx, args).await,
             Command::Blob(command) => blob_cmd::run(ctx, command).await,
+            Command::Sync(command) => sync_cmd::run(ctx, command).await,
+            Command::Settings(command) => sync_cmd::settings(ctx, command).await,
+            Command::Completions(args) => shell_cmd::completions(&args),
         }
     })
 }

@@ -1,15 +1,101 @@
 //! Printing: JSON for scripts, short text for people.
+//!
+//! Everything the CLI writes on stdout goes through [`Stdout`] (the
+//! `outln!` macro, [`json`], and the streams of `blob get`,
+//! `queue logs`, `daemon logs`). When the reader has gone
+//! (`hearth queue list | head -1`), the command ends right there, quietly,
+//! with [`EXIT_STDOUT_CLOSED`], as a Unix tool killed by SIGPIPE does; any
+//! other failure to write stdout is an `io_error`. A write that fails
+//! unwinds with a [`StdoutEnded`], which `main` turns into the exit status,
+//! so no command has to handle it and none can forget to.
 
+use std::fmt;
+use std::io::{self, Write};
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::error::CliError;
 
+// Ending a command by unwinding needs unwinding.
+#[cfg(panic = "abort")]
+compile_error!("hearth ends a command whose stdout was closed by unwinding; it cannot be built with panic = abort");
+
+/// Exit status when stdout was closed before everything was written: what
+/// a shell reports for a process killed by SIGPIPE (128 + 13).
+pub(crate) const EXIT_STDOUT_CLOSED: u8 = 141;
+
+/// `println!` for the CLI: through [`Stdout`].
+macro_rules! outln {
+    () => {{ $crate::output::print(format_args!("\n")); }};
+    ($($arg:tt)*) => {{ $crate::output::print(format_args!("{}\n", format_args!($($arg)*))); }};
+}
+
+/// Why writing stdout ended the command (the payload of its unwind).
+#[derive(Debug)]
+pub(crate) enum StdoutEnded {
+    /// The reader closed it (`EPIPE`).
+    Closed,
+    /// Anything else (a full disk behind a redirection).
+    Failed(io::Error),
+}
+
+/// The CLI's stdout. A write either succeeds or ends the command (see the
+/// module docs); it never returns an error.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stdout;
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(io::stdout().lock().write(buf).unwrap_or_else(|e| ended(e)))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stdout().lock().flush().unwrap_or_else(|e| ended(e));
+        Ok(())
+    }
+}
+
+/// Writes `bytes` as they are and flushes them (streamed output).
+pub(crate) fn bytes_out(bytes: &[u8]) {
+    let mut out = io::stdout().lock();
+    if let Err(e) = out.write_all(bytes).and_then(|()| out.flush()) {
+        ended(e);
+    }
+}
+
+/// What `outln!` calls.
+pub(crate) fn print(args: fmt::Arguments<'_>) {
+    if let Err(e) = io::stdout().lock().write_fmt(args) {
+        ended(e);
+    }
+}
+
+fn ended(e: io::Error) -> ! {
+    let why = if e.kind() == io::ErrorKind::BrokenPipe { StdoutEnded::Closed } else { StdoutEnded::Failed(e) };
+    // Not a panic: resume_unwind skips the panic hook, so nothing is printed.
+    std::panic::resume_unwind(Box::new(why))
+}
+
+/// Runs a command; a write to stdout that ended it becomes its exit status
+/// (quiet for a closed stdout) or its error. Any other panic goes on.
+pub(crate) fn catching_stdout_end(command: impl FnOnce() -> Result<u8, CliError>) -> Result<u8, CliError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(command)) {
+        Ok(result) => result,
+        Err(payload) => match payload.downcast::<StdoutEnded>() {
+            Ok(ended) => match *ended {
+                StdoutEnded::Closed => Ok(EXIT_STDOUT_CLOSED),
+                StdoutEnded::Failed(e) => Err(CliError::new("io_error", format!("cannot write to stdout: {e}"))),
+            },
+            Err(other) => std::panic::resume_unwind(other),
+        },
+    }
+}
+
 /// Prints `value` as pretty JSON on stdout.
 pub(crate) fn json<T: Serialize + ?Sized>(value: &T) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(value).map_err(|e| CliError::new("internal", e.to_string()))?;
-    println!("{text}");
+    outln!("{text}");
     Ok(())
 }
 
@@ -60,7 +146,7 @@ pub(crate) fn bytes(n: u64) -> String {
 pub(crate) fn fields(rows: &[(&str, String)]) {
     let width = rows.iter().map(|(label, _)| label.len()).max().unwrap_or(0);
     for (label, value) in rows {
-        println!("  {:width$}  {value}", format!("{label}:"), width = width + 1);
+        outln!("  {:width$}  {value}", format!("{label}:"), width = width + 1);
     }
 }
 

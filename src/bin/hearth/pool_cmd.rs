@@ -213,33 +213,33 @@ async fn status(ctx: &Ctx, client: &mut PoolClient, name: Option<&str>) -> Resul
         ]);
     }
     print_table(&rows);
-    println!("builds running: {} of at most {}", report.builds_running, report.max_concurrent_builds);
+    outln!("builds running: {} of at most {}", report.builds_running, report.max_concurrent_builds);
     for p in &report.pools {
         if let Some(e) = &p.last_error {
-            println!();
-            println!("{}: last error at {}:", p.name, e.at);
+            outln!();
+            outln!("{}: last error at {}:", p.name, e.at);
             for line in e.message.lines() {
-                println!("  {line}");
+                outln!("  {line}");
             }
             if let Some(log) = &e.log {
-                println!("  log: {}", log.display());
+                outln!("  log: {}", log.display());
             }
             if let (Some(backoff), Some(at)) = (p.backoff_ms, &p.retry_at) {
-                println!("  next build at {at} (backing off {})", output::duration(Duration::from_millis(backoff)));
+                outln!("  next build at {at} (backing off {})", output::duration(Duration::from_millis(backoff)));
             }
         }
     }
     if name.is_some() {
         if let Some(commands) = report.pools.first().and_then(|p| p.commands.as_ref()) {
-            println!();
+            outln!();
             for step in &commands.create {
-                println!("  create: {}", shell_words(step));
+                outln!("  create: {}", shell_words(step));
             }
             if let Some(check) = &commands.check {
-                println!("  check:  {}", shell_words(check));
+                outln!("  check:  {}", shell_words(check));
             }
             if let Some(reset) = &commands.reset {
-                println!("  reset:  {}", shell_words(reset));
+                outln!("  reset:  {}", shell_words(reset));
             }
         }
     }
@@ -266,7 +266,7 @@ async fn take(ctx: &Ctx, client: &mut PoolClient, args: &TakeArgs) -> Result<u8,
         output::json(&lease)?;
     } else {
         // The path alone on stdout, so that `cd "$(hearth pool take NAME)"` works.
-        println!("{}", lease.path.display());
+        outln!("{}", lease.path.display());
         let how = if lease.warm {
             "warm".to_owned()
         } else {
@@ -287,9 +287,9 @@ async fn release(ctx: &Ctx, client: &mut PoolClient, args: &ReleaseArgs) -> Resu
         output::json(&json!({ "lease": lease, "outcome": released.outcome, "reason": released.reason }))?;
     } else {
         match (released.outcome, released.reason) {
-            (ReleaseOutcome::Resetting, _) => println!("released; resetting it for reuse"),
-            (ReleaseOutcome::Removed, Some(reason)) => println!("released and removed ({reason})"),
-            (ReleaseOutcome::Removed, None) => println!("released and removed"),
+            (ReleaseOutcome::Resetting, _) => outln!("released; resetting it for reuse"),
+            (ReleaseOutcome::Removed, Some(reason)) => outln!("released and removed ({reason})"),
+            (ReleaseOutcome::Removed, None) => outln!("released and removed"),
         }
     }
     Ok(EXIT_OK)
@@ -302,7 +302,7 @@ async fn leases(ctx: &Ctx, client: &mut PoolClient, name: Option<&str>) -> Resul
         return Ok(EXIT_OK);
     }
     if leases.is_empty() {
-        println!("no leases");
+        outln!("no leases");
         return Ok(EXIT_OK);
     }
     let mut rows = vec![["LEASE", "POOL", "TAKEN", "HOLDER", "PATH"].map(str::to_owned)];
@@ -327,7 +327,7 @@ async fn warm(ctx: &Ctx, client: &mut PoolClient, args: &WarmArgs) -> Result<u8,
     if ctx.json {
         output::json(&json!({ "pool": args.name, "target": args.size, "previous": previous }))?;
     } else {
-        println!("pool {} keeps {} ready (was {previous})", args.name, args.size);
+        outln!("pool {} keeps {} ready (was {previous})", args.name, args.size);
     }
     Ok(EXIT_OK)
 }
@@ -337,7 +337,7 @@ async fn drain(ctx: &Ctx, client: &mut PoolClient, name: &str) -> Result<u8, Cli
     if ctx.json {
         output::json(&json!({ "pool": name, "removed": removed }))?;
     } else {
-        println!("pool {name} drained: {removed} ready resources removed, target 0");
+        outln!("pool {name} drained: {removed} ready resources removed, target 0");
     }
     Ok(EXIT_OK)
 }
@@ -359,10 +359,10 @@ async fn define(ctx: &Ctx, client: &mut PoolClient, args: DefineArgs) -> Result<
         if !ctx.json {
             let what = if defined.changed { "defined" } else { "unchanged" };
             match defined.source {
-                DefinitionSource::Config => println!(
-                    "pool {name}: {what}, but config.toml defines {name} too and its definition stays in force"
-                ),
-                _ => println!("pool {name}: {what}"),
+                DefinitionSource::Config => {
+                    outln!("pool {name}: {what}, but config.toml defines {name} too and its definition stays in force");
+                }
+                _ => outln!("pool {name}: {what}"),
             }
         }
         results.push(json!({ "pool": name, "source": defined.source, "changed": defined.changed }));
@@ -382,7 +382,7 @@ fn definition_from_flags(args: DefineArgs) -> Result<PoolDefinition, CliError> {
     Ok(PoolDefinition {
         name: args.name.unwrap_or_default(),
         kind: args.kind,
-        create: words("create", args.create)?.unwrap_or_default(),
+        create: words("create", args.create)?,
         check: words("check", args.check)?,
         reset: words("reset", args.reset)?,
         packages: args.packages,
@@ -401,8 +401,8 @@ async fn undefine(ctx: &Ctx, client: &mut PoolClient, name: &str) -> Result<u8, 
         output::json(&json!({ "pool": name, "source": source }))?;
     } else {
         match source {
-            Some(source) => println!("pool {name}: run-time definition removed; the {} one applies", source.as_str()),
-            None => println!("pool {name} removed (resources still taken stay with their holders)"),
+            Some(source) => outln!("pool {name}: run-time definition removed; the {} one applies", source.as_str()),
+            None => outln!("pool {name} removed (resources still taken stay with their holders)"),
         }
     }
     Ok(EXIT_OK)
@@ -496,7 +496,7 @@ fn print_table<const N: usize>(rows: &[[String; N]]) {
     }
     for row in rows {
         let line: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:w$}")).collect();
-        println!("{}", line.join("  ").trim_end());
+        outln!("{}", line.join("  ").trim_end());
     }
 }
 

@@ -202,7 +202,7 @@ pub(crate) async fn run(ctx: &Ctx, command: QueueCommand) -> Result<u8, CliError
             if ctx.json {
                 output::json(&job)?;
             } else {
-                println!("canceled job {}", job.id);
+                outln!("canceled job {}", job.id);
             }
             Ok(EXIT_OK)
         }
@@ -236,7 +236,7 @@ fn report_ids(ctx: &Ctx, verb: &str, ids: &[u64]) -> Result<u8, CliError> {
     } else {
         let shown: Vec<String> = ids.iter().map(u64::to_string).collect();
         let suffix = if ids.is_empty() { String::new() } else { format!(": {}", shown.join(" ")) };
-        println!("{verb} {} job{}{suffix}", ids.len(), if ids.len() == 1 { "" } else { "s" });
+        outln!("{verb} {} job{}{suffix}", ids.len(), if ids.len() == 1 { "" } else { "s" });
     }
     Ok(EXIT_OK)
 }
@@ -345,7 +345,7 @@ async fn submit(ctx: &Ctx, client: &mut QueueClient, args: SubmitArgs) -> Result
     if ctx.json {
         output::json(&json!({ "job": submitted.job, "deduplicated": submitted.deduplicated }))?;
     } else {
-        println!("{}", submitted.job.id);
+        outln!("{}", submitted.job.id);
         if submitted.deduplicated {
             eprintln!(
                 "hearth: the key matched job {} ({}); nothing new was queued",
@@ -378,7 +378,7 @@ async fn wait(ctx: &Ctx, client: &mut QueueClient, id: u64) -> Result<u8, CliErr
     let job = client
         .wait(id, |job| {
             if json {
-                println!("{}", json!({ "job": job }));
+                outln!("{}", json!({ "job": job }));
             } else {
                 eprintln!("job {}: {}", job.id, describe(job));
             }
@@ -421,7 +421,7 @@ async fn list(ctx: &Ctx, client: &mut QueueClient, states: Vec<JobState>, page: 
         }
     };
     if page.jobs.is_empty() {
-        println!("no jobs");
+        outln!("no jobs");
         omitted();
         return Ok(EXIT_OK);
     }
@@ -443,7 +443,7 @@ async fn list(ctx: &Ctx, client: &mut QueueClient, states: Vec<JobState>, page: 
         .collect();
     table(&["ID", "STATE", "QUEUE", "PRI", "TRIES", "AGE", "COMMAND"], &rows);
     if let Some(next) = page.next_before_id {
-        println!("(more: --before {next})");
+        outln!("(more: --before {next})");
     }
     omitted();
     Ok(EXIT_OK)
@@ -458,7 +458,7 @@ fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
     }
     let line = |cells: Vec<&str>| {
         let parts: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:w$}")).collect();
-        println!("{}", parts.join("  ").trim_end());
+        outln!("{}", parts.join("  ").trim_end());
     };
     line(header.to_vec());
     for row in rows {
@@ -498,7 +498,7 @@ async fn show(ctx: &Ctx, client: &mut QueueClient, id: u64) -> Result<u8, CliErr
         output::json(&json!({ "job": job, "attempts": attempts }))?;
         return Ok(EXIT_OK);
     }
-    println!("job {} ({})", job.id, job.state);
+    outln!("job {} ({})", job.id, job.state);
     let mut rows = vec![
         ("command", command_line(&job.argv)),
         ("queue", job.queue.clone()),
@@ -526,7 +526,7 @@ async fn show(ctx: &Ctx, client: &mut QueueClient, id: u64) -> Result<u8, CliErr
     }
     output::fields(&rows);
     if !attempts.is_empty() {
-        println!();
+        outln!();
         let rows: Vec<[String; 6]> = attempts
             .iter()
             .map(|a| {
@@ -556,19 +556,8 @@ async fn show(ctx: &Ctx, client: &mut QueueClient, id: u64) -> Result<u8, CliErr
 async fn logs(client: &mut QueueClient, args: &LogsArgs) -> Result<u8, CliError> {
     let stream = if args.stderr { LogStream::Stderr } else { LogStream::Stdout };
     let request = LogsRequest { id: args.id, stream, offset: 0, follow: args.follow };
-    let mut out = std::io::stdout().lock();
-    let mut failed = None;
-    client
-        .logs(request, |data| {
-            if failed.is_none() {
-                failed = out.write_all(data).and_then(|()| out.flush()).err();
-            }
-        })
-        .await?;
-    match failed {
-        Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(EXIT_OK),
-    }
+    client.logs(request, output::bytes_out).await?;
+    Ok(EXIT_OK)
 }
 
 fn print_stats(s: &QueueStats) {
@@ -590,7 +579,7 @@ fn print_stats(s: &QueueStats) {
     }
     output::fields(&rows);
     for (queue, c) in &s.queues {
-        println!("  queue {queue}: {}", counts(c));
+        outln!("  queue {queue}: {}", counts(c));
     }
 }
 

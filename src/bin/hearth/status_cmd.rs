@@ -40,7 +40,7 @@ pub(crate) async fn ping(ctx: &Ctx, args: &PingArgs) -> Result<u8, CliError> {
         output::json(&json!({ "pid": daemon.pid, "version": daemon.version, "rtt_us": rtt_us }))?;
     } else {
         let shown = if rtts.len() > 1 { format!("best of {}: ", rtts.len()) } else { String::new() };
-        println!("pong from hearthd {} (pid {}) in {shown}{}", daemon.version, daemon.pid, micros(best));
+        outln!("pong from hearthd {} (pid {}) in {shown}{}", daemon.version, daemon.pid, micros(best));
     }
     Ok(EXIT_OK)
 }
@@ -61,7 +61,7 @@ pub(crate) async fn status(ctx: &Ctx) -> Result<u8, CliError> {
 }
 
 pub(crate) fn print_report(r: &StatusReport) {
-    println!("hearthd {} (pid {}), protocol {}", r.version, r.pid, r.protocol);
+    outln!("hearthd {} (pid {}), protocol {}", r.version, r.pid, r.protocol);
     let mut rows = vec![
         ("health", r.health.state.as_str().to_owned()),
         ("uptime", format!("{} (since {})", output::duration(Duration::from_millis(r.uptime_ms)), r.started_at)),
@@ -113,6 +113,15 @@ pub(crate) fn print_report(r: &StatusReport) {
             ),
         ));
     }
+    if let Some(sync) = &r.services.sync {
+        rows.push((
+            "sync",
+            format!(
+                "{} rooms, {} peers; {} writes, {} sync messages, {} commits since start",
+                sync.rooms, sync.peers, sync.writes, sync.sync_messages, sync.commits
+            ),
+        ));
+    }
     for reason in &r.health.reasons {
         rows.push(("reason", format!("{} [{}]: {}", reason.code, reason.severity.as_str(), reason.message)));
     }
@@ -130,7 +139,7 @@ pub(crate) async fn shutdown(ctx: &Ctx, args: ShutdownArgs) -> Result<u8, CliErr
     if ctx.json {
         output::json(&json!({ "pid": pid, "grace_ms": grace.as_millis() as u64, "drain": args.drain }))?;
     } else {
-        println!("hearthd (pid {pid}) is {what} (within {})", output::duration(grace));
+        outln!("hearthd (pid {pid}) is {what} (within {})", output::duration(grace));
     }
     Ok(EXIT_OK)
 }

@@ -13,7 +13,8 @@ use crate::protocol::blob::{
     BlobChannel, BlobHash, BlobRequest, BlobResponse, Content, DEFAULT_LIST_LIMIT, GetRequest, MAX_LIST_LIMIT,
     MAX_MEDIA_TYPE_LEN, MAX_NAME_LEN, PutRequest, Stored,
 };
-use crate::protocol::{ErrorCode, WireError};
+use crate::protocol::event::EventData;
+use crate::protocol::{Channel, ErrorCode, WireError};
 
 /// Data frames queued between the socket and the disk thread, per put.
 /// With the client library's 1 MiB frames that is a few MiB per transfer.
@@ -58,13 +59,17 @@ async fn handle(service: &Arc<BlobService>, request: BlobRequest) -> Result<Blob
         }
         BlobRequest::Usage => BlobResponse::Usage(service.usage()),
         BlobRequest::Delete { hash, force } => {
-            let size = blocking(service, move |s| s.store.delete(&hash, force).map(|size| (hash, size))).await?;
-            BlobResponse::Deleted { hash: size.0, size: size.1 }
+            let (hash, size) =
+                blocking(service, move |s| s.store.delete(&hash, force).map(|size| (hash, size))).await?;
+            service.events.publish(Channel::Blob, EventData::BlobDelete { hash: hash.to_string(), size });
+            BlobResponse::Deleted { hash, size }
         }
         BlobRequest::Pin { hash } => pin(service, hash, true).await?,
         BlobRequest::Unpin { hash } => pin(service, hash, false).await?,
         BlobRequest::Gc { target_bytes } => {
-            BlobResponse::Gc(blocking(service, move |s| Ok(s.store.collect(target_bytes))).await?)
+            let report = blocking(service, move |s| Ok(s.store.collect(target_bytes))).await?;
+            service.collected(&report);
+            BlobResponse::Gc(report)
         }
         BlobRequest::Put(_) | BlobRequest::Get(_) => unreachable!("streamed requests are handled by serve"),
     })
@@ -180,7 +185,9 @@ async fn receive_put(
         let known = blocking(service, move |s| s.store.put_known(&hash, pin).map(|size| size.map(|s| (hash, s)))).await;
         match known {
             Ok(Some((hash, size))) => {
-                return session.send(&BlobResponse::Stored(Stored { hash, size, existed: true })).await;
+                let stored = Stored { hash, size, existed: true };
+                service.put_event(&stored);
+                return session.send(&BlobResponse::Stored(stored)).await;
             }
             Ok(None) => {}
             Err(e) => return session.send(&BlobResponse::Error(e)).await,
@@ -281,6 +288,7 @@ async fn finish_put(
         tracing::debug!(hash = %stored.hash, size, "stored a blob");
         service.after_put();
     }
+    service.put_event(&stored);
     Ok(stored)
 }
 

@@ -11,12 +11,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::daemon::Config;
 use crate::daemon::config::BlobConfig;
+use crate::daemon::events::EventBus;
 use crate::daemon::services::{
     BoxFuture, LastFailure, Opened, PROBE_TIMEOUT, Service, StartCtx, StartError, StartService,
 };
 use crate::paths::Paths;
 use crate::protocol::Channel;
-use crate::protocol::blob::Usage;
+use crate::protocol::blob::{GcReport, Stored, Usage};
+use crate::protocol::event::EventData;
 use crate::protocol::info::Endpoints;
 use crate::protocol::status::{HealthCode, HealthReason, ServiceSummaries};
 
@@ -43,6 +45,8 @@ pub(crate) struct BlobService {
     /// When the store last failed with an I/O error (a full disk included),
     /// and why: reported as `blob_store_errors` in health for a while.
     last_store_error: LastFailure,
+    /// Where puts, deletes and collections are told.
+    events: Arc<EventBus>,
 }
 
 impl BlobService {
@@ -52,6 +56,7 @@ impl BlobService {
         paths: &Paths,
         stop: &CancellationToken,
         tracker: &TaskTracker,
+        events: Arc<EventBus>,
     ) -> Result<Arc<BlobService>, StartError> {
         let root = paths.state_dir().join("blobs");
         let budget = config.max_bytes.map(|b| b.0);
@@ -78,6 +83,7 @@ impl BlobService {
             http_failure,
             collect_now: Notify::new(),
             last_store_error: LastFailure::default(),
+            events,
         });
         tracker.spawn(upkeep(service.clone(), stop.clone(), config.gc_interval.0));
         Ok(service)
@@ -86,6 +92,20 @@ impl BlobService {
     /// The store's totals and the HTTP URL.
     pub(crate) fn usage(&self) -> Usage {
         Usage { http_url: self.http_url.clone(), ..self.store.usage() }
+    }
+
+    /// Tells subscribers what a collection removed, if anything.
+    fn collected(&self, report: &GcReport) {
+        if report.removed > 0 {
+            let event = EventData::BlobGc { removed: report.removed, bytes: report.freed_bytes };
+            self.events.publish(Channel::Blob, event);
+        }
+    }
+
+    /// Tells subscribers about a put.
+    fn put_event(&self, stored: &Stored) {
+        let event = EventData::BlobPut { hash: stored.hash.to_string(), size: stored.size, existed: stored.existed };
+        self.events.publish(Channel::Blob, event);
     }
 
     /// Remembers that the store failed, for health.
@@ -109,7 +129,7 @@ impl StartService for BlobService {
     }
 
     async fn start(ctx: StartCtx<'_>) -> Result<Arc<Self>, StartError> {
-        BlobService::open(&ctx.config.blob, ctx.paths, ctx.stop, ctx.tracker).await
+        BlobService::open(&ctx.config.blob, ctx.paths, ctx.stop, ctx.tracker, ctx.events.clone()).await
     }
 }
 
@@ -206,10 +226,15 @@ async fn upkeep(service: Arc<BlobService>, stop: CancellationToken, gc_interval:
         let work = tokio::task::spawn_blocking(move || {
             if !collect {
                 store.flush_access();
+                None
             } else if store.over_budget() {
-                store.collect(None);
+                Some(store.collect(None))
+            } else {
+                None
             }
         });
-        let _ = work.await;
+        if let Ok(Some(report)) = work.await {
+            service.collected(&report);
+        }
     }
 }

@@ -57,7 +57,11 @@ pub(crate) async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
             }
         },
     };
-    let routed = first.and_then(|frame| Handshake::parse(&frame)).and_then(|hs| Ok((route(&shared, hs.channel)?, hs)));
+    let routed = first.and_then(|frame| Handshake::parse(&frame)).and_then(|hs| {
+        let service = route(&shared, hs.channel)?;
+        service.check_handshake(&hs)?;
+        Ok((service, hs))
+    });
     let (service, handshake) = match routed {
         Ok(routed) => routed,
         Err(error) => {

@@ -64,20 +64,32 @@ impl<C: ChannelProtocol> Session<C> {
     /// [`crate::connection::ReadBudget`]); the previous frame's share goes
     /// back as this one is asked for.
     pub(crate) async fn next_frame(&mut self) -> Option<Bytes> {
+        let idle = self.shared.config.server.connection_idle_timeout.0;
+        self.read_frame_within(idle).await
+    }
+
+    /// The next frame while the daemon is the one streaming (a
+    /// subscription): no idle timeout, since the peer has nothing to say.
+    /// Cancel-safe: a frame half read stays buffered for the next call.
+    pub(crate) async fn next_frame_while_streaming(&mut self) -> Option<Bytes> {
+        self.read_frame_within(Duration::MAX).await
+    }
+
+    async fn read_frame_within(&mut self, idle: Duration) -> Option<Bytes> {
         if std::mem::take(&mut self.last_frame) >= TRIM_AFTER {
             self.shared.trim_heap_soon();
         }
-        let idle = self.shared.config.server.connection_idle_timeout;
+        let idle_text = crate::units::HumanDuration(idle);
         let read = tokio::select! {
             biased;
             () = self.shared.stop.cancelled() => return None,
-            read = tokio::time::timeout(idle.0, self.conn.read_frame()) => read,
+            read = within_or_forever(idle, self.conn.read_frame()) => read,
         };
         let frame = match read {
             Ok(Ok(Some(frame))) => frame,
             Ok(Ok(None)) => return None,
             Err(_) => {
-                let message = format!("closing a connection idle for {idle}");
+                let message = format!("closing a connection idle for {idle_text}");
                 self.send_error(WireError::new(ErrorCode::IdleTimeout, message)).await;
                 return None;
             }
@@ -104,6 +116,20 @@ impl<C: ChannelProtocol> Session<C> {
     pub(crate) async fn send_frame(&mut self, payload: Bytes) -> Result<(), Closed> {
         let timeout = self.shared.config.server.write_timeout.0;
         within(timeout, self.conn.write_raw(payload)).await
+    }
+
+    /// Writes several raw frames with one flush, giving up after the write
+    /// timeout: a stream's backlog goes out in one write.
+    pub(crate) async fn send_frames(&mut self, frames: Vec<Bytes>) -> Result<(), Closed> {
+        let timeout = self.shared.config.server.write_timeout.0;
+        let conn = &mut self.conn;
+        within(timeout, async move {
+            for frame in frames {
+                conn.feed_raw(frame).await?;
+            }
+            conn.flush().await
+        })
+        .await
     }
 
     /// Writes one response, giving up after the write timeout. A response
@@ -140,6 +166,11 @@ impl<C: ChannelProtocol> Session<C> {
     async fn send_error(&mut self, error: WireError) {
         let _ = self.send(&C::Response::from_error(error)).await;
     }
+}
+
+/// `read`, with a timeout unless `idle` is `Duration::MAX`.
+async fn within_or_forever<T>(idle: Duration, read: impl Future<Output = T>) -> Result<T, tokio::time::error::Elapsed> {
+    if idle == Duration::MAX { Ok(read.await) } else { tokio::time::timeout(idle, read).await }
 }
 
 /// What became of a response.

@@ -162,15 +162,13 @@ impl Write for LogWriter {
     }
 }
 
-/// Opens `path` for appending (0600, never through a symlink) and points
-/// stdout and stderr at it.
+/// Opens `path` for appending (0600, never through a symlink, and only a
+/// regular file: a FIFO there would block the daemon, lock held, until
+/// someone read it) and points stdout and stderr at it.
 fn open_and_redirect(path: &Path) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
+    let mut options = OpenOptions::new();
+    options.append(true).create(true).mode(0o600);
+    let file = crate::daemon::fsutil::open_regular(path, &mut options, libc::O_NOFOLLOW | libc::O_CLOEXEC)?;
     for target in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
         crate::sys::redirect_stdio(std::os::fd::AsFd::as_fd(&file), target)?;
     }

@@ -5,6 +5,8 @@
 //! - `permissions`: the audit of the state directory and the socket's
 //!   directories (every directory on the way, from `/`).
 //! - `singleton`: the lock, the socket and `daemon.json`, in that order.
+//! - `owner`: proving which process owns a state directory before anyone
+//!   signals it (`hearth daemon stop`).
 //! - `activation`: a listening socket passed by the service manager.
 //! - `signals`: stop signals held back during start-up.
 //! - `detach`: `hearthd --detach` and its launch report.
@@ -22,6 +24,7 @@ pub mod activation;
 pub mod detach;
 pub mod logging;
 pub mod notify;
+pub mod owner;
 pub mod permissions;
 pub mod signals;
 pub mod singleton;

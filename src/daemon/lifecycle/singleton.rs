@@ -109,11 +109,16 @@ impl Instance {
         }
         match std::fs::symlink_metadata(&path) {
             Ok(meta) if meta.file_type().is_socket() => {
-                if UnixStream::connect(&path).is_ok() {
-                    return Err(StartupError::SocketPathOccupied {
-                        path,
-                        what: "a daemon of another state directory is listening on it".into(),
-                    });
+                if let Ok(stream) = UnixStream::connect(&path) {
+                    let what = match self.daemon_of_this_state_dir(&stream) {
+                        Some(pid) => format!(
+                            "the daemon of this state directory (pid {pid}) is listening on it: daemon.lock was \
+                             deleted or replaced while it ran, so the lock could not keep this start out; stop \
+                             that daemon (`hearth shutdown`, or kill {pid}) and start again"
+                        ),
+                        None => "a daemon of another state directory is listening on it".into(),
+                    };
+                    return Err(StartupError::SocketPathOccupied { path, what });
                 }
                 tracing::info!(socket = %path.display(), "removing stale socket");
                 std::fs::remove_file(&path).map_err(|source| StartupError::Bind { path: path.clone(), source })?;
@@ -136,6 +141,27 @@ impl Instance {
             std::fs::symlink_metadata(&path).map_err(|source| StartupError::Bind { path: path.clone(), source })?;
         self.socket_id = Some((meta.dev(), meta.ino()));
         Ok(listener)
+    }
+
+    /// The daemon listening on `stream`'s socket, if it is the one
+    /// `daemon.json` of this state directory describes: the listener's pid
+    /// (where the kernel says) is the pid there, and that process runs.
+    fn daemon_of_this_state_dir(&self, stream: &UnixStream) -> Option<u32> {
+        let info: DaemonInfo =
+            serde_json::from_slice(&fsutil::read_small(&self.paths.info_file(), 64 * 1024).ok()?).ok()?;
+        let listener = crate::sys::peer_pid(std::os::fd::AsFd::as_fd(stream)).ok().flatten();
+        let same = info.socket == self.paths.socket()
+            && info.pid != std::process::id()
+            && listener.is_none_or(|pid| pid == info.pid)
+            && fsutil::pid_alive(info.pid);
+        same.then_some(info.pid)
+    }
+
+    /// The device and inode of the socket this instance bound (`None` for
+    /// an adopted one, or before `bind`): while the daemon runs, the socket
+    /// path must keep leading to it.
+    pub fn bound_socket(&self) -> Option<(u64, u64)> {
+        self.socket_id
     }
 
     /// Serves on a socket the service manager passed (socket activation)

@@ -54,28 +54,27 @@ pub(crate) fn builtin_venv() -> PoolDefinition {
 /// Validates `def` and fills in its defaults (kind, timeouts).
 pub(crate) fn normalize(mut def: PoolDefinition) -> Result<PoolDefinition, String> {
     validate_name(&def.name)?;
-    let kind = *def.kind.get_or_insert(if def.create.is_empty() { PoolKind::Venv } else { PoolKind::Command });
-    match kind {
-        PoolKind::Command => {
-            if def.create.is_empty() || def.create[0].is_empty() {
-                return Err("create is required for a pool of kind command (an argument vector)".into());
-            }
+    let kind = *def.kind.get_or_insert(if def.create.is_none() { PoolKind::Venv } else { PoolKind::Command });
+    match (kind, &def.create) {
+        (PoolKind::Command, None) => {
+            return Err("create is required for a pool of kind command (an argument vector)".into());
+        }
+        (PoolKind::Command, Some(create)) => {
+            argv("create", create)?;
             if !def.packages.is_empty() || def.python.is_some() {
                 return Err("packages and python are for pools of kind venv".into());
             }
         }
-        PoolKind::Venv => {
-            if !def.create.is_empty() {
-                return Err("a venv pool builds its own environments: drop create, or use kind command".into());
-            }
+        (PoolKind::Venv, None) => {}
+        (PoolKind::Venv, Some(_)) => {
+            return Err("a venv pool builds its own environments: drop create, or use kind command".into());
         }
     }
-    argv("create", &def.create, true)?;
     if let Some(check) = &def.check {
-        argv("check", check, false)?;
+        argv("check", check)?;
     }
     if let Some(reset) = &def.reset {
-        argv("reset", reset, false)?;
+        argv("reset", reset)?;
     }
     if def.packages.len() > MAX_PACKAGES {
         return Err(format!("at most {MAX_PACKAGES} packages"));
@@ -119,12 +118,10 @@ pub(crate) fn normalize(mut def: PoolDefinition) -> Result<PoolDefinition, Strin
     Ok(def)
 }
 
-fn argv(field: &str, args: &[String], may_be_empty: bool) -> Result<(), String> {
-    if args.is_empty() {
-        return if may_be_empty { Ok(()) } else { Err(format!("{field} must name a program")) };
-    }
-    if args[0].is_empty() {
-        return Err(format!("{field} must name a program"));
+/// An argument vector: a program, then at most `MAX_ARGS - 1` arguments.
+fn argv(field: &str, args: &[String]) -> Result<(), String> {
+    if args.first().is_none_or(String::is_empty) {
+        return Err(format!("{field} must name a program: an argument vector such as [\"sh\", \"-c\", \"…\"]"));
     }
     if args.len() > MAX_ARGS || args.iter().any(|a| a.len() > MAX_ARG_BYTES || a.contains('\0')) {
         return Err(format!("{field}: at most {MAX_ARGS} arguments of at most {MAX_ARG_BYTES} bytes, without NUL"));
@@ -147,7 +144,7 @@ pub(crate) fn check_command(def: &PoolDefinition) -> Option<Vec<String>> {
 pub(crate) fn commands(def: &PoolDefinition, uv: Option<&Path>) -> PoolCommands {
     let create = match def.kind {
         Some(PoolKind::Venv) => venv_steps(def, uv),
-        _ => vec![def.create.clone()],
+        _ => def.create.iter().cloned().collect(),
     };
     PoolCommands { create, check: check_command(def), reset: def.reset.clone() }
 }
@@ -211,7 +208,9 @@ pub(crate) fn substitute(args: &[String], dir: &Path) -> Vec<String> {
 pub(crate) fn fingerprint(def: &PoolDefinition) -> String {
     let build = serde_json::json!({
         "kind": def.kind.map(PoolKind::as_str),
-        "create": def.create,
+        // Absent and the empty list hash alike, as they did when an
+        // absent `create` was stored as an empty list.
+        "create": def.create.as_deref().unwrap_or_default(),
         "packages": def.packages,
         "python": def.python,
         "env": def.env,
@@ -231,7 +230,7 @@ mod tests {
     fn command(name: &str, create: &[&str]) -> PoolDefinition {
         PoolDefinition {
             name: name.into(),
-            create: create.iter().map(|s| (*s).to_owned()).collect(),
+            create: Some(create.iter().map(|s| (*s).to_owned()).collect()),
             ..Default::default()
         }
     }
@@ -257,8 +256,20 @@ mod tests {
         assert_eq!(venv.check_interval_ms, Some(900_000), "venvs have a built-in check");
 
         let mut bad = command("a", &[]);
+        bad.create = None;
         bad.kind = Some(PoolKind::Command);
-        assert!(normalize(bad).unwrap_err().contains("create"));
+        assert!(normalize(bad).unwrap_err().contains("create is required"));
+        // An empty create is a mistake, never a venv pool in disguise.
+        for kind in [None, Some(PoolKind::Command), Some(PoolKind::Venv)] {
+            let mut bad = command("a", &[]);
+            bad.kind = kind;
+            assert!(normalize(bad).unwrap_err().contains("create"), "{kind:?}");
+        }
+        let mut bad = command("a", &[""]);
+        assert!(normalize(bad.clone()).unwrap_err().contains("must name a program"));
+        bad.create = Some(vec!["true".into()]);
+        bad.check = Some(vec![]);
+        assert!(normalize(bad).unwrap_err().contains("check must name a program"));
         let mut bad = command("a", &["true"]);
         bad.kind = Some(PoolKind::Venv);
         assert!(normalize(bad).is_err());
@@ -305,7 +316,7 @@ mod tests {
         b.size = 9;
         b.max_age_ms = Some(5);
         assert_eq!(fingerprint(&a), fingerprint(&b), "size and ages do not change what is built");
-        b.create.push("x".into());
+        b.create.as_mut().unwrap().push("x".into());
         assert_ne!(fingerprint(&a), fingerprint(&b));
     }
 }

@@ -7,8 +7,9 @@ use tokio_util::sync::CancellationToken;
 use super::PoolService;
 use super::state::Holder;
 use crate::daemon::conn::session::Session;
-use crate::protocol::WireError;
+use crate::protocol::event::EventData;
 use crate::protocol::pool::{PoolChannel, PoolRequest, PoolResponse};
+use crate::protocol::{Channel, WireError};
 
 pub(crate) async fn serve(mut session: Session<PoolChannel>, service: Arc<PoolService>, holder: Holder) {
     let stop = session.shared().stop.clone();
@@ -34,10 +35,15 @@ async fn handle(
     Ok(match request {
         PoolRequest::Status { pool } => PoolResponse::Status(service.status(pool.as_deref())?),
         PoolRequest::Take { pool, timeout_ms } => {
-            PoolResponse::Taken(service.take(&pool, timeout_ms, holder, stop).await?)
+            let taken = service.take(&pool, timeout_ms, holder, stop).await?;
+            let event = EventData::PoolTake { pool, lease: taken.lease.to_string(), warm: taken.warm };
+            service.events.publish(Channel::Pool, event);
+            PoolResponse::Taken(taken)
         }
         PoolRequest::Release { lease, reuse } => {
             let released = service.release(&lease, reuse)?;
+            let event = EventData::PoolRelease { pool: released.pool.clone(), lease: lease.to_string() };
+            service.events.publish(Channel::Pool, event);
             PoolResponse::Released { lease, outcome: released.outcome, reason: released.reason }
         }
         PoolRequest::Leases { pool } => PoolResponse::Leases { leases: service.leases(pool.as_deref())? },

@@ -24,9 +24,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::definition::{MAX_POOLS, MAX_SIZE, builtin_venv, check_command, fingerprint, normalize};
-use self::state::{Clock, Holder, Pool, ResState, Resource, State, Waiter, unknown_pool};
+use self::state::{Clock, Holder, Policy, Pool, ResState, Resource, State, Waiter, unknown_pool};
 use self::store::{LeaseRecord, Record, RecordState, Store};
 use crate::daemon::Config;
+use crate::daemon::events::EventBus;
 use crate::daemon::services::{BoxFuture, Opened, Service, StartCtx, StartError, StartService};
 use crate::paths::Paths;
 use crate::protocol::Channel;
@@ -67,18 +68,26 @@ pub(crate) struct PoolService {
     sync: Notify,
     stop: CancellationToken,
     tasks: TaskTracker,
+    /// Where builds, takes and releases are told.
+    events: Arc<EventBus>,
 }
 
 /// What `release` answers.
 #[derive(Debug)]
 pub(crate) struct Released {
+    /// The pool the resource came from.
+    pub(crate) pool: String,
     pub(crate) outcome: ReleaseOutcome,
     pub(crate) reason: Option<String>,
 }
 
 impl PoolService {
     /// Recovers the pools on disk, then starts the scheduler.
-    pub(crate) async fn open(config: &Config, paths: &Paths) -> Result<Arc<PoolService>, StartError> {
+    pub(crate) async fn open(
+        config: &Config,
+        paths: &Paths,
+        events: Arc<EventBus>,
+    ) -> Result<Arc<PoolService>, StartError> {
         let root = paths.state_dir().join("pools");
         let store = Store::open(root.clone()).map_err(|source| StartError::Io { path: root.clone(), source })?;
         let recovering = store.clone();
@@ -116,6 +125,7 @@ impl PoolService {
             sync: Notify::new(),
             stop,
             tasks: TaskTracker::new(),
+            events,
         });
         service.tasks.spawn(scheduler::run(service.clone()));
         service.tasks.spawn(scheduler::collect_trash(service.clone()));
@@ -130,6 +140,10 @@ impl PoolService {
 
     fn clock() -> Clock {
         Clock { now: Instant::now(), now_ms: now_ms() }
+    }
+
+    fn policy(&self) -> Policy {
+        Policy { max_builds: self.settings.max_concurrent_builds, unclaimed_grace: self.settings.unclaimed_grace.0 }
     }
 
     fn lease_view(&self, pool: &str, id: &str, r: &Resource, lease: &LeaseRecord, now_ms: u64) -> Lease {
@@ -175,11 +189,12 @@ impl PoolService {
                     holder: holder.client.clone(),
                     holder_pid: holder.pid,
                 };
-                let r = p.resources.get_mut(&id).expect("picked");
-                r.state = ResState::Taken(record.clone());
+                p.took(clock.now);
                 p.stats.takes += 1;
                 p.stats.warm_takes += 1;
-                p.last_take = Some(clock.now);
+                let r = p.resources.get_mut(&id).expect("picked");
+                r.state = ResState::Taken(record.clone());
+                r.for_take = false;
                 let r = r.clone();
                 state.leases.insert(lease.clone(), (pool.to_owned(), id.clone()));
                 drop(state);
@@ -252,12 +267,14 @@ impl PoolService {
     }
 
     /// Undoes a take whose answer could not be delivered: the resource was
-    /// never seen by anyone, so it goes back to ready.
+    /// never seen by anyone, so it goes back to ready. One built for that
+    /// take is kept like one whose take timed out (see `Policy`).
     pub(crate) fn untake(&self, lease: &LeaseId) {
         let (pool, id) = {
             let mut state = self.lock();
             let Some((pool, id)) = state.leases.remove(lease) else { return };
             let r = state.pools.get_mut(&pool).and_then(|p| p.resources.get_mut(&id)).expect("leased");
+            r.for_take = matches!(&r.state, ResState::Taken(lease) if !lease.warm);
             r.state = ResState::Claimed;
             (pool, id)
         };
@@ -316,7 +333,7 @@ impl PoolService {
                     tracing::warn!(pool, resource = %id, "cannot clear a lease file: {e}");
                 }
                 self.wake.notify_one();
-                return Ok(Released { outcome: ReleaseOutcome::Resetting, reason: None });
+                return Ok(Released { pool, outcome: ReleaseOutcome::Resetting, reason: None });
             }
         }
         // The record goes first: a lease file without a record is a release
@@ -336,7 +353,7 @@ impl PoolService {
         self.remove_resource(&pool, &id);
         self.wake.notify_one();
         let reason = reason.filter(|_| reuse).map(str::to_owned);
-        Ok(Released { outcome: ReleaseOutcome::Removed, reason })
+        Ok(Released { pool, outcome: ReleaseOutcome::Removed, reason })
     }
 
     /// Deletes a forgotten resource's record and lease file, and moves its
@@ -551,7 +568,7 @@ impl StartService for PoolService {
     }
 
     async fn start(ctx: StartCtx<'_>) -> Result<Arc<Self>, StartError> {
-        PoolService::open(ctx.config, ctx.paths).await
+        PoolService::open(ctx.config, ctx.paths, ctx.events.clone()).await
     }
 }
 
@@ -670,6 +687,7 @@ fn adopt_recovered(state: &mut State, found: std::collections::BTreeMap<String, 
                 created_at_ms: record.created_at_ms,
                 build_ms: record.build_ms,
                 cancel: None,
+                for_take: false,
             };
             pool.resources.insert(record.id, resource);
         }

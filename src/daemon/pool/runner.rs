@@ -108,6 +108,8 @@ impl BuildLog {
 pub(crate) enum StepError {
     #[error("cannot run {program:?}: {source}")]
     Spawn { program: String, source: std::io::Error },
+    #[error("{command} was not run: its process cannot be recorded: {source}")]
+    Record { command: String, source: std::io::Error },
     #[error("{command} {status}")]
     Failed { command: String, status: String },
     #[error("{command} timed out after {after:?} and was killed")]
@@ -127,14 +129,16 @@ pub(crate) struct Step<'a> {
 
 /// Runs `step` until it exits, `deadline` passes (the whole process group is
 /// killed: SIGTERM, then SIGKILL), or `stop` is cancelled (SIGKILL).
-/// `started` is told the process group id as soon as it exists.
+/// `record` is given the process group id once the process exists and
+/// before its program runs (see [`child::Gated`]); if it fails, the program
+/// never runs.
 pub(crate) async fn run(
     step: &Step<'_>,
     deadline: Instant,
     timeout: Duration,
     log: &mut BuildLog,
     stop: &CancellationToken,
-    started: impl FnOnce(u32),
+    record: impl FnOnce(u32) -> std::io::Result<()>,
 ) -> Result<(), StepError> {
     let shown = display_argv(step.argv);
     log.note(&format!("$ {shown}"));
@@ -146,9 +150,14 @@ pub(crate) async fn run(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut process = cmd.spawn().map_err(|source| StepError::Spawn { program: step.argv[0].clone(), source })?;
-    let pgid = process.id().unwrap_or(0);
-    started(pgid);
+    let spawn_error = |source| StepError::Spawn { program: step.argv[0].clone(), source };
+    let gated = child::Gated::spawn(cmd).await.map_err(spawn_error)?;
+    let pgid = gated.pid;
+    if let Err(source) = record(pgid) {
+        gated.abort().await;
+        return Err(StepError::Record { command: shown, source });
+    }
+    let mut process = gated.open().await.map_err(spawn_error)?;
     let mut out = process.stdout.take();
     let mut err = process.stderr.take();
     let (mut out_buf, mut err_buf) = (vec![0u8; 8192], vec![0u8; 8192]);
@@ -268,8 +277,37 @@ mod tests {
         let env = BTreeMap::from([("EXTRA".to_owned(), "yes".to_owned())]);
         let step = Step { argv: &argv, dir: dir.path(), env: &env, pool: "p" };
         let stop = CancellationToken::new();
-        let result = run(&step, Instant::now() + timeout, timeout, &mut log, &stop, |_| {}).await;
+        let result = run(&step, Instant::now() + timeout, timeout, &mut log, &stop, |_| Ok(())).await;
         (result, log)
+    }
+
+    /// The process exists when it is recorded, and its program has not run.
+    #[tokio::test]
+    async fn the_process_is_recorded_before_its_program_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let argv = argv(&["touch", marker.to_str().unwrap()]);
+        let env = BTreeMap::new();
+        let step = Step { argv: &argv, dir: dir.path(), env: &env, pool: "p" };
+        let (stop, timeout) = (CancellationToken::new(), Duration::from_secs(10));
+        let mut log = BuildLog::new(4096);
+        let mut seen = None;
+        let result = run(&step, Instant::now() + timeout, timeout, &mut log, &stop, |pgid| {
+            seen = Some((crate::daemon::child::process_start_time(pgid).is_some(), marker.exists()));
+            Ok(())
+        })
+        .await;
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(seen, Some((true, false)), "alive when recorded, its program not run yet");
+        assert!(marker.exists());
+
+        let refused = run(&step, Instant::now() + timeout, timeout, &mut log, &stop, |_| {
+            std::fs::remove_file(&marker).unwrap();
+            Err(std::io::Error::other("disk full"))
+        })
+        .await;
+        assert!(matches!(refused, Err(StepError::Record { .. })), "{refused:?}");
+        assert!(!marker.exists(), "a process that cannot be recorded never runs its program");
     }
 
     #[tokio::test]

@@ -13,8 +13,9 @@ use super::runner::{self, BuildLog, Step, StepError};
 use super::state::{Action, Backoff, ResState, backoff_delay};
 use super::store::{LeaseRecord, ProcessRef, Record, RecordState};
 use super::{PoolService, failure};
+use crate::protocol::event::EventData;
 use crate::protocol::pool::{Lease, PoolDefinition};
-use crate::protocol::{ErrorCode, WireError};
+use crate::protocol::{Channel, ErrorCode, WireError};
 use crate::time::now_ms;
 
 /// The longest the scheduler sleeps without being woken.
@@ -23,14 +24,11 @@ const IDLE_PLAN: Duration = Duration::from_secs(3600);
 /// Plans and starts work whenever something changes or a deadline comes.
 pub(crate) async fn run(service: Arc<PoolService>) {
     loop {
-        let (actions, wake) = {
-            let mut state = service.lock();
-            state.plan(PoolService::clock(), service.settings.max_concurrent_builds, resource_id)
-        };
-        for action in actions {
+        let plan = service.lock().plan(PoolService::clock(), service.policy(), resource_id);
+        for action in plan.actions {
             execute(&service, action);
         }
-        let wake = wake.unwrap_or_else(|| Instant::now() + IDLE_PLAN);
+        let wake = plan.wake.unwrap_or_else(|| Instant::now() + IDLE_PLAN);
         tokio::select! {
             () = service.wake.notified() => {}
             () = tokio::time::sleep_until(wake) => {}
@@ -79,6 +77,8 @@ fn resource_id() -> String {
 fn execute(service: &Arc<PoolService>, action: Action) {
     match action {
         Action::Build { pool, id, def, cancel } => {
+            let started = EventData::PoolBuildStarted { pool: pool.clone(), resource: id.clone() };
+            service.events.publish(Channel::Pool, started);
             let s = service.clone();
             service.tasks.spawn(async move { build(&s, &pool, &id, &def, &cancel).await });
         }
@@ -125,8 +125,8 @@ impl Outcome {
 }
 
 /// Runs `steps` (then the check) in the resource's directory under one
-/// deadline, recording each step's process group so that a daemon killed
-/// meanwhile can kill it at its next start.
+/// deadline, recording each step's process group before its program runs,
+/// so that a daemon killed at any moment kills it at its next start.
 async fn run_steps(
     service: &PoolService,
     pool: &str,
@@ -147,17 +147,16 @@ async fn run_steps(
         let argv = substitute(argv, &dir);
         let step = Step { argv: &argv, dir: &dir, env: &def.env, pool };
         let store = &service.store;
-        let on_start = |pgid: u32| {
-            let process = ProcessRef::of(pgid);
+        let record_process = |pgid: u32| {
+            let process = ProcessRef::of(pgid)
+                .ok_or_else(|| std::io::Error::other(format!("process {pgid} vanished before it ran")))?;
             record.state = match record.state {
-                RecordState::Resetting { .. } => RecordState::Resetting { process },
-                _ => RecordState::Building { process },
+                RecordState::Resetting { .. } => RecordState::Resetting { process: Some(process) },
+                _ => RecordState::Building { process: Some(process) },
             };
-            if let Err(e) = store.write_record(pool, record) {
-                tracing::warn!(pool, resource = %id, "cannot record the build's process: {e}");
-            }
+            store.write_record(pool, record)
         };
-        result = runner::run(&step, deadline, timeout, &mut log, cancel, on_start).await;
+        result = runner::run(&step, deadline, timeout, &mut log, cancel, record_process).await;
         if result.is_err() {
             break;
         }
@@ -213,6 +212,8 @@ async fn build(service: &Arc<PoolService>, pool: &str, id: &str, def: &PoolDefin
 /// A resource is built (or reset) and recorded ready: give it to the first
 /// waiting take, else to the pool.
 fn finished_ready(service: &Arc<PoolService>, pool: &str, id: &str, record: &Record, built: bool) {
+    let ended = EventData::PoolBuildEnded { pool: pool.into(), resource: id.into(), ok: true, ms: record.build_ms };
+    service.events.publish(Channel::Pool, ended);
     let clock = PoolService::clock();
     let handed = {
         let mut state = service.lock();
@@ -239,6 +240,7 @@ fn finished_ready(service: &Arc<PoolService>, pool: &str, id: &str, record: &Rec
         r.cancel = None;
         match p.waiters.pop_front() {
             Some(w) => {
+                r.for_take = false;
                 let lease = LeaseRecord {
                     id: w.lease.clone(),
                     taken_at_ms: clock.now_ms,
@@ -274,6 +276,9 @@ fn finished_failed(service: &Arc<PoolService>, pool: &str, id: &str, outcome: &O
     if !outcome.cancelled() {
         tracing::warn!(pool, resource = %id, "build failed: {message}");
     }
+    let ms = outcome.elapsed.as_millis() as u64;
+    let ended = EventData::PoolBuildEnded { pool: pool.into(), resource: id.into(), ok: false, ms };
+    service.events.publish(Channel::Pool, ended);
     service.remove_resource(pool, id);
     {
         let mut state = service.lock();
@@ -354,7 +359,10 @@ async fn check(service: &Arc<PoolService>, pool: &str, id: &str, def: &PoolDefin
     let timeout = Duration::from_millis(def.create_timeout_ms.unwrap_or(600_000));
     let mut log = BuildLog::new(service.settings.build_log_max.as_usize());
     let step = Step { argv: &argv, dir: &dir, env: &def.env, pool };
-    let result = runner::run(&step, Instant::now() + timeout, timeout, &mut log, &service.stop, |_| {}).await;
+    // The resource stays recorded ready while it is checked: there is no
+    // record to name the check's process in, so a check interrupted by a
+    // crash is not killed at the next start (the resource is checked again).
+    let result = runner::run(&step, Instant::now() + timeout, timeout, &mut log, &service.stop, |_| Ok(())).await;
     let passed = result.is_ok();
     let removed = {
         let mut state = service.lock();

@@ -41,6 +41,10 @@ pub struct PoolSettings {
     pub retry_max: HumanDuration,
     /// Builds failing in a row before the daemon's health turns degraded.
     pub failures_degraded: u32,
+    /// How long a resource built for a take that stopped waiting (its
+    /// `take_timeout`, or its caller left) is kept, even over its pool's
+    /// target, so that the next take gets it.
+    pub unclaimed_grace: HumanDuration,
     /// `[pool.<name>]` tables.
     pub pools: BTreeMap<String, PoolEntry>,
 }
@@ -54,13 +58,26 @@ impl Default for PoolSettings {
             retry_base: HumanDuration(Duration::from_secs(1)),
             retry_max: HumanDuration(Duration::from_secs(300)),
             failures_degraded: 3,
+            unclaimed_grace: HumanDuration(DEFAULT_UNCLAIMED_GRACE),
             pools: BTreeMap::new(),
         }
     }
 }
 
-const GLOBAL_KEYS: [&str; 6] =
-    ["enabled", "max_concurrent_builds", "build_log_max", "retry_base", "retry_max", "failures_degraded"];
+/// As long as a take waits by default: a caller that gave up will be back.
+const DEFAULT_UNCLAIMED_GRACE: Duration = super::definition::DEFAULT_TAKE_TIMEOUT;
+/// The longest `unclaimed_grace`.
+const MAX_UNCLAIMED_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+const GLOBAL_KEYS: [&str; 7] = [
+    "enabled",
+    "max_concurrent_builds",
+    "build_log_max",
+    "retry_base",
+    "retry_max",
+    "failures_degraded",
+    "unclaimed_grace",
+];
 
 /// One `[pool.<name>]` table: a definition in config.toml's words
 /// (durations written with units).
@@ -71,8 +88,8 @@ pub struct PoolEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<PoolKind>,
     /// Argument vector building a resource in `{path}`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub create: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create: Option<Vec<String>>,
     /// Argument vector that exits 0 when a ready resource is still good.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<Vec<String>>,
@@ -155,6 +172,9 @@ impl PoolSettings {
         if self.failures_degraded == 0 {
             return Err("pool.failures_degraded must be at least 1".into());
         }
+        if self.unclaimed_grace.0 > MAX_UNCLAIMED_GRACE {
+            return Err(format!("pool.unclaimed_grace must be at most 24h, not {}", self.unclaimed_grace));
+        }
         if self.pools.len() > super::definition::MAX_POOLS {
             return Err(format!("at most {} pools can be defined", super::definition::MAX_POOLS));
         }
@@ -180,6 +200,7 @@ impl<'de> Deserialize<'de> for PoolSettings {
                 "retry_base" => out.retry_base = field(&key, value)?,
                 "retry_max" => out.retry_max = field(&key, value)?,
                 "failures_degraded" => out.failures_degraded = field(&key, value)?,
+                "unclaimed_grace" => out.unclaimed_grace = field(&key, value)?,
                 _ if value.is_table() => {
                     let entry = field(&key, value)?;
                     out.pools.insert(key, entry);
@@ -205,6 +226,7 @@ impl Serialize for PoolSettings {
         map.serialize_entry("retry_base", &self.retry_base)?;
         map.serialize_entry("retry_max", &self.retry_max)?;
         map.serialize_entry("failures_degraded", &self.failures_degraded)?;
+        map.serialize_entry("unclaimed_grace", &self.unclaimed_grace)?;
         for (name, entry) in &self.pools {
             map.serialize_entry(name, entry)?;
         }
@@ -233,6 +255,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.max_concurrent_builds, 2);
         assert_eq!(s.retry_base.0, Duration::from_millis(50));
+        assert_eq!(s.unclaimed_grace.0, Duration::from_secs(600), "the default");
         let scratch = s.pools["scratch"].to_definition("scratch");
         assert_eq!(scratch.size, 3);
         assert_eq!(scratch.max_age_ms, Some(3_600_000));
@@ -247,8 +270,12 @@ mod tests {
         assert!(err.contains("sise"), "{err}");
         let err = parse("[pool.\"bad name\"]\ncreate = [\"true\"]\n").unwrap_err();
         assert!(err.contains("bad name"), "{err}");
+        let err = parse("[pool.x]\ncreate = []\n").unwrap_err();
+        assert!(err.contains("[pool.x]: create must name a program"), "{err}");
         let err = parse("[pool]\nmax_concurrent_builds = 0\n").unwrap_err();
         assert!(err.contains("max_concurrent_builds"), "{err}");
+        let err = parse("[pool]\nunclaimed_grace = \"2d\"\n").unwrap_err();
+        assert!(err.contains("unclaimed_grace"), "{err}");
     }
 
     #[test]

@@ -157,14 +157,12 @@ pub(crate) struct Store {
 }
 
 impl Store {
-    /// Opens (creating) the root; refuses a root that is a symlink or not a directory.
+    /// Opens (creating) the root, as private as the rest of the state
+    /// directory: a root that group or others can reach is narrowed to 0700
+    /// again, and one that is a symlink, not a directory or someone
+    /// else's is refused.
     pub(crate) fn open(root: PathBuf) -> io::Result<Store> {
-        match fs::symlink_metadata(&root) {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(_) => return Err(io::Error::other(format!("{} is not a directory", root.display()))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => fsutil::create_private_dir(&root)?,
-            Err(e) => return Err(e),
-        }
+        fsutil::private_subdir(&root)?;
         let store = Store { root };
         store.ensure_dir(&store.trash())?;
         Ok(store)
@@ -647,6 +645,20 @@ mod tests {
         assert!(store.pool_dir("p").join("notes.txt").exists(), "unknown files are left alone");
         store.empty_trash();
         assert_eq!(fs::read_dir(store.trash()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_loosened_root_is_made_private_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("pools");
+        Store::open(root.clone()).unwrap();
+        assert_eq!(fs::metadata(&root).unwrap().permissions().mode() & 0o777, 0o700, "created private");
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
+        Store::open(root.clone()).unwrap();
+        assert_eq!(fs::metadata(&root).unwrap().permissions().mode() & 0o777, 0o700, "narrowed again");
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&root, &link).unwrap();
+        assert!(Store::open(link).unwrap_err().to_string().contains("symbolic link"));
     }
 
     #[test]

@@ -27,9 +27,11 @@ use tokio_util::task::TaskTracker;
 use super::Config;
 use super::child;
 use super::config::QueueConfig;
+use super::events::EventBus;
 use super::fsutil;
 use super::services::{BoxFuture, LastFailure, Opened, PROBE_TIMEOUT, Service, StartCtx, StartError, StartService};
 use crate::protocol::Channel;
+use crate::protocol::event::EventData;
 use crate::protocol::queue::QueueSummary;
 use crate::protocol::queue::{JobState, StateCounts, StoreRecovery};
 use crate::protocol::status::{HealthCode, HealthReason, ServiceSummaries};
@@ -157,7 +159,7 @@ impl StartService for QueueService {
     }
 
     async fn start(ctx: StartCtx<'_>) -> Result<Arc<Self>, StartError> {
-        QueueService::open(&ctx.config.queue, ctx.paths.state_dir(), Arc::new(SystemClock)).await
+        QueueService::open(&ctx.config.queue, ctx.paths.state_dir(), Arc::new(SystemClock), ctx.events.clone()).await
     }
 }
 
@@ -168,6 +170,7 @@ impl QueueService {
         config: &QueueConfig,
         state_dir: &Path,
         clock: Arc<dyn Clock>,
+        bus: Arc<EventBus>,
     ) -> Result<Arc<QueueService>, StartError> {
         let dirs = QueueDirs::prepare(state_dir)?;
         let opened = open_store(&dirs.root, clock.now_ms()).await?;
@@ -177,7 +180,7 @@ impl QueueService {
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let wake = Arc::new(Notify::new());
         let activity = Arc::new(Activity::default());
-        let on_commit = on_commit(counts.clone(), events.clone(), wake.clone(), activity.clone(), clock.clone());
+        let on_commit = on_commit(counts.clone(), events.clone(), wake.clone(), activity.clone(), clock.clone(), bus);
         let writer = writer::Writer::spawn(opened.conn, clock.clone(), on_commit)
             .map_err(|source| StartError::Runtime { what: "cannot start the queue's writer thread", source })?;
         let home = std::env::var("HOME").ok().filter(|h| h.starts_with('/')).unwrap_or_else(|| "/".into());
@@ -479,6 +482,7 @@ fn on_commit(
     wake: Arc<Notify>,
     activity: Arc<Activity>,
     clock: Arc<dyn Clock>,
+    bus: Arc<EventBus>,
 ) -> writer::OnCommit {
     Box::new(move |committed: Result<&[writer::Transition], &str>| {
         let transitions = match committed {
@@ -501,6 +505,10 @@ fn on_commit(
         }
         drop(counts);
         for t in transitions {
+            // The bus first: whoever learns of the change from a `wait`
+            // finds it among the events already.
+            let data = EventData::JobState { id: t.id, queue: t.queue.clone(), from: t.from, to: t.to };
+            bus.publish(Channel::Queue, data);
             let _ = events.send(t.clone());
         }
         wake.notify_one();

@@ -253,8 +253,34 @@ fn check_header(path: &Path) -> Result<(), Failure> {
     Err(Failure::Broken("the file is not an SQLite database".into()))
 }
 
+/// The store's files are the user's alone, like the 0700 `queue/` that
+/// holds them. SQLite creates a database 0644 (less the umask) and gives its
+/// `-wal` and `-shm` the database's mode, so the database is created 0600
+/// before SQLite opens it, and files an older hearthd left looser are
+/// tightened. A failure here only costs the tightening: it is logged.
+fn keep_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    match crate::daemon::fsutil::create_new(path, 0o600) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => tracing::warn!(store = %path.display(), "cannot create the store 0600: {e}"),
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", path.display()));
+        // Only a regular file: a link is never followed (SQLite refuses one anyway).
+        let Ok(meta) = std::fs::symlink_metadata(&file) else { continue };
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_file() && mode & 0o077 != 0 {
+            if let Err(e) = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode & 0o700)) {
+                tracing::warn!(file = %file.display(), "cannot make it private: {e}");
+            }
+        }
+    }
+}
+
 fn try_open(path: &Path) -> Result<Connection, Failure> {
     check_header(path)?;
+    keep_private(path);
     let mut conn = open_connection(path).map_err(|e| classify(&e))?;
     let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(|e| classify(&e))?;
     if check != "ok" {
