@@ -346,10 +346,8 @@ fn stat(pid: u32) -> Option<Stat> {
 fn children(all: bool) -> Vec<u32> {
     let read = |tid: &str| std::fs::read_to_string(format!("/proc/self/task/{tid}/children")).ok();
     let parse = |text: String| text.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>();
-    if !all {
-        if let Some(text) = read(&std::process::id().to_string()) {
-            return parse(text);
-        }
+    if !all && let Some(text) = read(&std::process::id().to_string()) {
+        return parse(text);
     }
     let tasks = std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten();
     tasks.filter_map(|t| read(&t.file_name().to_string_lossy())).flat_map(parse).collect()

@@ -371,12 +371,12 @@ async fn logs(ctx: &Ctx, args: &LogsArgs) -> Result<u8, CliError> {
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         // Rotated or reopened: start over on the new file.
-        if let Ok(meta) = std::fs::metadata(&path) {
-            if meta.ino() != ino || meta.len() < pos {
-                file = std::fs::File::open(&path)?;
-                ino = meta.ino();
-                pos = 0;
-            }
+        if let Ok(meta) = std::fs::metadata(&path)
+            && (meta.ino() != ino || meta.len() < pos)
+        {
+            file = std::fs::File::open(&path)?;
+            ino = meta.ino();
+            pos = 0;
         }
         file.seek(SeekFrom::Start(pos))?;
         let mut chunk = Vec::new();

@@ -229,18 +229,18 @@ async fn status(ctx: &Ctx, client: &mut PoolClient, name: Option<&str>) -> Resul
             }
         }
     }
-    if name.is_some() {
-        if let Some(commands) = report.pools.first().and_then(|p| p.commands.as_ref()) {
-            outln!();
-            for step in &commands.create {
-                outln!("  create: {}", shell_words(step));
-            }
-            if let Some(check) = &commands.check {
-                outln!("  check:  {}", shell_words(check));
-            }
-            if let Some(reset) = &commands.reset {
-                outln!("  reset:  {}", shell_words(reset));
-            }
+    if name.is_some()
+        && let Some(commands) = report.pools.first().and_then(|p| p.commands.as_ref())
+    {
+        outln!();
+        for step in &commands.create {
+            outln!("  create: {}", shell_words(step));
+        }
+        if let Some(check) = &commands.check {
+            outln!("  check:  {}", shell_words(check));
+        }
+        if let Some(reset) = &commands.reset {
+            outln!("  reset:  {}", shell_words(reset));
         }
     }
     Ok(EXIT_OK)
