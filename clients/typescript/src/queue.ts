@@ -34,7 +34,10 @@ export function isFinal(state: JobState): boolean {
 export interface JobSpec {
   argv: string[];
   env?: Record<string, string>;
-  /** An absolute directory (default: the daemon user's `$HOME`). */
+  /**
+   * An absolute directory. `submit` sends this process's current directory when none is given, as a
+   * process started here would run; on the wire, a spec without one runs in the daemon user's `$HOME`.
+   */
   cwd?: string;
   /** Written to stdin: a string as UTF-8, any other JSON value as compact JSON. */
   input?: unknown;
@@ -167,7 +170,8 @@ export class QueueClient extends ChannelClient {
 
   /** Submits a job; resolves once it is durable. */
   async submit(spec: JobSpec, options?: CallOptions): Promise<Submitted> {
-    const { job, deduplicated } = await this.call<Submitted>("submit", { ...spec, type: "submit" }, "submitted", options);
+    const request = { ...spec, cwd: spec.cwd ?? currentDir(), type: "submit" };
+    const { job, deduplicated } = await this.call<Submitted>("submit", request, "submitted", options);
     return { job, deduplicated };
   }
 
@@ -275,5 +279,14 @@ export class QueueClient extends ChannelClient {
   /** Deletes dead jobs and their logs; returns their ids. */
   async purge(selection: Selection, options?: CallOptions): Promise<number[]> {
     return (await this.call<{ ids: number[] }>("purge", { ...selection, type: "purge" }, "purged", options)).ids;
+  }
+}
+
+/** This process's current directory; `undefined` (the daemon's default) when it was removed. */
+function currentDir(): string | undefined {
+  try {
+    return process.cwd();
+  } catch {
+    return undefined;
   }
 }
