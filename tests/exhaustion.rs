@@ -510,6 +510,9 @@ fn maximum_submit(len: usize, many: bool) -> Vec<u8> {
     frame
 }
 
+/// How long one client of the flood may wait for its answer.
+const FLOOD_PATIENCE: Duration = Duration::from_secs(600);
+
 #[test]
 fn a_flood_of_maximum_size_frames_is_held_to_the_read_budget() {
     const CONNECTIONS: usize = 64;
@@ -555,9 +558,11 @@ fn a_flood_of_maximum_size_frames_is_held_to_the_read_budget() {
             let (socket, frame, gate) = (state.socket().to_owned(), frames[i % 2].clone(), gate.clone());
             std::thread::spawn(move || {
                 let mut c = RawConn::open(&socket, "queue");
-                // A frame may wait its turn for the budget, unread.
-                c.stream.set_write_timeout(Some(PATIENCE * 4)).unwrap();
-                c.stream.set_read_timeout(Some(PATIENCE * 4)).unwrap();
+                // A frame may wait its turn for the budget, unread, while the
+                // frames before it are read and decoded: a gigabyte in all,
+                // from a debug build on a machine that may be busy.
+                c.stream.set_write_timeout(Some(FLOOD_PATIENCE)).unwrap();
+                c.stream.set_read_timeout(Some(FLOOD_PATIENCE)).unwrap();
                 gate.wait();
                 c.send_frame(&frame);
                 let reply = c.read_json().expect("an answer to a maximum-size frame");

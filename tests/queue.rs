@@ -830,7 +830,8 @@ fn processes_that_left_the_group_are_killed_and_reaped_when_the_attempt_ends() {
         "setsid sh -c 'echo $$ > {d}/one; echo grand; exec sleep 300' &
          setsid sh -c 'setsid sh -c \"echo \\$\\$ > {d}/two; exec sleep 301\" & echo $$ > {d}/three; exec sleep 302' &
          (setsid sh -c 'echo $$ > {d}/four; exec sleep 0.2' &)
-         sleep 1; echo child"
+         for f in one two three four; do while [ ! -s {d}/$f ]; do sleep 0.01; done; done
+         sleep 0.5; echo child"
     );
     let mut s = spec(&["sh", "-c", &script]);
     s.max_attempts = Some(1);
@@ -858,7 +859,12 @@ fn processes_that_left_the_group_are_killed_and_reaped_when_the_attempt_ends() {
     let _daemon = state.start(&[]);
     let mut q = Q::connect(&state);
     let d = state.dir.path().display().to_string();
-    let script = format!("env -u HEARTH_JOB_MARK setsid sh -c 'echo $$ > {d}/five; exec sleep 303' & echo out");
+    // The job waits for the leaver to be out of its group: the group is
+    // killed as the job ends.
+    let script = format!(
+        "env -u HEARTH_JOB_MARK setsid sh -c 'echo $$ > {d}/five; exec sleep 303' &
+         while [ ! -s {d}/five ]; do sleep 0.01; done; echo out"
+    );
     let mut s = spec(&["sh", "-c", &script]);
     s.max_attempts = Some(1);
     let job = q.submit(s);
