@@ -39,8 +39,6 @@ hearth itself failed (see `hearth --help`; --json tells the cases apart)."
     };
 }
 
-pub(crate) const JOB_EXIT_HELP: &str = job_exit_help!();
-
 pub(crate) const RUN_HELP: &str = concat!(
     "\
 Attempts: one, as when the command runs here, unless --max-attempts says
@@ -381,7 +379,7 @@ async fn submit(ctx: &Ctx, client: &mut QueueClient, args: SubmitArgs) -> Result
     Ok(EXIT_OK)
 }
 
-/// The exit status `wait` and `run` end with (see [`JOB_EXIT_HELP`]).
+/// The exit status `wait` and `run` end with (see [`RUN_HELP`] and [`WAIT_EXIT_HELP`]).
 pub(crate) fn job_exit_status(job: &Job, last: Option<&Attempt>) -> u8 {
     match job.state {
         JobState::Succeeded => 0,
