@@ -122,10 +122,7 @@ fn a_page_too_large_for_a_frame_is_cut_short_with_a_cursor() {
 #[test]
 fn answers_over_the_frame_size_become_typed_errors() {
     let state = StateDir::new();
-    // The sync channel's sizes must fit in the smaller frame too.
-    state.write_config(
-        "[queue]\nworkers = 1\n\n[sync]\nmax_value_size = \"2500\"\nmax_doc_size = \"5KiB\"\nmax_sync_message = \"4096\"\n",
-    );
+    state.write_config("[queue]\nworkers = 1\n");
     let max = 8 * 1024;
     let _daemon = state.start(&["--max-frame", "8KiB"]);
     let mut c = open(&state);
