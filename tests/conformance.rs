@@ -248,8 +248,9 @@ async fn client_connect<C: ChannelProtocol>(
     Ok((client, reply))
 }
 
+/// A connection is large (its buffers inline), a refusal nothing.
 enum Opened {
-    Ready(Conn),
+    Ready(Box<Conn>),
     Refused,
 }
 
@@ -259,7 +260,7 @@ async fn open(case: &Value, socket: &Path, timeout: Duration, caps: &mut Capture
     let steps = case["steps"].as_array().ok_or("a case needs steps")?;
     if handshake.and_then(Value::as_str) == Some("none") {
         let stream = UnixStream::connect(socket).await.map_err(|e| format!("connect: {e}"))?;
-        return Ok((Opened::Ready(Conn::Bare(Connection::new(stream, DEFAULT_MAX_FRAME))), 0));
+        return Ok((Opened::Ready(Box::new(Conn::Bare(Connection::new(stream, DEFAULT_MAX_FRAME)))), 0));
     }
     let first = steps.first();
     let refused_expected = first.and_then(|s| s.get("expect_refused")).is_some();
@@ -324,9 +325,9 @@ async fn open(case: &Value, socket: &Path, timeout: Duration, caps: &mut Capture
         Ok((conn, reply)) => match first.and_then(|s| s.get("expect_accepted")) {
             Some(pattern) => {
                 matches(pattern, &reply, caps, "accepted")?;
-                Ok((Opened::Ready(conn), 1))
+                Ok((Opened::Ready(Box::new(conn)), 1))
             }
-            None => Ok((Opened::Ready(conn), 0)),
+            None => Ok((Opened::Ready(Box::new(conn)), 0)),
         },
     }
 }
@@ -337,7 +338,7 @@ async fn run_case(case: &Value, socket: &Path) -> Result<(), String> {
     let steps = case["steps"].as_array().ok_or("a case needs steps")?;
     let (opened, start) = open(case, socket, timeout, &mut caps).await?;
     let mut conn = match opened {
-        Opened::Ready(conn) => conn,
+        Opened::Ready(conn) => *conn,
         Opened::Refused if steps.len() == 1 => return Ok(()),
         Opened::Refused => return Err("steps after a refused client handshake cannot run".into()),
     };

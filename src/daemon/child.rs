@@ -19,7 +19,7 @@
 //! forked waits in `spawn` until the child execs, so it cannot end first).
 //! So no program ever runs that a restarted daemon could not find.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::OnceLock;
@@ -285,6 +285,203 @@ pub fn boot_id() -> Option<String> {
     }
 }
 
+/// Why a command cannot be executed as it is: `execve` would refuse it
+/// with "Argument list too long".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExecTooLarge {
+    /// One argument or variable is longer than the system takes.
+    #[error(
+        "{what} is {len} bytes; this system takes at most {max} bytes per argument or environment variable \
+         (MAX_ARG_STRLEN)"
+    )]
+    String {
+        /// Which argument or variable (`argv[3]`, `env FOO`).
+        what: String,
+        /// Its length with its terminating NUL (and `=` for a variable).
+        len: usize,
+        /// The most the system takes.
+        max: usize,
+    },
+    /// Arguments and environment together are more than the system takes.
+    #[error(
+        "the command and its environment take {total} bytes to execute ({args} arguments, {vars} variables, \
+         the daemon's own environment included); this system takes at most {max} (ARG_MAX)"
+    )]
+    Total {
+        /// Bytes `execve` needs: every string with its NUL, and a pointer to each.
+        total: usize,
+        /// Arguments.
+        args: usize,
+        /// Environment variables.
+        vars: usize,
+        /// The most the system takes.
+        max: usize,
+    },
+}
+
+/// Room for the program's path, which the kernel copies with the arguments.
+const PATH_ROOM: usize = 4096;
+
+/// Checks that `argv` with the environment `env` (the whole of it, as the
+/// process gets it) fits what `execve` takes on this system: each string
+/// under the per-string limit (Linux), and everything together, with a
+/// pointer to each string and the program's path, within `ARG_MAX`.
+pub fn check_exec<A: AsRef<OsStr>>(argv: &[A], env: &[(OsString, OsString)]) -> Result<(), ExecTooLarge> {
+    use std::os::unix::ffi::OsStrExt;
+    // Linux: 32 pages per string (MAX_ARG_STRLEN), NUL included; and never
+    // more than three quarters of the 8 MiB default stack in all (_STK_LIM).
+    #[cfg(target_os = "linux")]
+    let (per_string, arg_max) = (32 * crate::sys::page_size(), crate::sys::arg_max().min(6 << 20));
+    #[cfg(not(target_os = "linux"))]
+    let (per_string, arg_max) = (usize::MAX, crate::sys::arg_max());
+    let mut total = PATH_ROOM + (argv.len() + env.len() + 2) * std::mem::size_of::<usize>();
+    for (i, arg) in argv.iter().enumerate() {
+        let len = arg.as_ref().as_bytes().len() + 1;
+        if len > per_string {
+            return Err(ExecTooLarge::String { what: format!("argv[{i}]"), len, max: per_string });
+        }
+        total += len;
+    }
+    for (k, v) in env {
+        let len = k.len() + 1 + v.len() + 1;
+        if len > per_string {
+            let what = format!("environment variable {}", crate::protocol::clip(&k.to_string_lossy(), 80));
+            return Err(ExecTooLarge::String { what, len, max: per_string });
+        }
+        total += len;
+    }
+    if total > arg_max {
+        return Err(ExecTooLarge::Total { total, args: argv.len(), vars: env.len(), max: arg_max });
+    }
+    Ok(())
+}
+
+// --- descendants that left their process group -------------------------------
+//
+// A process can leave the group it was started in (`setsid`, `setpgid`), and
+// a kill of the group no longer reaches it. On Linux the daemon makes itself
+// the reaper of its orphaned descendants (`PR_SET_CHILD_SUBREAPER`): once the
+// process that started such a leaver ends, the leaver becomes the daemon's
+// own child, where `kill_marked` finds it by a variable of its environment.
+// The daemon must then reap what it adopted, and only that: its own children
+// (every one of them leads its own process group in the daemon's session)
+// are reaped by whoever started them.
+
+/// Makes the daemon the reaper of its orphaned descendants; whether it is
+/// one (Linux only).
+pub(crate) fn adopt_orphans() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        match crate::sys::set_child_subreaper() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("cannot become the reaper of orphaned job processes: {e}");
+                false
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
+}
+
+/// What `/proc/<pid>/stat` says of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stat {
+    zombie: bool,
+    pgrp: u32,
+    session: u32,
+}
+
+fn stat(pid: u32) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name: state, ppid, pgrp, session.
+    let (_, rest) = text.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    let zombie = fields.next()? == "Z";
+    let _ppid = fields.next()?;
+    Some(Stat { zombie, pgrp: fields.next()?.parse().ok()?, session: fields.next()?.parse().ok()? })
+}
+
+/// The daemon's children that may have been adopted: the kernel hands an
+/// orphan to the first live thread of its reaper, the main thread, whose
+/// list is read alone (one small read per ending attempt); the lists of
+/// every thread when `all` (or when the main thread's cannot be read).
+fn children(all: bool) -> Vec<u32> {
+    let read = |tid: &str| std::fs::read_to_string(format!("/proc/self/task/{tid}/children")).ok();
+    let parse = |text: String| text.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>();
+    if !all && let Some(text) = read(&std::process::id().to_string()) {
+        return parse(text);
+    }
+    let tasks = std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten();
+    tasks.filter_map(|t| read(&t.file_name().to_string_lossy())).flat_map(parse).collect()
+}
+
+/// Whether the process `pid` has `entry` (`NAME=value`) in its environment.
+fn has_env_entry(pid: u32, entry: &[u8]) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == entry))
+}
+
+/// Whether the zombie child `pid` is one the daemon adopted (not one it
+/// started, which leads its own group in the daemon's session).
+fn adopted(pid: u32, stat: Stat) -> bool {
+    stat.session != crate::sys::session() || (stat.pgrp != pid && stat.pgrp != crate::sys::process_group())
+}
+
+/// How long a killed leaver gets to die before the sweep moves on.
+const LEAVER_DEATH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Kills (SIGKILL, with the group it leads) every process the daemon
+/// adopted whose environment holds `entry`, and reaps it; again for what
+/// their deaths hand over in turn. Also reaps the adopted zombies it finds
+/// on the way. Returns how many it killed.
+pub(crate) async fn kill_marked(entry: &str) -> usize {
+    let mut killed = 0;
+    // Each round hands the killed processes' own leavers over to the next.
+    for _ in 0..64 {
+        let mut round = Vec::new();
+        for pid in children(false) {
+            match stat(pid) {
+                Some(s) if s.zombie && adopted(pid, s) => {
+                    let _ = crate::sys::reap(pid);
+                }
+                Some(s) if !s.zombie && has_env_entry(pid, entry.as_bytes()) => {
+                    if s.pgrp == pid {
+                        let _ = kill_group(pid, libc::SIGKILL);
+                    }
+                    let _ = crate::sys::kill(pid, libc::SIGKILL);
+                    round.push(pid);
+                }
+                _ => {}
+            }
+        }
+        if round.is_empty() {
+            break;
+        }
+        killed += round.len();
+        let deadline = tokio::time::Instant::now() + LEAVER_DEATH;
+        let mut delay = std::time::Duration::from_micros(200);
+        round.retain(|pid| !matches!(crate::sys::reap(*pid), Ok(true) | Err(_)));
+        while !round.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_millis(20));
+            round.retain(|pid| !matches!(crate::sys::reap(*pid), Ok(true) | Err(_)));
+        }
+    }
+    killed
+}
+
+/// Reaps the adopted zombies among the daemon's children: leavers that
+/// ended on their own. Returns how many.
+pub(crate) fn reap_adopted() -> usize {
+    children(true)
+        .into_iter()
+        .filter(|pid| stat(*pid).is_some_and(|s| s.zombie && adopted(*pid, s)))
+        .filter(|pid| matches!(crate::sys::reap(*pid), Ok(true)))
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,6 +492,30 @@ mod tests {
         let t = process_start_time(me).expect("own start time");
         assert_eq!(process_start_time(me), Some(t));
         assert_eq!(process_start_time(u32::MAX), None);
+    }
+
+    #[test]
+    fn commands_execve_would_refuse_are_found_before() {
+        let env: Vec<(OsString, OsString)> = vec![("HOME".into(), "/home/ada".into())];
+        assert_eq!(check_exec(&["true", "x"], &env), Ok(()));
+        let max = crate::sys::arg_max();
+        let many = vec!["a"; max / 8];
+        assert!(matches!(check_exec(&many, &env), Err(ExecTooLarge::Total { .. })));
+        let long = "y".repeat(max + 1);
+        assert!(check_exec(&["echo", long.as_str()], &env).is_err());
+        #[cfg(target_os = "linux")]
+        {
+            let long = "z".repeat(32 * crate::sys::page_size());
+            let err = check_exec(&["echo", long.as_str()], &env).unwrap_err();
+            assert!(matches!(&err, ExecTooLarge::String { what, .. } if what == "argv[1]"), "{err}");
+            // The kernel agrees: exec refuses it with E2BIG, as it refuses the
+            // next size up of a command that the check passed.
+            let refused = std::process::Command::new("true").arg(&long).status().unwrap_err();
+            assert_eq!(refused.raw_os_error(), Some(libc::E2BIG));
+            let fits = "z".repeat(32 * crate::sys::page_size() - 1);
+            assert_eq!(check_exec(&["true", fits.as_str()], &env), Ok(()));
+            assert!(std::process::Command::new("true").arg(&fits).status().unwrap().success());
+        }
     }
 
     #[test]

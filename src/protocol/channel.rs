@@ -25,6 +25,19 @@ pub trait ChannelProtocol {
 pub trait Request: Serialize + DeserializeOwned + std::fmt::Debug + PartialEq + Send + Sync + 'static {
     /// Every `type` this channel accepts.
     const TYPES: &'static [&'static str];
+
+    /// The most JSON values (scalars, arrays, objects and keys) one request
+    /// may hold: serde reads a tagged request into buffered values, several
+    /// times larger than their text, before it decodes it. A channel whose
+    /// [`Request::decode`] bounds what it keeps may raise it.
+    const MAX_VALUES: usize = 65_536;
+
+    /// Decodes a request frame whose `type` is `kind` (one of
+    /// [`Request::TYPES`]); the frame is valid JSON, an object, and holds at
+    /// most [`Request::MAX_VALUES`] values. By default, through serde.
+    fn decode(kind: &str, frame: &[u8]) -> Result<Self, WireError> {
+        serde_json::from_slice(frame).map_err(|e| super::invalid_fields(kind, &e))
+    }
 }
 
 /// A response enum, internally tagged by `"type"`, with an `error` variant.

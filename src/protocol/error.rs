@@ -40,6 +40,10 @@ stable_codes! {
         InvalidRequest => "invalid_request",
         /// The daemon failed in a way that is not the request's fault; the log has details.
         Internal => "internal",
+        /// The answer would exceed the maximum frame size, so it was not sent; the
+        /// message names its size and the limit. A change the request asked for
+        /// was made.
+        ResponseTooLarge => "response_too_large",
         // The pool channel.
         /// No pool of that name is defined.
         UnknownPool => "unknown_pool",
@@ -68,6 +72,9 @@ stable_codes! {
         JobNotDead => "job_not_dead",
         /// The job's input is larger than `queue.max_input`.
         InputTooLarge => "input_too_large",
+        /// The job's `argv`, `env` and `cwd` are larger than a job may hold, or
+        /// could not be executed (the platform's `ARG_MAX`); the message names the limit.
+        CommandTooLarge => "command_too_large",
         /// The queue's store failed (disk full, I/O error); nothing was changed.
         StoreFailed => "store_failed",
         // The blob channel.

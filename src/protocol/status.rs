@@ -155,6 +155,15 @@ pub struct Limits {
     pub write_timeout_ms: u64,
     /// Time in-flight requests get to finish at shutdown.
     pub shutdown_grace_ms: u64,
+    /// Bytes of large request frames the daemon holds at once, all
+    /// connections together; a frame beyond it waits unread (absent, 0, from
+    /// a daemon that predates the budget).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_inflight_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Overall health.

@@ -112,7 +112,7 @@ enum Command {
     #[command(subcommand)]
     Queue(queue_cmd::QueueCommand),
     /// Run a command through the queue and stream its output here; exit with its status
-    #[command(after_help = queue_cmd::JOB_EXIT_HELP)]
+    #[command(after_help = queue_cmd::RUN_HELP)]
     Run(queue_cmd::SubmitArgs),
     /// The content-addressed blob store: put, get, list, pin, collect
     #[command(subcommand)]
