@@ -130,6 +130,7 @@ impl SyncService {
             tracker.spawn(settings::run(mirror, rooms, stop.clone()));
         }
         tracker.spawn(upkeep(service.clone()));
+        service.rooms.started.store(true, Ordering::Relaxed);
         Ok(service)
     }
 

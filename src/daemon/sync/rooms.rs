@@ -64,6 +64,9 @@ pub(crate) struct Rooms {
     next_peer: AtomicU64,
     moved: Mutex<Vec<MovedAside>>,
     pub(crate) loads: AtomicU64,
+    /// Set once the service is up: loading `settings` is part of starting,
+    /// not an event.
+    pub(crate) started: std::sync::atomic::AtomicBool,
 }
 
 impl Rooms {
@@ -84,6 +87,7 @@ impl Rooms {
             next_peer: AtomicU64::new(1),
             moved: Mutex::new(Vec::new()),
             loads: AtomicU64::new(0),
+            started: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -158,7 +162,9 @@ impl Rooms {
             });
         }
         self.loads.fetch_add(1, Ordering::Relaxed);
-        self.events.publish(Channel::Sync, EventData::SyncRoomOpened { doc: doc.to_string(), created });
+        if self.started.load(Ordering::Relaxed) {
+            self.events.publish(Channel::Sync, EventData::SyncRoomOpened { doc: doc.to_string(), created });
+        }
         Ok(Room::new(
             doc.clone(),
             self.store.path_of(doc),
