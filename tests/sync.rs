@@ -677,7 +677,11 @@ fn rooms_peers_and_settings_edits_are_published_as_events() {
         assert!(wait_for(DEADLINE, || settings_json(&state).is_object()), "the mirror is written");
         let mut edited = settings_json(&state);
         edited["theme"] = json!("dark");
-        std::fs::write(&file, serde_json::to_vec_pretty(&edited).unwrap()).unwrap();
+        // In the mirror's own format, so that the mirror has nothing to
+        // rewrite after the merge (a rewrite could replace the next edit).
+        let mut text = serde_json::to_vec_pretty(&edited).unwrap();
+        text.push(b'\n');
+        std::fs::write(&file, text).unwrap();
         assert_eq!(
             next_event(&mut events, "the merged edit").await,
             EventData::SyncSettingsEdit { applied: true, reason: None }

@@ -242,9 +242,10 @@ impl Mirror {
     fn write(&self, value: &Value) -> std::io::Result<bool> {
         let mut text = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
         text.push(b'\n');
-        if self.last.lock().unwrap_or_else(PoisonError::into_inner).as_ref() == Some(value)
-            && fsutil::read_small(&self.file, MAX_MIRROR_BYTES).is_ok_and(|b| b == text)
-        {
+        // The file already says what the document says (the daemon wrote it,
+        // or merged it from there). Bytes other than that are a person's
+        // newer edit, about to be merged or refused: never written over.
+        if self.last.lock().unwrap_or_else(PoisonError::into_inner).as_ref() == Some(value) && self.file.exists() {
             return Ok(false);
         }
         {
@@ -508,5 +509,9 @@ mod tests {
         // A restart recognises the last write through the record.
         let again = Mirror::new(dir.path(), &store, Arc::new(EventBus::new(16)));
         assert_eq!(*again.last.lock().unwrap(), Some(json!({"a": 1})));
+        // A person's newer edit is never written over with what the file said before it.
+        std::fs::write(&mirror.file, b"{\"a\": ").unwrap();
+        assert!(!mirror.write(&json!({"a": 1})).unwrap());
+        assert_eq!(std::fs::read(&mirror.file).unwrap(), b"{\"a\": ");
     }
 }
