@@ -237,7 +237,13 @@ impl SyncClient {
     }
 
     /// Edits the text at `path`: removes `delete` characters at `index`, inserts `insert`.
-    pub fn splice(&mut self, path: &[PathElem], index: u64, delete: u64, insert: &str) -> Result<super::Written, ClientError> {
+    pub fn splice(
+        &mut self,
+        path: &[PathElem],
+        index: u64,
+        delete: u64,
+        insert: &str,
+    ) -> Result<super::Written, ClientError> {
         self.runtime.block_on(self.inner.splice(path, index, delete, insert))
     }
 

@@ -26,13 +26,13 @@ use tokio_util::task::TaskTracker;
 use super::Config;
 use super::services::{BoxFuture, Opened, Service, StartCtx, StartError, StartService};
 use crate::connection::Connection;
+use crate::daemon::events::EventBus;
 use crate::paths::Paths;
 use crate::protocol::Channel;
+use crate::protocol::event::EventData;
 use crate::protocol::handshake::Handshake;
 use crate::protocol::status::{HealthCode, HealthReason, ServiceSummaries};
-use crate::protocol::event::EventData;
 use crate::protocol::sync::{SyncOpen, SyncResponse, SyncSummary};
-use crate::daemon::events::EventBus;
 use crate::protocol::{ErrorCode, WireError};
 
 pub(crate) mod config;
@@ -287,7 +287,8 @@ impl SyncService {
     pub(crate) async fn stop_all(&self) {
         for room in self.rooms.all() {
             let reason = WireError::new(ErrorCode::ShuttingDown, "the daemon is shutting down");
-            let _ = tokio::time::timeout(Duration::from_secs(5), self.rooms.unload(&room, Unload::Shutdown, reason)).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), self.rooms.unload(&room, Unload::Shutdown, reason)).await;
         }
         let writer = self.rooms.writer.clone();
         let _ = tokio::task::spawn_blocking(move || writer.close()).await;

@@ -20,9 +20,9 @@ use tokio::sync::watch;
 use super::SyncService;
 use super::room::{Room, Update};
 use crate::connection::Connection;
+use crate::protocol::event::EventData;
 use crate::protocol::frame::FrameError;
 use crate::protocol::sync::{FrameKind, Path, PeerInfo, SyncMode, SyncRequest, SyncResponse, classify_frame};
-use crate::protocol::event::EventData;
 use crate::protocol::{Channel, ErrorCode, WireError, decode_request};
 
 type Answer = Pin<Box<dyn Future<Output = Outcome> + Send>>;
