@@ -65,19 +65,36 @@ impl Default for SyncConfig {
 }
 
 impl SyncConfig {
-    /// These limits as they apply with frames of at most `max_frame` bytes.
-    pub fn within_frame(&self, max_frame: u64) -> SyncConfig {
-        let mut config = self.clone();
-        config.max_sync_message.0 = config.max_sync_message.0.min(max_frame);
-        config.max_value_size.0 = config.max_value_size.0.min(max_frame);
-        config
+    /// Lowers the limits left at their defaults to `max_frame` (a sync
+    /// message or a value travels in one frame): a small
+    /// `server.max_frame` alone is a valid configuration. A limit set
+    /// above `max_frame` is still refused by [`SyncConfig::validate`].
+    pub fn fit_defaults_to_frame(&mut self, max_frame: u64) {
+        let defaults = Self::default();
+        for (limit, default) in [
+            (&mut self.max_sync_message, defaults.max_sync_message),
+            (&mut self.max_value_size, defaults.max_value_size),
+        ] {
+            if *limit == default && limit.0 > max_frame {
+                limit.0 = max_frame;
+            }
+        }
     }
 
-    /// Checks ranges that types cannot express. (`sync.max_sync_message`
-    /// and `sync.max_value_size` above `server.max_frame` are not errors:
-    /// a frame bounds them anyway, see [`SyncConfig::within_frame`], so a
-    /// smaller `--max-frame` needs no sync settings of its own.)
-    pub fn validate(&self, _max_frame: u64) -> Result<(), String> {
+    /// Checks ranges that types cannot express; `max_frame` is `server.max_frame`.
+    pub fn validate(&self, max_frame: u64) -> Result<(), String> {
+        if self.max_sync_message.0 > max_frame {
+            return Err(format!(
+                "sync.max_sync_message ({}) must not exceed server.max_frame ({max_frame} bytes)",
+                self.max_sync_message
+            ));
+        }
+        if self.max_value_size.0 > max_frame {
+            return Err(format!(
+                "sync.max_value_size ({}) must not exceed server.max_frame ({max_frame} bytes)",
+                self.max_value_size
+            ));
+        }
         for (key, n) in [
             ("sync.max_docs", self.max_docs),
             ("sync.max_peers_per_room", self.max_peers_per_room),

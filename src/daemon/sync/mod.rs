@@ -92,7 +92,6 @@ impl SyncService {
         tracker: &TaskTracker,
         events: &Arc<EventBus>,
     ) -> Result<Arc<SyncService>, StartError> {
-        let config = &config.within_frame(server.max_frame.0);
         let dir = paths.state_dir().join("sync");
         let store =
             store::StoreDir::open(dir.clone()).map_err(|source| StartError::Io { path: dir.clone(), source })?;

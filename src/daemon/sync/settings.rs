@@ -236,16 +236,21 @@ impl Mirror {
         self.recent.lock().unwrap_or_else(PoisonError::into_inner).contains(&h)
     }
 
+    /// Whether settings.json holds text the daemon did not write: a
+    /// person's edit not merged yet (or one already refused).
+    fn holds_unmerged_edit(&self) -> bool {
+        fsutil::read_small(&self.file, MAX_MIRROR_BYTES + 1).is_ok_and(|bytes| !self.is_ours(&bytes))
+    }
+
     /// Writes `value` to the mirror unless it already holds it. The record
     /// goes first, so a crash between the two leaves content that the next
     /// start recognises as the daemon's own.
     fn write(&self, value: &Value) -> std::io::Result<bool> {
         let mut text = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
         text.push(b'\n');
-        // The file already says what the document says (the daemon wrote it,
-        // or merged it from there). Bytes other than that are a person's
-        // newer edit, about to be merged or refused: never written over.
-        if self.last.lock().unwrap_or_else(PoisonError::into_inner).as_ref() == Some(value) && self.file.exists() {
+        if self.last.lock().unwrap_or_else(PoisonError::into_inner).as_ref() == Some(value)
+            && fsutil::read_small(&self.file, MAX_MIRROR_BYTES).is_ok_and(|b| b == text)
+        {
             return Ok(false);
         }
         {
@@ -269,10 +274,15 @@ impl Mirror {
 
     fn refuse(&self, why: String) {
         tracing::warn!(file = %self.file.display(), "refusing an edit of settings.json: {why}");
+        // The same edit read again (the file is checked before each mirror
+        // write while it sits there) is not news.
+        let again = self.refused().is_some_and(|r| r.why == why);
         let event = EventData::SyncSettingsEdit { applied: false, reason: Some(why.clone()) };
         *self.refused.lock().unwrap_or_else(PoisonError::into_inner) =
             Some(Refused { at_ms: crate::time::now_ms(), why });
-        self.events.publish(Channel::Sync, event);
+        if !again {
+            self.events.publish(Channel::Sync, event);
+        }
     }
 
     /// Reads settings.json and merges a person's edit in, if it holds one.
@@ -388,6 +398,13 @@ pub(crate) async fn run(mirror: Arc<Mirror>, rooms: Arc<Rooms>, stop: Cancellati
         // was read: a person's editor may be halfway through its save.
         let mut stale = true;
         loop {
+            if stale && mirror.holds_unmerged_edit() {
+                // A person's edit whose wake-up has not been handled yet
+                // would be lost under the write: merge it first.
+                if let Err(e) = mirror.check_file(&rooms).await {
+                    tracing::warn!("cannot merge settings.json: {e}");
+                }
+            }
             if stale && let Ok((_, value)) = room.get(&[]) {
                 stale = false;
                 let writer = mirror.clone();
@@ -509,9 +526,5 @@ mod tests {
         // A restart recognises the last write through the record.
         let again = Mirror::new(dir.path(), &store, Arc::new(EventBus::new(16)));
         assert_eq!(*again.last.lock().unwrap(), Some(json!({"a": 1})));
-        // A person's newer edit is never written over with what the file said before it.
-        std::fs::write(&mirror.file, b"{\"a\": ").unwrap();
-        assert!(!mirror.write(&json!({"a": 1})).unwrap());
-        assert_eq!(std::fs::read(&mirror.file).unwrap(), b"{\"a\": ");
     }
 }
