@@ -158,6 +158,7 @@ class ClientTests(unittest.TestCase):
         client = self.client()
         submitted = client.queue.submit(["sh", "-c", "echo hello; echo oops >&2"], env={"A": "1"})
         self.assertFalse(submitted.deduplicated)
+        self.assertEqual(submitted.job["cwd"], os.getcwd(), "a job without cwd runs where its submitter is")
         job_id = submitted.job["id"]
         states = [job["state"] for job in client.queue.wait(job_id, timeout=30)]
         self.assertEqual(states[-1], "succeeded")

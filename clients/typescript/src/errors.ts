@@ -48,6 +48,7 @@ export type ErrorCode =
   | "unknown_request"
   | "invalid_request"
   | "internal"
+  | "response_too_large"
   | "unknown_pool"
   | "unknown_lease"
   | "take_timeout"
@@ -60,6 +61,7 @@ export type ErrorCode =
   | "job_finished"
   | "job_not_dead"
   | "input_too_large"
+  | "command_too_large"
   | "store_failed"
   | "blob_not_found"
   | "hash_mismatch"
@@ -318,6 +320,8 @@ export class UnknownRequest extends RequestError {}
 export class InvalidRequest extends RequestError {}
 /** `internal`: the daemon failed in a way that is not the request's fault; its log has details. */
 export class Internal extends RequestError {}
+/** `response_too_large`: the answer would exceed the maximum frame size and was not sent; a change the request asked for was made. */
+export class ResponseTooLarge extends RequestError {}
 /** `unknown_pool`: no pool of that name is defined. */
 export class UnknownPool extends RequestError {}
 /** `unknown_lease`: no resource is held under that lease; nothing was touched. */
@@ -342,6 +346,8 @@ export class JobFinished extends RequestError {}
 export class JobNotDead extends RequestError {}
 /** `input_too_large`: the job's input is larger than `queue.max_input`. */
 export class InputTooLarge extends RequestError {}
+/** `command_too_large`: the job's argv, env and cwd are more than a job may hold or the system can execute. */
+export class CommandTooLarge extends RequestError {}
 /** `store_failed`: the queue's store could not commit or read; nothing was changed. */
 export class StoreFailed extends RequestError {}
 /** `blob_not_found`: no blob with that hash is stored. */
@@ -421,6 +427,7 @@ export const ERROR_CODES: { readonly [code in ErrorCode]: ErrorCodeEntry } = {
   unknown_request: { sent: "request", connection: "usable", error: UnknownRequest },
   invalid_request: { sent: "request", connection: "usable", error: InvalidRequest },
   internal: { sent: "request", connection: "usable", error: Internal },
+  response_too_large: { sent: "request", connection: "usable", error: ResponseTooLarge },
   unknown_pool: { sent: "request", connection: "usable", error: UnknownPool },
   unknown_lease: { sent: "request", connection: "usable", error: UnknownLease },
   take_timeout: { sent: "request", connection: "usable", error: TakeTimeout },
@@ -433,6 +440,7 @@ export const ERROR_CODES: { readonly [code in ErrorCode]: ErrorCodeEntry } = {
   job_finished: { sent: "request", connection: "usable", error: JobFinished },
   job_not_dead: { sent: "request", connection: "usable", error: JobNotDead },
   input_too_large: { sent: "request", connection: "usable", error: InputTooLarge },
+  command_too_large: { sent: "request", connection: "usable", error: CommandTooLarge },
   store_failed: { sent: "request", connection: "usable", error: StoreFailed },
   blob_not_found: { sent: "request", connection: "usable", error: BlobNotFound },
   hash_mismatch: { sent: "request", connection: "usable", error: HashMismatch },

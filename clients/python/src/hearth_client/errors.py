@@ -46,6 +46,7 @@ __all__ = [
     "FrameTooLarge",
     "IdleTimeout",
     "MalformedJson",
+    "ResponseTooLarge",
     "UnknownRequest",
     "InvalidRequest",
     "Internal",
@@ -61,6 +62,7 @@ __all__ = [
     "JobFinished",
     "JobNotDead",
     "InputTooLarge",
+    "CommandTooLarge",
     "StoreFailed",
     "BlobNotFound",
     "HashMismatch",
@@ -229,6 +231,13 @@ class MalformedJson(RequestError):
     wire_code = "malformed_json"
 
 
+class ResponseTooLarge(RequestError):
+    """``response_too_large``: The answer would be larger than the maximum frame size, so it was not sent; a
+    change the request asked for was made all the same."""
+
+    wire_code = "response_too_large"
+
+
 class UnknownRequest(RequestError):
     """``unknown_request``: The ``type`` is not a request of this channel; the message lists the ones that are."""
 
@@ -329,6 +338,13 @@ class InputTooLarge(RequestError):
     """``input_too_large``: The job's input is larger than ``queue.max_input`` (1 MiB by default)."""
 
     wire_code = "input_too_large"
+
+
+class CommandTooLarge(RequestError):
+    """``command_too_large``: The job's ``argv``, ``env`` and ``cwd`` take more than a job may hold, or more than
+    this system can execute (``ARG_MAX``); nothing was stored."""
+
+    wire_code = "command_too_large"
 
 
 class StoreFailed(RequestError):
@@ -498,6 +514,7 @@ ERROR_CLASSES: Dict[str, Type[HearthError]] = {
     FrameTooLarge.wire_code: FrameTooLarge,
     IdleTimeout.wire_code: IdleTimeout,
     MalformedJson.wire_code: MalformedJson,
+    ResponseTooLarge.wire_code: ResponseTooLarge,
     UnknownRequest.wire_code: UnknownRequest,
     InvalidRequest.wire_code: InvalidRequest,
     Internal.wire_code: Internal,
@@ -513,6 +530,7 @@ ERROR_CLASSES: Dict[str, Type[HearthError]] = {
     JobFinished.wire_code: JobFinished,
     JobNotDead.wire_code: JobNotDead,
     InputTooLarge.wire_code: InputTooLarge,
+    CommandTooLarge.wire_code: CommandTooLarge,
     StoreFailed.wire_code: StoreFailed,
     BlobNotFound.wire_code: BlobNotFound,
     HashMismatch.wire_code: HashMismatch,
