@@ -74,7 +74,23 @@ export type ErrorCode =
   | "too_many_processes"
   | "start_failed"
   | "restart_storm"
-  | "not_ready";
+  | "not_ready"
+  | "invalid_doc_name"
+  | "too_many_docs"
+  | "room_full"
+  | "doc_not_found"
+  | "no_document"
+  | "invalid_sync_message"
+  | "sync_message_too_large"
+  | "path_not_found"
+  | "not_a_container"
+  | "wrong_type"
+  | "value_too_large"
+  | "doc_too_large"
+  | "unknown_revision"
+  | "view_too_large"
+  | "room_closed"
+  | "peer_too_slow";
 
 /** A known code, or any other string (a newer daemon's). */
 // `string & {}` keeps editors suggesting the known codes.
@@ -269,7 +285,7 @@ export class LocalIoError extends HearthError {
 //
 // In the order of proto-docs/errors.md. A code sent only in handshakes is a
 // Refused, one sent only as a request's answer a RequestError. The two sent
-// in both places (shutting_down, frame_too_large) are raised as a Refused or
+// in both places (shutting_down, frame_too_large, invalid_doc_name) are raised as a Refused or
 // a RequestError according to where they came from; their own class matches
 // either with `instanceof`.
 
@@ -363,6 +379,42 @@ export class ProcessStartFailed extends RequestError {}
 export class RestartStorm extends RequestError {}
 /** `not_ready`: A process did not become ready within its start timeout; a rolling restart stops there. */
 export class NotReady extends RequestError {}
+/** `invalid_doc_name`: a document name breaks the rules of proto-docs/sync.md (lowercase segments, no `..`, no leading `.`). Matches a Refused or a RequestError of this code. */
+export class InvalidDocName extends RequestError {
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    return value instanceof HearthError && value.code === "invalid_doc_name";
+  }
+}
+/** `too_many_docs`: the sync store holds `sync.max_docs` documents; creating another is refused. */
+export class TooManyDocs extends Refused {}
+/** `room_full`: the room has `sync.max_peers_per_room` peers. */
+export class RoomFull extends Refused {}
+/** `doc_not_found`: no sync document has this name. */
+export class DocNotFound extends RequestError {}
+/** `no_document`: a request that needs a document, on a control connection. */
+export class NoDocument extends RequestError {}
+/** `invalid_sync_message`: a binary frame that is not an Automerge sync message, or whose changes do not apply. */
+export class InvalidSyncMessage extends RequestError {}
+/** `sync_message_too_large`: a sync message larger than `sync.max_sync_message`. */
+export class SyncMessageTooLarge extends RequestError {}
+/** `path_not_found`: a path step does not exist (or an index is past the end); nothing of the write was applied. */
+export class PathNotFound extends RequestError {}
+/** `not_a_container`: a path goes through a scalar as if it were a map or list. */
+export class NotAContainer extends RequestError {}
+/** `wrong_type`: the operation does not fit what the path names (a key into a list, a splice of a non-text...). */
+export class WrongType extends RequestError {}
+/** `value_too_large`: a value over `sync.max_value_size`, or nested deeper than 64 levels. */
+export class ValueTooLarge extends RequestError {}
+/** `doc_too_large`: the document is at `sync.max_doc_size`; nothing was applied. */
+export class DocTooLarge extends RequestError {}
+/** `unknown_revision`: a revision names a change the document does not have. */
+export class UnknownRevision extends RequestError {}
+/** `view_too_large`: the answer would not fit in one frame; read a smaller path. */
+export class ViewTooLarge extends RequestError {}
+/** `room_closed`: the room was closed (`close`, or a failed store); reconnect to load it again. */
+export class RoomClosed extends RequestError {}
+/** `peer_too_slow`: the peer took no frame for `sync.peer_write_timeout` and was disconnected. */
+export class PeerTooSlow extends RequestError {}
 
 /** What a code is: where the daemon sends it, what happens to the connection, and its class. */
 export interface ErrorCodeEntry extends ErrorCodeInfo {
@@ -417,6 +469,22 @@ export const ERROR_CODES: { readonly [code in ErrorCode]: ErrorCodeEntry } = {
   start_failed: { sent: "request", connection: "usable", error: ProcessStartFailed },
   restart_storm: { sent: "request", connection: "usable", error: RestartStorm },
   not_ready: { sent: "request", connection: "usable", error: NotReady },
+  invalid_doc_name: { sent: "both", connection: "usable", error: InvalidDocName },
+  too_many_docs: { sent: "handshake", connection: "closed", error: TooManyDocs },
+  room_full: { sent: "handshake", connection: "closed", error: RoomFull },
+  doc_not_found: { sent: "request", connection: "usable", error: DocNotFound },
+  no_document: { sent: "request", connection: "usable", error: NoDocument },
+  invalid_sync_message: { sent: "request", connection: "usable", error: InvalidSyncMessage },
+  sync_message_too_large: { sent: "request", connection: "usable", error: SyncMessageTooLarge },
+  path_not_found: { sent: "request", connection: "usable", error: PathNotFound },
+  not_a_container: { sent: "request", connection: "usable", error: NotAContainer },
+  wrong_type: { sent: "request", connection: "usable", error: WrongType },
+  value_too_large: { sent: "request", connection: "usable", error: ValueTooLarge },
+  doc_too_large: { sent: "request", connection: "usable", error: DocTooLarge },
+  unknown_revision: { sent: "request", connection: "usable", error: UnknownRevision },
+  view_too_large: { sent: "request", connection: "usable", error: ViewTooLarge },
+  room_closed: { sent: "request", connection: "closed", error: RoomClosed },
+  peer_too_slow: { sent: "request", connection: "closed", error: PeerTooSlow },
 };
 
 /** Whether `code` is one this library knows. */
