@@ -2,8 +2,8 @@
 //! note, so that the rest of the crate stays safe code.
 //!
 //! Only the code that starts processes keeps its own `unsafe`: the queue's
-//! spawner (`daemon/queue/spawn.rs`, `daemon/queue/vfork.rs`), the `pre_exec`
-//! hook of `daemon/child.rs`, and the fork of `hearthd --detach`
+//! clone (`daemon/queue/vfork.rs`), the `pre_exec` hooks of `daemon/child.rs`
+//! (the open-file limit, the gate), and the fork of `hearthd --detach`
 //! (`daemon/lifecycle/detach.rs`). What runs between fork and exec has rules
 //! of its own and reads best next to the spawn it belongs to.
 #![expect(unsafe_code, reason = "this module is where the crate's system calls live")]
@@ -40,6 +40,20 @@ pub fn uid() -> u32 {
 pub fn process_group() -> u32 {
     // SAFETY: getpgrp has no preconditions and cannot fail.
     unsafe { libc::getpgrp() as u32 }
+}
+
+/// This process's session id.
+pub fn session() -> u32 {
+    // SAFETY: getsid(0) only reads the calling process's session id.
+    unsafe { libc::getsid(0) as u32 }
+}
+
+/// The calling thread's id (Linux): the processes it starts are listed in
+/// `/proc/self/task/<id>/children`.
+#[cfg(target_os = "linux")]
+pub fn thread_id() -> u32 {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    unsafe { libc::gettid() as u32 }
 }
 
 /// Makes the calling process the leader of a new session (and process
@@ -346,6 +360,63 @@ impl BlockedSignals {
         unsafe {
             libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut());
         }
+    }
+}
+
+/// The most bytes of arguments and environment `execve` takes
+/// (`sysconf(_SC_ARG_MAX)`; on Linux, a quarter of the stack limit).
+pub fn arg_max() -> usize {
+    // SAFETY: sysconf only reads a configuration value.
+    let n = unsafe { libc::sysconf(libc::_SC_ARG_MAX) };
+    // POSIX guarantees at least 4096; Linux never allows less than 128 KiB.
+    usize::try_from(n).ok().filter(|n| *n >= 4096).unwrap_or(128 * 1024)
+}
+
+/// The size of a memory page.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf only reads a configuration value.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).ok().filter(|n| *n > 0).unwrap_or(4096)
+}
+
+/// Makes this process the reaper of its orphaned descendants (Linux): a
+/// process whose parent dies is handed to this process instead of init, so
+/// that it can still be found and killed (and must be reaped here).
+#[cfg(target_os = "linux")]
+pub fn set_child_subreaper() -> io::Result<()> {
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer and touches no memory of ours.
+    check(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) }).map(drop)
+}
+
+/// Reaps the child `pid` if it has ended; `Ok(false)` while it runs.
+pub fn reap(pid: u32) -> io::Result<bool> {
+    let mut status = 0;
+    // SAFETY: waitpid writes the status into a local we own.
+    let n = check(unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) })?;
+    Ok(n != 0)
+}
+
+/// Asks the allocator (glibc) to serve every allocation of `bytes` or more
+/// from its own mapping, given back to the system as soon as it is freed,
+/// instead of raising that threshold after each large free (glibc's default,
+/// which keeps freed frame buffers in the heap for good). Elsewhere, nothing.
+pub fn return_large_allocations(bytes: usize) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only changes an allocator parameter.
+        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX)) };
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = bytes;
+}
+
+/// Gives the allocator's free memory back to the system (glibc's
+/// `malloc_trim`); elsewhere, nothing.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

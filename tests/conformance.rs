@@ -21,6 +21,7 @@ use hearth::protocol::error::ErrorCode;
 use hearth::protocol::frame::{DEFAULT_MAX_FRAME, FrameError};
 use hearth::protocol::handshake::{Accepted, Channel, Handshake, HandshakeReply};
 use hearth::protocol::pool::{PoolChannel, PoolRequest};
+use hearth::protocol::process::{ProcessChannel, ProcessRequest};
 use hearth::protocol::queue::{Base64, QueueChannel, QueueRequest};
 use hearth::protocol::status::{StatusChannel, StatusRequest};
 use hearth::protocol::{ChannelProtocol, PROTOCOL_VERSION, Request};
@@ -213,6 +214,7 @@ enum Conn {
     Pool(Client<PoolChannel>),
     Queue(Client<QueueChannel>),
     Blob(Client<BlobChannel>),
+    Process(Client<ProcessChannel>),
     Bare(Connection),
 }
 
@@ -223,6 +225,7 @@ impl Conn {
             Conn::Pool(c) => c.connection(),
             Conn::Queue(c) => c.connection(),
             Conn::Blob(c) => c.connection(),
+            Conn::Process(c) => c.connection(),
             Conn::Bare(c) => c,
         }
     }
@@ -245,8 +248,9 @@ async fn client_connect<C: ChannelProtocol>(
     Ok((client, reply))
 }
 
+/// A connection is large (its buffers inline), a refusal nothing.
 enum Opened {
-    Ready(Conn),
+    Ready(Box<Conn>),
     Refused,
 }
 
@@ -256,7 +260,7 @@ async fn open(case: &Value, socket: &Path, timeout: Duration, caps: &mut Capture
     let steps = case["steps"].as_array().ok_or("a case needs steps")?;
     if handshake.and_then(Value::as_str) == Some("none") {
         let stream = UnixStream::connect(socket).await.map_err(|e| format!("connect: {e}"))?;
-        return Ok((Opened::Ready(Conn::Bare(Connection::new(stream, DEFAULT_MAX_FRAME))), 0));
+        return Ok((Opened::Ready(Box::new(Conn::Bare(Connection::new(stream, DEFAULT_MAX_FRAME)))), 0));
     }
     let first = steps.first();
     let refused_expected = first.and_then(|s| s.get("expect_refused")).is_some();
@@ -270,6 +274,7 @@ async fn open(case: &Value, socket: &Path, timeout: Duration, caps: &mut Capture
                 Some(Channel::Sync) => {
                     return Err("a sync case names its document: give it \"handshake\": {\"doc\": ...}".into());
                 }
+                Some(Channel::Process) => client_connect(socket, timeout).await.map(|(c, r)| (Conn::Process(c), r)),
                 None => return Err(format!("the Rust client has no channel {channel:?}")),
             };
             match connected {
@@ -320,9 +325,9 @@ async fn open(case: &Value, socket: &Path, timeout: Duration, caps: &mut Capture
         Ok((conn, reply)) => match first.and_then(|s| s.get("expect_accepted")) {
             Some(pattern) => {
                 matches(pattern, &reply, caps, "accepted")?;
-                Ok((Opened::Ready(conn), 1))
+                Ok((Opened::Ready(Box::new(conn)), 1))
             }
-            None => Ok((Opened::Ready(conn), 0)),
+            None => Ok((Opened::Ready(Box::new(conn)), 0)),
         },
     }
 }
@@ -333,7 +338,7 @@ async fn run_case(case: &Value, socket: &Path) -> Result<(), String> {
     let steps = case["steps"].as_array().ok_or("a case needs steps")?;
     let (opened, start) = open(case, socket, timeout, &mut caps).await?;
     let mut conn = match opened {
-        Opened::Ready(conn) => conn,
+        Opened::Ready(conn) => *conn,
         Opened::Refused if steps.len() == 1 => return Ok(()),
         Opened::Refused => return Err("steps after a refused client handshake cannot run".into()),
     };
@@ -501,6 +506,7 @@ conformance_files! {
     disabled => "disabled.json",
     events => "events.json",
     sync => "sync.json",
+    process => "process.json",
 }
 
 // --- coverage ---------------------------------------------------------------
@@ -591,6 +597,7 @@ fn request_types() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("pool", PoolRequest::TYPES),
         ("queue", QueueRequest::TYPES),
         ("blob", BlobRequest::TYPES),
+        ("process", ProcessRequest::TYPES),
     ])
 }
 

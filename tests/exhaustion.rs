@@ -482,3 +482,123 @@ async fn memory_and_descriptors_stay_flat_under_sustained_work() {
     );
     assert!(store_conns(&targets_end) <= 1 + 8, "one writer and at most 8 idle readers: {targets_end:?}");
 }
+
+/// The peak resident set size (`VmHWM`) of `pid` in KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// One request frame of exactly `len` bytes: a submit whose `argv` holds
+/// one long string, or (`many`) as many one-letter arguments as fit.
+fn maximum_submit(len: usize, many: bool) -> Vec<u8> {
+    let (head, tail) = (br#"{"type":"submit","argv":["true""#.to_vec(), b"]}".to_vec());
+    let room = len - head.len() - tail.len();
+    let mut frame = head;
+    if many {
+        // `,"a"` per argument; spaces pad the rest.
+        frame.extend(b",\"a\"".repeat(room / 4));
+        frame.extend(std::iter::repeat_n(b' ', room % 4));
+    } else {
+        frame.extend(b",\"");
+        frame.extend(std::iter::repeat_n(b'x', room - 3));
+        frame.push(b'"');
+    }
+    frame.extend(tail);
+    assert_eq!(frame.len(), len);
+    frame
+}
+
+/// How long one client of the flood may wait for its answer.
+const FLOOD_PATIENCE: Duration = Duration::from_secs(600);
+
+#[test]
+fn a_flood_of_maximum_size_frames_is_held_to_the_read_budget() {
+    const CONNECTIONS: usize = 64;
+    let state = StateDir::new();
+    let daemon = state.start(&[]);
+    let pid = daemon.pid();
+    let limits = RawConn::open(state.socket(), "status").request(&json!({"type": "status"}))["limits"].clone();
+    let max_frame = limits["max_frame"].as_u64().unwrap() as usize;
+    let budget = limits["max_inflight_bytes"].as_u64().unwrap();
+    assert_eq!(budget, 4 * max_frame as u64, "the default budget is four frames");
+
+    // Warm up with ordinary work, then take the idle figure.
+    let mut warm = RawConn::open(state.socket(), "queue");
+    for n in 0..20 {
+        let far = hearth::time::now_ms() + 86_400_000;
+        let reply = warm.request(&json!({"type": "submit", "argv": ["true", n.to_string()], "run_at_ms": far}));
+        assert_eq!(reply["type"], "submitted", "{reply}");
+    }
+    assert_eq!(warm.request(&json!({"type": "list"}))["type"], "jobs");
+    drop(warm);
+    std::thread::sleep(Duration::from_millis(300));
+    let idle = rss_kib(pid).unwrap();
+    let peak_resettable = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
+
+    // A sampler, in case the peak cannot be reset.
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let mut max = 0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                max = max.max(rss_kib(pid).unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            max
+        })
+    };
+    let frames = [maximum_submit(max_frame, false), maximum_submit(max_frame, true)];
+    let gate = std::sync::Arc::new(std::sync::Barrier::new(CONNECTIONS));
+    let started = std::time::Instant::now();
+    let clients: Vec<_> = (0..CONNECTIONS)
+        .map(|i| {
+            let (socket, frame, gate) = (state.socket().to_owned(), frames[i % 2].clone(), gate.clone());
+            std::thread::spawn(move || {
+                let mut c = RawConn::open(&socket, "queue");
+                // A frame may wait its turn for the budget, unread, while the
+                // frames before it are read and decoded: a gigabyte in all,
+                // from a debug build on a machine that may be busy.
+                c.stream.set_write_timeout(Some(FLOOD_PATIENCE)).unwrap();
+                c.stream.set_read_timeout(Some(FLOOD_PATIENCE)).unwrap();
+                gate.wait();
+                c.send_frame(&frame);
+                let reply = c.read_json().expect("an answer to a maximum-size frame");
+                assert_eq!(reply["code"], "command_too_large", "client {i}: {reply}");
+                assert_eq!(c.request(&json!({"type": "stats"}))["type"], "stats", "client {i}: usable after");
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().expect("a client of the flood");
+    }
+    let took = started.elapsed();
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let sampled = sampler.join().unwrap();
+    let peak = if peak_resettable { peak_rss_kib(pid).unwrap().max(sampled) } else { sampled };
+
+    // The connections are gone: memory goes back.
+    let mut after = 0;
+    wait_for(PATIENCE, || {
+        after = rss_kib(pid).unwrap();
+        after * 10 <= idle * 12
+    });
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    eprintln!(
+        "{CONNECTIONS} connections x one {:.0} MiB frame ({:.0} MiB offered) in {took:.1?}, read budget {:.0} MiB: \
+         daemon RSS idle {:.1} MiB, peak {:.1} MiB ({:.2}x the budget), after {:.1} MiB ({:+.1}% of idle)",
+        mib(max_frame as u64 / 1024),
+        mib((CONNECTIONS * max_frame) as u64 / 1024),
+        mib(budget / 1024),
+        mib(idle),
+        mib(peak),
+        peak as f64 * 1024.0 / budget as f64,
+        mib(after),
+        (after as f64 / idle as f64 - 1.0) * 100.0,
+    );
+    assert!(peak * 1024 < 3 * budget, "peak RSS {peak} KiB is not under 3x the read budget of {budget} bytes");
+    assert!(after * 10 <= idle * 12, "RSS did not come back within 20% of idle: {idle} KiB idle, {after} KiB after");
+    assert!(daemon.log_text().contains("hearthd ready"));
+}

@@ -47,7 +47,19 @@ struct Example<'a> {
 impl ChannelVisitor for Example<'_> {
     type Output = Result<(), String>;
     fn visit<C: ChannelProtocol>(self) -> Self::Output {
-        if self.request { roundtrip::<C::Request>(self.text) } else { roundtrip::<C::Response>(self.text) }
+        if !self.request {
+            return roundtrip::<C::Response>(self.text);
+        }
+        roundtrip::<C::Request>(self.text)?;
+        // The daemon decodes requests its own way (never into buffered
+        // values): it must read every example as serde does.
+        let typed: C::Request = serde_json::from_str(self.text).map_err(|e| e.to_string())?;
+        let decoded = hearth::protocol::decode_request::<C::Request>(self.text.as_bytes())
+            .map_err(|e| format!("the daemon does not decode it: {e}"))?;
+        if decoded != typed {
+            return Err(format!("the daemon decodes it as {decoded:?}, serde as {typed:?}"));
+        }
+        Ok(())
     }
 }
 

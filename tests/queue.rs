@@ -728,6 +728,15 @@ fn raw_frames_follow_the_contract() {
     assert_eq!(c.read_json().unwrap(), json!({"type": "log_end", "offset": 3, "state": "succeeded"}));
     let r = c.request(&json!({"type": "submit", "argv": ["cat"], "input": "x".repeat(2 << 20)}));
     assert_eq!(r["code"], "input_too_large");
+    for selection in
+        [json!({"type": "retry"}), json!({"type": "purge", "ids": []}), json!({"type": "purge", "queue": "q"})]
+    {
+        let r = c.request(&selection);
+        assert_eq!(r["code"], "invalid_request", "{selection}: neither ids nor all: {r}");
+    }
+    for not_an_object in [json!([]), json!("x"), json!({"no": "type"}), json!({"type": 7})] {
+        assert_eq!(c.request(&not_an_object)["code"], "invalid_request", "{not_an_object}");
+    }
     assert_eq!(c.request(&json!({"type": "stats"}))["type"], "stats", "the connection stays usable");
 }
 
@@ -782,4 +791,122 @@ fn a_client_that_leaves_a_wait_or_a_follow_frees_its_connection_at_once() {
     let r = c.request(&json!({"type": "cancel", "id": id}));
     assert_eq!(r["type"], "canceled", "{r}");
     assert!(wait_for(Duration::from_secs(10), || processes_mentioning(&marker).is_empty()));
+}
+
+/// Whether process `pid` exists at all, as a zombie too.
+fn process_exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn pid_in(path: &std::path::Path) -> u32 {
+    let mut pid = None;
+    assert!(
+        wait_for(LONG, || {
+            pid = std::fs::read_to_string(path).ok().and_then(|t| t.trim().parse().ok());
+            pid.is_some()
+        }),
+        "no pid written to {}",
+        path.display()
+    );
+    pid.unwrap()
+}
+
+#[test]
+fn processes_that_left_the_group_are_killed_and_reaped_when_the_attempt_ends() {
+    if !cfg!(target_os = "linux") {
+        eprintln!("SKIPPED: processes that leave their group are reached on Linux only");
+        return;
+    }
+    let state = StateDir::new();
+    // Long enough that waiting for the leavers to let go of the output would show.
+    state.write_config("[queue]\nkill_grace = \"100s\"\n");
+    let _daemon = state.start(&[]);
+    let mut q = Q::connect(&state);
+    let d = state.dir.path().display().to_string();
+    // One leaves the group and holds stdout; one leaves it twice (the
+    // second only reaches the daemon once the first is killed); one leaves
+    // through a subshell and ends on its own while the job still runs.
+    let script = format!(
+        "setsid sh -c 'echo $$ > {d}/one; echo grand; exec sleep 300' &
+         setsid sh -c 'setsid sh -c \"echo \\$\\$ > {d}/two; exec sleep 301\" & echo $$ > {d}/three; exec sleep 302' &
+         (setsid sh -c 'echo $$ > {d}/four; exec sleep 0.2' &)
+         for f in one two three four; do while [ ! -s {d}/$f ]; do sleep 0.01; done; done
+         sleep 0.5; echo child"
+    );
+    let mut s = spec(&["sh", "-c", &script]);
+    s.max_attempts = Some(1);
+    let job = q.submit(s);
+    let done = q.wait(job.id);
+    assert_eq!(done.state, JobState::Succeeded, "{:?}", done.last_error);
+    for name in ["one", "two", "three", "four"] {
+        let pid = pid_in(&state.dir.path().join(name));
+        assert!(
+            wait_for(LONG, || !process_exists(pid)),
+            "the {name} process ({pid}) is still there (or not reaped): {:?}",
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        );
+    }
+    let log = q.log(job.id, LogStream::Stdout);
+    let text = String::from_utf8_lossy(&log);
+    assert!(text.contains("grand\n") && text.contains("child\n"), "{text:?}");
+    let (_, attempts) = q.get(job.id);
+    assert_eq!(attempts[0].stdout_bytes, log.len() as u64, "the attempt counts the output its log holds");
+
+    // A process that drops the mark escapes: the attempt waits for its
+    // output at most kill_grace, and still counts what it kept.
+    let state = StateDir::new();
+    state.write_config("[queue]\nkill_grace = \"500ms\"\n");
+    let _daemon = state.start(&[]);
+    let mut q = Q::connect(&state);
+    let d = state.dir.path().display().to_string();
+    // The job waits for the leaver to be out of its group: the group is
+    // killed as the job ends.
+    let script = format!(
+        "env -u HEARTH_JOB_MARK setsid sh -c 'echo $$ > {d}/five; exec sleep 303' &
+         while [ ! -s {d}/five ]; do sleep 0.01; done; echo out"
+    );
+    let mut s = spec(&["sh", "-c", &script]);
+    s.max_attempts = Some(1);
+    let job = q.submit(s);
+    let done = q.wait(job.id);
+    assert_eq!(done.state, JobState::Succeeded, "{:?}", done.last_error);
+    let (_, attempts) = q.get(job.id);
+    assert_eq!(attempts[0].stdout_bytes, 4, "counted although a process outside the daemon's reach holds the pipe");
+    let escaped = pid_in(&state.dir.path().join("five"));
+    assert!(process_exists(escaped), "documented as not reached");
+    let _ = hearth::sys::kill(escaped, libc::SIGKILL);
+}
+
+#[test]
+fn a_job_without_cwd_runs_where_the_client_library_runs() {
+    let state = StateDir::new();
+    let _daemon = state.start(&[]);
+    let mut q = Q::connect(&state);
+    let job = q.submit(spec(&["true"]));
+    let here = std::env::current_dir().unwrap();
+    assert_eq!(job.cwd, here.to_str().unwrap(), "the Rust client sends its current directory");
+    // Over the wire without one: the daemon user's home.
+    let r = RawConn::open(state.socket(), "queue").request(&json!({"type": "submit", "argv": ["true"]}));
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/".into());
+    assert_eq!(r["job"]["cwd"], json!(home), "{r}");
+}
+
+#[test]
+fn run_makes_one_attempt_unless_asked_for_more() {
+    let state = StateDir::new();
+    let _daemon = state.start(&[]);
+    let run = state.run(&["run", "--", "sh", "-c", "echo attached; exit 3"]);
+    assert_eq!(run.status.code(), Some(3), "{}", stderr(&run));
+    assert_eq!(stdout(&run), "attached\n", "one attempt: its output once");
+    let run = state.run(&["--json", "run", "--", "true"]);
+    let shown: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(shown["job"]["max_attempts"], 1, "{shown}");
+    let run =
+        state.run(&["run", "--max-attempts", "2", "--backoff-base", "1ms", "--", "sh", "-c", "echo again; exit 3"]);
+    assert_eq!(run.status.code(), Some(3), "{}", stderr(&run));
+    assert_eq!(stdout(&run).matches("again\n").count(), 2, "{}", stdout(&run));
+    // `queue submit` keeps the daemon's default.
+    let out = state.run(&["--json", "queue", "submit", "--", "true"]);
+    let submitted: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(submitted["job"]["max_attempts"], 3, "{submitted}");
 }

@@ -599,3 +599,144 @@ fn cli_sets_gets_removes_lists_inspects_and_watches() {
     let _ = watch.kill();
     let _ = watch.wait();
 }
+
+/// The next event of a subscription (a lag notice fails the test).
+async fn next_event(events: &mut hearth::client::StatusClient, what: &str) -> hearth::protocol::event::EventData {
+    match within(what, events.next_event()).await.unwrap() {
+        hearth::client::Notice::Event(event) => {
+            assert_eq!(event.service, hearth::protocol::Channel::Sync, "{event:?}");
+            event.data
+        }
+        hearth::client::Notice::Lagged { missed } => panic!("lagged by {missed} while waiting for {what}"),
+    }
+}
+
+#[test]
+fn rooms_peers_and_settings_edits_are_published_as_events() {
+    use hearth::protocol::event::{EventData, EventFilter};
+    use hearth::protocol::sync::SyncMode;
+    let state = StateDir::new();
+    state.write_config("[sync]\nidle_unload = \"100ms\"\n");
+    let _daemon = state.start(&[]);
+    let socket = state.socket().to_owned();
+    runtime().block_on(async {
+        let mut events = hearth::client::StatusClient::connect(&socket).await.unwrap();
+        let filter = EventFilter {
+            services: vec![hearth::protocol::Channel::Sync],
+            ids: vec!["ev/doc".into(), "settings".into()],
+            ..EventFilter::default()
+        };
+        events.subscribe(filter).await.unwrap();
+
+        // A new document: opened (created), a peer joins and leaves, the idle room unloads.
+        let mut view = SyncClient::open(&socket, "ev/doc").await.unwrap();
+        let me = view.peer_id();
+        view.put(&[key("x")], json!(1)).await.unwrap();
+        drop(view);
+        assert_eq!(
+            next_event(&mut events, "the room opening").await,
+            EventData::SyncRoomOpened { doc: "ev/doc".into(), created: true }
+        );
+        match next_event(&mut events, "the peer joining").await {
+            EventData::SyncPeerJoined { doc, peer, pid, mode, .. } => {
+                assert_eq!((doc.as_str(), peer, pid, mode), ("ev/doc", me, Some(std::process::id()), SyncMode::View));
+            }
+            other => panic!("not a join: {other:?}"),
+        }
+        assert_eq!(
+            next_event(&mut events, "the peer leaving").await,
+            EventData::SyncPeerLeft { doc: "ev/doc".into(), peer: me }
+        );
+        assert_eq!(
+            next_event(&mut events, "the idle room unloading").await,
+            EventData::SyncRoomClosed { doc: "ev/doc".into(), why: "idle".into(), peers: 0 }
+        );
+
+        // Loaded again from its file, then evicted with its peer in it.
+        let mut view = SyncClient::open(&socket, "ev/doc").await.unwrap();
+        assert_eq!(
+            next_event(&mut events, "the room reopening").await,
+            EventData::SyncRoomOpened { doc: "ev/doc".into(), created: false }
+        );
+        assert!(matches!(next_event(&mut events, "the peer joining").await, EventData::SyncPeerJoined { .. }));
+        let mut control = SyncClient::control(&hearth::client::ConnectOptions::new(&socket)).await.unwrap();
+        assert_eq!(control.close("ev/doc").await.unwrap(), 1);
+        let mut rest = Vec::new();
+        while rest.len() < 2 {
+            rest.push(next_event(&mut events, "the eviction's events").await);
+        }
+        assert!(rest.contains(&EventData::SyncPeerLeft { doc: "ev/doc".into(), peer: view.peer_id() }), "{rest:?}");
+        assert!(
+            rest.contains(&EventData::SyncRoomClosed { doc: "ev/doc".into(), why: "evicted".into(), peers: 1 }),
+            "{rest:?}"
+        );
+        assert!(view.get(&[]).await.is_err(), "the evicted peer was disconnected");
+
+        // A person's edits of settings.json: merged, then a malformed one refused.
+        let file = state.state_dir().join("settings.json");
+        assert!(wait_for(DEADLINE, || settings_json(&state).is_object()), "the mirror is written");
+        let mut edited = settings_json(&state);
+        edited["theme"] = json!("dark");
+        // In the mirror's own format, so that the mirror has nothing to
+        // rewrite after the merge (a rewrite could replace the next edit).
+        let mut text = serde_json::to_vec_pretty(&edited).unwrap();
+        text.push(b'\n');
+        std::fs::write(&file, text).unwrap();
+        assert_eq!(
+            next_event(&mut events, "the merged edit").await,
+            EventData::SyncSettingsEdit { applied: true, reason: None }
+        );
+        std::fs::write(&file, b"{\"theme\": ").unwrap();
+        match next_event(&mut events, "the refused edit").await {
+            EventData::SyncSettingsEdit { applied: false, reason: Some(reason) } => {
+                assert!(reason.contains("not valid JSON"), "{reason}");
+            }
+            other => panic!("not a refused edit: {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn the_blocking_client_writes_watches_and_replicates() {
+    use hearth::client::blocking;
+    let state = StateDir::new();
+    let _daemon = state.start(&[]);
+    let socket = state.socket();
+    let mut writer = blocking::SyncClient::open(socket, "blocking/doc").unwrap();
+    let mut reader = blocking::SyncClient::open(socket, "blocking/doc").unwrap();
+    let (revision, value) = reader.watch(&[], None).unwrap();
+    assert_eq!((revision.0.len(), value), (0, Some(json!({}))));
+    assert_eq!(reader.next_event_within(Duration::from_millis(50)).unwrap(), None, "nothing changed yet");
+    let written = writer.put(&[key("title")], json!("hello")).unwrap();
+    assert!(!written.stale);
+    writer.insert(&[key("title")], vec![json!(1)]).unwrap_err();
+    let mut seen = json!({});
+    while seen != json!({"title": "hello"}) {
+        match reader.next_event_within(DEADLINE).unwrap() {
+            Some(SyncEvent::Changed { patches, revision, .. }) => {
+                for p in &patches {
+                    apply_patch(&mut seen, &[], p).unwrap();
+                }
+                if seen == json!({"title": "hello"}) {
+                    assert_eq!(revision, written.revision);
+                }
+            }
+            Some(_) => {}
+            None => panic!("no change within {DEADLINE:?}"),
+        }
+    }
+    assert_eq!(writer.get(&[key("title")]).unwrap().1, json!("hello"));
+    assert_eq!(writer.peers().unwrap().len(), 2);
+
+    let mut replica = blocking::ReplicaClient::open(socket, "blocking/doc").unwrap();
+    replica.sync().unwrap();
+    assert_eq!(replica_json(replica.doc()), json!({"title": "hello"}));
+    replica.doc_mut().put(ROOT, "by", "replica").unwrap();
+    replica.push().unwrap();
+    assert_eq!(writer.get(&[key("by")]).unwrap().1, json!("replica"));
+
+    let mut control = blocking::SyncClient::control(&hearth::client::ConnectOptions::new(socket)).unwrap();
+    assert!(control.list(Some("blocking/")).unwrap().iter().any(|d| d.doc.as_str() == "blocking/doc"));
+    assert_eq!(control.inspect(Some("blocking/doc")).unwrap().peers.len(), 3);
+    assert_eq!(control.close("blocking/doc").unwrap(), 3);
+}

@@ -1,6 +1,7 @@
 //! Every channel's request decoding (what the daemon does with a frame) and
-//! response decoding (what a client does): never panics, and whatever
-//! decodes re-encodes to a value that decodes the same.
+//! response decoding (what a client does): never panics, whatever decodes
+//! re-encodes to a value that decodes the same, and the daemon's decoding
+//! agrees with serde's.
 #![no_main]
 
 use std::fmt::Debug;
@@ -14,6 +15,11 @@ fn request<R: Request>(frame: &[u8]) {
     if let Ok(req) = decode_request::<R>(frame) {
         let again = serde_json::to_vec(&req).unwrap();
         assert_eq!(decode_request::<R>(&again).unwrap(), req);
+        // The daemon's own decoding (never into buffered values) agrees with
+        // serde's wherever both take the frame.
+        if let Ok(by_serde) = serde_json::from_slice::<R>(frame) {
+            assert_eq!(by_serde, req);
+        }
     }
 }
 

@@ -30,6 +30,14 @@ struct Live {
 fn live() -> &'static Live {
     static LIVE: OnceLock<Live> = OnceLock::new();
     LIVE.get_or_init(|| {
+        // libFuzzer's main, not Rust's, runs this process: SIGPIPE is not
+        // ignored as in a Rust program (or hearthd), and a write to a peer
+        // that closed (the harness's or the daemon's) would kill it.
+        // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
         let dir = tempfile::Builder::new().prefix("hearth-fuzz-sync-").tempdir().expect("temp dir").keep();
         let paths = Paths::new(dir.join("state"));
         let mut config = Config::default();

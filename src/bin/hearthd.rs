@@ -118,6 +118,10 @@ struct ServerFlags {
     /// Time in-flight requests get at shutdown [default: 10s]
     #[arg(long, env = "HEARTH_SHUTDOWN_GRACE", value_name = "DURATION")]
     shutdown_grace: Option<HumanDuration>,
+    /// Bytes of large request frames held at once, all connections together;
+    /// beyond it a frame waits unread [default: 4 × max-frame]
+    #[arg(long, env = "HEARTH_MAX_INFLIGHT_BYTES", value_name = "SIZE")]
+    max_inflight_bytes: Option<ByteSize>,
 }
 
 impl ServerFlags {
@@ -136,6 +140,7 @@ impl ServerFlags {
         put("server.connection_idle_timeout", s(&self.connection_idle_timeout));
         put("server.write_timeout", s(&self.write_timeout));
         put("server.shutdown_grace", s(&self.shutdown_grace));
+        put("server.max_inflight_bytes", self.max_inflight_bytes.map(|b| b.0.to_string()));
         out
     }
 }
@@ -272,6 +277,9 @@ impl QueueFlags {
     }
 }
 
+/// Allocations this large get their own mapping (see `main`).
+const LARGE_ALLOCATION: usize = 2 * 1024 * 1024;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let paths = match Paths::resolve(args.state_dir.clone(), args.socket.clone()) {
@@ -316,6 +324,12 @@ fn main() -> ExitCode {
     } else {
         Reporter::foreground()
     };
+
+    // A frame or answer of several MiB is allocated and freed in one piece:
+    // served from its own mapping, it goes back to the system when freed
+    // (with glibc's adaptive threshold, the heap would keep it for good).
+    // Blob chunks (1 MiB) stay below it, on the heap, where they are reused.
+    hearth::sys::return_large_allocations(LARGE_ALLOCATION);
 
     let started = Config::load(&config_file, required, &overrides)
         .map_err(StartupError::from)

@@ -34,15 +34,23 @@ pub struct Submitted {
 /// A page of jobs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobPage {
-    /// The jobs, newest first.
+    /// The jobs, newest first: fewer than the limit when more would not
+    /// fit in one frame (`next_before_id` is set then).
     pub jobs: Vec<Job>,
     /// `before_id` for the next page, `None` on the last.
     pub next_before_id: Option<u64>,
+    /// Matching jobs too large to send at all (see proto-docs/queue.md).
+    pub omitted: Vec<u64>,
 }
 
 impl Client<QueueChannel> {
-    /// Submits a job; returns once it is durable.
-    pub async fn submit(&mut self, spec: JobSpec) -> Result<Submitted, ClientError> {
+    /// Submits a job; returns once it is durable. A spec without `cwd` runs
+    /// in this process's current directory (as a process started here
+    /// would), when that is valid UTF-8; else in the daemon user's home.
+    pub async fn submit(&mut self, mut spec: JobSpec) -> Result<Submitted, ClientError> {
+        if spec.cwd.is_none() {
+            spec.cwd = std::env::current_dir().ok().and_then(|dir| dir.into_os_string().into_string().ok());
+        }
         match self.request(&QueueRequest::Submit(spec)).await? {
             QueueResponse::Submitted { job, deduplicated } => Ok(Submitted { job, deduplicated }),
             other => Err(unexpected("submitted", other)),
@@ -60,7 +68,7 @@ impl Client<QueueChannel> {
     /// A page of jobs, newest first.
     pub async fn list(&mut self, filter: ListFilter) -> Result<JobPage, ClientError> {
         match self.request(&QueueRequest::List(filter)).await? {
-            QueueResponse::Jobs { jobs, next_before_id } => Ok(JobPage { jobs, next_before_id }),
+            QueueResponse::Jobs { jobs, next_before_id, omitted } => Ok(JobPage { jobs, next_before_id, omitted }),
             other => Err(unexpected("jobs", other)),
         }
     }

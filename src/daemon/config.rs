@@ -56,6 +56,8 @@ pub struct Config {
     pub blob: BlobConfig,
     /// The sync channel's documents.
     pub sync: SyncConfig,
+    /// Supervised processes, and those defined in this file.
+    pub process: super::process::settings::ProcessSettings,
     /// The loopback HTTP server: blobs, `/metrics`, the dashboard.
     pub http: HttpConfig,
     /// What loading the configuration has to say (deprecated keys), for
@@ -82,6 +84,18 @@ pub struct ServerConfig {
     pub write_timeout: HumanDuration,
     /// Time in-flight requests get to finish at shutdown.
     pub shutdown_grace: HumanDuration,
+    /// Bytes of large request frames (over 16 KiB) held at once, all
+    /// connections together; a frame beyond it waits, unread, for earlier
+    /// requests to finish. Absent: four times `max_frame`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_inflight_bytes: Option<ByteSize>,
+}
+
+impl ServerConfig {
+    /// The read budget in force: `max_inflight_bytes`, or four frames.
+    pub fn inflight_budget(&self) -> u64 {
+        self.max_inflight_bytes.map_or(self.max_frame.0.saturating_mul(4), |b| b.0)
+    }
 }
 
 impl Default for ServerConfig {
@@ -94,6 +108,7 @@ impl Default for ServerConfig {
             connection_idle_timeout: HumanDuration(Duration::from_secs(600)),
             write_timeout: HumanDuration(Duration::from_secs(30)),
             shutdown_grace: HumanDuration(Duration::from_secs(10)),
+            max_inflight_bytes: None,
         }
     }
 }
@@ -480,6 +495,13 @@ impl Config {
                 s.handshake_max_frame
             ));
         }
+        if s.inflight_budget() < s.max_frame.0 {
+            return Err(format!(
+                "server.max_inflight_bytes must be at least server.max_frame ({}), not {}",
+                s.max_frame,
+                ByteSize(s.inflight_budget())
+            ));
+        }
         if s.max_connections == 0 {
             return Err("server.max_connections must be at least 1".into());
         }
@@ -505,6 +527,7 @@ impl Config {
             }
         }
         self.pool.validate()?;
+        self.process.validate()?;
         self.blob.validate()?;
         self.http.validate()?;
         self.sync.validate(s.max_frame.0)?;

@@ -14,7 +14,7 @@
 //! - `services.rs`: the `Service` trait every channel's service
 //!   implements, the registry, and the slots (running, disabled, failed)
 //!   that the router, `status`, health, idle exit and shutdown iterate.
-//! - One folder (or file) per service: `status.rs`, `pool/`, `queue/`, `blob/`.
+//! - One folder (or file) per service: `status.rs`, `pool/`, `queue/`, `blob/`, `process/`.
 //! - `http/`: the loopback HTTP server (blobs, `/metrics`, the dashboard);
 //!   `metrics.rs`: what `/metrics` says; `events.rs`: the event bus.
 //! - Shared helpers: `config.rs` (settings), `fsutil.rs` (atomic writes,
@@ -69,6 +69,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::connection::ReadBudget;
 use crate::paths::Paths;
 use crate::protocol::PROTOCOL_VERSION;
 use crate::protocol::handshake::DaemonIdent;
@@ -85,6 +86,7 @@ pub(crate) mod http;
 pub mod lifecycle;
 pub(crate) mod metrics;
 pub mod pool;
+pub mod process;
 pub mod queue;
 pub mod random;
 pub(crate) mod services;
@@ -104,6 +106,10 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Refusals (over the connection cap) being written at once; beyond this,
 /// excess connections are closed without a word.
 const MAX_PENDING_REFUSALS: usize = 64;
+
+/// How long after a large request the allocator's free memory is trimmed,
+/// so that the requests of a burst share one trim.
+const TRIM_DELAY: Duration = Duration::from_millis(200);
 
 /// Descriptors the daemon needs whatever its load: its lock, log and
 /// listeners, the queue store's writer, dispatcher and idle readers, the
@@ -129,6 +135,8 @@ pub(crate) struct Shared {
     pub(crate) stop: CancellationToken,
     pub(crate) tracker: TaskTracker,
     pub(crate) connection_slots: Arc<Semaphore>,
+    /// Bytes of large request frames held at once, all connections together.
+    pub(crate) read_budget: ReadBudget,
     pub(crate) refusal_slots: Arc<Semaphore>,
     pub(crate) max_connections: u64,
     pub(crate) stats: ConnectionCounters,
@@ -146,6 +154,8 @@ pub(crate) struct Shared {
     /// Set while the self-check connects: one connection from this process
     /// may then be served beyond the connection cap.
     pub(crate) self_check_pass: AtomicBool,
+    /// Set while a trim of the allocator's free memory is due.
+    pub(crate) trim_due: AtomicBool,
     /// Device and inode of the socket this daemon bound (not one the
     /// service manager passed), which the supervisor watches.
     pub(crate) bound_socket: Option<(u64, u64)>,
@@ -173,6 +183,7 @@ impl Shared {
             connection_idle_timeout_ms: s.connection_idle_timeout.0.as_millis() as u64,
             write_timeout_ms: s.write_timeout.0.as_millis() as u64,
             shutdown_grace_ms: s.shutdown_grace.0.as_millis() as u64,
+            max_inflight_bytes: self.read_budget.total() as u64,
         }
     }
 
@@ -224,6 +235,21 @@ impl Shared {
         }
         self.services.health(&mut reasons);
         Health::from_reasons(reasons)
+    }
+
+    /// Gives the allocator's free memory back to the system shortly (once
+    /// for a burst of large requests): what a large request decoded into is
+    /// mostly small allocations, which the allocator would otherwise keep.
+    pub(crate) fn trim_heap_soon(self: &Arc<Self>) {
+        if self.trim_due.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let shared = self.clone();
+        self.tracker.spawn(async move {
+            tokio::time::sleep(TRIM_DELAY).await;
+            shared.trim_due.store(false, Ordering::SeqCst);
+            let _ = tokio::task::spawn_blocking(crate::sys::trim_heap).await;
+        });
     }
 
     pub(crate) fn set_self_check(&self, failure: Option<String>) {
@@ -311,6 +337,7 @@ impl Daemon {
             stop,
             tracker,
             connection_slots: Arc::new(Semaphore::new(max_connections as usize)),
+            read_budget: ReadBudget::new(usize::try_from(config.server.inflight_budget()).unwrap_or(usize::MAX)),
             refusal_slots: Arc::new(Semaphore::new(MAX_PENDING_REFUSALS)),
             max_connections,
             stats: ConnectionCounters::default(),
@@ -321,6 +348,7 @@ impl Daemon {
             draining: AtomicBool::new(false),
             self_check: Mutex::new(None),
             self_check_pass: AtomicBool::new(false),
+            trim_due: AtomicBool::new(false),
             bound_socket: instance.bound_socket(),
             socket_lost: OnceLock::new(),
             paths: paths.clone(),

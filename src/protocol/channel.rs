@@ -25,6 +25,19 @@ pub trait ChannelProtocol {
 pub trait Request: Serialize + DeserializeOwned + std::fmt::Debug + PartialEq + Send + Sync + 'static {
     /// Every `type` this channel accepts.
     const TYPES: &'static [&'static str];
+
+    /// The most JSON values (scalars, arrays, objects and keys) one request
+    /// may hold: serde reads a tagged request into buffered values, several
+    /// times larger than their text, before it decodes it. A channel whose
+    /// [`Request::decode`] bounds what it keeps may raise it.
+    const MAX_VALUES: usize = 65_536;
+
+    /// Decodes a request frame whose `type` is `kind` (one of
+    /// [`Request::TYPES`]); the frame is valid JSON, an object, and holds at
+    /// most [`Request::MAX_VALUES`] values. By default, through serde.
+    fn decode(kind: &str, frame: &[u8]) -> Result<Self, WireError> {
+        serde_json::from_slice(frame).map_err(|e| super::invalid_fields(kind, &e))
+    }
 }
 
 /// A response enum, internally tagged by `"type"`, with an `error` variant.
@@ -98,6 +111,8 @@ channels! {
     Blob = "blob" => super::blob::BlobChannel, summary blob: super::blob::Usage;
     /// Live Automerge documents shared by every window.
     Sync = "sync" => super::sync::SyncChannel, summary sync: super::sync::SyncSummary;
+    /// Supervised long-running processes.
+    Process = "process" => super::process::ProcessChannel, summary process: super::process::ProcessSummary;
 }
 
 impl Channel {
@@ -139,6 +154,6 @@ mod tests {
             let json = serde_json::to_string(&channel).unwrap();
             assert_eq!(json, format!("\"{channel}\""));
         }
-        assert_eq!(Channel::names(), "status, pool, queue, blob, sync");
+        assert_eq!(Channel::names(), "status, pool, queue, blob, sync, process");
     }
 }

@@ -13,6 +13,7 @@ use super::Channel;
 use super::codes::stable_codes;
 use super::queue::JobState;
 use super::status::{HealthCode, HealthState};
+use super::sync::SyncMode;
 
 /// One thing that happened.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +103,19 @@ pub enum EventData {
         /// How many bytes they held.
         bytes: u64,
     },
+    /// A supervised process changed state (`from: null`: it was just
+    /// defined; `to: null`: it was removed).
+    ProcessState {
+        /// The process.
+        name: String,
+        /// The state it left.
+        from: Option<super::process::ProcessState>,
+        /// The state it entered.
+        to: Option<super::process::ProcessState>,
+        /// Its pid, while it runs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pid: Option<u32>,
+    },
     /// The daemon's health changed state.
     HealthChanged {
         /// The state before.
@@ -110,6 +124,60 @@ pub enum EventData {
         to: HealthState,
         /// The codes of the reasons now.
         codes: Vec<HealthCode>,
+    },
+    /// A sync document was loaded into a room (its first peer opened it).
+    SyncRoomOpened {
+        /// The document.
+        doc: String,
+        /// Whether the document did not exist before.
+        created: bool,
+    },
+    /// A sync room unloaded; its document stays on disk.
+    SyncRoomClosed {
+        /// The document.
+        doc: String,
+        /// Why: `idle`, `evicted` (a `close` request), `store_failed` or `shutdown`.
+        why: String,
+        /// The peers it still had (disconnected with it).
+        peers: u64,
+    },
+    /// A peer joined a sync room.
+    SyncPeerJoined {
+        /// The document.
+        doc: String,
+        /// The peer's id in the room.
+        peer: u64,
+        /// The client name its handshake gave.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
+        /// Its process id, as the kernel reports it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pid: Option<u32>,
+        /// How it joined.
+        mode: SyncMode,
+    },
+    /// A peer left a sync room (its connection ended).
+    SyncPeerLeft {
+        /// The document.
+        doc: String,
+        /// The peer's id in the room.
+        peer: u64,
+    },
+    /// A sync document's file was compacted.
+    SyncCompacted {
+        /// The document.
+        doc: String,
+        /// The file's size after it, in bytes.
+        bytes: u64,
+    },
+    /// A person's edit of `settings.json` was merged into the `settings`
+    /// document, or refused (and never applied).
+    SyncSettingsEdit {
+        /// Whether it was merged.
+        applied: bool,
+        /// Why it was refused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// A kind this version of the library does not know (from a newer daemon).
     #[serde(other)]
@@ -128,13 +196,21 @@ impl EventData {
             EventData::BlobPut { .. } => EventKind::BlobPut,
             EventData::BlobDelete { .. } => EventKind::BlobDelete,
             EventData::BlobGc { .. } => EventKind::BlobGc,
+            EventData::ProcessState { .. } => EventKind::ProcessState,
             EventData::HealthChanged { .. } => EventKind::HealthChanged,
+            EventData::SyncRoomOpened { .. } => EventKind::SyncRoomOpened,
+            EventData::SyncRoomClosed { .. } => EventKind::SyncRoomClosed,
+            EventData::SyncPeerJoined { .. } => EventKind::SyncPeerJoined,
+            EventData::SyncPeerLeft { .. } => EventKind::SyncPeerLeft,
+            EventData::SyncCompacted { .. } => EventKind::SyncCompacted,
+            EventData::SyncSettingsEdit { .. } => EventKind::SyncSettingsEdit,
             EventData::Unknown => EventKind::Other("unknown".into()),
         }
     }
 
     /// What the event is about, for `ids` filters: the job id, the pool's
-    /// name, the blob's hash; `None` for events about the whole service.
+    /// name, the blob's hash, the process's name, the sync document; `None`
+    /// for events about the whole service.
     pub fn subject(&self) -> Option<String> {
         match self {
             EventData::JobState { id, .. } => Some(id.to_string()),
@@ -143,6 +219,13 @@ impl EventData {
             | EventData::PoolTake { pool, .. }
             | EventData::PoolRelease { pool, .. } => Some(pool.clone()),
             EventData::BlobPut { hash, .. } | EventData::BlobDelete { hash, .. } => Some(hash.clone()),
+            EventData::ProcessState { name, .. } => Some(name.clone()),
+            EventData::SyncRoomOpened { doc, .. }
+            | EventData::SyncRoomClosed { doc, .. }
+            | EventData::SyncPeerJoined { doc, .. }
+            | EventData::SyncPeerLeft { doc, .. }
+            | EventData::SyncCompacted { doc, .. } => Some(doc.clone()),
+            EventData::SyncSettingsEdit { .. } => Some(super::sync::SETTINGS_DOC.to_owned()),
             EventData::BlobGc { .. } | EventData::HealthChanged { .. } | EventData::Unknown => None,
         }
     }
@@ -167,8 +250,22 @@ stable_codes! {
         BlobDelete => "blob_delete",
         /// A collection removed blobs.
         BlobGc => "blob_gc",
+        /// A supervised process changed state.
+        ProcessState => "process_state",
         /// The daemon's health changed state.
         HealthChanged => "health_changed",
+        /// A sync document was loaded into a room.
+        SyncRoomOpened => "sync_room_opened",
+        /// A sync room unloaded.
+        SyncRoomClosed => "sync_room_closed",
+        /// A peer joined a sync room.
+        SyncPeerJoined => "sync_peer_joined",
+        /// A peer left a sync room.
+        SyncPeerLeft => "sync_peer_left",
+        /// A sync document's file was compacted.
+        SyncCompacted => "sync_compacted",
+        /// An edit of settings.json was merged or refused.
+        SyncSettingsEdit => "sync_settings_edit",
     }
 }
 
@@ -183,7 +280,7 @@ pub struct EventFilter {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kinds: Vec<EventKind>,
     /// Only events about these subjects (job ids as strings, pool names,
-    /// blob hashes; see [`EventData::subject`]).
+    /// blob hashes, process names; see [`EventData::subject`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ids: Vec<String>,
 }

@@ -29,7 +29,9 @@
 //!
 //! Unlike `LengthDelimitedCodec`, this codec never reserves the announced
 //! length up front: a peer that announces 16 MiB and sends nothing costs
-//! nothing, and memory grows only with the bytes that actually arrive.
+//! nothing, and memory grows only with the bytes that actually arrive. (The
+//! daemon's [`Connection`](crate::connection::Connection) reserves a large
+//! frame's length only once its read budget has admitted the frame.)
 //! Its errors are typed, so the daemon can name the announced length in the
 //! `frame_too_large` error it sends back.
 
@@ -162,6 +164,11 @@ impl Encoder<Bytes> for FrameCodec {
 
 /// A value to be sent as one JSON frame, serialized straight into the
 /// connection's write buffer.
+///
+/// A value whose encoding exceeds the maximum is refused with
+/// [`FrameError::TooLarge`] naming its full length, and leaves the buffer as
+/// it was; the buffer never holds more than the maximum of it meanwhile
+/// (past the maximum the encoder only counts).
 #[derive(Debug)]
 pub struct Json<'a, T: ?Sized>(pub &'a T);
 
@@ -171,8 +178,9 @@ impl<T: Serialize + ?Sized> Encoder<Json<'_, T>> for FrameCodec {
     fn encode(&mut self, item: Json<'_, T>, dst: &mut BytesMut) -> Result<(), FrameError> {
         let start = dst.len();
         dst.put_u32(0);
-        let written = serde_json::to_writer((&mut *dst).writer(), item.0);
-        let len = dst.len() - start - HEADER_LEN;
+        let mut out = Capped { dst: &mut *dst, room: self.max, len: 0 };
+        let written = serde_json::to_writer(&mut out, item.0);
+        let len = out.len;
         if let Err(e) = written {
             dst.truncate(start);
             return Err(FrameError::Encode(e));
@@ -184,6 +192,49 @@ impl<T: Serialize + ?Sized> Encoder<Json<'_, T>> for FrameCodec {
         dst[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
         Ok(())
     }
+}
+
+/// Appends to a buffer up to `room` bytes, and counts the rest without
+/// keeping it: an answer too large to send costs at most one frame of memory.
+struct Capped<'a> {
+    dst: &'a mut BytesMut,
+    room: usize,
+    len: usize,
+}
+
+impl std::io::Write for Capped<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let keep = buf.len().min(self.room.saturating_sub(self.len));
+        self.dst.extend_from_slice(&buf[..keep]);
+        self.len += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The length of `value` encoded as JSON, counted without keeping the bytes.
+///
+/// ```
+/// assert_eq!(hearth::protocol::frame::json_len(&["a", "b\n"]), 11);
+/// ```
+pub fn json_len<T: Serialize + ?Sized>(value: &T) -> u64 {
+    struct Counter(u64);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Writing to a counter cannot fail; a value serde cannot encode counts what it got to.
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
 }
 
 /// Encodes one payload as a complete frame (prefix included).
@@ -243,7 +294,7 @@ mod tests {
         let mut codec = FrameCodec::new(8);
         let mut buf = BytesMut::from(&b"keep"[..]);
         let err = codec.encode(Json(&"this string is too long"), &mut buf).unwrap_err();
-        assert!(matches!(err, FrameError::TooLarge { .. }));
+        assert!(matches!(err, FrameError::TooLarge { len: 25, max: 8 }), "the full length is named: {err}");
         assert_eq!(&buf[..], b"keep", "a refused frame leaves the buffer as it was");
         codec.encode(Json(&1234), &mut buf).unwrap();
         assert_eq!(&buf[..], b"keep\0\0\0\x041234");

@@ -70,12 +70,14 @@
 pub mod blob;
 pub mod channel;
 mod codes;
+mod decode;
 pub mod error;
 pub mod event;
 pub mod frame;
 pub mod handshake;
 pub mod info;
 pub mod pool;
+pub mod process;
 pub mod queue;
 pub mod status;
 pub mod sync;
@@ -88,43 +90,73 @@ pub use handshake::{Handshake, HandshakeReply};
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Decodes one request frame, classifying failures: not JSON (or nested too
-/// deeply) is `malformed_json`; a `type` this channel does not have is
+/// deeply) is `malformed_json`; not an object, or without a string `type`,
+/// is `invalid_request`; a `type` this channel does not have is
 /// `unknown_request`; a known type with bad fields is `invalid_request`.
+///
+/// The frame is read twice, and never into a tree of buffered values: a
+/// frame costs about its own size in memory, whatever it holds (see
+/// `decode.rs`).
 pub fn decode_request<R: Request>(frame: &[u8]) -> Result<R, WireError> {
-    match serde_json::from_slice::<R>(frame) {
-        Ok(request) => Ok(request),
-        Err(err) => Err(classify_request_error::<R>(frame, &err)),
-    }
-}
-
-fn classify_request_error<R: Request>(frame: &[u8], err: &serde_json::Error) -> WireError {
-    if err.is_syntax() || err.is_eof() {
-        return WireError::new(ErrorCode::MalformedJson, format!("request is not valid JSON: {err}"));
-    }
-    // The typed parse failed on the data: find out whether the type is known.
-    let value = match serde_json::from_slice::<serde_json::Value>(frame) {
-        Ok(value) => value,
-        Err(e) => {
-            return WireError::new(ErrorCode::MalformedJson, format!("request is not valid JSON: {e}"));
+    use decode::Kind;
+    let probe = decode::probe(frame).map_err(|e| malformed(&e))?;
+    let kind = match probe.kind {
+        Kind::Type(kind) => kind,
+        Kind::NotAnObject | Kind::Missing => {
+            return Err(WireError::new(
+                ErrorCode::InvalidRequest,
+                "a request must be a JSON object with a string \"type\"",
+            ));
         }
+        Kind::NotAString => return Err(WireError::new(ErrorCode::InvalidRequest, "\"type\" must be a string")),
+        Kind::Duplicate => return Err(WireError::new(ErrorCode::InvalidRequest, "duplicate field `type`")),
     };
-    let Some(kind) = value.get("type") else {
-        return WireError::new(ErrorCode::InvalidRequest, "a request must be a JSON object with a string \"type\"");
-    };
-    let Some(kind) = kind.as_str() else {
-        return WireError::new(ErrorCode::InvalidRequest, "\"type\" must be a string");
-    };
-    if !R::TYPES.contains(&kind) {
-        let mut shown: String = kind.chars().take(64).collect();
-        if shown.len() < kind.len() {
-            shown.push('…');
-        }
-        return WireError::new(
+    if !R::TYPES.contains(&kind.as_ref()) {
+        let shown = clip(&kind, 64);
+        return Err(WireError::new(
             ErrorCode::UnknownRequest,
             format!("unknown request type {shown:?}; this channel accepts: {}", R::TYPES.join(", ")),
-        );
+        ));
     }
-    WireError::new(ErrorCode::InvalidRequest, format!("invalid {kind} request: {err}"))
+    if probe.values > R::MAX_VALUES {
+        return Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "a {kind} request holds {} JSON values; this channel takes at most {}",
+                probe.values,
+                R::MAX_VALUES
+            ),
+        ));
+    }
+    R::decode(&kind, frame)
+}
+
+fn malformed(e: &serde_json::Error) -> WireError {
+    WireError::new(ErrorCode::MalformedJson, format!("request is not valid JSON: {e}"))
+}
+
+/// The error for a request of type `kind` whose fields do not decode. serde
+/// quotes the value it did not expect, which may be most of the frame: the
+/// message keeps the start of it.
+pub(crate) fn invalid_fields(kind: &str, e: &serde_json::Error) -> WireError {
+    if e.is_syntax() || e.is_eof() {
+        return malformed(e);
+    }
+    WireError::new(ErrorCode::InvalidRequest, clip(&format!("invalid {kind} request: {e}"), 1024))
+}
+
+/// `text` cut to at most `max` characters, `…` marking the cut: for messages
+/// that quote what a peer sent.
+///
+/// ```
+/// assert_eq!(hearth::protocol::clip("abcdef", 3), "abc…");
+/// assert_eq!(hearth::protocol::clip("abc", 3), "abc");
+/// ```
+pub fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => std::borrow::Cow::Borrowed(text),
+        Some((at, _)) => std::borrow::Cow::Owned(format!("{}…", &text[..at])),
+    }
 }
 
 #[cfg(test)]
@@ -141,7 +173,11 @@ mod tests {
         assert_eq!(code(b"{\"type\":"), ErrorCode::MalformedJson);
         assert_eq!(code(b"\xff\xfe"), ErrorCode::MalformedJson);
         assert_eq!(code(b"[1,2]"), ErrorCode::InvalidRequest);
+        assert_eq!(code(b"[]"), ErrorCode::InvalidRequest);
+        assert_eq!(code(br#""x""#), ErrorCode::InvalidRequest);
+        assert_eq!(code(b"7"), ErrorCode::InvalidRequest);
         assert_eq!(code(b"{}"), ErrorCode::InvalidRequest);
+        assert_eq!(code(br#"{"type":"ping","type":"ping"}"#), ErrorCode::InvalidRequest);
         assert_eq!(code(br#"{"type":7}"#), ErrorCode::InvalidRequest);
         assert_eq!(code(br#"{"type":"frobnicate"}"#), ErrorCode::UnknownRequest);
         assert_eq!(code(br#"{"type":"shutdown","reason":5}"#), ErrorCode::InvalidRequest);
@@ -153,6 +189,16 @@ mod tests {
         assert_eq!(code(deep.as_bytes()), ErrorCode::MalformedJson);
         let deep_obj = format!(r#"{{"type":"ping","x":{}{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
         assert_eq!(code(deep_obj.as_bytes()), ErrorCode::MalformedJson);
+    }
+
+    #[test]
+    fn a_frame_of_tiny_values_is_refused_by_its_count() {
+        let many = format!(r#"{{"type":"ping","x":[{}0]}}"#, "[],".repeat(StatusRequest::MAX_VALUES));
+        let err = decode_request::<StatusRequest>(many.as_bytes()).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidRequest);
+        assert!(err.message.contains("JSON values"), "{}", err.message);
+        let few = format!(r#"{{"type":"ping","x":[{}0]}}"#, "[],".repeat(100));
+        assert_eq!(decode_request::<StatusRequest>(few.as_bytes()).unwrap(), StatusRequest::Ping);
     }
 
     #[test]

@@ -23,9 +23,9 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::error::WireError;
+use super::error::{ErrorCode, WireError};
 use super::handshake::Channel;
-use super::{ChannelProtocol, Request, Response};
+use super::{ChannelProtocol, Request, Response, decode};
 
 /// The `queue` channel.
 #[derive(Debug)]
@@ -55,8 +55,54 @@ pub const MAX_LIST_LIMIT: u32 = 1000;
 /// The page size of `list` when the request names none.
 pub const DEFAULT_LIST_LIMIT: u32 = 100;
 
-/// The most bytes of a log in one `log_data` frame (before base64).
+/// The most bytes of a log in one `log_data` frame (before base64); less
+/// when the maximum frame size is smaller (see [`log_chunk`]).
 pub const LOG_CHUNK: usize = 256 * 1024;
+
+/// The most elements `argv` may have.
+pub const MAX_ARGV: usize = 65_536;
+
+/// The most variables `env` may have.
+pub const MAX_ENV: usize = 4096;
+
+/// The most JSON values (scalars, arrays, objects, keys) a job's `input`
+/// may hold when it is not a string: a larger document is passed as text.
+pub const MAX_INPUT_VALUES: usize = 65_536;
+
+/// The most ids a `retry` or `purge` may list.
+pub const MAX_IDS: usize = 65_536;
+
+/// A job's `argv`, `env` and `cwd` together, as JSON, may take at most this
+/// share of the maximum frame size (1 MiB of the default 16 MiB): so that
+/// every answer that carries a job fits in a frame with room to spare.
+pub const COMMAND_SHARE: u64 = 16;
+
+/// The most bytes a job's `argv`, `env` and `cwd` may take as JSON, with a
+/// maximum frame size of `max_frame` bytes.
+///
+/// ```
+/// assert_eq!(hearth::protocol::queue::max_command_bytes(16 << 20), 1 << 20);
+/// ```
+pub fn max_command_bytes(max_frame: u64) -> u64 {
+    max_frame / COMMAND_SHARE
+}
+
+/// The most log bytes one `log_data` frame carries with a maximum frame
+/// size of `max_frame` bytes: [`LOG_CHUNK`], or what fits in base64 with
+/// room for the frame's other fields.
+///
+/// ```
+/// use hearth::protocol::queue::{LOG_CHUNK, log_chunk};
+/// assert_eq!(log_chunk(16 << 20), LOG_CHUNK);
+/// assert_eq!(log_chunk(4096), 2304);
+/// ```
+pub fn log_chunk(max_frame: u64) -> usize {
+    let room = max_frame.saturating_sub(LOG_DATA_OVERHEAD) / 4 * 3;
+    usize::try_from(room).unwrap_or(usize::MAX).clamp(1, LOG_CHUNK)
+}
+
+/// `{"type":"log_data","offset":18446744073709551615,"data":""}` and some.
+const LOG_DATA_OVERHEAD: u64 = 1024;
 
 /// A request on the `queue` channel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,6 +140,122 @@ pub enum QueueRequest {
 impl Request for QueueRequest {
     const TYPES: &'static [&'static str] =
         &["submit", "get", "list", "cancel", "wait", "logs", "stats", "retry", "purge"];
+
+    /// Unbounded here: [`QueueRequest::decode`] bounds every collection as it reads it.
+    const MAX_VALUES: usize = usize::MAX;
+
+    /// Decodes the variant's fields straight from the frame (no buffered
+    /// tree of values), each list and map bounded as it is read: `argv`
+    /// ([`MAX_ARGV`]) and `env` ([`MAX_ENV`]) beyond their limits are
+    /// `command_too_large`, an `input` with more than [`MAX_INPUT_VALUES`]
+    /// values is `input_too_large`, and `ids` beyond [`MAX_IDS`] are
+    /// `invalid_request`.
+    fn decode(kind: &str, frame: &[u8]) -> Result<Self, WireError> {
+        #[derive(Deserialize)]
+        struct Id {
+            id: u64,
+        }
+        let fields = |e: serde_json::Error| super::invalid_fields(kind, &e);
+        let id = || serde_json::from_slice::<Id>(frame).map(|f| f.id).map_err(fields);
+        Ok(match kind {
+            "submit" => QueueRequest::Submit(decode_submit(frame).map_err(|e| e.into_wire(kind))?),
+            "get" => QueueRequest::Get { id: id()? },
+            "list" => QueueRequest::List(serde_json::from_slice(frame).map_err(fields)?),
+            "cancel" => QueueRequest::Cancel { id: id()? },
+            "wait" => QueueRequest::Wait { id: id()? },
+            "logs" => QueueRequest::Logs(serde_json::from_slice(frame).map_err(fields)?),
+            "stats" => QueueRequest::Stats,
+            "retry" => QueueRequest::Retry(serde_json::from_slice(frame).map_err(fields)?),
+            "purge" => QueueRequest::Purge(serde_json::from_slice(frame).map_err(fields)?),
+            other => {
+                return Err(WireError::new(ErrorCode::UnknownRequest, format!("unknown request type {other:?}")));
+            }
+        })
+    }
+}
+
+/// Why a submit frame does not decode.
+enum SubmitError {
+    Fields(serde_json::Error),
+    Refused(WireError),
+}
+
+impl SubmitError {
+    fn into_wire(self, kind: &str) -> WireError {
+        match self {
+            SubmitError::Fields(e) => super::invalid_fields(kind, &e),
+            SubmitError::Refused(e) => e,
+        }
+    }
+}
+
+/// A submit as it arrives: [`JobSpec`] with its lists bounded and its input raw.
+#[derive(Deserialize)]
+struct SubmitFrame<'a> {
+    #[serde(deserialize_with = "decode::capped::<_, String, MAX_ARGV>")]
+    argv: decode::Capped<String>,
+    #[serde(default, deserialize_with = "decode::capped_map::<_, String, MAX_ENV>")]
+    env: decode::CappedMap<String>,
+    #[serde(default)]
+    cwd: Option<String>,
+    #[serde(default, borrow)]
+    input: Option<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    queue: Option<String>,
+    #[serde(default)]
+    priority: Option<i32>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    max_attempts: Option<u32>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    backoff_base_ms: Option<u64>,
+    #[serde(default)]
+    backoff_cap_ms: Option<u64>,
+    #[serde(default)]
+    run_at_ms: Option<u64>,
+}
+
+fn decode_submit(frame: &[u8]) -> Result<JobSpec, SubmitError> {
+    let f: SubmitFrame<'_> = serde_json::from_slice(frame).map_err(SubmitError::Fields)?;
+    let too_large = |what: String| SubmitError::Refused(WireError::new(ErrorCode::CommandTooLarge, what));
+    let argv = f.argv.within(MAX_ARGV).map_err(|n| too_large(format!("argv has {n} elements; at most {MAX_ARGV}")))?;
+    let env = f.env.within(MAX_ENV).map_err(|n| too_large(format!("env has {n} variables; at most {MAX_ENV}")))?;
+    let input = match f.input {
+        None => None,
+        Some(raw) => {
+            let text = raw.get();
+            if !text.starts_with('"') {
+                let values = decode::count_values(text).map_err(SubmitError::Fields)?;
+                if values > MAX_INPUT_VALUES {
+                    return Err(SubmitError::Refused(WireError::new(
+                        ErrorCode::InputTooLarge,
+                        format!(
+                            "the input holds {values} JSON values; at most {MAX_INPUT_VALUES} (pass a larger document \
+                             as a string)"
+                        ),
+                    )));
+                }
+            }
+            Some(serde_json::from_str(text).map_err(SubmitError::Fields)?)
+        }
+    };
+    Ok(JobSpec {
+        argv,
+        env,
+        cwd: f.cwd,
+        input,
+        queue: f.queue,
+        priority: f.priority,
+        key: f.key,
+        max_attempts: f.max_attempts,
+        timeout_ms: f.timeout_ms,
+        backoff_base_ms: f.backoff_base_ms,
+        backoff_cap_ms: f.backoff_cap_ms,
+        run_at_ms: f.run_at_ms,
+    })
 }
 
 /// A response on the `queue` channel.
@@ -116,10 +278,15 @@ pub enum QueueResponse {
     },
     /// The answer to `list`.
     Jobs {
-        /// Matching jobs, newest first.
+        /// Matching jobs, newest first; fewer than `limit` when more would
+        /// not fit in a frame (`next_before_id` then says where to go on).
         jobs: Vec<Job>,
         /// Pass as `before_id` for the next page; `null` on the last page.
         next_before_id: Option<u64>,
+        /// Matching jobs too large to send at all (held from before jobs
+        /// were bounded, or from a larger `max_frame`); absent when none.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        omitted: Vec<u64>,
     },
     /// The answer to `cancel`: the job has ended as `canceled`.
     Canceled {
@@ -406,8 +573,8 @@ pub struct ListFilter {
 /// `all`, every dead job (of `queue`, when given).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Selection {
-    /// These jobs (each must be dead).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// These jobs (each must be dead), at most [`MAX_IDS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "decode::at_most::<_, u64, MAX_IDS>")]
     pub ids: Vec<u64>,
     /// Every dead job (with `queue`: of that queue).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -155,6 +155,15 @@ pub struct Limits {
     pub write_timeout_ms: u64,
     /// Time in-flight requests get to finish at shutdown.
     pub shutdown_grace_ms: u64,
+    /// Bytes of large request frames the daemon holds at once, all
+    /// connections together; a frame beyond it waits unread (absent, 0, from
+    /// a daemon that predates the budget).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_inflight_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Overall health.
@@ -305,6 +314,8 @@ health_codes! {
     SyncSettingsEditRefused => "sync_settings_edit_refused", Degraded,
     /// The settings document has a schema this daemon cannot migrate.
     SyncSettingsSchema => "sync_settings_schema", Degraded,
+    /// A supervised process is `failed`: restarted too often, or it cannot start.
+    ProcessFailing => "process_failing", Degraded,
 }
 
 impl std::fmt::Display for HealthCode {

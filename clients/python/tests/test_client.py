@@ -62,7 +62,7 @@ class ClientTests(unittest.TestCase):
         self.assertEqual(report["protocol"], 1)
         self.assertEqual(report["socket"], self.fixture.socket)
         self.assertIn(report["health"]["state"], ("healthy", "degraded"))
-        self.assertEqual(set(report["channels"]), {"status", "pool", "queue", "blob"})
+        self.assertEqual(set(report["channels"]), {"status", "pool", "queue", "blob", "sync", "process"})
 
     def test_not_running(self) -> None:
         missing = os.path.join(os.path.dirname(self.fixture.socket), "nothing.sock")
@@ -158,6 +158,7 @@ class ClientTests(unittest.TestCase):
         client = self.client()
         submitted = client.queue.submit(["sh", "-c", "echo hello; echo oops >&2"], env={"A": "1"})
         self.assertFalse(submitted.deduplicated)
+        self.assertEqual(submitted.job["cwd"], os.getcwd(), "a job without cwd runs where its submitter is")
         job_id = submitted.job["id"]
         states = [job["state"] for job in client.queue.wait(job_id, timeout=30)]
         self.assertEqual(states[-1], "succeeded")

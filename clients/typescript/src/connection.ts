@@ -139,7 +139,12 @@ export class Connection {
     this.daemon = accepted.daemon;
     this.maxFrame = accepted.max_frame;
     decoder.maxFrame = accepted.max_frame;
-    for (const frame of buffered) this.enqueue(frame);
+    // Frames that came right behind the reply (the sync channel's `joined`)
+    // wait for the first exchange, which asks for them.
+    for (const frame of buffered) {
+      this.frames.push(frame);
+      this.queuedBytes += frame.length;
+    }
     // An idle connection does not keep the process alive; a call in flight does.
     socket.unref();
     socket.on("data", (chunk: Buffer) => this.onData(chunk));
@@ -706,7 +711,7 @@ async function handshakeOn(
     throw new ProtocolError(`bad handshake reply: ${String(error)}`);
   }
   if (value.ok === true && typeof value.max_frame === "number" && isDaemonIdent(value.daemon)) {
-    // Frames that came with the reply (none are expected) stay queued.
+    // Frames that came with the reply stay queued for the first exchange.
     return new (Connection as unknown as ConnectionCtor)(socket, decoder, channel, socketPath, value as Accepted, frames);
   }
   socket.destroy();

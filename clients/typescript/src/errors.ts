@@ -48,6 +48,7 @@ export type ErrorCode =
   | "unknown_request"
   | "invalid_request"
   | "internal"
+  | "response_too_large"
   | "unknown_pool"
   | "unknown_lease"
   | "take_timeout"
@@ -60,6 +61,7 @@ export type ErrorCode =
   | "job_finished"
   | "job_not_dead"
   | "input_too_large"
+  | "command_too_large"
   | "store_failed"
   | "blob_not_found"
   | "hash_mismatch"
@@ -67,7 +69,28 @@ export type ErrorCode =
   | "blob_too_large"
   | "blob_pinned"
   | "range_not_satisfiable"
-  | "storage_full";
+  | "storage_full"
+  | "unknown_process"
+  | "too_many_processes"
+  | "start_failed"
+  | "restart_storm"
+  | "not_ready"
+  | "invalid_doc_name"
+  | "too_many_docs"
+  | "room_full"
+  | "doc_not_found"
+  | "no_document"
+  | "invalid_sync_message"
+  | "sync_message_too_large"
+  | "path_not_found"
+  | "not_a_container"
+  | "wrong_type"
+  | "value_too_large"
+  | "doc_too_large"
+  | "unknown_revision"
+  | "view_too_large"
+  | "room_closed"
+  | "peer_too_slow";
 
 /** A known code, or any other string (a newer daemon's). */
 // `string & {}` keeps editors suggesting the known codes.
@@ -262,7 +285,7 @@ export class LocalIoError extends HearthError {
 //
 // In the order of proto-docs/errors.md. A code sent only in handshakes is a
 // Refused, one sent only as a request's answer a RequestError. The two sent
-// in both places (shutting_down, frame_too_large) are raised as a Refused or
+// in both places (shutting_down, frame_too_large, invalid_doc_name) are raised as a Refused or
 // a RequestError according to where they came from; their own class matches
 // either with `instanceof`.
 
@@ -302,6 +325,8 @@ export class UnknownRequest extends RequestError {}
 export class InvalidRequest extends RequestError {}
 /** `internal`: the daemon failed in a way that is not the request's fault; its log has details. */
 export class Internal extends RequestError {}
+/** `response_too_large`: the answer would exceed the maximum frame size and was not sent; a change the request asked for was made. */
+export class ResponseTooLarge extends RequestError {}
 /** `unknown_pool`: no pool of that name is defined. */
 export class UnknownPool extends RequestError {}
 /** `unknown_lease`: no resource is held under that lease; nothing was touched. */
@@ -326,6 +351,8 @@ export class JobFinished extends RequestError {}
 export class JobNotDead extends RequestError {}
 /** `input_too_large`: the job's input is larger than `queue.max_input`. */
 export class InputTooLarge extends RequestError {}
+/** `command_too_large`: the job's argv, env and cwd are more than a job may hold or the system can execute. */
+export class CommandTooLarge extends RequestError {}
 /** `store_failed`: the queue's store could not commit or read; nothing was changed. */
 export class StoreFailed extends RequestError {}
 /** `blob_not_found`: no blob with that hash is stored. */
@@ -342,6 +369,52 @@ export class BlobPinned extends RequestError {}
 export class RangeNotSatisfiable extends RequestError {}
 /** `storage_full`: the store's filesystem is full or over quota; nothing was stored. */
 export class StorageFull extends RequestError {}
+/** `unknown_process`: No process of that name (or with that label) is defined. */
+export class UnknownProcess extends RequestError {}
+/** `too_many_processes`: The daemon already supervises `process.max_processes` processes. */
+export class TooManyProcesses extends RequestError {}
+/** `start_failed`: A supervised process could not be started, or failed before it was ready; the message says how. */
+export class ProcessStartFailed extends RequestError {}
+/** `restart_storm`: The process was restarted `max_restarts` times within its window and is now `failed`. */
+export class RestartStorm extends RequestError {}
+/** `not_ready`: A process did not become ready within its start timeout; a rolling restart stops there. */
+export class NotReady extends RequestError {}
+/** `invalid_doc_name`: a document name breaks the rules of proto-docs/sync.md (lowercase segments, no `..`, no leading `.`). Matches a Refused or a RequestError of this code. */
+export class InvalidDocName extends RequestError {
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    return value instanceof HearthError && value.code === "invalid_doc_name";
+  }
+}
+/** `too_many_docs`: the sync store holds `sync.max_docs` documents; creating another is refused. */
+export class TooManyDocs extends Refused {}
+/** `room_full`: the room has `sync.max_peers_per_room` peers. */
+export class RoomFull extends Refused {}
+/** `doc_not_found`: no sync document has this name. */
+export class DocNotFound extends RequestError {}
+/** `no_document`: a request that needs a document, on a control connection. */
+export class NoDocument extends RequestError {}
+/** `invalid_sync_message`: a binary frame that is not an Automerge sync message, or whose changes do not apply. */
+export class InvalidSyncMessage extends RequestError {}
+/** `sync_message_too_large`: a sync message larger than `sync.max_sync_message`. */
+export class SyncMessageTooLarge extends RequestError {}
+/** `path_not_found`: a path step does not exist (or an index is past the end); nothing of the write was applied. */
+export class PathNotFound extends RequestError {}
+/** `not_a_container`: a path goes through a scalar as if it were a map or list. */
+export class NotAContainer extends RequestError {}
+/** `wrong_type`: the operation does not fit what the path names (a key into a list, a splice of a non-text...). */
+export class WrongType extends RequestError {}
+/** `value_too_large`: a value over `sync.max_value_size`, or nested deeper than 64 levels. */
+export class ValueTooLarge extends RequestError {}
+/** `doc_too_large`: the document is at `sync.max_doc_size`; nothing was applied. */
+export class DocTooLarge extends RequestError {}
+/** `unknown_revision`: a revision names a change the document does not have. */
+export class UnknownRevision extends RequestError {}
+/** `view_too_large`: the answer would not fit in one frame; read a smaller path. */
+export class ViewTooLarge extends RequestError {}
+/** `room_closed`: the room was closed (`close`, or a failed store); reconnect to load it again. */
+export class RoomClosed extends RequestError {}
+/** `peer_too_slow`: the peer took no frame for `sync.peer_write_timeout` and was disconnected. */
+export class PeerTooSlow extends RequestError {}
 
 /** What a code is: where the daemon sends it, what happens to the connection, and its class. */
 export interface ErrorCodeEntry extends ErrorCodeInfo {
@@ -369,6 +442,7 @@ export const ERROR_CODES: { readonly [code in ErrorCode]: ErrorCodeEntry } = {
   unknown_request: { sent: "request", connection: "usable", error: UnknownRequest },
   invalid_request: { sent: "request", connection: "usable", error: InvalidRequest },
   internal: { sent: "request", connection: "usable", error: Internal },
+  response_too_large: { sent: "request", connection: "usable", error: ResponseTooLarge },
   unknown_pool: { sent: "request", connection: "usable", error: UnknownPool },
   unknown_lease: { sent: "request", connection: "usable", error: UnknownLease },
   take_timeout: { sent: "request", connection: "usable", error: TakeTimeout },
@@ -381,6 +455,7 @@ export const ERROR_CODES: { readonly [code in ErrorCode]: ErrorCodeEntry } = {
   job_finished: { sent: "request", connection: "usable", error: JobFinished },
   job_not_dead: { sent: "request", connection: "usable", error: JobNotDead },
   input_too_large: { sent: "request", connection: "usable", error: InputTooLarge },
+  command_too_large: { sent: "request", connection: "usable", error: CommandTooLarge },
   store_failed: { sent: "request", connection: "usable", error: StoreFailed },
   blob_not_found: { sent: "request", connection: "usable", error: BlobNotFound },
   hash_mismatch: { sent: "request", connection: "usable", error: HashMismatch },
@@ -389,6 +464,27 @@ export const ERROR_CODES: { readonly [code in ErrorCode]: ErrorCodeEntry } = {
   blob_pinned: { sent: "request", connection: "usable", error: BlobPinned },
   range_not_satisfiable: { sent: "request", connection: "usable", error: RangeNotSatisfiable },
   storage_full: { sent: "request", connection: "usable", error: StorageFull },
+  unknown_process: { sent: "request", connection: "usable", error: UnknownProcess },
+  too_many_processes: { sent: "request", connection: "usable", error: TooManyProcesses },
+  start_failed: { sent: "request", connection: "usable", error: ProcessStartFailed },
+  restart_storm: { sent: "request", connection: "usable", error: RestartStorm },
+  not_ready: { sent: "request", connection: "usable", error: NotReady },
+  invalid_doc_name: { sent: "both", connection: "usable", error: InvalidDocName },
+  too_many_docs: { sent: "handshake", connection: "closed", error: TooManyDocs },
+  room_full: { sent: "handshake", connection: "closed", error: RoomFull },
+  doc_not_found: { sent: "request", connection: "usable", error: DocNotFound },
+  no_document: { sent: "request", connection: "usable", error: NoDocument },
+  invalid_sync_message: { sent: "request", connection: "usable", error: InvalidSyncMessage },
+  sync_message_too_large: { sent: "request", connection: "usable", error: SyncMessageTooLarge },
+  path_not_found: { sent: "request", connection: "usable", error: PathNotFound },
+  not_a_container: { sent: "request", connection: "usable", error: NotAContainer },
+  wrong_type: { sent: "request", connection: "usable", error: WrongType },
+  value_too_large: { sent: "request", connection: "usable", error: ValueTooLarge },
+  doc_too_large: { sent: "request", connection: "usable", error: DocTooLarge },
+  unknown_revision: { sent: "request", connection: "usable", error: UnknownRevision },
+  view_too_large: { sent: "request", connection: "usable", error: ViewTooLarge },
+  room_closed: { sent: "request", connection: "closed", error: RoomClosed },
+  peer_too_slow: { sent: "request", connection: "closed", error: PeerTooSlow },
 };
 
 /** Whether `code` is one this library knows. */

@@ -43,7 +43,13 @@ export type EventKind =
   | "blob_put"
   | "blob_delete"
   | "blob_gc"
-  | "health_changed";
+  | "health_changed"
+  | "sync_room_opened"
+  | "sync_room_closed"
+  | "sync_peer_joined"
+  | "sync_peer_left"
+  | "sync_compacted"
+  | "sync_settings_edit";
 
 /** Every kind this version knows, for filters and displays. */
 export const EVENT_KINDS: readonly EventKind[] = [
@@ -56,6 +62,12 @@ export const EVENT_KINDS: readonly EventKind[] = [
   "blob_delete",
   "blob_gc",
   "health_changed",
+  "sync_room_opened",
+  "sync_room_closed",
+  "sync_peer_joined",
+  "sync_peer_left",
+  "sync_compacted",
+  "sync_settings_edit",
 ];
 
 /** What every event has. */
@@ -142,6 +154,52 @@ export interface HealthChangedEvent extends EventHead {
   codes: string[];
 }
 
+/** A sync document was loaded into a room; `created` when it did not exist before. */
+export interface SyncRoomOpenedEvent extends EventHead {
+  kind: "sync_room_opened";
+  doc: string;
+  created: boolean;
+}
+
+/** A sync room unloaded with `peers` still in it. */
+export interface SyncRoomClosedEvent extends EventHead {
+  kind: "sync_room_closed";
+  doc: string;
+  why: "idle" | "evicted" | "store_failed" | "shutdown";
+  peers: number;
+}
+
+/** A peer joined a sync room. */
+export interface SyncPeerJoinedEvent extends EventHead {
+  kind: "sync_peer_joined";
+  doc: string;
+  peer: number;
+  client?: string;
+  pid?: number;
+  mode: "view" | "replica";
+}
+
+/** A peer left a sync room. */
+export interface SyncPeerLeftEvent extends EventHead {
+  kind: "sync_peer_left";
+  doc: string;
+  peer: number;
+}
+
+/** A sync document's file was compacted to `bytes` bytes. */
+export interface SyncCompactedEvent extends EventHead {
+  kind: "sync_compacted";
+  doc: string;
+  bytes: number;
+}
+
+/** A person's edit of settings.json was merged (`applied`) or refused (`reason`). */
+export interface SyncSettingsEditEvent extends EventHead {
+  kind: "sync_settings_edit";
+  applied: boolean;
+  reason?: string;
+}
+
 /** An event of a kind this version does not know (a newer daemon's). */
 export interface UnknownEvent extends EventHead {
   kind: "unknown";
@@ -162,6 +220,12 @@ export type HearthEvent =
   | BlobDeleteEvent
   | BlobGcEvent
   | HealthChangedEvent
+  | SyncRoomOpenedEvent
+  | SyncRoomClosedEvent
+  | SyncPeerJoinedEvent
+  | SyncPeerLeftEvent
+  | SyncCompactedEvent
+  | SyncSettingsEditEvent
   | UnknownEvent;
 
 /**

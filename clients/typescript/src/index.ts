@@ -5,6 +5,7 @@
  * - {@link ensureDaemonRunning} connects, starting `hearthd` if none runs.
  * - One client class per channel: {@link StatusClient}, {@link PoolClient},
  *   {@link QueueClient}, {@link BlobClient}; each owns one connection.
+ * - {@link SyncDoc} opens a live document of the `sync` channel as JSON.
  * - `StatusClient.events()` streams what the daemon does ({@link Notice}).
  * - Every failure is a {@link HearthError} with a stable `code`.
  *
@@ -46,9 +47,16 @@ export {
   type PoolBuildStartedEvent,
   type PoolReleaseEvent,
   type PoolTakeEvent,
+  type SyncCompactedEvent,
+  type SyncPeerJoinedEvent,
+  type SyncPeerLeftEvent,
+  type SyncRoomClosedEvent,
+  type SyncRoomOpenedEvent,
+  type SyncSettingsEditEvent,
   type UnknownEvent,
 } from "./events.js";
 export * from "./pool.js";
 export * from "./queue.js";
 export * from "./blob.js";
+export * from "./sync.js";
 export { VERSION } from "./version.js";

@@ -34,7 +34,10 @@ export function isFinal(state: JobState): boolean {
 export interface JobSpec {
   argv: string[];
   env?: Record<string, string>;
-  /** An absolute directory (default: the daemon user's `$HOME`). */
+  /**
+   * An absolute directory. `submit` sends this process's current directory when none is given, as a
+   * process started here would run; on the wire, a spec without one runs in the daemon user's `$HOME`.
+   */
   cwd?: string;
   /** Written to stdin: a string as UTF-8, any other JSON value as compact JSON. */
   input?: unknown;
@@ -110,9 +113,12 @@ export interface ListFilter {
 
 /** A page of jobs, newest first. */
 export interface JobPage {
+  /** Fewer than the limit when more would not fit in one frame (`next_before_id` is set then). */
   jobs: Job[];
   /** `before_id` of the next page; `null` on the last. */
   next_before_id: number | null;
+  /** Matching jobs too large to send at all (proto-docs/queue.md). */
+  omitted: number[];
 }
 
 /** Which dead jobs `retry` and `purge` act on: `ids`, or `all` (of `queue`). */
@@ -164,7 +170,8 @@ export class QueueClient extends ChannelClient {
 
   /** Submits a job; resolves once it is durable. */
   async submit(spec: JobSpec, options?: CallOptions): Promise<Submitted> {
-    const { job, deduplicated } = await this.call<Submitted>("submit", { ...spec, type: "submit" }, "submitted", options);
+    const request = { ...spec, cwd: spec.cwd ?? currentDir(), type: "submit" };
+    const { job, deduplicated } = await this.call<Submitted>("submit", request, "submitted", options);
     return { job, deduplicated };
   }
 
@@ -181,8 +188,8 @@ export class QueueClient extends ChannelClient {
 
   /** A page of jobs, newest first. */
   async list(filter: ListFilter = {}, options?: CallOptions): Promise<JobPage> {
-    const { jobs, next_before_id } = await this.call<JobPage>("list", { ...filter, type: "list" }, "jobs", options);
-    return { jobs, next_before_id };
+    const page = await this.call<Partial<JobPage>>("list", { ...filter, type: "list" }, "jobs", options);
+    return { jobs: page.jobs ?? [], next_before_id: page.next_before_id ?? null, omitted: page.omitted ?? [] };
   }
 
   /** Cancels a job (a running one is killed first); returns it, canceled. */
@@ -272,5 +279,14 @@ export class QueueClient extends ChannelClient {
   /** Deletes dead jobs and their logs; returns their ids. */
   async purge(selection: Selection, options?: CallOptions): Promise<number[]> {
     return (await this.call<{ ids: number[] }>("purge", { ...selection, type: "purge" }, "purged", options)).ids;
+  }
+}
+
+/** This process's current directory; `undefined` (the daemon's default) when it was removed. */
+function currentDir(): string | undefined {
+  try {
+    return process.cwd();
+  } catch {
+    return undefined;
   }
 }

@@ -52,6 +52,8 @@ export interface Limits {
   connection_idle_timeout_ms: number;
   write_timeout_ms: number;
   shutdown_grace_ms: number;
+  /** Bytes of large request frames held at once, all connections together (absent from older daemons). */
+  max_inflight_bytes?: number;
 }
 
 /** The queue service's summary. */

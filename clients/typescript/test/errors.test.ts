@@ -26,7 +26,10 @@ function documentedCodes(): Map<string, string> {
   for (const line of text.split("\n")) {
     const cells = line.split("|").map((c) => c.trim());
     const code = /^`([a-z_]+)`$/.exec(cells[1] ?? "");
-    if (code && (cells[3] === "closed" || cells[3] === "usable")) rows.set(code[1] as string, cells[3]);
+    // "closed after the first frame; else usable": a request's answer leaves it usable.
+    const after = cells[3] ?? "";
+    const connection = after.startsWith("usable") || after.includes("else usable") ? "usable" : after;
+    if (code && (connection === "closed" || connection === "usable")) rows.set(code[1] as string, connection);
   }
   return rows;
 }

@@ -124,6 +124,7 @@ describe("the queue channel", () => {
     assert.deepEqual(await queue.purge({ all: true }), [job.id]);
     await assert.rejects(queue.get(job.id), hasCode("job_not_found"));
     const ok = await queue.submit({ argv: ["true"] });
+    assert.equal(ok.job.cwd, process.cwd(), "a job without cwd runs where its submitter is");
     await queue.waitForEnd(ok.job.id);
     await assert.rejects(queue.retry({ ids: [ok.job.id] }), hasCode("job_not_dead"));
   });

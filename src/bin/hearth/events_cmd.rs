@@ -87,9 +87,29 @@ fn describe(event: &Event) -> String {
         }
         EventData::BlobDelete { hash, size } => format!("deleted {hash} ({})", output::bytes(*size)),
         EventData::BlobGc { removed, bytes } => format!("collected {removed} blobs ({})", output::bytes(*bytes)),
+        EventData::ProcessState { name, from, to, pid } => {
+            let state = |s: &Option<hearth::protocol::process::ProcessState>| s.map_or("-", |s| s.as_str());
+            let pid = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+            format!("{name}: {} → {}{pid}", state(from), state(to))
+        }
         EventData::HealthChanged { from, to, codes } => {
             let codes: Vec<String> = codes.iter().map(ToString::to_string).collect();
             format!("{} → {} {}", from.as_str(), to.as_str(), codes.join(", "))
+        }
+        EventData::SyncRoomOpened { doc, created } => {
+            format!("{doc}: loaded{}", if *created { " (new document)" } else { "" })
+        }
+        EventData::SyncRoomClosed { doc, why, peers } => format!("{doc}: unloaded ({why}, {peers} peers left)"),
+        EventData::SyncPeerJoined { doc, peer, client, pid, mode } => {
+            let who = client.as_deref().unwrap_or("a client");
+            let pid = pid.map_or(String::new(), |p| format!(", pid {p}"));
+            format!("{doc}: peer {peer} joined ({who}, {}{pid})", mode.as_str())
+        }
+        EventData::SyncPeerLeft { doc, peer } => format!("{doc}: peer {peer} left"),
+        EventData::SyncCompacted { doc, bytes } => format!("{doc}: compacted to {}", output::bytes(*bytes)),
+        EventData::SyncSettingsEdit { applied: true, .. } => "settings.json: an edit was merged".into(),
+        EventData::SyncSettingsEdit { applied: false, reason } => {
+            format!("settings.json: an edit was refused: {}", reason.as_deref().unwrap_or("no reason given"))
         }
         EventData::Unknown => "(an event this hearth does not know)".into(),
     };

@@ -28,11 +28,29 @@ const EXIT_TIMED_OUT: u8 = 124;
 /// ... for a job whose program could not be started (as a shell).
 const EXIT_SPAWN_FAILED: u8 = 127;
 
-pub(crate) const JOB_EXIT_HELP: &str = "\
+/// The exit statuses of `queue wait` and `run`, for their help.
+macro_rules! job_exit_help {
+    () => {
+        "\
 Exit status: the job's own when it ended by exiting (0 when it succeeded),
 128+N when a signal N ended it, 124 when its last attempt timed out, 125 when
 it was canceled, 127 when its program could not be started; 1, 3 or 4 when
-hearth itself failed (see `hearth --help`; --json tells the cases apart).";
+hearth itself failed (see `hearth --help`; --json tells the cases apart)."
+    };
+}
+
+pub(crate) const RUN_HELP: &str = concat!(
+    "\
+Attempts: one, as when the command runs here, unless --max-attempts says
+otherwise; with more, each retry prints its output again, after a
+`[hearth: attempt N ...]` line.
+
+",
+    job_exit_help!()
+);
+
+/// Attempts of a job that `hearth run` submits without `--max-attempts`.
+const RUN_ATTEMPTS: u32 = 1;
 
 const WAIT_EXIT_HELP: &str = "\
 Exit status: the job's own when it ended by exiting (0 when it succeeded),
@@ -86,7 +104,8 @@ pub(crate) struct SubmitArgs {
     /// within the retention window) returns the first job
     #[arg(long, short = 'k', value_name = "KEY")]
     key: Option<String>,
-    /// Attempts before the job is dead [default: the daemon's queue.max_attempts]
+    /// Attempts before the job is dead [default: 1 for `run`; the daemon's
+    /// queue.max_attempts for `queue submit`]
     #[arg(long, value_name = "N")]
     max_attempts: Option<u32>,
     /// Per-attempt timeout, e.g. 30s or 10m [default: the daemon's queue.timeout]
@@ -360,7 +379,7 @@ async fn submit(ctx: &Ctx, client: &mut QueueClient, args: SubmitArgs) -> Result
     Ok(EXIT_OK)
 }
 
-/// The exit status `wait` and `run` end with (see [`JOB_EXIT_HELP`]).
+/// The exit status `wait` and `run` end with (see [`RUN_HELP`] and [`WAIT_EXIT_HELP`]).
 pub(crate) fn job_exit_status(job: &Job, last: Option<&Attempt>) -> u8 {
     match job.state {
         JobState::Succeeded => 0,
@@ -475,11 +494,22 @@ async fn list(ctx: &Ctx, client: &mut QueueClient, states: Vec<JobState>, page: 
     let filter = ListFilter { states, queue: page.queue, limit: Some(page.limit), before_id: page.before };
     let page = client.list(filter).await?;
     if ctx.json {
-        output::json(&json!({ "jobs": page.jobs, "next_before_id": page.next_before_id }))?;
+        output::json(&json!({ "jobs": page.jobs, "next_before_id": page.next_before_id, "omitted": page.omitted }))?;
         return Ok(EXIT_OK);
     }
+    let omitted = || {
+        if !page.omitted.is_empty() {
+            let ids: Vec<String> = page.omitted.iter().map(u64::to_string).collect();
+            eprintln!(
+                "hearth: {} too large to send, left out: {} (cancel or purge by id)",
+                if ids.len() == 1 { "a job is" } else { "jobs are" },
+                ids.join(" ")
+            );
+        }
+    };
     if page.jobs.is_empty() {
         outln!("no jobs");
+        omitted();
         return Ok(EXIT_OK);
     }
     let now = hearth::time::now_ms();
@@ -502,6 +532,7 @@ async fn list(ctx: &Ctx, client: &mut QueueClient, states: Vec<JobState>, page: 
     if let Some(next) = page.next_before_id {
         outln!("(more: --before {next})");
     }
+    omitted();
     Ok(EXIT_OK)
 }
 
@@ -640,7 +671,10 @@ fn print_stats(s: &QueueStats) {
 }
 
 /// `hearth run`: submit, stream the job's output here, exit with its status.
-pub(crate) async fn run_attached(ctx: &Ctx, args: SubmitArgs) -> Result<u8, CliError> {
+/// One attempt unless `--max-attempts` says otherwise: a command run "here"
+/// runs once.
+pub(crate) async fn run_attached(ctx: &Ctx, mut args: SubmitArgs) -> Result<u8, CliError> {
+    args.max_attempts.get_or_insert(RUN_ATTEMPTS);
     let mut client = ctx.connect_or_spawn::<QueueChannel>().await?;
     let submitted = client.submit(spec(args)?).await?;
     let id = submitted.job.id;

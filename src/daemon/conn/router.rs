@@ -86,6 +86,7 @@ pub(crate) async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
         ActiveGuard::new(&shared, handshake.channel)
     });
     conn.set_max_frame(s.max_frame.as_usize());
+    conn.set_budget(shared.read_budget.clone());
     let reply = HandshakeReply::Accepted(Accepted {
         protocol: PROTOCOL_VERSION,
         daemon: shared.ident.clone(),

@@ -29,12 +29,18 @@ pub(crate) struct Session<C: ChannelProtocol> {
     /// The request being answered (its type) and when its frame was read,
     /// until the first frame of its answer is written.
     pending: Option<(&'static str, Instant)>,
+    /// The size of the frame read last, whose request is done when the next is asked for.
+    last_frame: usize,
     _channel: PhantomData<C>,
 }
 
+/// A request frame at least this large has the allocator give its free
+/// memory back to the system once the request is done (see `Shared::trim_heap_soon`).
+const TRIM_AFTER: usize = 4 * 1024 * 1024;
+
 impl<C: ChannelProtocol> Session<C> {
     pub(crate) fn new(conn: Connection, shared: Arc<Shared>) -> Self {
-        Self { conn, shared, pending: None, _channel: PhantomData }
+        Self { conn, shared, pending: None, last_frame: 0, _channel: PhantomData }
     }
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {
@@ -67,7 +73,10 @@ impl<C: ChannelProtocol> Session<C> {
 
     /// The next frame as it is (the raw data frames of a streamed
     /// exchange), with the idle timeout, frame limit and stop handling of
-    /// [`Session::next_request`]; `None` when the session should end.
+    /// [`Session::next_request`]; `None` when the session should end. A
+    /// large frame waits for its share of the daemon's read budget (see
+    /// [`crate::connection::ReadBudget`]); the previous frame's share goes
+    /// back as this one is asked for.
     pub(crate) async fn next_frame(&mut self) -> Option<Bytes> {
         let idle = self.shared.config.server.connection_idle_timeout.0;
         self.read_frame_within(idle).await
@@ -81,6 +90,9 @@ impl<C: ChannelProtocol> Session<C> {
     }
 
     async fn read_frame_within(&mut self, idle: Duration) -> Option<Bytes> {
+        if std::mem::take(&mut self.last_frame) >= TRIM_AFTER {
+            self.shared.trim_heap_soon();
+        }
         let idle_text = crate::units::HumanDuration(idle);
         let read = tokio::select! {
             biased;
@@ -105,6 +117,7 @@ impl<C: ChannelProtocol> Session<C> {
                 return None;
             }
         };
+        self.last_frame = frame.len();
         Some(frame)
     }
 
@@ -144,12 +157,37 @@ impl<C: ChannelProtocol> Session<C> {
         Ok(())
     }
 
-    /// Writes one response, giving up after the write timeout.
+    /// Writes one response, giving up after the write timeout. A response
+    /// larger than the maximum frame size is never written: a
+    /// `response_too_large` error goes in its place (see [`Session::deliver`]).
     pub(crate) async fn send<T: Serialize + ?Sized>(&mut self, response: &T) -> Result<(), Closed> {
+        self.deliver(response).await.map(drop)
+    }
+
+    /// [`Session::send`], saying whether the response itself went out: a
+    /// stream whose next frame was refused must end there.
+    ///
+    /// Every response of every channel goes through here, so this is where
+    /// the daemon keeps its promise never to write a frame above the
+    /// maximum: the encoder stops keeping bytes at the maximum (an answer
+    /// too large costs at most one frame of memory) and names the full size.
+    pub(crate) async fn deliver<T: Serialize + ?Sized>(&mut self, response: &T) -> Result<Sent, Closed> {
         let timeout = self.shared.config.server.write_timeout.0;
-        within(timeout, self.conn.write_json(response)).await?;
+        let sent = match tokio::time::timeout(timeout, self.conn.write_json(response)).await {
+            Ok(Err(FrameError::TooLarge { len, max })) => {
+                tracing::warn!(len, max, "an answer larger than the maximum frame size was refused");
+                let message = format!(
+                    "the answer is {len} bytes, more than the maximum frame size of {max} bytes (server.max_frame); \
+                     it was not sent"
+                );
+                let refusal = C::Response::from_error(WireError::new(ErrorCode::ResponseTooLarge, message));
+                within(timeout, self.conn.write_json(&refusal)).await?;
+                Sent::Refused
+            }
+            written => finished(timeout, written).map(|()| Sent::Delivered)?,
+        };
         self.answered();
-        Ok(())
+        Ok(sent)
     }
 
     async fn send_error(&mut self, error: WireError) {
@@ -162,9 +200,25 @@ async fn within_or_forever<T>(idle: Duration, read: impl Future<Output = T>) -> 
     if idle == Duration::MAX { Ok(read.await) } else { tokio::time::timeout(idle, read).await }
 }
 
+/// What became of a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// It was written.
+    Delivered,
+    /// It did not fit in a frame: a `response_too_large` error went in its place.
+    Refused,
+}
+
 /// Runs one write, giving up after `timeout`: a peer that does not read is dropped.
 async fn within(timeout: Duration, write: impl Future<Output = Result<(), FrameError>>) -> Result<(), Closed> {
-    match tokio::time::timeout(timeout, write).await {
+    finished(timeout, tokio::time::timeout(timeout, write).await)
+}
+
+fn finished(
+    timeout: Duration,
+    written: Result<Result<(), FrameError>, tokio::time::error::Elapsed>,
+) -> Result<(), Closed> {
+    match written {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
             tracing::debug!("cannot write to the peer: {e}");

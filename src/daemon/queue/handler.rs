@@ -6,21 +6,26 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::broadcast;
 
 use super::writer::{Canceled, NewJob, Transition};
-use super::{KillReason, QueueService, store};
-use crate::daemon::conn::session::{Closed, Session};
+use super::{KillReason, QueueService, store, worker};
+use crate::daemon::child;
+use crate::daemon::conn::session::{Closed, Sent, Session};
+use crate::protocol::frame::json_len;
 use crate::protocol::queue::{
-    Base64, DEFAULT_LIST_LIMIT, DEFAULT_QUEUE, Job, JobSpec, JobState, LOG_CHUNK, LogsRequest, MAX_ATTEMPTS, MAX_KEY,
-    MAX_LIST_LIMIT, MAX_QUEUE_NAME, QueueChannel, QueueRequest, QueueResponse, QueueStats,
+    Base64, COMMAND_SHARE, DEFAULT_LIST_LIMIT, DEFAULT_QUEUE, Job, JobSpec, JobState, LogsRequest, MAX_ATTEMPTS,
+    MAX_KEY, MAX_LIST_LIMIT, MAX_QUEUE_NAME, QueueChannel, QueueRequest, QueueResponse, QueueStats, log_chunk,
+    max_command_bytes,
 };
-use crate::protocol::{ErrorCode, WireError};
+use crate::protocol::{ErrorCode, WireError, clip};
+use crate::units::ByteSize;
 
 pub(crate) async fn serve(mut session: Session<QueueChannel>, service: Arc<QueueService>) {
+    let max_frame = session.shared().config.server.max_frame.0;
     while let Some(request) = session.next_request().await {
         let result = match request {
             QueueRequest::Wait { id } => wait(&mut session, &service, id).await,
             QueueRequest::Logs(request) => logs(&mut session, &service, request).await,
             other => {
-                let response = handle(&service, other).await.unwrap_or_else(QueueResponse::Error);
+                let response = handle(&service, other, max_frame).await.unwrap_or_else(QueueResponse::Error);
                 session.send(&response).await
             }
         };
@@ -30,10 +35,19 @@ pub(crate) async fn serve(mut session: Session<QueueChannel>, service: Arc<Queue
     }
 }
 
-async fn handle(service: &Arc<QueueService>, request: QueueRequest) -> Result<QueueResponse, WireError> {
+/// Bytes of a `jobs` answer besides its jobs: the envelope and the cursor.
+const PAGE_ENVELOPE: u64 = 256;
+/// Bytes an omitted job's id may take in a `jobs` answer (`,18446744073709551615`).
+const OMITTED_ID: u64 = 21;
+
+async fn handle(
+    service: &Arc<QueueService>,
+    request: QueueRequest,
+    max_frame: u64,
+) -> Result<QueueResponse, WireError> {
     match request {
         QueueRequest::Submit(spec) => {
-            let new = new_job(service, spec)?;
+            let new = new_job(service, spec, max_frame)?;
             let (job, deduplicated) = service.writer.submit(new).await?;
             Ok(QueueResponse::Submitted { job, deduplicated })
         }
@@ -52,8 +66,11 @@ async fn handle(service: &Arc<QueueService>, request: QueueRequest) -> Result<Qu
             if limit == 0 || limit > MAX_LIST_LIMIT {
                 return Err(invalid(format!("limit must be between 1 and {MAX_LIST_LIMIT}, not {limit}")));
             }
-            let (jobs, next_before_id) = service.read(move |c| store::list(c, &filter, limit)).await?;
-            Ok(QueueResponse::Jobs { jobs, next_before_id })
+            // Room for the jobs, whatever else the page holds.
+            let room = max_frame.saturating_sub(PAGE_ENVELOPE + OMITTED_ID * u64::from(limit));
+            let room = usize::try_from(room).unwrap_or(usize::MAX);
+            let page = service.read(move |c| store::list(c, &filter, limit, room)).await?;
+            Ok(QueueResponse::Jobs { jobs: page.jobs, next_before_id: page.next_before_id, omitted: page.omitted })
         }
         QueueRequest::Cancel { id } => cancel(service, id).await,
         QueueRequest::Stats => stats(service).await,
@@ -96,13 +113,14 @@ fn check_queue_name(name: &str) -> Result<(), WireError> {
         Ok(())
     } else {
         Err(invalid(format!(
-            "queue name {name:?} must be 1 to {MAX_QUEUE_NAME} characters of A-Z, a-z, 0-9, '-', '_' and '.'"
+            "queue name {:?} must be 1 to {MAX_QUEUE_NAME} characters of A-Z, a-z, 0-9, '-', '_' and '.'",
+            clip(name, 80)
         )))
     }
 }
 
 /// Checks a submitted spec and fills in the configured defaults.
-fn new_job(service: &QueueService, spec: JobSpec) -> Result<NewJob, WireError> {
+fn new_job(service: &QueueService, spec: JobSpec, max_frame: u64) -> Result<NewJob, WireError> {
     let config = &service.config;
     if spec.argv.is_empty() || spec.argv[0].is_empty() {
         return Err(invalid("argv must name a program: it is empty"));
@@ -113,19 +131,21 @@ fn new_job(service: &QueueService, spec: JobSpec) -> Result<NewJob, WireError> {
     for (k, v) in &spec.env {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
             return Err(invalid(format!(
-                "invalid environment variable {k:?}: names are non-empty, without '=' or NUL"
+                "invalid environment variable {:?}: names are non-empty, without '=' or NUL",
+                clip(k, 80)
             )));
         }
     }
     let cwd = match spec.cwd {
         Some(cwd) if !cwd.starts_with('/') || cwd.contains('\0') => {
-            return Err(invalid(format!("cwd must be an absolute path, not {cwd:?}")));
+            return Err(invalid(format!("cwd must be an absolute path, not {:?}", clip(&cwd, 200))));
         }
         Some(cwd) => cwd,
         None => service.home.clone(),
     };
     let queue = spec.queue.unwrap_or_else(|| DEFAULT_QUEUE.into());
     check_queue_name(&queue)?;
+    check_command(service, &spec.argv, &spec.env, &cwd, &queue, max_frame)?;
     if let Some(key) = &spec.key
         && (key.is_empty() || key.len() > MAX_KEY)
     {
@@ -170,6 +190,32 @@ fn new_job(service: &QueueService, spec: JobSpec) -> Result<NewJob, WireError> {
         run_at_ms: spec.run_at_ms,
         key_retention_ms: ms(config.key_retention),
     })
+}
+
+/// Refuses a command that a job may not hold (its echo must fit in a frame
+/// with room to spare) or that could not be executed (`ARG_MAX`, counting
+/// the environment the job gets).
+fn check_command(
+    service: &QueueService,
+    argv: &[String],
+    env: &std::collections::BTreeMap<String, String>,
+    cwd: &str,
+    queue: &str,
+    max_frame: u64,
+) -> Result<(), WireError> {
+    let too_large = |message: String| WireError::new(ErrorCode::CommandTooLarge, message);
+    let json = json_len(&argv) + json_len(env) + json_len(&cwd);
+    let limit = max_command_bytes(max_frame);
+    if json > limit {
+        return Err(too_large(format!(
+            "argv, env and cwd take {json} bytes as JSON; a job may hold at most {limit} ({}, server.max_frame / \
+             {COMMAND_SHARE}); pass large data as the job's input or in a file",
+            ByteSize(limit)
+        )));
+    }
+    // The longest `HEARTH_JOB_*` values the job's attempts can get.
+    let exec_env = worker::job_env(service, env, u64::MAX, queue, u32::MAX);
+    child::check_exec(argv, &exec_env).map_err(|e| too_large(e.to_string()))
 }
 
 async fn get(service: &Arc<QueueService>, id: u64) -> Result<Job, WireError> {
@@ -226,7 +272,11 @@ async fn wait(session: &mut Session<QueueChannel>, service: &Arc<QueueService>, 
         let done = job.state.is_final();
         if last != Some((job.state, job.attempts)) {
             last = Some((job.state, job.attempts));
-            session.send(&QueueResponse::JobEvent { job }).await?;
+            // A job too large to send (held from before jobs were bounded):
+            // the refusal ends the stream.
+            if session.deliver(&QueueResponse::JobEvent { job }).await? == Sent::Refused {
+                return Ok(());
+            }
         }
         if done {
             return Ok(());
@@ -248,6 +298,7 @@ async fn logs(
     req: LogsRequest,
 ) -> Result<(), Closed> {
     let stop = session.shared().stop.clone();
+    let chunk_len = log_chunk(session.shared().config.server.max_frame.0);
     let path = service.log_path(req.id, req.stream);
     let mut events = service.events.subscribe();
     let mut offset = req.offset;
@@ -259,7 +310,7 @@ async fn logs(
             Err(e) => return session.send(&QueueResponse::Error(e)).await,
         };
         loop {
-            let chunk = match read_chunk(&path, offset).await {
+            let chunk = match read_chunk(&path, offset, chunk_len).await {
                 Ok(chunk) => chunk,
                 Err(e) => {
                     let error = WireError::new(ErrorCode::Internal, format!("cannot read the log: {e}"));
@@ -298,17 +349,17 @@ async fn logs(
     }
 }
 
-/// Up to [`LOG_CHUNK`] bytes of `path` from `offset`; empty at the end (or
-/// when the job has written nothing yet).
-async fn read_chunk(path: &std::path::Path, offset: u64) -> std::io::Result<Vec<u8>> {
+/// Up to `len` bytes of `path` from `offset`; empty at the end (or when the
+/// job has written nothing yet).
+async fn read_chunk(path: &std::path::Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
     let mut file = match tokio::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).await {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
     file.seek(std::io::SeekFrom::Start(offset)).await?;
-    let mut buf = Vec::with_capacity(LOG_CHUNK);
-    (&mut file).take(LOG_CHUNK as u64).read_to_end(&mut buf).await?;
+    let mut buf = Vec::with_capacity(len);
+    (&mut file).take(len as u64).read_to_end(&mut buf).await?;
     Ok(buf)
 }
 

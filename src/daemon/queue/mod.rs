@@ -13,6 +13,7 @@
 //! - `handler.rs`: the channel's requests.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Config;
+use super::child;
 use super::config::QueueConfig;
 use super::events::EventBus;
 use super::fsutil;
@@ -86,6 +88,14 @@ pub(crate) struct QueueService {
     logs_dir: PathBuf,
     running: running::RunningDir,
     home: String,
+    /// The environment every job starts from: the daemon's, less the
+    /// service manager's variables (read once: the daemon never changes it).
+    base_env: BTreeMap<OsString, OsString>,
+    /// Whether the daemon reaps its orphaned descendants, so that an
+    /// attempt's processes that left its group can be found and killed.
+    adopts_orphans: bool,
+    /// This daemon's mark on its jobs' processes (`HEARTH_JOB_MARK`).
+    mark: String,
     clock: Arc<dyn Clock>,
     writer: writer::Writer,
     readers: store::Readers,
@@ -196,6 +206,11 @@ impl QueueService {
             logs_dir: dirs.logs,
             running: dirs.running,
             home,
+            base_env: std::env::vars_os()
+                .filter(|(k, _)| !child::SERVICE_MANAGER_VARS.iter().any(|v| k == v))
+                .collect(),
+            adopts_orphans: child::adopt_orphans(),
+            mark: super::random::hex(8).unwrap_or_else(|_| format!("{:x}", std::process::id())),
             clock,
             writer,
             counts,
@@ -213,6 +228,9 @@ impl QueueService {
         worker::recover(&service).await;
         service.start_dispatcher()?;
         service.tasks.spawn(prune_loop(service.clone()));
+        if service.adopts_orphans {
+            service.tasks.spawn(reap_loop(service.clone()));
+        }
         tracing::info!(store = %service.db_path.display(), workers = service.workers, "queue service ready");
         Ok(service)
     }
@@ -554,6 +572,23 @@ async fn prune_loop(service: Arc<QueueService>) {
         tokio::select! {
             () = service.stop.cancelled() => return,
             () = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
+    }
+}
+
+/// How often orphans the daemon adopted and that ended on their own are
+/// reaped (those of an ending attempt are reaped as it ends).
+const REAP_EVERY: Duration = Duration::from_secs(10);
+
+async fn reap_loop(service: Arc<QueueService>) {
+    loop {
+        tokio::select! {
+            () = service.stop.cancelled() => return,
+            () = tokio::time::sleep(REAP_EVERY) => {}
+        }
+        let reaped = tokio::task::spawn_blocking(child::reap_adopted).await.unwrap_or(0);
+        if reaped > 0 {
+            tracing::debug!(reaped, "reaped orphaned job processes that had ended");
         }
     }
 }

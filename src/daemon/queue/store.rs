@@ -434,14 +434,30 @@ pub(crate) fn attempts(conn: &Connection, id: u64) -> rusqlite::Result<Vec<Attem
     stmt.query_map([i(id)], attempt_from_row)?.collect()
 }
 
-/// Jobs matching `filter`, newest first, and the cursor of the next page.
-pub(crate) fn list(conn: &Connection, filter: &ListFilter, limit: u32) -> rusqlite::Result<(Vec<Job>, Option<u64>)> {
+/// A page of `list`.
+#[derive(Debug, Default)]
+pub(crate) struct Page {
+    pub(crate) jobs: Vec<Job>,
+    pub(crate) next_before_id: Option<u64>,
+    /// Jobs that match but do not fit in `room` even alone.
+    pub(crate) omitted: Vec<u64>,
+}
+
+/// Up to `limit` jobs matching `filter`, newest first, whose JSON takes at
+/// most `room` bytes together, and the cursor of the next page. A job that
+/// would not fit even alone is named in `omitted` instead; the page ends
+/// before the first job that would not fit with the others. Rows are read
+/// only as far as the page goes.
+pub(crate) fn list(conn: &Connection, filter: &ListFilter, limit: u32, room: usize) -> rusqlite::Result<Page> {
     let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1");
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
-    if !filter.states.is_empty() {
-        let marks = vec!["?"; filter.states.len()].join(", ");
+    // Each state once: a filter may repeat them, and SQLite takes a bounded
+    // number of parameters.
+    let states: std::collections::BTreeSet<JobState> = filter.states.iter().copied().collect();
+    if !states.is_empty() {
+        let marks = vec!["?"; states.len()].join(", ");
         sql.push_str(&format!(" AND state IN ({marks})"));
-        args.extend(filter.states.iter().map(|s| s.as_str().to_owned().into()));
+        args.extend(states.iter().map(|s| s.as_str().to_owned().into()));
     }
     if let Some(queue) = &filter.queue {
         sql.push_str(" AND queue = ?");
@@ -454,15 +470,30 @@ pub(crate) fn list(conn: &Connection, filter: &ListFilter, limit: u32) -> rusqli
     sql.push_str(" ORDER BY id DESC LIMIT ?");
     args.push(i64::from(limit).saturating_add(1).into());
     let mut stmt = conn.prepare(&sql)?;
-    let mut jobs: Vec<Job> =
-        stmt.query_map(rusqlite::params_from_iter(args), job_from_row)?.collect::<Result<_, _>>()?;
-    let next = if jobs.len() > limit as usize {
-        jobs.truncate(limit as usize);
-        jobs.last().map(|j| j.id)
-    } else {
-        None
-    };
-    Ok((jobs, next))
+    let mut page = Page::default();
+    let (mut seen, mut used, mut last) = (0usize, 0usize, None);
+    for job in stmt.query_map(rusqlite::params_from_iter(args), job_from_row)? {
+        let job = job?;
+        if seen == limit as usize {
+            page.next_before_id = last;
+            break;
+        }
+        let id = job.id;
+        // The separating comma counts too.
+        let len = usize::try_from(crate::protocol::frame::json_len(&job)).unwrap_or(usize::MAX).saturating_add(1);
+        if len > room {
+            page.omitted.push(id);
+        } else if used + len > room {
+            page.next_before_id = last;
+            break;
+        } else {
+            used += len;
+            page.jobs.push(job);
+        }
+        seen += 1;
+        last = Some(id);
+    }
+    Ok(page)
 }
 
 /// A job picked to run, with its input.

@@ -27,8 +27,8 @@ use super::store::{self, Runnable};
 use super::writer::AttemptEnd;
 use super::{InFlight, KillReason, QueueService};
 use crate::daemon::child;
-use crate::protocol::WireError;
 use crate::protocol::queue::{Job, LogStream, Outcome};
+use crate::protocol::{WireError, clip};
 
 /// Size of one read from a job's output pipe.
 const CHUNK: usize = 64 * 1024;
@@ -218,11 +218,13 @@ async fn attempt(
     output: &watch::Sender<u64>,
 ) -> Attempted {
     let Runnable { job, input, attempt: n } = runnable;
+    let command = job_command(service, &job, input.is_some());
     let Spawned { process: mut child, pid, start_time, stdin, stdout, stderr } =
-        match spawn_recorded(job_command(&job, input.is_some()), &service.running, job.id, n).await {
+        match spawn_recorded(command, &service.running, job.id, n).await {
             Ok(spawned) => spawned,
             Err(e) => {
-                let error = format!("cannot start {:?}: {e}", job.argv.first().cloned().unwrap_or_default());
+                let program = job.argv.first().map_or(std::borrow::Cow::Borrowed(""), |p| clip(p, 200));
+                let error = format!("cannot start {program:?}: {e}");
                 return Attempted::NotStarted(AttemptEnd::without_output(Outcome::SpawnFailed, error));
             }
         };
@@ -241,11 +243,18 @@ async fn attempt(
     let timeout = job.timeout_ms.filter(|t| *t > 0).map(Duration::from_millis);
     let watched = Watched { pid, deadline: timeout.map(|t| begun + t), grace };
     let (status, verdict, ended_by) = supervise(&mut child, &watched, start, &confirm, kill).await;
-    // The attempt is its main process: whatever it left in its group goes too.
+    // The attempt is its main process: whatever it left in its group goes
+    // too, and so does what left the group (handed to the daemon as the
+    // processes that started it ended).
     let _ = child::kill_group(pid, libc::SIGKILL);
+    if service.adopts_orphans {
+        let killed = child::kill_marked(&mark_entry(&service.mark, job.id)).await;
+        if killed > 0 {
+            tracing::debug!(job = job.id, attempt = n, killed, "killed processes that had left the attempt's group");
+        }
+    }
     service.free_slot(job.id);
-    let (stdout_bytes, out_cut) = join_copy(copies.0, grace).await;
-    let (stderr_bytes, err_cut) = join_copy(copies.1, grace).await;
+    let ((stdout_bytes, out_cut), (stderr_bytes, err_cut)) = join_copies(copies, grace).await;
     if let Err(why) = verdict {
         tracing::debug!(job = job.id, attempt = n, pid, "attempt not started, its group was killed: {why}");
         service.running.remove(job.id, n);
@@ -271,17 +280,41 @@ async fn attempt(
 }
 
 /// What an attempt runs.
-fn job_command(job: &Job, stdin_piped: bool) -> JobCommand {
+fn job_command(service: &QueueService, job: &Job, stdin_piped: bool) -> JobCommand {
     JobCommand {
         program: job.argv.first().cloned().unwrap_or_default().into(),
         args: job.argv.iter().skip(1).map(Into::into).collect(),
-        env: job_env(job),
+        env: job_env(service, &job.env, job.id, &job.queue, job.attempts.saturating_add(1)),
         cwd: job.cwd.clone().into(),
         stdin_piped,
     }
 }
 
-type CopyTask = tokio::task::JoinHandle<(u64, bool)>;
+/// The variable by which the daemon knows a job's processes once they have
+/// left its process group: this daemon's mark and the job's id.
+const MARK_VAR: &str = "HEARTH_JOB_MARK";
+
+/// `HEARTH_JOB_MARK=<mark>.<id>`, as it appears in `/proc/<pid>/environ`.
+fn mark_entry(mark: &str, id: u64) -> String {
+    format!("{MARK_VAR}={mark}.{id}")
+}
+
+/// What a log copy has kept so far: read when it ends, or when it is cut
+/// off because a process outside the daemon's reach holds the pipe.
+#[derive(Debug, Default)]
+struct Copied {
+    kept: std::sync::atomic::AtomicU64,
+    truncated: std::sync::atomic::AtomicBool,
+}
+
+impl Copied {
+    fn get(&self) -> (u64, bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.kept.load(Relaxed), self.truncated.load(Relaxed))
+    }
+}
+
+type CopyTask = (tokio::task::JoinHandle<()>, Arc<Copied>);
 
 /// One of the attempt's output pipes.
 type Output = std::pin::Pin<Box<dyn AsyncRead + Send>>;
@@ -308,9 +341,10 @@ fn start_log_copies(
     let stdout_log = LogSink::new(service.log_path(job.id, LogStream::Stdout), header.clone(), confirmed.clone());
     let stderr_log = LogSink::new(service.log_path(job.id, LogStream::Stderr), header, confirmed.clone());
     let cap = service.config.log_max.0;
+    let (out, err) = (Arc::new(Copied::default()), Arc::new(Copied::default()));
     (
-        tokio::spawn(copy_capped(stdout, stdout_log, cap, "stdout", output.clone())),
-        tokio::spawn(copy_capped(stderr, stderr_log, cap, "stderr", output.clone())),
+        (tokio::spawn(copy_capped(stdout, stdout_log, cap, "stdout", output.clone(), out.clone())), out),
+        (tokio::spawn(copy_capped(stderr, stderr_log, cap, "stderr", output.clone(), err.clone())), err),
     )
 }
 
@@ -382,15 +416,24 @@ fn describe_stop(end: &mut AttemptEnd, by: Outcome, timeout: Option<Duration>) {
 }
 
 /// The environment of a job's process: the daemon's (less the service
-/// manager's variables), the job's, and `HEARTH_JOB_*`.
-fn job_env(job: &Job) -> Vec<(OsString, OsString)> {
-    let mut env: BTreeMap<OsString, OsString> =
-        std::env::vars_os().filter(|(k, _)| !child::SERVICE_MANAGER_VARS.iter().any(|v| k == v)).collect();
-    env.extend(job.env.iter().map(|(k, v)| (k.into(), v.into())));
-    env.insert("HEARTH_JOB_ID".into(), job.id.to_string().into());
-    env.insert("HEARTH_JOB_QUEUE".into(), job.queue.clone().into());
-    env.insert("HEARTH_JOB_ATTEMPT".into(), (job.attempts + 1).to_string().into());
-    env.into_iter().collect()
+/// manager's variables), the job's `env`, and `HEARTH_JOB_*` (its id, its
+/// queue, its counted attempt and, where the daemon adopts orphans, its mark).
+pub(super) fn job_env(
+    service: &QueueService,
+    env: &BTreeMap<String, String>,
+    id: u64,
+    queue: &str,
+    attempt: u32,
+) -> Vec<(OsString, OsString)> {
+    let mut all = service.base_env.clone();
+    all.extend(env.iter().map(|(k, v)| (k.into(), v.into())));
+    all.insert("HEARTH_JOB_ID".into(), id.to_string().into());
+    all.insert("HEARTH_JOB_QUEUE".into(), queue.into());
+    all.insert("HEARTH_JOB_ATTEMPT".into(), attempt.to_string().into());
+    if service.adopts_orphans {
+        all.insert(MARK_VAR.into(), format!("{}.{id}", service.mark).into());
+    }
+    all.into_iter().collect()
 }
 
 fn describe_exit(end: &mut AttemptEnd, status: ExitStatus) {
@@ -477,15 +520,17 @@ impl LogSink {
 }
 
 /// Copies a pipe into a log, keeping at most `cap` bytes; past that, writes
-/// a marker and drains the rest. Returns (bytes kept, truncated).
+/// a marker and drains the rest. Counts what it kept in `copied` as it goes.
 async fn copy_capped(
     from: Option<impl AsyncRead + Unpin>,
     mut log: LogSink,
     cap: u64,
     name: &'static str,
     output: watch::Sender<u64>,
-) -> (u64, bool) {
-    let Some(mut from) = from else { return (0, false) };
+    copied: Arc<Copied>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(mut from) = from else { return };
     let mut buf = vec![0u8; CHUNK];
     let (mut kept, mut discarded) = (0u64, 0u64);
     let mut broken = false;
@@ -503,6 +548,7 @@ async fn copy_capped(
                 continue;
             }
             kept += take as u64;
+            copied.kept.store(kept, Relaxed);
             output.send_modify(|v| *v += 1);
         }
         if take < n {
@@ -514,24 +560,25 @@ async fn copy_capped(
                 let _ = log.write(marker.as_bytes()).await;
             }
             discarded += (n - take) as u64;
+            copied.truncated.store(true, Relaxed);
         }
     }
     log.flush().await;
     output.send_modify(|v| *v += 1);
-    (kept, discarded > 0)
 }
 
-async fn join_copy(task: tokio::task::JoinHandle<(u64, bool)>, grace: Duration) -> (u64, bool) {
-    // A process that left the group (setsid) may hold the pipe open: do not
-    // wait for it forever.
-    let abort = task.abort_handle();
-    match tokio::time::timeout(grace, task).await {
-        Ok(Ok(result)) => result,
-        _ => {
-            abort.abort();
-            (0, false)
-        }
+/// Waits for both log copies to reach the end of their pipes, at most
+/// `grace` for the two together: a process out of the daemon's reach (one
+/// that dropped `HEARTH_JOB_MARK`, or not on Linux) may hold a pipe open.
+/// Either way, what each kept is counted.
+async fn join_copies(copies: (CopyTask, CopyTask), grace: Duration) -> ((u64, bool), (u64, bool)) {
+    let ((out, out_copied), (err, err_copied)) = copies;
+    let (out_abort, err_abort) = (out.abort_handle(), err.abort_handle());
+    if tokio::time::timeout(grace, async { tokio::join!(out, err) }).await.is_err() {
+        out_abort.abort();
+        err_abort.abort();
     }
+    (out_copied.get(), err_copied.get())
 }
 
 /// Finds the attempts a previous daemon left running, kills what is left of
@@ -622,15 +669,7 @@ pub(super) async fn recover(service: &Arc<QueueService>) {
 }
 
 async fn kill_leftover(pid: u32, recorded_start: Option<u64>) -> String {
-    let now_start = child::process_start_time(pid);
-    let ours = match (now_start, recorded_start) {
-        (Some(now), Some(then)) => now == then,
-        // The leader is gone; a live group with its id can only be its
-        // group (the kernel does not reuse an id a group still uses).
-        (None, _) => child::group_alive(pid),
-        (Some(_), None) => false,
-    };
-    if !ours {
+    if !child::recorded_group_alive(pid, recorded_start) {
         return format!("its process {pid} was already gone");
     }
     let _ = child::kill_group(pid, libc::SIGKILL);

@@ -27,8 +27,10 @@ use super::Config;
 use super::metrics::Scrape;
 use super::services::{BoxFuture, Opened, Service, StartCtx, StartError, StartService};
 use crate::connection::Connection;
+use crate::daemon::events::EventBus;
 use crate::paths::Paths;
 use crate::protocol::Channel;
+use crate::protocol::event::EventData;
 use crate::protocol::handshake::Handshake;
 use crate::protocol::status::{HealthCode, HealthReason, ServiceSummaries};
 use crate::protocol::sync::{SyncOpen, SyncResponse, SyncSummary};
@@ -49,7 +51,7 @@ pub(crate) use peer::Admitted;
 
 use plan::{Action, Policy, RoomView};
 use room::RoomLimits;
-use rooms::Rooms;
+use rooms::{Rooms, Unload};
 
 /// Counters for `status`.
 #[derive(Debug, Default)]
@@ -89,6 +91,7 @@ impl SyncService {
         paths: &Paths,
         stop: &CancellationToken,
         tracker: &TaskTracker,
+        events: &Arc<EventBus>,
     ) -> Result<Arc<SyncService>, StartError> {
         let dir = paths.state_dir().join("sync");
         let store =
@@ -103,7 +106,7 @@ impl SyncService {
             max_peers: config.max_peers_per_room,
             patch_log_bytes: usize::try_from(config.patch_log_bytes.0).unwrap_or(usize::MAX),
         };
-        let rooms = Arc::new(Rooms::new(store, writer, limits, config.max_docs));
+        let rooms = Arc::new(Rooms::new(store, writer, events.clone(), limits, config.max_docs));
         let defaults: Map<String, Value> = config
             .settings_defaults
             .iter()
@@ -112,7 +115,7 @@ impl SyncService {
         let problem = settings::upgrade(&rooms, &defaults)
             .await
             .map_err(|e| StartError::Store { what: "the settings document", source: Box::new(e) })?;
-        let mirror = config.settings_mirror.then(|| settings::Mirror::new(paths.state_dir(), &dir));
+        let mirror = config.settings_mirror.then(|| settings::Mirror::new(paths.state_dir(), &dir, events.clone()));
         let service = Arc::new(SyncService {
             config: config.clone(),
             rooms: rooms.clone(),
@@ -128,6 +131,7 @@ impl SyncService {
             tracker.spawn(settings::run(mirror, rooms, stop.clone()));
         }
         tracker.spawn(upkeep(service.clone()));
+        service.rooms.started.store(true, Ordering::Relaxed);
         Ok(service)
     }
 
@@ -146,7 +150,17 @@ impl SyncService {
         loop {
             let room = self.rooms.open(doc).await?;
             match room.join(room::peer_info(id, client.clone(), pid, open.mode)) {
-                Ok(()) => return Ok(Admitted { room: Some(room), id, mode: open.mode }),
+                Ok(()) => {
+                    let joined = EventData::SyncPeerJoined {
+                        doc: doc.to_string(),
+                        peer: id,
+                        client: client.clone(),
+                        pid,
+                        mode: open.mode,
+                    };
+                    self.rooms.events.publish(Channel::Sync, joined);
+                    return Ok(Admitted { room: Some(room), id, mode: open.mode });
+                }
                 // Closed between the open and the join: load it again.
                 Err(e) if e.code == ErrorCode::RoomClosed => continue,
                 Err(e) => return Err(e),
@@ -178,6 +192,11 @@ impl SyncService {
                 };
                 if matches!(tokio::time::timeout(timeout, conn.write_json(&joined)).await, Ok(Ok(()))) {
                     peer::serve(self, conn, admitted).await;
+                } else if let Some(room) = &admitted.room {
+                    // It never heard it joined: out of the room at once, not a ghost in it.
+                    room.leave(admitted.id);
+                    let left = EventData::SyncPeerLeft { doc: room.name.to_string(), peer: admitted.id };
+                    self.rooms.events.publish(Channel::Sync, left);
                 }
             }
             Err(error) => {
@@ -268,7 +287,8 @@ impl SyncService {
     pub(crate) async fn stop_all(&self) {
         for room in self.rooms.all() {
             let reason = WireError::new(ErrorCode::ShuttingDown, "the daemon is shutting down");
-            let _ = tokio::time::timeout(Duration::from_secs(5), self.rooms.unload(&room, reason)).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), self.rooms.unload(&room, Unload::Shutdown, reason)).await;
         }
         let writer = self.rooms.writer.clone();
         let _ = tokio::task::spawn_blocking(move || writer.close()).await;
@@ -303,7 +323,7 @@ impl StartService for SyncService {
     }
 
     async fn start(ctx: StartCtx<'_>) -> Result<Arc<Self>, StartError> {
-        SyncService::open(&ctx.config.sync, &ctx.config.server, ctx.paths, ctx.stop, ctx.tracker).await
+        SyncService::open(&ctx.config.sync, &ctx.config.server, ctx.paths, ctx.stop, ctx.tracker, ctx.events).await
     }
 }
 
@@ -382,7 +402,7 @@ async fn upkeep(service: Arc<SyncService>) {
         for room in service.rooms.all() {
             if let Some(failure) = room.durability.failure() {
                 let reason = WireError::new(ErrorCode::StoreFailed, format!("the document's file failed: {failure}"));
-                service.rooms.unload(&room, reason).await;
+                service.rooms.unload(&room, Unload::StoreFailed, reason).await;
             }
         }
         for action in plan::plan(&service.views(), policy) {
@@ -393,7 +413,7 @@ async fn upkeep(service: Arc<SyncService>) {
                         if room.stats().peers == 0 {
                             let reason =
                                 WireError::new(ErrorCode::RoomClosed, format!("{doc} unloaded after being idle"));
-                            service.rooms.unload(&room, reason).await;
+                            service.rooms.unload(&room, Unload::Idle, reason).await;
                         }
                     }
                 }
@@ -407,6 +427,9 @@ async fn upkeep(service: Arc<SyncService>) {
                                     bump(&service.stats.compactions);
                                     tracing::debug!(doc = %room.name, base, appended, "compacted");
                                     room.compacted(base, appended);
+                                    let bytes = base + appended + store::MAGIC.len() as u64;
+                                    let event = EventData::SyncCompacted { doc: room.name.to_string(), bytes };
+                                    service.rooms.events.publish(Channel::Sync, event);
                                 }
                                 Err(e) => {
                                     tracing::warn!(doc = %room.name, "compaction failed: {e}");

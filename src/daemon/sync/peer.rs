@@ -20,9 +20,10 @@ use tokio::sync::watch;
 use super::SyncService;
 use super::room::{Room, Update};
 use crate::connection::Connection;
+use crate::protocol::event::EventData;
 use crate::protocol::frame::FrameError;
 use crate::protocol::sync::{FrameKind, Path, PeerInfo, SyncMode, SyncRequest, SyncResponse, classify_frame};
-use crate::protocol::{ErrorCode, WireError, decode_request};
+use crate::protocol::{Channel, ErrorCode, WireError, decode_request};
 
 type Answer = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
@@ -51,12 +52,15 @@ pub(crate) struct Admitted {
 struct Membership {
     room: Option<Arc<Room>>,
     id: u64,
+    events: Arc<crate::daemon::events::EventBus>,
 }
 
 impl Drop for Membership {
     fn drop(&mut self) {
         if let Some(room) = &self.room {
             room.leave(self.id);
+            let left = EventData::SyncPeerLeft { doc: room.name.to_string(), peer: self.id };
+            self.events.publish(Channel::Sync, left);
         }
     }
 }
@@ -76,7 +80,7 @@ enum End {
 }
 
 pub(crate) async fn serve(service: Arc<SyncService>, mut conn: Connection, admitted: Admitted) {
-    let _member = Membership { room: admitted.room.clone(), id: admitted.id };
+    let _member = Membership { room: admitted.room.clone(), id: admitted.id, events: service.rooms.events.clone() };
     let mut peer = Peer {
         service,
         room: admitted.room,
@@ -313,7 +317,7 @@ impl Peer {
                                 ErrorCode::RoomClosed,
                                 format!("the room of {doc} was closed by a peer"),
                             );
-                            service.rooms.unload(room, reason).await
+                            service.rooms.unload(room, super::rooms::Unload::Evicted, reason).await
                         }
                         None => 0,
                     };

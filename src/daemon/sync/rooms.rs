@@ -11,10 +11,37 @@ use tokio::sync::OnceCell;
 use super::room::{Room, RoomLimits};
 use super::store::StoreDir;
 use super::writer::Writer;
+use crate::daemon::events::EventBus;
+use crate::protocol::Channel;
+use crate::protocol::event::EventData;
 use crate::protocol::sync::{DocName, DocSummary, RoomReport, SETTINGS_DOC};
 use crate::protocol::{ErrorCode, WireError};
 
 type Slot = Arc<OnceCell<Arc<Room>>>;
+
+/// Why a room unloads, as its `sync_room_closed` event says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unload {
+    /// It had no peers for `sync.idle_unload`.
+    Idle,
+    /// A `close` request evicted it.
+    Evicted,
+    /// Its file failed; it reloads from what is on disk.
+    StoreFailed,
+    /// The daemon is stopping.
+    Shutdown,
+}
+
+impl Unload {
+    fn as_str(self) -> &'static str {
+        match self {
+            Unload::Idle => "idle",
+            Unload::Evicted => "evicted",
+            Unload::StoreFailed => "store_failed",
+            Unload::Shutdown => "shutdown",
+        }
+    }
+}
 
 /// A store file that could not be read and was moved aside.
 #[derive(Debug, Clone)]
@@ -29,25 +56,38 @@ pub(crate) struct MovedAside {
 pub(crate) struct Rooms {
     pub(crate) store: StoreDir,
     pub(crate) writer: Arc<Writer>,
+    /// Where rooms and peers coming and going are published.
+    pub(crate) events: Arc<EventBus>,
     limits: RoomLimits,
     max_docs: u64,
     slots: Mutex<HashMap<DocName, Slot>>,
     next_peer: AtomicU64,
     moved: Mutex<Vec<MovedAside>>,
     pub(crate) loads: AtomicU64,
+    /// Set once the service is up: loading `settings` is part of starting,
+    /// not an event.
+    pub(crate) started: std::sync::atomic::AtomicBool,
 }
 
 impl Rooms {
-    pub(crate) fn new(store: StoreDir, writer: Arc<Writer>, limits: RoomLimits, max_docs: u64) -> Rooms {
+    pub(crate) fn new(
+        store: StoreDir,
+        writer: Arc<Writer>,
+        events: Arc<EventBus>,
+        limits: RoomLimits,
+        max_docs: u64,
+    ) -> Rooms {
         Rooms {
             store,
             writer,
+            events,
             limits,
             max_docs,
             slots: Mutex::new(HashMap::new()),
             next_peer: AtomicU64::new(1),
             moved: Mutex::new(Vec::new()),
             loads: AtomicU64::new(0),
+            started: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -98,7 +138,8 @@ impl Rooms {
     }
 
     async fn load(&self, doc: &DocName) -> Result<Arc<Room>, WireError> {
-        if !self.store.exists(doc) && doc.as_str() != SETTINGS_DOC {
+        let created = !self.store.exists(doc);
+        if created && doc.as_str() != SETTINGS_DOC {
             let count = self.count_docs_with(doc).await?;
             if count > self.max_docs {
                 return Err(WireError::new(
@@ -121,6 +162,9 @@ impl Rooms {
             });
         }
         self.loads.fetch_add(1, Ordering::Relaxed);
+        if self.started.load(Ordering::Relaxed) {
+            self.events.publish(Channel::Sync, EventData::SyncRoomOpened { doc: doc.to_string(), created });
+        }
         Ok(Room::new(
             doc.clone(),
             self.store.path_of(doc),
@@ -146,8 +190,9 @@ impl Rooms {
 
     /// Closes a room: its peers leave with `reason`; once its changes are
     /// on disk it leaves the registry. Returns how many peers it had.
-    pub(crate) async fn unload(&self, room: &Arc<Room>, reason: WireError) -> u64 {
+    pub(crate) async fn unload(&self, room: &Arc<Room>, why: Unload, reason: WireError) -> u64 {
         let peers = room.peers(None).len() as u64;
+        let first = !room.closed.is_cancelled();
         room.close(reason);
         let target = room.seq();
         let mut durable = room.subscribe_durable();
@@ -160,6 +205,10 @@ impl Rooms {
         }
         self.writer.forget(room.path.clone());
         room.gone.cancel();
+        if first {
+            let event = EventData::SyncRoomClosed { doc: room.name.to_string(), why: why.as_str().into(), peers };
+            self.events.publish(Channel::Sync, event);
+        }
         tracing::debug!(doc = %room.name, peers, "room unloaded");
         peers
     }

@@ -24,7 +24,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::rooms::Rooms;
+use crate::daemon::events::EventBus;
 use crate::daemon::fsutil;
+use crate::protocol::Channel;
+use crate::protocol::event::EventData;
 use crate::protocol::sync::{DocName, PatchOp, PathElem, SETTINGS_DOC};
 use crate::protocol::{ErrorCode, WireError};
 
@@ -199,6 +202,8 @@ pub(crate) struct Mirror {
     pub(crate) merged: AtomicU64,
     pub(crate) writes: AtomicU64,
     wake: Notify,
+    /// Where merged and refused edits are published.
+    events: Arc<EventBus>,
 }
 
 fn hash(bytes: &[u8]) -> [u8; 32] {
@@ -206,7 +211,7 @@ fn hash(bytes: &[u8]) -> [u8; 32] {
 }
 
 impl Mirror {
-    pub(crate) fn new(state_dir: &Path, store_dir: &Path) -> Arc<Mirror> {
+    pub(crate) fn new(state_dir: &Path, store_dir: &Path, events: Arc<EventBus>) -> Arc<Mirror> {
         let record = store_dir.join("settings.mirror.json");
         let last = fsutil::read_small(&record, MAX_MIRROR_BYTES).ok().and_then(|b| serde_json::from_slice(&b).ok());
         Arc::new(Mirror {
@@ -218,6 +223,7 @@ impl Mirror {
             merged: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             wake: Notify::new(),
+            events,
         })
     }
 
@@ -268,8 +274,15 @@ impl Mirror {
 
     fn refuse(&self, why: String) {
         tracing::warn!(file = %self.file.display(), "refusing an edit of settings.json: {why}");
+        // The same edit read again (the file is checked before each mirror
+        // write while it sits there) is not news.
+        let again = self.refused().is_some_and(|r| r.why == why);
+        let event = EventData::SyncSettingsEdit { applied: false, reason: Some(why.clone()) };
         *self.refused.lock().unwrap_or_else(PoisonError::into_inner) =
             Some(Refused { at_ms: crate::time::now_ms(), why });
+        if !again {
+            self.events.publish(Channel::Sync, event);
+        }
     }
 
     /// Reads settings.json and merges a person's edit in, if it holds one.
@@ -329,6 +342,7 @@ impl Mirror {
         // the person left it.
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(edited);
         self.merged.fetch_add(1, Ordering::Relaxed);
+        self.events.publish(Channel::Sync, EventData::SyncSettingsEdit { applied: true, reason: None });
         Ok(())
     }
 }
@@ -502,7 +516,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("sync");
         std::fs::create_dir(&store).unwrap();
-        let mirror = Mirror::new(dir.path(), &store);
+        let mirror = Mirror::new(dir.path(), &store, Arc::new(EventBus::new(16)));
         assert!(mirror.write(&json!({"a": 1})).unwrap());
         assert!(!mirror.write(&json!({"a": 1})).unwrap(), "unchanged content is not rewritten");
         let bytes = std::fs::read(&mirror.file).unwrap();
@@ -510,7 +524,7 @@ mod tests {
         assert!(!mirror.is_ours(b"{\"a\": 2}\n"));
         assert_eq!(std::fs::read(store.join("settings.mirror.json")).unwrap(), bytes);
         // A restart recognises the last write through the record.
-        let again = Mirror::new(dir.path(), &store);
+        let again = Mirror::new(dir.path(), &store, Arc::new(EventBus::new(16)));
         assert_eq!(*again.last.lock().unwrap(), Some(json!({"a": 1})));
     }
 }

@@ -39,7 +39,8 @@ impl Harness {
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         let server = ServerConfig::default();
-        let service = SyncService::open(&config, &server, &paths, &stop, &tracker).await.unwrap();
+        let service =
+            SyncService::open(&config, &server, &paths, &stop, &tracker, &Arc::new(EventBus::new(64))).await.unwrap();
         let listener = UnixListener::bind(&socket).unwrap();
         let svc = service.clone();
         let stop2 = stop.clone();

@@ -6,7 +6,7 @@
 ...     client.ping()
 
 Each channel is one module (:mod:`.status`, :mod:`.pool`, :mod:`.queue`,
-:mod:`.blob`) holding its request builders and answer readers (no I/O), its
+:mod:`.blob`, :mod:`.sync`) holding its request builders and answer readers (no I/O), its
 blocking client and its asyncio client; :mod:`.events` holds the event
 types and streams of the ``status`` channel's ``subscribe``, and
 :mod:`.protocol` the framing and the handshake that both transports share.
@@ -35,12 +35,19 @@ from .events import (
     PoolBuildStartedEvent,
     PoolReleaseEvent,
     PoolTakeEvent,
+    SyncCompactedEvent,
+    SyncPeerJoinedEvent,
+    SyncPeerLeftEvent,
+    SyncRoomClosedEvent,
+    SyncRoomOpenedEvent,
+    SyncSettingsEditEvent,
     UnknownEvent,
 )
 from .paths import Paths
 from .pool import Lease, PoolClient
 from .queue import QueueClient
 from .status import StatusClient
+from .sync import AsyncSyncDoc, AsyncWatch, Changed, Presence, Snapshot, SyncDoc, Watch, Written, apply_patch
 
 __all__ = [
     "__version__",
@@ -55,6 +62,15 @@ __all__ = [
     "BlobClient",
     "Lease",
     "Stored",
+    "SyncDoc",
+    "Watch",
+    "AsyncSyncDoc",
+    "AsyncWatch",
+    "Written",
+    "Changed",
+    "Snapshot",
+    "Presence",
+    "apply_patch",
     "EventStream",
     "EVENT_KINDS",
     "Event",
@@ -67,6 +83,12 @@ __all__ = [
     "BlobDeleteEvent",
     "BlobGcEvent",
     "HealthChangedEvent",
+    "SyncRoomOpenedEvent",
+    "SyncRoomClosedEvent",
+    "SyncPeerJoinedEvent",
+    "SyncPeerLeftEvent",
+    "SyncCompactedEvent",
+    "SyncSettingsEditEvent",
     "UnknownEvent",
     "Lagged",
     "Notice",

@@ -118,10 +118,13 @@ class Connection:
         accepted: Optional[Accepted],
         path: str,
         timeout: Optional[float] = DEFAULT_TIMEOUT,
+        received: bytes = b"",
     ) -> None:
         max_frame = accepted.max_frame if accepted is not None else DEFAULT_MAX_FRAME
         self._sock: Optional[socket.socket] = sock
         self._decoder = FrameDecoder(max_frame)
+        # Frames that came right behind the handshake reply (sync's `joined`).
+        self._decoder.feed(received)
         self._rbuf = bytearray(_READ_SIZE)
         self._rview = memoryview(self._rbuf)
         #: The daemon's accepted handshake (``None`` on a connection that sent none).
@@ -161,6 +164,7 @@ class Connection:
                 sock, decoder, bytearray(4096), deadline=deadline, after=timeout, what="the handshake reply"
             )
             accepted = parse_handshake_reply(frame)
+            received = decoder.rest()
         except socket.timeout:
             sock.close()
             raise _timeout("the handshake reply", timeout) from None
@@ -170,7 +174,7 @@ class Connection:
         except BaseException:
             sock.close()
             raise
-        return cls(sock, accepted, path, timeout)
+        return cls(sock, accepted, path, timeout, received)
 
     @staticmethod
     def open_unchecked(path: str, timeout: Optional[float] = DEFAULT_TIMEOUT) -> socket.socket:
@@ -459,10 +463,12 @@ class AsyncConnection:
     time: give concurrent tasks their own connections.
     """
 
-    def __init__(self, sock: socket.socket, accepted: Optional[Accepted], path: str) -> None:
+    def __init__(self, sock: socket.socket, accepted: Optional[Accepted], path: str, received: bytes = b"") -> None:
         max_frame = accepted.max_frame if accepted is not None else DEFAULT_MAX_FRAME
         self._sock: Optional[socket.socket] = sock
         self._decoder = FrameDecoder(max_frame)
+        # Frames that came right behind the handshake reply (sync's `joined`).
+        self._decoder.feed(received)
         self._rbuf = bytearray(_READ_SIZE)
         #: The daemon's accepted handshake (``None`` on a connection that sent none).
         self.accepted = accepted
@@ -496,13 +502,14 @@ class AsyncConnection:
                         raise _closed()
                     decoder.feed(memoryview(buf)[:n])
             accepted = parse_handshake_reply(frame)
+            received = decoder.rest()
         except OSError as e:
             sock.close()
             raise _closed(e) from None
         except BaseException:
             sock.close()
             raise
-        return cls(sock, accepted, path)
+        return cls(sock, accepted, path, received)
 
     @staticmethod
     async def open_unchecked(path: str, timeout: Optional[float] = DEFAULT_TIMEOUT) -> socket.socket:

@@ -14,6 +14,7 @@ from .pool import PoolClient
 from .protocol import DEFAULT_CLIENT_NAME
 from .queue import QueueClient
 from .status import ShutdownAnswer, StatusClient, StatusReport
+from .sync import SyncDoc
 
 __all__ = ["Client"]
 
@@ -50,6 +51,7 @@ class Client:
     ) -> None:
         self.paths = Paths.resolve(state_dir, socket)
         settings = ConnectSettings(self.paths, client_name, timeout, handshake)
+        self._settings = settings
         #: The ``status`` channel (``ping``, ``status`` and ``shutdown`` are also methods of the client).
         self.status_channel = StatusClient(settings)
         #: The ``pool`` channel: prewarmed resources.
@@ -84,6 +86,12 @@ class Client:
     ) -> EventStream:
         """Subscribes to the daemon's events (see :meth:`StatusClient.events`)."""
         return self.status_channel.events(services=services, kinds=kinds, ids=ids, since=since, timeout=timeout)
+
+    def sync(self, doc: Optional[str]) -> SyncDoc:
+        """Joins ``doc``'s room of the ``sync`` channel in view mode, on a connection of its own
+        (``None``: a control connection); close it (or use ``with``) when done. See :class:`SyncDoc`."""
+        s = self._settings
+        return SyncDoc.open(doc, s.paths.socket, client_name=s.client_name, timeout=s.timeout)
 
     def close(self) -> None:
         """Closes every connection."""

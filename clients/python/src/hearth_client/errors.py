@@ -46,6 +46,7 @@ __all__ = [
     "FrameTooLarge",
     "IdleTimeout",
     "MalformedJson",
+    "ResponseTooLarge",
     "UnknownRequest",
     "InvalidRequest",
     "Internal",
@@ -61,6 +62,7 @@ __all__ = [
     "JobFinished",
     "JobNotDead",
     "InputTooLarge",
+    "CommandTooLarge",
     "StoreFailed",
     "BlobNotFound",
     "HashMismatch",
@@ -69,6 +71,27 @@ __all__ = [
     "BlobPinned",
     "RangeNotSatisfiable",
     "StorageFull",
+    "UnknownProcess",
+    "TooManyProcesses",
+    "ProcessStartFailed",
+    "RestartStorm",
+    "NotReady",
+    "InvalidDocName",
+    "TooManyDocs",
+    "RoomFull",
+    "DocNotFound",
+    "NoDocument",
+    "InvalidSyncMessage",
+    "SyncMessageTooLarge",
+    "PathNotFound",
+    "NotAContainer",
+    "WrongType",
+    "ValueTooLarge",
+    "DocTooLarge",
+    "UnknownRevision",
+    "ViewTooLarge",
+    "RoomClosed",
+    "PeerTooSlow",
 ]
 
 
@@ -213,6 +236,13 @@ class MalformedJson(RequestError):
     wire_code = "malformed_json"
 
 
+class ResponseTooLarge(RequestError):
+    """``response_too_large``: The answer would be larger than the maximum frame size, so it was not sent; a
+    change the request asked for was made all the same."""
+
+    wire_code = "response_too_large"
+
+
 class UnknownRequest(RequestError):
     """``unknown_request``: The ``type`` is not a request of this channel; the message lists the ones that are."""
 
@@ -315,6 +345,13 @@ class InputTooLarge(RequestError):
     wire_code = "input_too_large"
 
 
+class CommandTooLarge(RequestError):
+    """``command_too_large``: The job's ``argv``, ``env`` and ``cwd`` take more than a job may hold, or more than
+    this system can execute (``ARG_MAX``); nothing was stored."""
+
+    wire_code = "command_too_large"
+
+
 class StoreFailed(RequestError):
     """``store_failed``: The queue's store could not commit or read (disk full, I/O error); nothing was changed;
     the daemon's log has details.
@@ -365,6 +402,138 @@ class StorageFull(RequestError):
     wire_code = "storage_full"
 
 
+class UnknownProcess(RequestError):
+    """``unknown_process``: No process of that name (or with that label) is defined."""
+
+    wire_code = "unknown_process"
+
+
+class TooManyProcesses(RequestError):
+    """``too_many_processes``: The daemon already supervises ``process.max_processes`` processes."""
+
+    wire_code = "too_many_processes"
+
+
+class ProcessStartFailed(RequestError):
+    """``start_failed``: A supervised process could not be started, or failed before it was ready."""
+
+    wire_code = "start_failed"
+
+
+class RestartStorm(RequestError):
+    """``restart_storm``: The process was restarted ``max_restarts`` times within its window and is now ``failed``."""
+
+    wire_code = "restart_storm"
+
+
+class NotReady(RequestError):
+    """``not_ready``: A process did not become ready within its start timeout; a rolling restart stops there."""
+
+    wire_code = "not_ready"
+class InvalidDocName(HearthError):
+    """``invalid_doc_name``: A document name breaks the rules of proto-docs/sync.md
+    (lowercase segments, no ``..``, no leading ``.``).
+    """
+
+    wire_code = "invalid_doc_name"
+
+
+class TooManyDocs(Refused):
+    """``too_many_docs``: The sync store holds ``sync.max_docs`` documents; creating another is refused."""
+
+    wire_code = "too_many_docs"
+
+
+class RoomFull(Refused):
+    """``room_full``: The room has ``sync.max_peers_per_room`` peers."""
+
+    wire_code = "room_full"
+
+
+class DocNotFound(RequestError):
+    """``doc_not_found``: No sync document has this name."""
+
+    wire_code = "doc_not_found"
+
+
+class NoDocument(RequestError):
+    """``no_document``: A request that needs a document, on a control connection (no ``doc`` in the handshake)."""
+
+    wire_code = "no_document"
+
+
+class InvalidSyncMessage(RequestError):
+    """``invalid_sync_message``: A binary frame that is not an Automerge sync message (or on a
+    view connection), or whose changes do not apply.
+    """
+
+    wire_code = "invalid_sync_message"
+
+
+class SyncMessageTooLarge(RequestError):
+    """``sync_message_too_large``: A sync message larger than ``sync.max_sync_message``."""
+
+    wire_code = "sync_message_too_large"
+
+
+class PathNotFound(RequestError):
+    """``path_not_found``: A path step does not exist (or an index is past the end);
+    nothing of the write was applied.
+    """
+
+    wire_code = "path_not_found"
+
+
+class NotAContainer(RequestError):
+    """``not_a_container``: A path goes through a scalar as if it were a map or list;
+    nothing of the write was applied.
+    """
+
+    wire_code = "not_a_container"
+
+
+class WrongType(RequestError):
+    """``wrong_type``: The operation does not fit what the path names (a key into a list, a splice of a non-text...)."""
+
+    wire_code = "wrong_type"
+
+
+class ValueTooLarge(RequestError):
+    """``value_too_large``: A value over ``sync.max_value_size``, or nested deeper than 64 levels."""
+
+    wire_code = "value_too_large"
+
+
+class DocTooLarge(RequestError):
+    """``doc_too_large``: The document is at ``sync.max_doc_size``; nothing was applied."""
+
+    wire_code = "doc_too_large"
+
+
+class UnknownRevision(RequestError):
+    """``unknown_revision``: A revision names a change the document does not have."""
+
+    wire_code = "unknown_revision"
+
+
+class ViewTooLarge(RequestError):
+    """``view_too_large``: The answer would not fit in one frame; read a smaller path."""
+
+    wire_code = "view_too_large"
+
+
+class RoomClosed(RequestError):
+    """``room_closed``: The room was closed (``close``, or a failed store); reconnect to load it again."""
+
+    wire_code = "room_closed"
+
+
+class PeerTooSlow(RequestError):
+    """``peer_too_slow``: The peer took no frame for ``sync.peer_write_timeout`` and was disconnected."""
+
+    wire_code = "peer_too_slow"
+
+
 #: Every wire code's class, keyed by code.
 ERROR_CLASSES: Dict[str, Type[HearthError]] = {
     InvalidHandshake.wire_code: InvalidHandshake,
@@ -378,6 +547,7 @@ ERROR_CLASSES: Dict[str, Type[HearthError]] = {
     FrameTooLarge.wire_code: FrameTooLarge,
     IdleTimeout.wire_code: IdleTimeout,
     MalformedJson.wire_code: MalformedJson,
+    ResponseTooLarge.wire_code: ResponseTooLarge,
     UnknownRequest.wire_code: UnknownRequest,
     InvalidRequest.wire_code: InvalidRequest,
     Internal.wire_code: Internal,
@@ -393,6 +563,7 @@ ERROR_CLASSES: Dict[str, Type[HearthError]] = {
     JobFinished.wire_code: JobFinished,
     JobNotDead.wire_code: JobNotDead,
     InputTooLarge.wire_code: InputTooLarge,
+    CommandTooLarge.wire_code: CommandTooLarge,
     StoreFailed.wire_code: StoreFailed,
     BlobNotFound.wire_code: BlobNotFound,
     HashMismatch.wire_code: HashMismatch,
@@ -401,6 +572,27 @@ ERROR_CLASSES: Dict[str, Type[HearthError]] = {
     BlobPinned.wire_code: BlobPinned,
     RangeNotSatisfiable.wire_code: RangeNotSatisfiable,
     StorageFull.wire_code: StorageFull,
+    UnknownProcess.wire_code: UnknownProcess,
+    TooManyProcesses.wire_code: TooManyProcesses,
+    ProcessStartFailed.wire_code: ProcessStartFailed,
+    RestartStorm.wire_code: RestartStorm,
+    NotReady.wire_code: NotReady,
+    InvalidDocName.wire_code: InvalidDocName,
+    TooManyDocs.wire_code: TooManyDocs,
+    RoomFull.wire_code: RoomFull,
+    DocNotFound.wire_code: DocNotFound,
+    NoDocument.wire_code: NoDocument,
+    InvalidSyncMessage.wire_code: InvalidSyncMessage,
+    SyncMessageTooLarge.wire_code: SyncMessageTooLarge,
+    PathNotFound.wire_code: PathNotFound,
+    NotAContainer.wire_code: NotAContainer,
+    WrongType.wire_code: WrongType,
+    ValueTooLarge.wire_code: ValueTooLarge,
+    DocTooLarge.wire_code: DocTooLarge,
+    UnknownRevision.wire_code: UnknownRevision,
+    ViewTooLarge.wire_code: ViewTooLarge,
+    RoomClosed.wire_code: RoomClosed,
+    PeerTooSlow.wire_code: PeerTooSlow,
 }
 
 _COMBINED: Dict[Tuple[str, bool], Type[HearthError]] = {}

@@ -61,6 +61,12 @@ __all__ = [
     "BlobDeleteEvent",
     "BlobGcEvent",
     "HealthChangedEvent",
+    "SyncRoomOpenedEvent",
+    "SyncRoomClosedEvent",
+    "SyncPeerJoinedEvent",
+    "SyncPeerLeftEvent",
+    "SyncCompactedEvent",
+    "SyncSettingsEditEvent",
     "UnknownEvent",
     "Lagged",
     "Notice",
@@ -79,6 +85,12 @@ EVENT_KINDS = (
     "blob_delete",
     "blob_gc",
     "health_changed",
+    "sync_room_opened",
+    "sync_room_closed",
+    "sync_peer_joined",
+    "sync_peer_left",
+    "sync_compacted",
+    "sync_settings_edit",
 )
 
 
@@ -187,6 +199,64 @@ class HealthChangedEvent(Event):
 
 
 @dataclass(frozen=True)
+class SyncRoomOpenedEvent(Event):
+    """A sync document was loaded into a room; ``created`` when it did not exist before."""
+
+    doc: str
+    created: bool
+    kind: Literal["sync_room_opened"] = field(init=False, default="sync_room_opened", repr=False)
+
+
+@dataclass(frozen=True)
+class SyncRoomClosedEvent(Event):
+    """A sync room unloaded, ``why``: ``idle``, ``evicted``, ``store_failed`` or ``shutdown``; ``peers`` were in it."""
+
+    doc: str
+    why: str
+    peers: int
+    kind: Literal["sync_room_closed"] = field(init=False, default="sync_room_closed", repr=False)
+
+
+@dataclass(frozen=True)
+class SyncPeerJoinedEvent(Event):
+    """A peer joined a sync room."""
+
+    doc: str
+    peer: int
+    client: Optional[str]
+    pid: Optional[int]
+    mode: str
+    kind: Literal["sync_peer_joined"] = field(init=False, default="sync_peer_joined", repr=False)
+
+
+@dataclass(frozen=True)
+class SyncPeerLeftEvent(Event):
+    """A peer left a sync room."""
+
+    doc: str
+    peer: int
+    kind: Literal["sync_peer_left"] = field(init=False, default="sync_peer_left", repr=False)
+
+
+@dataclass(frozen=True)
+class SyncCompactedEvent(Event):
+    """A sync document's file was compacted to ``bytes`` bytes."""
+
+    doc: str
+    bytes: int
+    kind: Literal["sync_compacted"] = field(init=False, default="sync_compacted", repr=False)
+
+
+@dataclass(frozen=True)
+class SyncSettingsEditEvent(Event):
+    """A person's edit of settings.json was merged (``applied``) or refused (``reason`` says why)."""
+
+    applied: bool
+    reason: Optional[str]
+    kind: Literal["sync_settings_edit"] = field(init=False, default="sync_settings_edit", repr=False)
+
+
+@dataclass(frozen=True)
 class UnknownEvent(Event):
     """An event of a kind this version does not know (a newer daemon's): ``kind`` and the whole frame."""
 
@@ -272,6 +342,15 @@ def _opt_str(frame: Json, name: str) -> Optional[str]:
     return value
 
 
+def _opt_int(frame: Json, name: str) -> Optional[int]:
+    value = frame.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _bad(frame, f"with a `{name}` that is neither an integer nor null")
+    return value
+
+
 def _bool(frame: Json, name: str) -> bool:
     value = frame.get(name)
     if not isinstance(value, bool):
@@ -303,6 +382,14 @@ _KINDS: Dict[str, Callable[[Json, _Head], Event]] = {
     "blob_delete": lambda f, h: BlobDeleteEvent(*h, _str(f, "hash"), _int(f, "size")),
     "blob_gc": lambda f, h: BlobGcEvent(*h, _int(f, "removed"), _int(f, "bytes")),
     "health_changed": lambda f, h: HealthChangedEvent(*h, _str(f, "from"), _str(f, "to"), _str_tuple(f, "codes")),
+    "sync_room_opened": lambda f, h: SyncRoomOpenedEvent(*h, _str(f, "doc"), _bool(f, "created")),
+    "sync_room_closed": lambda f, h: SyncRoomClosedEvent(*h, _str(f, "doc"), _str(f, "why"), _int(f, "peers")),
+    "sync_peer_joined": lambda f, h: SyncPeerJoinedEvent(
+        *h, _str(f, "doc"), _int(f, "peer"), _opt_str(f, "client"), _opt_int(f, "pid"), _str(f, "mode")
+    ),
+    "sync_peer_left": lambda f, h: SyncPeerLeftEvent(*h, _str(f, "doc"), _int(f, "peer")),
+    "sync_compacted": lambda f, h: SyncCompactedEvent(*h, _str(f, "doc"), _int(f, "bytes")),
+    "sync_settings_edit": lambda f, h: SyncSettingsEditEvent(*h, _bool(f, "applied"), _opt_str(f, "reason")),
 }
 
 

@@ -142,6 +142,10 @@ class FrameDecoder:
             self._pos = end
         return payload
 
+    def rest(self) -> bytes:
+        """The bytes received and not yet taken as frames (to hand to another decoder)."""
+        return bytes(self._buf[self._pos :])
+
     def buffered(self) -> int:
         """Bytes received and not yet taken as frames (a partial frame)."""
         return len(self._buf) - self._pos

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import time
 from typing import (
     Any,
@@ -138,6 +139,15 @@ class LogChunk(NamedTuple):
 # -- sans-IO ------------------------------------------------------------------
 
 
+def _current_dir() -> Optional[str]:
+    """This process's current directory, where a job without ``cwd`` runs, as a process started here would;
+    ``None`` (the daemon user's home) when it was removed."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
+
+
 def submit_request(
     argv: Sequence[str],
     *,
@@ -160,7 +170,7 @@ def submit_request(
             "type": "submit",
             "argv": list(argv),
             "env": dict(env) if env else None,
-            "cwd": cwd,
+            "cwd": cwd if cwd is not None else _current_dir(),
             "input": input,
             "queue": queue,
             "priority": priority,
@@ -315,7 +325,8 @@ class QueueClient(SyncChannel):
         run_at_ms: Optional[int] = None,
         timeout: TimeoutArg = DEFAULT,
     ) -> Submitted:
-        """Submits a job; returns once it is durable. ``key`` makes the submit idempotent."""
+        """Submits a job; returns once it is durable. ``key`` makes the submit idempotent. Without ``cwd``, the
+        job runs in this process's current directory."""
         request = submit_request(
             argv,
             env=env,
@@ -497,7 +508,8 @@ class AsyncQueueClient(AsyncChannel):
         run_at_ms: Optional[int] = None,
         timeout: TimeoutArg = DEFAULT,
     ) -> Submitted:
-        """Submits a job; returns once it is durable."""
+        """Submits a job; returns once it is durable. Without ``cwd``, the job runs in this process's current
+        directory."""
         request = submit_request(
             argv,
             env=env,

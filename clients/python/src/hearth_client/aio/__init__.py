@@ -32,6 +32,7 @@ from ..pool import AsyncLease, AsyncPoolClient
 from ..protocol import DEFAULT_CLIENT_NAME
 from ..queue import AsyncLogStream, AsyncQueueClient
 from ..status import AsyncStatusClient, ShutdownAnswer, StatusReport
+from ..sync import AsyncSyncDoc, AsyncWatch
 
 __all__ = [
     "Client",
@@ -44,6 +45,8 @@ __all__ = [
     "AsyncLease",
     "AsyncLogStream",
     "AsyncEventStream",
+    "AsyncSyncDoc",
+    "AsyncWatch",
 ]
 
 
@@ -65,6 +68,7 @@ class Client:
     ) -> None:
         self.paths = Paths.resolve(state_dir, socket)
         settings = ConnectSettings(self.paths, client_name, timeout, handshake)
+        self._settings = settings
         self.status_channel = AsyncStatusClient(settings)
         self.pool = AsyncPoolClient(settings)
         self.queue = AsyncQueueClient(settings)
@@ -95,6 +99,11 @@ class Client:
     ) -> AsyncEventStream:
         """The daemon's events (see :meth:`AsyncStatusClient.events`): ``async with client.events() as events``."""
         return self.status_channel.events(services=services, kinds=kinds, ids=ids, since=since, timeout=timeout)
+
+    async def sync(self, doc: Optional[str]) -> AsyncSyncDoc:
+        """Joins ``doc``'s room of the ``sync`` channel in view mode, on a connection of its own."""
+        s = self._settings
+        return await AsyncSyncDoc.open(doc, s.paths.socket, client_name=s.client_name, timeout=s.timeout)
 
     def close(self) -> None:
         """Closes every connection."""
