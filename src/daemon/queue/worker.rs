@@ -539,8 +539,8 @@ async fn join_copy(task: tokio::task::JoinHandle<(u64, bool)>, grace: Duration) 
 /// the retry policy. An attempt recorded under `running/` whose start never
 /// reached the store leaves no trace: its group is killed, and its job,
 /// still runnable in the store, runs again.
-pub(super) async fn recover(service: &Arc<QueueService>) {
-    let orphans = match service.read(store::orphans).await {
+pub(super) async fn recover(service: &Arc<QueueService>, orphans: rusqlite::Result<Vec<store::Orphan>>) {
+    let orphans = match orphans {
         Ok(orphans) => orphans,
         Err(e) => {
             tracing::error!("cannot look for attempts left by a previous daemon: {e}");
