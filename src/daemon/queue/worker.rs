@@ -238,10 +238,12 @@ async fn attempt(
     let grace = service.config.kill_grace.0;
     let timeout = job.timeout_ms.filter(|t| *t > 0).map(Duration::from_millis);
     let watched = Watched { pid, deadline: timeout.map(|t| begun + t), grace };
-    let (status, verdict, ended_by) = supervise(&mut child, &watched, start, &confirm, kill).await;
-    // The attempt is its main process: whatever it left in its group goes too.
-    let _ = child::kill_group(pid, libc::SIGKILL);
-    service.free_slot(job.id);
+    let ended = || {
+        // The attempt is its main process: whatever it left in its group goes too.
+        let _ = child::kill_group(pid, libc::SIGKILL);
+        service.free_slot(job.id);
+    };
+    let (status, verdict, ended_by) = supervise(&mut child, &watched, start, &confirm, kill, ended).await;
     let (stdout_bytes, out_cut) = join_copy(copies.0, grace).await;
     let (stderr_bytes, err_cut) = join_copy(copies.1, grace).await;
     if let Err(why) = verdict {
@@ -324,14 +326,25 @@ struct Watched {
 
 /// Waits for the attempt's process to end, while its start is committed
 /// (a refused start kills its group at once), its deadline passes, or a
-/// cancel or shutdown asks for it to stop. Returns its exit status, whether
-/// its start was committed, and what stopped it (if not itself).
+/// cancel or shutdown asks for it to stop. Runs `ended` as soon as the
+/// process has ended, then waits for the start's commit if it is not in
+/// yet. Returns its exit status, whether its start was committed, and what
+/// stopped it (if not itself).
+///
+/// `ended` frees the worker: a short job often ends before its start is
+/// durable, and holding its worker through that fsync would let each
+/// worker run one job per commit. Freed at once, the next job starts
+/// meanwhile, and its start shares a group commit with this one's end.
+/// What reaches the disk, and in what order, is unchanged: the end is only
+/// sent to the writer after the start is in (see `run_attempt`), and the
+/// job stays in flight, out of the dispatcher's picks, until then.
 async fn supervise(
     child: &mut Process,
     watched: &Watched,
     start: impl Future<Output = Result<(), WireError>>,
     confirm: &watch::Sender<Option<bool>>,
     mut kill: watch::Receiver<Option<KillReason>>,
+    ended: impl FnOnce(),
 ) -> (std::io::Result<ExitStatus>, Result<(), String>, Option<Outcome>) {
     let mut start = std::pin::pin!(start);
     let mut verdict: Option<Result<(), String>> = None;
@@ -358,6 +371,7 @@ async fn supervise(
             }
         }
     };
+    ended();
     let verdict = match verdict {
         Some(v) => v,
         None => {
