@@ -138,10 +138,10 @@ pub fn default_state_dir() -> Result<PathBuf, PathError> {
     if cfg!(target_os = "macos") {
         return home.map(|h| h.join("Library/Application Support/hearth")).ok_or(PathError::NoHome);
     }
-    if let Some(xdg) = std::env::var_os("XDG_STATE_HOME").map(PathBuf::from) {
-        if xdg.is_absolute() {
-            return Ok(xdg.join("hearth"));
-        }
+    if let Some(xdg) = std::env::var_os("XDG_STATE_HOME").map(PathBuf::from)
+        && xdg.is_absolute()
+    {
+        return Ok(xdg.join("hearth"));
     }
     home.map(|h| h.join(".local/state/hearth")).ok_or(PathError::NoHome)
 }

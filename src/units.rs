@@ -57,7 +57,7 @@ impl fmt::Display for HumanDuration {
         if ms == 0 {
             return f.write_str("0s");
         }
-        let (unit, per) = DURATION_UNITS.iter().find(|(_, per)| ms % per == 0).copied().unwrap_or(("ms", 1));
+        let (unit, per) = DURATION_UNITS.iter().find(|(_, per)| ms.is_multiple_of(*per)).copied().unwrap_or(("ms", 1));
         write!(f, "{}{unit}", ms / per)
     }
 }
@@ -110,7 +110,7 @@ impl fmt::Display for ByteSize {
         if n == 0 {
             return f.write_str("0");
         }
-        match SIZE_UNITS[..4].iter().find(|(_, per)| n % per == 0) {
+        match SIZE_UNITS[..4].iter().find(|(_, per)| n.is_multiple_of(*per)) {
             Some((unit, per)) => write!(f, "{}{unit}", n / per),
             None => write!(f, "{n}"),
         }

@@ -548,10 +548,10 @@ struct Seen {
 fn collect_pattern(channel: &str, pattern: &Value, seen: &mut Seen) {
     if let Some(kind) = pattern.get("type").and_then(Value::as_str) {
         seen.expected.insert((channel.to_owned(), kind.to_owned()));
-        if kind == "error" {
-            if let Some(code) = pattern.get("code").and_then(Value::as_str) {
-                seen.codes.insert(code.to_owned());
-            }
+        if kind == "error"
+            && let Some(code) = pattern.get("code").and_then(Value::as_str)
+        {
+            seen.codes.insert(code.to_owned());
         }
     }
     if let Some(code) = pattern.pointer("/error/code").and_then(Value::as_str) {

@@ -402,10 +402,8 @@ fn stop_signal() -> std::io::Result<impl Future<Output = ()>> {
 fn fail(detach: bool, code: LaunchCode, message: &str) -> ExitCode {
     eprintln!("hearthd: {message} ({code})");
     let report = LaunchReport::Failed { code, message: message.into() };
-    if detach {
-        if let Ok(line) = serde_json::to_string(&report) {
-            println!("{line}");
-        }
+    if detach && let Ok(line) = serde_json::to_string(&report) {
+        println!("{line}");
     }
     ExitCode::from(detach::exit_status(&report))
 }

@@ -148,10 +148,10 @@ pub async fn ensure_daemon_running(options: &EnsureOptions) -> Result<Ensured, C
                 // draining: give it a moment to answer before trying again.
                 let until = (Instant::now() + wait_window).min(deadline);
                 wait_window = (wait_window * 2).min(Duration::from_secs(2));
-                if let Some(daemon) = poll_until(&connect, until).await {
-                    if replaced.as_ref().is_none_or(|old| old.pid != daemon.pid) {
-                        return Ok(Ensured { daemon, spawned, replaced });
-                    }
+                if let Some(daemon) = poll_until(&connect, until).await
+                    && replaced.as_ref().is_none_or(|old| old.pid != daemon.pid)
+                {
+                    return Ok(Ensured { daemon, spawned, replaced });
                 }
             }
             LaunchReport::Failed { code, message } => {
@@ -254,14 +254,14 @@ pub fn find_daemon_binary(explicit: Option<&Path>) -> Result<PathBuf, ClientErro
         return Ok(PathBuf::from(bin));
     }
     let mut searched = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            let candidate = dir.join("hearthd");
-            if is_executable(&candidate) {
-                return Ok(candidate);
-            }
-            searched.push(candidate.display().to_string());
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        let candidate = dir.join("hearthd");
+        if is_executable(&candidate) {
+            return Ok(candidate);
         }
+        searched.push(candidate.display().to_string());
     }
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {

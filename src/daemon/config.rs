@@ -349,9 +349,10 @@ impl Config {
     }
 
     fn from_table(table: toml::Table, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = table
+        let mut config: Config = table
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Invalid { origin: origin.into(), message: e.to_string() })?;
+        config.sync.fit_defaults_to_frame(config.server.max_frame.0);
         config.validate().map_err(|message| ConfigError::Invalid { origin: origin.into(), message })?;
         Ok(config)
     }
@@ -480,6 +481,18 @@ mod tests {
         let config = Config::load(&file, true, &over).unwrap();
         assert_eq!(config.server.max_connections, 9);
         assert_eq!(config.server.connection_idle_timeout.0, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_small_max_frame_lowers_the_sync_limits_left_at_their_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "[server]\nmax_frame = \"64KiB\"\n");
+        let config = Config::load(&file, true, &[]).unwrap();
+        assert_eq!(config.sync.max_sync_message.0, 64 << 10);
+        assert_eq!(config.sync.max_value_size.0, 64 << 10);
+        let file = write(dir.path(), "[server]\nmax_frame = \"64KiB\"\n[sync]\nmax_sync_message = \"1MiB\"\n");
+        let err = Config::load(&file, true, &[]).unwrap_err().to_string();
+        assert!(err.contains("sync.max_sync_message"), "{err}");
     }
 
     #[test]

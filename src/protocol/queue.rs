@@ -564,7 +564,7 @@ impl Base64 {
     /// Parses base64 text.
     pub fn decode(text: &str) -> Result<Base64, String> {
         let bytes = text.as_bytes();
-        if bytes.len() % 4 != 0 {
+        if !bytes.len().is_multiple_of(4) {
             return Err("base64 length is not a multiple of 4".into());
         }
         let mut out = Vec::with_capacity(bytes.len() / 4 * 3);

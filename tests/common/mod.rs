@@ -3,6 +3,8 @@
 //! polling with deadlines (never fixed sleeps).
 #![allow(dead_code, unreachable_pub)]
 
+pub mod tmux;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};

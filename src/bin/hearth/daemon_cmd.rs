@@ -13,6 +13,7 @@ use hearth::units::HumanDuration;
 use serde::Serialize;
 
 use crate::error::{CliError, EXIT_OK, EXIT_REFUSED, EXIT_TIMEOUT};
+use crate::progress::WaitBar;
 use crate::{Ctx, install_cmd, output, status_cmd};
 
 const DAEMON_STATUS_HELP: &str = "\
@@ -160,7 +161,7 @@ struct Stopped {
 }
 
 async fn stop(ctx: &Ctx, args: &StopArgs) -> Result<u8, CliError> {
-    let stopped = stop_daemon(&ctx.paths, args.timeout.0, !args.no_force, args.drain).await?;
+    let stopped = stop_daemon(&ctx.paths, args.timeout.0, !args.no_force, args.drain, ctx.json).await?;
     if ctx.json {
         output::json(&stopped)?;
     } else {
@@ -183,7 +184,13 @@ async fn stop(ctx: &Ctx, args: &StopArgs) -> Result<u8, CliError> {
 /// [`answers_for_the_lock`]), and a signal goes only to a process proven to
 /// be the hearthd that owns the state directory ([`owner::verify_owner`]);
 /// when that cannot be proven, nothing is signalled and the stop is refused.
-async fn stop_daemon(paths: &Paths, timeout: Duration, force: bool, drain: bool) -> Result<Stopped, CliError> {
+async fn stop_daemon(
+    paths: &Paths,
+    timeout: Duration,
+    force: bool,
+    drain: bool,
+    json: bool,
+) -> Result<Stopped, CliError> {
     let LockState::Held { pid: named } = probe_lock(paths)? else {
         return Ok(Stopped { pid: None, how: "none" });
     };
@@ -217,7 +224,10 @@ async fn stop_daemon(paths: &Paths, timeout: Duration, force: bool, drain: bool)
         Ok(Ok((daemon, None))) => foreign = Some(daemon),
         _ => {}
     }
-    if wait_for_release(paths, timeout).await? {
+    let mut watch = (drain && pid.is_some()).then(|| DrainWatch::new(paths, json));
+    let released = wait_for_release(paths, timeout, watch.as_mut()).await?;
+    drop(watch);
+    if released {
         return Ok(Stopped { pid, how: "request" });
     }
     if !force {
@@ -239,7 +249,7 @@ async fn stop_daemon(paths: &Paths, timeout: Duration, force: bool, drain: bool)
         let pid = owner.pid();
         let sent =
             owner.signal(signal).map_err(|e| CliError::new("stop_failed", format!("cannot signal pid {pid}: {e}")))?;
-        if wait_for_release(paths, wait).await? {
+        if wait_for_release(paths, wait, None).await? {
             return Ok(Stopped { pid: Some(pid), how: name });
         }
         if !sent {
@@ -285,12 +295,19 @@ fn refused(paths: &Paths, doubt: &owner::NotOwner, foreign: Option<u32>) -> CliE
         .exit(EXIT_REFUSED)
 }
 
-async fn wait_for_release(paths: &Paths, timeout: Duration) -> Result<bool, CliError> {
+async fn wait_for_release(
+    paths: &Paths,
+    timeout: Duration,
+    mut watch: Option<&mut DrainWatch>,
+) -> Result<bool, CliError> {
     let deadline = Instant::now() + timeout;
     let mut delay = Duration::from_millis(1);
     loop {
         if probe_lock(paths)? == LockState::Free {
             return Ok(true);
+        }
+        if let Some(watch) = watch.as_deref_mut() {
+            watch.update().await;
         }
         if Instant::now() >= deadline {
             return Ok(false);
@@ -300,10 +317,64 @@ async fn wait_for_release(paths: &Paths, timeout: Duration) -> Result<bool, CliE
     }
 }
 
+/// The bar of `daemon stop --drain`: the running work the daemon has left,
+/// from its `status` (it keeps answering while it drains).
+struct DrainWatch {
+    socket: std::path::PathBuf,
+    client: Option<StatusClient>,
+    bar: WaitBar,
+    /// The most work seen running: the bar's whole.
+    most: u64,
+    asked: Option<Instant>,
+    /// The daemon stopped answering: it is past its drain.
+    gone: bool,
+}
+
+impl DrainWatch {
+    /// How often the daemon is asked.
+    const EVERY: Duration = Duration::from_millis(200);
+
+    fn new(paths: &Paths, json: bool) -> Self {
+        let bar = WaitBar::new("draining", "running jobs and builds ended", 0, json);
+        let gone = !bar.is_shown();
+        Self { socket: paths.socket().to_owned(), client: None, bar, most: 0, asked: None, gone }
+    }
+
+    async fn update(&mut self) {
+        if self.gone || self.asked.is_some_and(|at| at.elapsed() < Self::EVERY) {
+            return;
+        }
+        self.asked = Some(Instant::now());
+        let answer = tokio::time::timeout(ANSWER_TIMEOUT, async {
+            if self.client.is_none() {
+                let options = ConnectOptions::new(&self.socket).timeout(ANSWER_TIMEOUT);
+                self.client = Some(StatusClient::connect_with(&options).await?);
+            }
+            match self.client.as_mut() {
+                Some(client) => client.status().await,
+                None => Err(ClientError::Closed),
+            }
+        })
+        .await;
+        let Ok(Ok(report)) = answer else {
+            self.gone = true;
+            self.client = None;
+            return;
+        };
+        let jobs = report.services.queue.as_ref().map_or(0, |q| q.running);
+        let builds = report.services.pool.as_ref().map_or(0, |p| u64::from(p.builds_running));
+        let left = jobs + builds;
+        self.most = self.most.max(left);
+        self.bar.set(self.most - left, self.most);
+        let plural = |n: u64, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+        self.bar.note(format!("{} and {} still running", plural(jobs, "job"), plural(builds, "build")));
+    }
+}
+
 async fn restart(ctx: &Ctx, args: &RestartArgs) -> Result<u8, CliError> {
     let info: Option<DaemonInfo> =
         std::fs::read(ctx.paths.info_file()).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    let stopped = stop_daemon(&ctx.paths, args.timeout.0, true, !args.no_drain).await?;
+    let stopped = stop_daemon(&ctx.paths, args.timeout.0, true, !args.no_drain, ctx.json).await?;
     let systemd = info.as_ref().and_then(|i| i.managed_by.as_deref()) == Some("systemd");
     let pid = if systemd {
         // It stopped cleanly, so systemd will not restart it by itself.
@@ -371,12 +442,12 @@ async fn logs(ctx: &Ctx, args: &LogsArgs) -> Result<u8, CliError> {
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         // Rotated or reopened: start over on the new file.
-        if let Ok(meta) = std::fs::metadata(&path) {
-            if meta.ino() != ino || meta.len() < pos {
-                file = std::fs::File::open(&path)?;
-                ino = meta.ino();
-                pos = 0;
-            }
+        if let Ok(meta) = std::fs::metadata(&path)
+            && (meta.ino() != ino || meta.len() < pos)
+        {
+            file = std::fs::File::open(&path)?;
+            ino = meta.ino();
+            pos = 0;
         }
         file.seek(SeekFrom::Start(pos))?;
         let mut chunk = Vec::new();

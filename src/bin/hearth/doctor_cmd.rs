@@ -236,10 +236,10 @@ fn check_holder(paths: &Paths, pid: Option<u32>, answered: bool, problems: &mut 
             "stop that process; `fuser -v` or `lsof` on the lock file shows it",
         ));
     }
-    if let Some(info) = &read_info(paths) {
-        if pid.is_some_and(|p| p != info.pid) {
-            problems.push(stale_info(&paths.info_file(), info.pid));
-        }
+    if let Some(info) = &read_info(paths)
+        && pid.is_some_and(|p| p != info.pid)
+    {
+        problems.push(stale_info(&paths.info_file(), info.pid));
     }
     if !answered && comm.as_deref() == Some("hearthd") {
         problems.push(problem(

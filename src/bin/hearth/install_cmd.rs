@@ -379,10 +379,11 @@ fn report(ctx: &Ctx, out: &Outcome) -> Result<u8, CliError> {
     }
     for f in &out.files {
         outln!("{} {}", f.action.replace('_', " "), f.path.display());
-        if out.dry_run && f.action == "would_write" {
-            if let Some(content) = &f.content {
-                outln!("{}", content.trim_end().lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n"));
-            }
+        if out.dry_run
+            && f.action == "would_write"
+            && let Some(content) = &f.content
+        {
+            outln!("{}", content.trim_end().lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n"));
         }
     }
     for c in &out.commands {

@@ -32,6 +32,8 @@ mod shell_cmd;
 mod status_cmd;
 mod stdin_read;
 mod sync_cmd;
+mod top_cmd;
+mod watch;
 
 use error::CliError;
 
@@ -42,7 +44,7 @@ Exit status:
   0  success
   1  the command failed (the error's code is printed)
   2  usage error
-  3  no daemon is running (ping, status, shutdown never start one)
+  3  no daemon is running (ping, status, shutdown, events, top never start one)
   4  no answer within the deadline
   5  daemon stop/restart refused to signal a process it could not prove to be the daemon
   141  stdout was closed before everything was written (e.g. `| head`); nothing more is printed
@@ -93,6 +95,10 @@ enum Command {
     /// Print what the daemon's services do as it happens: job states, pool
     /// builds and takes, blob puts, health changes (never starts one)
     Events(events_cmd::EventsArgs),
+    /// Watch the daemon live in the terminal: health, connections, jobs,
+    /// pools, throughput; cancel or retry jobs (never starts one)
+    #[command(after_help = top_cmd::TOP_HELP)]
+    Top,
     /// Start, stop and inspect the daemon process; install it as a service
     #[command(subcommand)]
     Daemon(daemon_cmd::DaemonCommand),
@@ -201,6 +207,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
             Command::Status => status_cmd::status(ctx).await,
             Command::Shutdown(args) => status_cmd::shutdown(ctx, args).await,
             Command::Events(args) => events_cmd::events(ctx, &args).await,
+            Command::Top => top_cmd::top(ctx).await,
             Command::Daemon(command) => daemon_cmd::run(ctx, command).await,
             Command::Doctor(args) => doctor_cmd::doctor(ctx, &args).await,
             Command::Pool(command) => pool_cmd::run(ctx, command).await,

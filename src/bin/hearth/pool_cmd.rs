@@ -7,6 +7,8 @@ use std::time::Duration;
 use clap::Subcommand;
 use hearth::client::PoolClient;
 use hearth::daemon::config::PoolEntry;
+use hearth::protocol::Channel;
+use hearth::protocol::event::EventFilter;
 use hearth::protocol::pool::{
     DefinitionSource, Lease, LeaseId, PoolChannel, PoolDefinition, PoolKind, PoolRequest, PoolResponse, PoolStatus,
     ReleaseOutcome,
@@ -15,6 +17,8 @@ use hearth::units::HumanDuration;
 use serde_json::json;
 
 use crate::error::{CliError, EXIT_OK};
+use crate::progress::WaitBar;
+use crate::watch::{EventFeed, reconnecting};
 use crate::{Ctx, output};
 
 #[derive(Debug, Subcommand)]
@@ -77,6 +81,13 @@ pub(crate) struct WarmArgs {
     /// Ready resources to keep (0 keeps none; takes then build on demand)
     #[arg(long, value_name = "N")]
     size: u32,
+    /// Return only once that many are ready (a bar on a terminal shows how
+    /// many are); a failed build ends the wait with `build_failed`
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: give up after this long (the builds go on)
+    #[arg(long, value_name = "DURATION", default_value = "10m", requires = "wait")]
+    timeout: HumanDuration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -229,18 +240,18 @@ async fn status(ctx: &Ctx, client: &mut PoolClient, name: Option<&str>) -> Resul
             }
         }
     }
-    if name.is_some() {
-        if let Some(commands) = report.pools.first().and_then(|p| p.commands.as_ref()) {
-            outln!();
-            for step in &commands.create {
-                outln!("  create: {}", shell_words(step));
-            }
-            if let Some(check) = &commands.check {
-                outln!("  check:  {}", shell_words(check));
-            }
-            if let Some(reset) = &commands.reset {
-                outln!("  reset:  {}", shell_words(reset));
-            }
+    if name.is_some()
+        && let Some(commands) = report.pools.first().and_then(|p| p.commands.as_ref())
+    {
+        outln!();
+        for step in &commands.create {
+            outln!("  create: {}", shell_words(step));
+        }
+        if let Some(check) = &commands.check {
+            outln!("  check:  {}", shell_words(check));
+        }
+        if let Some(reset) = &commands.reset {
+            outln!("  reset:  {}", shell_words(reset));
         }
     }
     Ok(EXIT_OK)
@@ -323,13 +334,58 @@ fn holder(l: &Lease) -> String {
 }
 
 async fn warm(ctx: &Ctx, client: &mut PoolClient, args: &WarmArgs) -> Result<u8, CliError> {
-    let previous = client.warm(&args.name, args.size).await?;
-    if ctx.json {
-        output::json(&json!({ "pool": args.name, "target": args.size, "previous": previous }))?;
+    // Subscribed before the target changes: no build's end is missed.
+    let feed = if args.wait {
+        let filter =
+            EventFilter { services: vec![Channel::Pool], ids: vec![args.name.clone()], ..EventFilter::default() };
+        Some(EventFeed::start(&ctx.connect_options(), filter).await?)
     } else {
-        outln!("pool {} keeps {} ready (was {previous})", args.name, args.size);
+        None
+    };
+    let previous = client.warm(&args.name, args.size).await?;
+    let ready = match feed {
+        Some(feed) => Some(wait_ready(ctx, client, args, feed).await?),
+        None => None,
+    };
+    if ctx.json {
+        output::json(&json!({ "pool": args.name, "target": args.size, "previous": previous, "ready": ready }))?;
+    } else {
+        let now = ready.map_or_else(String::new, |ready| format!("; {ready} ready now"));
+        outln!("pool {} keeps {} ready (was {previous}){now}", args.name, args.size);
     }
     Ok(EXIT_OK)
+}
+
+/// Waits until the pool has its target ready; returns how many are.
+async fn wait_ready(ctx: &Ctx, client: &mut PoolClient, args: &WarmArgs, mut feed: EventFeed) -> Result<u32, CliError> {
+    let mut pool = client.pool_status(&args.name).await?;
+    let failed_before = pool.failures_total;
+    let bar = WaitBar::new(format!("warming {}", args.name), "ready", u64::from(pool.target), ctx.json);
+    let deadline = tokio::time::Instant::now() + args.timeout.0;
+    while pool.ready < pool.target {
+        if pool.failures_total > failed_before {
+            let why = pool.last_error.as_ref().map_or_else(String::new, |e| format!(": {}", e.message.trim()));
+            return Err(CliError::new("build_failed", format!("a build of pool {} failed{why}", args.name)));
+        }
+        bar.set(u64::from(pool.ready), u64::from(pool.target));
+        bar.note(format!("{} building", pool.building));
+        tokio::select! {
+            notice = feed.next() => { notice?; }
+            // Counts that move without an event of this pool (a redefinition) are seen too.
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = tokio::time::sleep_until(deadline) => {
+                return Err(CliError::new(
+                    "timeout",
+                    format!("{} of {} ready after {}", pool.ready, pool.target, args.timeout),
+                )
+                .hint("the builds go on: `hearth pool status NAME` shows them")
+                .exit(crate::error::EXIT_TIMEOUT));
+            }
+        }
+        pool = reconnecting(&ctx.connect_options(), client, async |c| c.pool_status(&args.name).await).await?;
+    }
+    bar.finish();
+    Ok(pool.ready)
 }
 
 async fn drain(ctx: &Ctx, client: &mut PoolClient, name: &str) -> Result<u8, CliError> {

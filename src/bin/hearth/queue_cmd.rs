@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Subcommand;
-use hearth::client::QueueClient;
+use hearth::client::{Notice, QueueClient};
+use hearth::protocol::Channel;
+use hearth::protocol::ErrorCode;
+use hearth::protocol::event::{Event, EventData, EventFilter, EventKind, MAX_FILTER_ENTRIES};
 use hearth::protocol::queue::{
     Attempt, Job, JobSpec, JobState, ListFilter, LogStream, LogsRequest, Outcome, QueueChannel, QueueStats, Selection,
 };
@@ -14,6 +17,8 @@ use hearth::units::HumanDuration;
 use serde_json::json;
 
 use crate::error::{CliError, EXIT_OK};
+use crate::progress::WaitBar;
+use crate::watch::{EventFeed, reconnecting};
 use crate::{Ctx, output};
 
 /// Exit status of `queue wait` and `run` for a canceled job.
@@ -29,14 +34,24 @@ Exit status: the job's own when it ended by exiting (0 when it succeeded),
 it was canceled, 127 when its program could not be started; 1, 3 or 4 when
 hearth itself failed (see `hearth --help`; --json tells the cases apart).";
 
+const WAIT_EXIT_HELP: &str = "\
+Exit status: the job's own when it ended by exiting (0 when it succeeded),
+128+N when a signal N ended it, 124 when its last attempt timed out, 125 when
+it was canceled, 127 when its program could not be started; 1, 3 or 4 when
+hearth itself failed (see `hearth --help`; --json tells the cases apart).
+
+With several jobs: 0 when every one succeeded, else the status above of the
+first job named on the command line that did not. On a terminal, stderr shows
+how many have ended.";
+
 #[derive(Debug, Subcommand)]
 #[command(defer = true)]
 pub(crate) enum QueueCommand {
     /// Add a job and print its id at once (the daemon runs it in the background)
     Submit(SubmitArgs),
-    /// Follow a job until it ends; exit with its exit status
-    #[command(after_help = JOB_EXIT_HELP)]
-    Wait(IdArg),
+    /// Follow jobs until they end; exit with their exit status
+    #[command(after_help = WAIT_EXIT_HELP)]
+    Wait(WaitArgs),
     /// Jobs that are queued, running or waiting for a retry
     Ps(PageArgs),
     /// Jobs in any state, newest first
@@ -110,6 +125,13 @@ pub(crate) struct IdArg {
 }
 
 #[derive(Debug, clap::Args)]
+pub(crate) struct WaitArgs {
+    /// The job ids
+    #[arg(required = true, value_name = "ID")]
+    ids: Vec<u64>,
+}
+
+#[derive(Debug, clap::Args)]
 pub(crate) struct PageArgs {
     /// Only this queue
     #[arg(long, short = 'q', value_name = "QUEUE")]
@@ -167,7 +189,10 @@ pub(crate) async fn run(ctx: &Ctx, command: QueueCommand) -> Result<u8, CliError
     let mut client = ctx.connect_or_spawn::<QueueChannel>().await?;
     match command {
         QueueCommand::Submit(args) => submit(ctx, &mut client, args).await,
-        QueueCommand::Wait(args) => wait(ctx, &mut client, args.id).await,
+        QueueCommand::Wait(args) => match args.ids.as_slice() {
+            [id] => wait(ctx, &mut client, *id).await,
+            ids => wait_all(ctx, &mut client, ids).await,
+        },
         QueueCommand::Ps(page) => {
             let states = vec![JobState::Queued, JobState::Running, JobState::RetryWait];
             list(ctx, &mut client, states, page).await
@@ -365,6 +390,70 @@ async fn wait(ctx: &Ctx, client: &mut QueueClient, id: u64) -> Result<u8, CliErr
         .await?;
     let (_, attempts) = client.get(job.id).await?;
     Ok(job_exit_status(&job, attempts.last()))
+}
+
+/// Waits for several jobs, from the event stream: one subscription
+/// whatever their number, a `get` for each job only when it ends.
+async fn wait_all(ctx: &Ctx, client: &mut QueueClient, ids: &[u64]) -> Result<u8, CliError> {
+    let mut unique = ids.to_vec();
+    unique.sort_unstable();
+    unique.dedup();
+    // Named one by one while the daemon's filter takes them; past that,
+    // every job_state event comes and this side picks.
+    let filter = EventFilter {
+        services: vec![Channel::Queue],
+        kinds: vec![EventKind::JobState],
+        ids: if unique.len() <= MAX_FILTER_ENTRIES { unique.iter().map(u64::to_string).collect() } else { vec![] },
+    };
+    // Subscribed before the jobs are read: an end between the two is not missed.
+    let mut feed = EventFeed::start(&ctx.connect_options(), filter).await?;
+    let total = unique.len() as u64;
+    let bar = WaitBar::new("waiting", "jobs ended", total, ctx.json);
+    let mut ended: BTreeMap<u64, u8> = BTreeMap::new();
+    for &id in &unique {
+        let (job, attempts) = client.get(id).await?;
+        if job.state.is_final() {
+            ended.insert(id, report_end(ctx, &bar, &job, attempts.last()));
+        }
+    }
+    while (ended.len() as u64) < total {
+        bar.set(ended.len() as u64, total);
+        let check: Vec<u64> = match feed.next().await? {
+            Notice::Event(Event { data: EventData::JobState { id, to, .. }, .. }) => {
+                let wanted = unique.binary_search(&id).is_ok() && !ended.contains_key(&id);
+                if wanted && to.is_none_or(JobState::is_final) { vec![id] } else { vec![] }
+            }
+            Notice::Event(_) => vec![],
+            // Some ends may be among what was missed: ask about every job still waited for.
+            Notice::Lagged { .. } => unique.iter().copied().filter(|id| !ended.contains_key(id)).collect(),
+        };
+        for id in check {
+            match reconnecting(&ctx.connect_options(), client, async |c| c.get(id).await).await {
+                Ok((job, attempts)) if job.state.is_final() => {
+                    ended.insert(id, report_end(ctx, &bar, &job, attempts.last()));
+                }
+                Ok(_) => {}
+                Err(e) if e.code() == Some(&ErrorCode::JobNotFound) => {
+                    bar.println(&format!("hearth: job {id} was purged while waited for"));
+                    ended.insert(id, crate::error::EXIT_FAILED);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    bar.finish();
+    // The first job named that did not succeed decides.
+    Ok(ids.iter().map(|id| ended[id]).find(|&status| status != 0).unwrap_or(EXIT_OK))
+}
+
+/// Says that a job ended; returns its exit status.
+fn report_end(ctx: &Ctx, bar: &WaitBar, job: &Job, last: Option<&Attempt>) -> u8 {
+    if ctx.json {
+        outln!("{}", json!({ "job": job }));
+    } else {
+        bar.println(&format!("job {}: {}", job.id, describe(job)));
+    }
+    job_exit_status(job, last)
 }
 
 fn describe(job: &Job) -> String {

@@ -80,6 +80,17 @@ pub(crate) fn print_report(r: &StatusReport) {
         ),
         ("channels", r.channels.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")),
     ];
+    rows.extend(service_rows(r));
+    for reason in &r.health.reasons {
+        rows.push(("reason", format!("{} [{}]: {}", reason.code, reason.severity.as_str(), reason.message)));
+    }
+    output::fields(&rows);
+}
+
+/// One row per service that runs, named as in `status`: `hearth top` shows
+/// the same rows, so a service summarised here is summarised there too.
+pub(crate) fn service_rows(r: &StatusReport) -> Vec<(&'static str, String)> {
+    let mut rows = Vec::new();
     if let Some(pool) = &r.services.pool {
         let pools: Vec<String> = pool
             .pools
@@ -122,10 +133,7 @@ pub(crate) fn print_report(r: &StatusReport) {
             ),
         ));
     }
-    for reason in &r.health.reasons {
-        rows.push(("reason", format!("{} [{}]: {}", reason.code, reason.severity.as_str(), reason.message)));
-    }
-    output::fields(&rows);
+    rows
 }
 
 pub(crate) async fn shutdown(ctx: &Ctx, args: ShutdownArgs) -> Result<u8, CliError> {

@@ -132,20 +132,20 @@ fn invalid(message: impl Into<String>) -> WireError {
 
 /// Checks the put header's fields.
 fn check_put(put: &PutRequest, max_blob_size: Option<u64>) -> Result<(), WireError> {
-    if let Some(name) = &put.name {
-        if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
-            return Err(invalid(format!("name must be 1 to {MAX_NAME_LEN} bytes without control characters")));
-        }
+    if let Some(name) = &put.name
+        && (name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control))
+    {
+        return Err(invalid(format!("name must be 1 to {MAX_NAME_LEN} bytes without control characters")));
     }
-    if let Some(media_type) = &put.media_type {
-        if media_type.len() > MAX_MEDIA_TYPE_LEN || !media::is_valid(media_type) {
-            return Err(invalid(format!("media_type {media_type:?} is not a media type like \"image/png\"")));
-        }
+    if let Some(media_type) = &put.media_type
+        && (media_type.len() > MAX_MEDIA_TYPE_LEN || !media::is_valid(media_type))
+    {
+        return Err(invalid(format!("media_type {media_type:?} is not a media type like \"image/png\"")));
     }
-    if let (Some(size), Some(max)) = (put.size, max_blob_size) {
-        if size > max {
-            return Err(too_large(max));
-        }
+    if let (Some(size), Some(max)) = (put.size, max_blob_size)
+        && size > max
+    {
+        return Err(too_large(max));
     }
     Ok(())
 }
@@ -176,10 +176,10 @@ async fn receive_put(
     // The client named the content and it is stored: no data needs to travel.
     if let Some(hash) = put.sha256.clone() {
         let stored_size = service.store.info(&hash).map(|info| info.size);
-        if let (Some(expected), Some(size)) = (put.size, stored_size) {
-            if expected != size {
-                return session.send(&BlobResponse::Error(size_mismatch(expected, size))).await;
-            }
+        if let (Some(expected), Some(size)) = (put.size, stored_size)
+            && expected != size
+        {
+            return session.send(&BlobResponse::Error(size_mismatch(expected, size))).await;
         }
         let pin = put.pin;
         let known = blocking(service, move |s| s.store.put_known(&hash, pin).map(|size| size.map(|s| (hash, s)))).await;
@@ -210,15 +210,15 @@ async fn receive_put(
             break Ended::Complete;
         }
         received += frame.len() as u64;
-        if let Some(expected) = put.size {
-            if received > expected {
-                break Ended::Rejected(size_mismatch(expected, received));
-            }
+        if let Some(expected) = put.size
+            && received > expected
+        {
+            break Ended::Rejected(size_mismatch(expected, received));
         }
-        if let Some(max) = max {
-            if received > max {
-                break Ended::Rejected(too_large(max));
-            }
+        if let Some(max) = max
+            && received > max
+        {
+            break Ended::Rejected(too_large(max));
         }
         if tx.send(frame).await.is_err() {
             break Ended::WriterStopped;
@@ -262,21 +262,21 @@ async fn finish_put(
     put: PutRequest,
 ) -> Result<Stored, WireError> {
     let size = written.size();
-    if let Some(expected) = put.size {
-        if expected != size {
-            return Err(size_mismatch(expected, size));
-        }
+    if let Some(expected) = put.size
+        && expected != size
+    {
+        return Err(size_mismatch(expected, size));
     }
     let service2 = service.clone();
     let stored = tokio::task::spawn_blocking(move || {
         let (temp, hash) = written.finish().map_err(|e| service2.io_error("cannot sync a put", e))?;
-        if let Some(expected) = &put.sha256 {
-            if *expected != hash {
-                return Err(WireError::new(
-                    ErrorCode::HashMismatch,
-                    format!("the data hashes to {hash}, not to the announced {expected}; nothing was stored"),
-                ));
-            }
+        if let Some(expected) = &put.sha256
+            && *expected != hash
+        {
+            return Err(WireError::new(
+                ErrorCode::HashMismatch,
+                format!("the data hashes to {hash}, not to the announced {expected}; nothing was stored"),
+            ));
         }
         let meta = PutMeta { media_type: put.media_type, name: put.name, pin: put.pin };
         let existed = service2.store.commit(temp, &hash, size, &meta).map_err(|e| service2.wire_error(e))?;

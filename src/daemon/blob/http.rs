@@ -110,10 +110,10 @@ fn bind(root: &Path, configured: Option<u16>) -> io::Result<std::net::TcpListene
         None => any()?,
     };
     let port = listener.local_addr()?.port();
-    if last != Some(port) {
-        if let Err(e) = fsutil::write_atomic(&file, port.to_string().as_bytes(), 0o600, false) {
-            tracing::warn!("cannot remember the blob HTTP port: {e}");
-        }
+    if last != Some(port)
+        && let Err(e) = fsutil::write_atomic(&file, port.to_string().as_bytes(), 0o600, false)
+    {
+        tracing::warn!("cannot remember the blob HTTP port: {e}");
     }
     Ok(listener)
 }
@@ -326,10 +326,10 @@ enum Span {
 /// RFC 9110 allows.
 fn requested_span(headers: &HeaderMap, etag: &str, size: u64) -> Span {
     let Some(range) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else { return Span::Whole };
-    if let Some(if_range) = headers.get(header::IF_RANGE) {
-        if if_range.to_str().map(str::trim).ok() != Some(etag) {
-            return Span::Whole;
-        }
+    if let Some(if_range) = headers.get(header::IF_RANGE)
+        && if_range.to_str().map(str::trim).ok() != Some(etag)
+    {
+        return Span::Whole;
     }
     parse_range(range, size).unwrap_or(Span::Whole)
 }

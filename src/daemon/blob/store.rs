@@ -190,10 +190,10 @@ pub(crate) struct TempBlob {
 
 impl Drop for TempBlob {
     fn drop(&mut self) {
-        if !self.committed {
-            if let Err(e) = std::fs::remove_file(&self.path) {
-                tracing::warn!(path = %self.path.display(), "cannot remove an abandoned put: {e}");
-            }
+        if !self.committed
+            && let Err(e) = std::fs::remove_file(&self.path)
+        {
+            tracing::warn!(path = %self.path.display(), "cannot remove an abandoned put: {e}");
         }
     }
 }
@@ -545,10 +545,10 @@ impl Store {
         };
         // Readers that opened the content keep reading it; new ones get not found.
         for path in [self.content_path(hash), self.sidecar_path(hash)] {
-            if let Err(e) = std::fs::remove_file(&path) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!(path = %path.display(), "cannot remove a deleted blob's file: {e}");
-                }
+            if let Err(e) = std::fs::remove_file(&path)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), "cannot remove a deleted blob's file: {e}");
             }
         }
         Ok(Some(meta.size))

@@ -51,11 +51,11 @@ impl Reporter {
 
     /// Sends the report (once) and closes the pipe.
     pub fn report(&mut self, report: &LaunchReport) {
-        if let Some(mut pipe) = self.pipe.take() {
-            if let Ok(mut line) = serde_json::to_vec(report) {
-                line.push(b'\n');
-                let _ = pipe.write_all(&line);
-            }
+        if let Some(mut pipe) = self.pipe.take()
+            && let Ok(mut line) = serde_json::to_vec(report)
+        {
+            line.push(b'\n');
+            let _ = pipe.write_all(&line);
         }
     }
 }

@@ -57,10 +57,10 @@ impl LogGuard {
 /// The filter in force: `HEARTH_LOG`, else `RUST_LOG`, else `configured`.
 pub fn filter(configured: &str) -> EnvFilter {
     for var in ["HEARTH_LOG", "RUST_LOG"] {
-        if let Ok(value) = std::env::var(var) {
-            if let Ok(filter) = EnvFilter::try_new(&value) {
-                return filter;
-            }
+        if let Ok(value) = std::env::var(var)
+            && let Ok(filter) = EnvFilter::try_new(&value)
+        {
+            return filter;
         }
     }
     EnvFilter::try_new(configured).unwrap_or_else(|_| EnvFilter::new("info"))

@@ -192,10 +192,10 @@ fn check_info(paths: &Paths, pid: u32) -> Result<(), NotOwner> {
         return Err(NotOwner::OtherStateDir { named: info.state_dir });
     }
     let recorded = crate::time::parse_rfc3339_utc(&info.started_at);
-    if let (Some(started), Some(recorded)) = (process_started_at_ms(pid), recorded) {
-        if started > recorded + START_SLACK_MS {
-            return Err(NotOwner::StartedLater { pid, started_at: info.started_at });
-        }
+    if let (Some(started), Some(recorded)) = (process_started_at_ms(pid), recorded)
+        && started > recorded + START_SLACK_MS
+    {
+        return Err(NotOwner::StartedLater { pid, started_at: info.started_at });
     }
     Ok(())
 }

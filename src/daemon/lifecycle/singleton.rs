@@ -101,11 +101,10 @@ impl Instance {
         let path = self.paths.socket().to_owned();
         self.paths.check_socket_len().map_err(StartupError::SocketPathTooLong)?;
         check_socket_dir(&path)?;
-        if let Some(parent) = path.parent() {
-            if !parent.exists() {
-                fsutil::create_private_dir(parent)
-                    .map_err(|source| StartupError::Bind { path: path.clone(), source })?;
-            }
+        if let Some(parent) = path.parent()
+            && !parent.exists()
+        {
+            fsutil::create_private_dir(parent).map_err(|source| StartupError::Bind { path: path.clone(), source })?;
         }
         match std::fs::symlink_metadata(&path) {
             Ok(meta) if meta.file_type().is_socket() => {
@@ -207,10 +206,10 @@ impl Instance {
     fn release_inner(&mut self) {
         if let Some((dev, ino)) = self.socket_id.take() {
             let path = self.paths.socket();
-            if std::fs::symlink_metadata(path).is_ok_and(|m| m.dev() == dev && m.ino() == ino) {
-                if let Err(e) = std::fs::remove_file(path) {
-                    tracing::warn!(socket = %path.display(), "cannot remove socket: {e}");
-                }
+            if std::fs::symlink_metadata(path).is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+                && let Err(e) = std::fs::remove_file(path)
+            {
+                tracing::warn!(socket = %path.display(), "cannot remove socket: {e}");
             }
         }
         if std::mem::take(&mut self.info_written) {

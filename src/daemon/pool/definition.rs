@@ -84,10 +84,10 @@ pub(crate) fn normalize(mut def: PoolDefinition) -> Result<PoolDefinition, Strin
             return Err(format!("invalid package {p:?}: a requirement such as \"numpy>=2\", not an option"));
         }
     }
-    if let Some(python) = &def.python {
-        if python.is_empty() || python.contains('\0') || python.starts_with('-') {
-            return Err(format!("invalid python {python:?}"));
-        }
+    if let Some(python) = &def.python
+        && (python.is_empty() || python.contains('\0') || python.starts_with('-'))
+    {
+        return Err(format!("invalid python {python:?}"));
     }
     if def.size > MAX_SIZE {
         return Err(format!("size must be at most {MAX_SIZE}, not {}", def.size));

@@ -374,10 +374,10 @@ impl PoolService {
     /// Every lease, oldest first.
     pub(crate) fn leases(&self, pool: Option<&str>) -> Result<Vec<Lease>, WireError> {
         let state = self.lock();
-        if let Some(name) = pool {
-            if !state.pools.contains_key(name) {
-                return Err(unknown_pool(name));
-            }
+        if let Some(name) = pool
+            && !state.pools.contains_key(name)
+        {
+            return Err(unknown_pool(name));
         }
         let now = now_ms();
         let mut out = Vec::new();
@@ -510,10 +510,10 @@ impl PoolService {
     pub(crate) fn status(&self, pool: Option<&str>) -> Result<PoolsReport, WireError> {
         let uv = definition::find_uv();
         let state = self.lock();
-        if let Some(name) = pool {
-            if !state.pools.contains_key(name) {
-                return Err(unknown_pool(name));
-            }
+        if let Some(name) = pool
+            && !state.pools.contains_key(name)
+        {
+            return Err(unknown_pool(name));
         }
         let pools = state
             .pools

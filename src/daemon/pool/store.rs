@@ -356,10 +356,10 @@ impl Store {
         let dir = self.pool_dir(pool);
         let _ = remove_tree(&dir.join(LOGS_DIR));
         let _ = fs::remove_file(dir.join(POOL_FILE));
-        if let Err(e) = fs::remove_dir(&dir) {
-            if e.kind() != io::ErrorKind::NotFound {
-                tracing::warn!("cannot remove {}: {e}", dir.display());
-            }
+        if let Err(e) = fs::remove_dir(&dir)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!("cannot remove {}: {e}", dir.display());
         }
     }
 
@@ -505,10 +505,10 @@ impl Store {
     /// Removes a resource's directory (or whatever stands in its place).
     fn discard(&self, pool: &str, id: &str, is_dir: bool) {
         let result = if is_dir { self.trash_resource(pool, id) } else { fs::remove_file(self.resource_dir(pool, id)) };
-        if let Err(e) = result {
-            if e.kind() != io::ErrorKind::NotFound {
-                tracing::warn!(pool, resource = %id, "cannot remove: {e}");
-            }
+        if let Err(e) = result
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(pool, resource = %id, "cannot remove: {e}");
         }
     }
 }

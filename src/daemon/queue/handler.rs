@@ -126,10 +126,10 @@ fn new_job(service: &QueueService, spec: JobSpec) -> Result<NewJob, WireError> {
     };
     let queue = spec.queue.unwrap_or_else(|| DEFAULT_QUEUE.into());
     check_queue_name(&queue)?;
-    if let Some(key) = &spec.key {
-        if key.is_empty() || key.len() > MAX_KEY {
-            return Err(invalid(format!("an idempotency key must be 1 to {MAX_KEY} bytes")));
-        }
+    if let Some(key) = &spec.key
+        && (key.is_empty() || key.len() > MAX_KEY)
+    {
+        return Err(invalid(format!("an idempotency key must be 1 to {MAX_KEY} bytes")));
     }
     let max_attempts = spec.max_attempts.unwrap_or(config.max_attempts);
     if max_attempts == 0 || max_attempts > MAX_ATTEMPTS {
@@ -140,13 +140,13 @@ fn new_job(service: &QueueService, spec: JobSpec) -> Result<NewJob, WireError> {
         Some(serde_json::Value::String(text)) => Some(text.into_bytes()),
         Some(value) => Some(serde_json::to_vec(&value).map_err(|e| invalid(format!("input: {e}")))?),
     };
-    if let Some(input) = &input {
-        if input.len() as u64 > config.max_input.0 {
-            return Err(WireError::new(
-                ErrorCode::InputTooLarge,
-                format!("the input is {} bytes; queue.max_input is {}", input.len(), config.max_input),
-            ));
-        }
+    if let Some(input) = &input
+        && input.len() as u64 > config.max_input.0
+    {
+        return Err(WireError::new(
+            ErrorCode::InputTooLarge,
+            format!("the input is {} bytes; queue.max_input is {}", input.len(), config.max_input),
+        ));
     }
     let ms = |d: crate::units::HumanDuration| d.0.as_millis() as u64;
     let backoff_base_ms = spec.backoff_base_ms.unwrap_or(ms(config.backoff_base));

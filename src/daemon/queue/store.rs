@@ -270,10 +270,11 @@ fn keep_private(path: &Path) {
         // Only a regular file: a link is never followed (SQLite refuses one anyway).
         let Ok(meta) = std::fs::symlink_metadata(&file) else { continue };
         let mode = meta.permissions().mode() & 0o777;
-        if meta.is_file() && mode & 0o077 != 0 {
-            if let Err(e) = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode & 0o700)) {
-                tracing::warn!(file = %file.display(), "cannot make it private: {e}");
-            }
+        if meta.is_file()
+            && mode & 0o077 != 0
+            && let Err(e) = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode & 0o700))
+        {
+            tracing::warn!(file = %file.display(), "cannot make it private: {e}");
         }
     }
 }

@@ -137,10 +137,10 @@ fn claim(service: &QueueService, job: &Job) -> Option<(watch::Receiver<Option<Ki
     if busy as u32 >= service.workers || in_flight.contains_key(&job.id) {
         return None;
     }
-    if let Some(limit) = service.config.limits.get(&job.queue) {
-        if in_flight.values().filter(|f| f.holds_slot && f.queue == job.queue).count() >= *limit as usize {
-            return None;
-        }
+    if let Some(limit) = service.config.limits.get(&job.queue)
+        && in_flight.values().filter(|f| f.holds_slot && f.queue == job.queue).count() >= *limit as usize
+    {
+        return None;
     }
     let (kill, kill_rx) = watch::channel(None);
     let (output, _) = watch::channel(0);

@@ -65,6 +65,22 @@ impl Default for SyncConfig {
 }
 
 impl SyncConfig {
+    /// Lowers the limits left at their defaults to `max_frame` (a sync
+    /// message or a value travels in one frame): a small
+    /// `server.max_frame` alone is a valid configuration. A limit set
+    /// above `max_frame` is still refused by [`SyncConfig::validate`].
+    pub fn fit_defaults_to_frame(&mut self, max_frame: u64) {
+        let defaults = Self::default();
+        for (limit, default) in [
+            (&mut self.max_sync_message, defaults.max_sync_message),
+            (&mut self.max_value_size, defaults.max_value_size),
+        ] {
+            if *limit == default && limit.0 > max_frame {
+                limit.0 = max_frame;
+            }
+        }
+    }
+
     /// Checks ranges that types cannot express; `max_frame` is `server.max_frame`.
     pub fn validate(&self, max_frame: u64) -> Result<(), String> {
         if self.max_sync_message.0 > max_frame {

@@ -230,6 +230,12 @@ impl Mirror {
         self.recent.lock().unwrap_or_else(PoisonError::into_inner).contains(&h)
     }
 
+    /// Whether settings.json holds text the daemon did not write: a
+    /// person's edit not merged yet (or one already refused).
+    fn holds_unmerged_edit(&self) -> bool {
+        fsutil::read_small(&self.file, MAX_MIRROR_BYTES + 1).is_ok_and(|bytes| !self.is_ours(&bytes))
+    }
+
     /// Writes `value` to the mirror unless it already holds it. The record
     /// goes first, so a crash between the two leaves content that the next
     /// start recognises as the daemon's own.
@@ -378,6 +384,13 @@ pub(crate) async fn run(mirror: Arc<Mirror>, rooms: Arc<Rooms>, stop: Cancellati
         // was read: a person's editor may be halfway through its save.
         let mut stale = true;
         loop {
+            if stale && mirror.holds_unmerged_edit() {
+                // A person's edit whose wake-up has not been handled yet
+                // would be lost under the write: merge it first.
+                if let Err(e) = mirror.check_file(&rooms).await {
+                    tracing::warn!("cannot merge settings.json: {e}");
+                }
+            }
             if stale && let Ok((_, value)) = room.get(&[]) {
                 stale = false;
                 let writer = mirror.clone();
