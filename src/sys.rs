@@ -2,8 +2,8 @@
 //! note, so that the rest of the crate stays safe code.
 //!
 //! Only the code that starts processes keeps its own `unsafe`: the queue's
-//! spawner (`daemon/queue/spawn.rs`, `daemon/queue/vfork.rs`), the `pre_exec`
-//! hook of `daemon/child.rs`, and the fork of `hearthd --detach`
+//! clone (`daemon/queue/vfork.rs`), the `pre_exec` hooks of `daemon/child.rs`
+//! (the open-file limit, the gate), and the fork of `hearthd --detach`
 //! (`daemon/lifecycle/detach.rs`). What runs between fork and exec has rules
 //! of its own and reads best next to the spawn it belongs to.
 #![expect(unsafe_code, reason = "this module is where the crate's system calls live")]

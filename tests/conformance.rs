@@ -21,6 +21,7 @@ use hearth::protocol::error::ErrorCode;
 use hearth::protocol::frame::{DEFAULT_MAX_FRAME, FrameError};
 use hearth::protocol::handshake::{Accepted, Channel, Handshake, HandshakeReply};
 use hearth::protocol::pool::{PoolChannel, PoolRequest};
+use hearth::protocol::process::{ProcessChannel, ProcessRequest};
 use hearth::protocol::queue::{Base64, QueueChannel, QueueRequest};
 use hearth::protocol::status::{StatusChannel, StatusRequest};
 use hearth::protocol::{ChannelProtocol, PROTOCOL_VERSION, Request};
@@ -213,6 +214,7 @@ enum Conn {
     Pool(Client<PoolChannel>),
     Queue(Client<QueueChannel>),
     Blob(Client<BlobChannel>),
+    Process(Client<ProcessChannel>),
     Bare(Connection),
 }
 
@@ -223,6 +225,7 @@ impl Conn {
             Conn::Pool(c) => c.connection(),
             Conn::Queue(c) => c.connection(),
             Conn::Blob(c) => c.connection(),
+            Conn::Process(c) => c.connection(),
             Conn::Bare(c) => c,
         }
     }
@@ -270,6 +273,7 @@ async fn open(case: &Value, socket: &Path, timeout: Duration, caps: &mut Capture
                 Some(Channel::Sync) => {
                     return Err("a sync case names its document: give it \"handshake\": {\"doc\": ...}".into());
                 }
+                Some(Channel::Process) => client_connect(socket, timeout).await.map(|(c, r)| (Conn::Process(c), r)),
                 None => return Err(format!("the Rust client has no channel {channel:?}")),
             };
             match connected {
@@ -501,6 +505,7 @@ conformance_files! {
     disabled => "disabled.json",
     events => "events.json",
     sync => "sync.json",
+    process => "process.json",
 }
 
 // --- coverage ---------------------------------------------------------------
@@ -591,6 +596,7 @@ fn request_types() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("pool", PoolRequest::TYPES),
         ("queue", QueueRequest::TYPES),
         ("blob", BlobRequest::TYPES),
+        ("process", ProcessRequest::TYPES),
     ])
 }
 

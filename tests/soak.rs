@@ -1,7 +1,7 @@
 //! The chaos soak: many clients work on every channel of the real `hearthd`
 //! while it is killed with SIGKILL at random moments and restarted; then
-//! nothing acknowledged may be lost, nothing handed out twice, and nothing
-//! left behind.
+//! nothing acknowledged may be lost, nothing handed out twice, no
+//! supervised process run twice or untracked, and nothing left behind.
 //!
 //! ```sh
 //! cargo test --test soak -- --nocapture                                    # ~25 s
@@ -23,7 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{StateDir, processes_marked, rss_kib, wait_for};
-use hearth::client::{BlobClient, ClientError, PoolClient, PutOptions, QueueClient, StatusClient, SyncClient};
+use hearth::client::{
+    BlobClient, ClientError, PoolClient, ProcessClient, PutOptions, QueueClient, StatusClient, SyncClient,
+};
 use hearth::protocol::blob::BlobHash;
 use hearth::protocol::pool::LeaseId;
 use hearth::protocol::queue::{JobSpec, JobState};
@@ -96,6 +98,7 @@ struct Record {
     blob: Counts,
     pool: Counts,
     sync: Counts,
+    process: Counts,
 }
 
 impl Record {
@@ -127,6 +130,7 @@ struct Worker {
     pool: Option<PoolClient>,
     /// A view peer of `sync_doc`.
     sync: Option<SyncClient>,
+    process: Option<ProcessClient>,
     /// Leases taken and not yet released.
     leases: Vec<(LeaseId, PathBuf)>,
     seq: u64,
@@ -178,11 +182,12 @@ impl Worker {
 
     async fn run(mut self) {
         while !self.stop.load(Ordering::Relaxed) {
-            match self.rng.below(12) {
+            match self.rng.below(13) {
                 0 => self.status().await,
                 1..=4 => self.job().await,
                 5..=7 => self.blob().await,
                 8 | 9 => self.sync_write().await,
+                12 => self.process().await,
                 _ => self.pool().await,
             }
         }
@@ -372,6 +377,21 @@ impl Worker {
         self.leases.push((lease.lease, lease.path));
     }
 
+    /// The supervised process: its status, or a restart (which answers
+    /// once the new instance runs).
+    async fn process(&mut self) {
+        let restart = self.rng.below(2) == 0;
+        let client = client!(self.process, ProcessClient);
+        let result = if restart {
+            client.restart("soak").await.map(|done| done["soak"].state)
+        } else {
+            client.process("soak").await.map(|p| p.state)
+        };
+        if !self.tally(|r| &r.process, if restart { "restart" } else { "process status" }, &result) {
+            self.process = None;
+        }
+    }
+
     /// Releases a lease, retrying through kills; `unknown_lease` on a retry
     /// means an earlier attempt went through.
     async fn release(&mut self, lease: LeaseId, path: PathBuf, reuse: bool) {
@@ -419,9 +439,13 @@ fn chaos_soak() {
     eprintln!("soak: seed {seed} (HEARTH_SOAK_SEED={seed} replays the schedule), {secs}s, {CLIENTS} clients");
     let marker = format!("hearth-soak-{}-{seed:x}", std::process::id());
     let state = StateDir::new();
-    state.write_config(
-        "[queue]\nworkers = 4\n[pool.soak]\ncreate = [\"sh\", \"-c\", \"echo x > {path}/f\"]\nsize = 2\n",
-    );
+    // The supervised process carries the marker in its environment, so
+    // that an instance a kill left untracked (or two at once) shows.
+    state.write_config(&format!(
+        "[queue]\nworkers = 4\n[pool.soak]\ncreate = [\"sh\", \"-c\", \"echo x > {{path}}/f\"]\nsize = 2\n\
+         [process.soak]\nargv = [\"sh\", \"-c\", \"exec sleep 1000\"]\nenv = {{ SOAK_MARKER = \"{marker}-process\" }}\n\
+         stop_grace = \"2s\"\n"
+    ));
     let daemon = Arc::new(Mutex::new(state.start(&[])));
     let rss_start = rss_kib(daemon.lock().unwrap().pid());
     let started = Instant::now();
@@ -444,6 +468,7 @@ fn chaos_soak() {
                 blob: None,
                 sync: None,
                 pool: None,
+                process: None,
                 leases: Vec::new(),
                 seq: 0,
             };
@@ -520,6 +545,21 @@ fn chaos_soak() {
                 Err(e) => record.violation(format!("acknowledged blob {hash}: {e}")),
             }
         }
+        // Exactly one instance of the supervised process runs: the one the daemon reports.
+        let mut process = ProcessClient::connect(&socket).await.unwrap();
+        let deadline = tokio::time::Instant::now() + DRAIN;
+        loop {
+            let p = process.process("soak").await.unwrap();
+            let running = processes_marked(&format!("{marker}-process"));
+            if p.pid.is_some_and(|pid| running == [pid]) {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                record.violation(format!("the supervised process runs as {running:?}; the daemon says {:?}", p.pid));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let mut pool = PoolClient::connect(&socket).await.unwrap();
         let leases = pool.leases(Some("soak")).await.unwrap();
         for lease in &leases {
@@ -553,6 +593,9 @@ fn chaos_soak() {
     });
     d.stop();
     let running = dir_entries(&dir.join("queue/running"));
+    if dir.join("processes/soak/run.json").exists() {
+        record.violation("a process run record left after a clean stop".into());
+    }
     if !temp.is_empty() {
         record.violation(format!("temp files left after a clean restart: {temp:?}"));
     }
@@ -582,7 +625,7 @@ fn chaos_soak() {
     }
     let orphans = processes_marked(&marker);
     if !orphans.is_empty() {
-        record.violation(format!("job processes left behind: {orphans:?}"));
+        record.violation(format!("job or supervised processes left behind: {orphans:?}"));
         // Each job leads its own process group: take the groups down, so
         // that a failed run leaves nothing running either.
         for pid in orphans {
@@ -598,12 +641,13 @@ fn chaos_soak() {
     eprintln!("---- soak summary ----");
     eprintln!("seed {seed}; chaos {chaos_secs:.0}s, whole run {:.0}s; {kills} kills", started.elapsed().as_secs_f64());
     eprintln!(
-        "operations: {}; {}; {}; {}; {}",
+        "operations: {}; {}; {}; {}; {}; {}",
         line("status", &record.status),
         line("queue", &record.queue),
         line("blob", &record.blob),
         line("sync", &record.sync),
-        line("pool", &record.pool)
+        line("pool", &record.pool),
+        line("process", &record.process)
     );
     eprintln!(
         "acknowledged: {} jobs ({} keyed), {} blobs, {} leases ({} still taken: takes whose answer a kill cut)",

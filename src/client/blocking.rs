@@ -16,6 +16,7 @@
 //! # Ok::<(), hearth::client::ClientError>(())
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ use crate::protocol::ChannelProtocol;
 use crate::protocol::event::EventFilter;
 use crate::protocol::handshake::DaemonIdent;
 use crate::protocol::pool::{Lease, LeaseId, PoolChannel};
+use crate::protocol::process::{ProcessBrief, ProcessChannel, ProcessDefinition, ProcessesReport, Selector};
 use crate::protocol::queue::{Job, JobSpec, QueueChannel};
 use crate::protocol::status::{StatusChannel, StatusReport};
 
@@ -54,6 +56,8 @@ pub type PoolClient = Client<PoolChannel>;
 pub type QueueClient = Client<QueueChannel>;
 /// A blocking client of the `blob` channel.
 pub type BlobClient = Client<crate::protocol::blob::BlobChannel>;
+/// A blocking client of the `process` channel.
+pub type ProcessClient = Client<ProcessChannel>;
 
 impl<C: ChannelProtocol> Client<C> {
     /// Connects to `socket` with default options.
@@ -143,5 +147,45 @@ impl Client<QueueChannel> {
     /// Waits until the job ends; returns it.
     pub fn wait(&mut self, id: u64) -> Result<Job, ClientError> {
         self.runtime.block_on(self.inner.wait(id, |_| {}))
+    }
+}
+
+impl Client<ProcessChannel> {
+    /// Every process's status.
+    pub fn status(&mut self) -> Result<ProcessesReport, ClientError> {
+        self.runtime.block_on(self.inner.status())
+    }
+
+    /// Defines or redefines a process; a new one is started.
+    pub fn define(&mut self, definition: ProcessDefinition) -> Result<super::process::Defined, ClientError> {
+        self.runtime.block_on(self.inner.define(definition))
+    }
+
+    /// Stops a process and removes its run-time definition.
+    pub fn remove(&mut self, name: &str) -> Result<Option<crate::protocol::process::ProcessSource>, ClientError> {
+        self.runtime.block_on(self.inner.remove(name))
+    }
+
+    /// Starts processes and waits until each is ready.
+    pub fn start(&mut self, select: impl Into<Selector>) -> Result<BTreeMap<String, ProcessBrief>, ClientError> {
+        self.runtime.block_on(self.inner.start(select))
+    }
+
+    /// Stops processes and waits until they have exited.
+    pub fn stop(&mut self, select: impl Into<Selector>) -> Result<BTreeMap<String, ProcessBrief>, ClientError> {
+        self.runtime.block_on(self.inner.stop(select))
+    }
+
+    /// Restarts processes all at once and waits until each is ready.
+    pub fn restart(&mut self, select: impl Into<Selector>) -> Result<BTreeMap<String, ProcessBrief>, ClientError> {
+        self.runtime.block_on(self.inner.restart(select))
+    }
+
+    /// Restarts processes one at a time, each ready before the next.
+    pub fn rolling_restart(
+        &mut self,
+        select: impl Into<Selector>,
+    ) -> Result<BTreeMap<String, ProcessBrief>, ClientError> {
+        self.runtime.block_on(self.inner.rolling_restart(select))
     }
 }

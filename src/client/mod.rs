@@ -31,6 +31,7 @@ pub mod blocking;
 mod ensure;
 mod events;
 pub mod pool;
+pub mod process;
 pub mod queue;
 pub mod sync;
 
@@ -39,6 +40,7 @@ pub use blob::{BlobClient, BlockingIo, PutOptions};
 pub use ensure::{ENV_DAEMON_BIN, EnsureOptions, Ensured, ReplacePolicy, ensure_daemon_running, find_daemon_binary};
 pub use events::Notice;
 pub use pool::PoolClient;
+pub use process::ProcessClient;
 pub use queue::{JobPage, QueueClient, Submitted};
 #[cfg(feature = "replica")]
 pub use sync::ReplicaClient;

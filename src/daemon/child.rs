@@ -1,15 +1,32 @@
 //! Starting the processes the daemon runs for others (queue jobs, pool
-//! commands) the same careful way, and finding or killing them later.
+//! commands, supervised processes) the same careful way, and finding or killing them later.
 //!
 //! Every child gets its own process group (so a timeout or a cancel kills
 //! the whole tree), none of the service manager's variables (`NOTIFY_SOCKET`,
 //! `LISTEN_*`, `WATCHDOG_*`: a job must never speak for the daemon), the
 //! open-file soft limit the daemon itself started with, and no descriptor of
 //! the daemon (they are all close-on-exec).
+//!
+//! A child that must be recorded before its program runs (a queue attempt,
+//! a pool command, a supervised process) is started behind a gate (`Gated::spawn`): before
+//! `exec` it writes its pid to a pipe and blocks reading a second pipe; the
+//! daemon writes its record, then opens the gate (one byte `1`) and the
+//! child execs its program. If the record cannot be written the daemon
+//! writes `0` and the child exits without running anything. If the daemon
+//! dies while the child waits, the child sees the gate close and exits, and
+//! on Linux it is killed with the daemon anyway (the parent death signal,
+//! armed before the pid is sent and disarmed before `exec`; the thread that
+//! forked waits in `spawn` until the child execs, so it cannot end first).
+//! So no program ever runs that a restarted daemon could not find.
 
 use std::ffi::OsStr;
-use std::io;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::OnceLock;
+
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
 
 /// Environment variables that belong to the daemon's service manager.
 pub const SERVICE_MANAGER_VARS: &[&str] =
@@ -30,68 +47,62 @@ pub fn command(program: impl AsRef<OsStr>, args: &[impl AsRef<OsStr>]) -> tokio:
     for var in SERVICE_MANAGER_VARS {
         cmd.env_remove(var);
     }
-    if let Some(&(soft, hard)) = ORIGINAL_NOFILE.get() {
-        restore_nofile(&mut cmd, soft, hard);
-    }
+    reset_in_child(&mut cmd, original_nofile_limit());
     cmd
 }
 
 /// The open-file limit (soft, hard) to give the processes the daemon starts,
 /// when the daemon raised its own; `None` when it did not.
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // the queue's clone, Linux only
 pub(crate) fn original_nofile_limit() -> Option<(libc::rlim_t, libc::rlim_t)> {
     let &(soft, hard) = ORIGINAL_NOFILE.get()?;
     let (current, _) = crate::sys::nofile_limit().ok()?;
     (current != soft).then_some((soft, hard))
 }
 
+/// What the child must not inherit from the daemon's thread that forks it:
+/// its signal mask (the daemon's threads keep SIGTERM, SIGINT and SIGHUP
+/// blocked, see `lifecycle::signals`, and std's spawn does not clear the
+/// mask: a child would ignore its stop signal), and the raised open-file
+/// limit (`nofile`: the limit to restore, when it was raised).
 #[expect(unsafe_code, reason = "a pre_exec hook runs in the child between fork and exec")]
-fn restore_nofile(cmd: &mut tokio::process::Command, soft: libc::rlim_t, hard: libc::rlim_t) {
-    if crate::sys::nofile_limit().is_ok_and(|(current, _)| current == soft) {
-        return; // Nothing was raised: keep the faster posix_spawn path.
-    }
+fn reset_in_child(cmd: &mut tokio::process::Command, nofile: Option<(libc::rlim_t, libc::rlim_t)>) {
     // SAFETY: the closure runs in the child between fork and exec and only
-    // calls setrlimit, which is async-signal-safe.
+    // calls sigemptyset, pthread_sigmask and setrlimit, which are
+    // async-signal-safe, on values on its own stack.
     unsafe {
         cmd.pre_exec(move || {
-            let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            if let Some((soft, hard)) = nofile {
+                let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
             Ok(())
         });
     }
 }
 
-/// A child forked behind a gate: it exists, with its pid and process
-/// group, but runs nothing until [`Gated::open`]. This lets the daemon
-/// record a process (so that a daemon killed at any moment finds it again
-/// at its next start) before its program can run: before `exec` the child
-/// writes its pid to a pipe and blocks reading a second one (the gate);
-/// one byte `1` lets it exec, anything else (a `0`, or the gate closing
-/// because the daemon died) makes it exit without running anything. On
-/// Linux it is also killed with the daemon while it waits (the parent
-/// death signal, armed before the pid is sent and disarmed before `exec`;
-/// the thread that forked waits in `spawn` until the child execs, so it
-/// cannot end first), which covers a gate held open by another child that
-/// was forked meanwhile.
+/// A forked child waiting at the gate (see the module docs): it exists,
+/// with its pid and process group, but runs nothing until [`Gated::open`].
 #[derive(Debug)]
 pub(crate) struct Gated {
     pub(crate) pid: u32,
     gate: std::fs::File,
-    spawn: tokio::task::JoinHandle<io::Result<tokio::process::Child>>,
+    spawn: JoinHandle<io::Result<Child>>,
 }
 
 impl Gated {
-    /// Forks `cmd` and waits until the child stands at the gate.
-    pub(crate) async fn spawn(mut cmd: tokio::process::Command) -> io::Result<Gated> {
-        use std::os::fd::AsRawFd;
-        use tokio::io::AsyncReadExt;
+    /// Forks `cmd` and waits until the child stands at the gate, its pid known
+    /// and its program not yet run.
+    pub(crate) async fn spawn(mut cmd: Command) -> io::Result<Gated> {
         let (pid_r, pid_w) = crate::sys::pipe()?;
         let (gate_r, gate_w) = crate::sys::pipe()?;
         install_gate(&mut cmd, pid_r.as_raw_fd(), pid_w.as_raw_fd(), gate_r.as_raw_fd(), gate_w.as_raw_fd());
         let spawn = tokio::task::spawn_blocking(move || {
             let spawned = cmd.spawn();
-            // Our copies of the child's ends: closing them lets the pid
-            // reader see EOF when the child died before sending its pid.
+            // Our copies of the child's ends: closing them lets the pid reader
+            // see EOF when the child died before sending its pid.
             drop(pid_w);
             drop(gate_r);
             spawned
@@ -119,7 +130,7 @@ impl Gated {
 
     /// Lets the child exec its program; returns it, or why exec failed
     /// (e.g. a missing program).
-    pub(crate) async fn open(self) -> io::Result<tokio::process::Child> {
+    pub(crate) async fn open(self) -> io::Result<Child> {
         self.release(1).await
     }
 
@@ -128,8 +139,7 @@ impl Gated {
         let _ = self.release(0).await;
     }
 
-    async fn release(mut self, byte: u8) -> io::Result<tokio::process::Child> {
-        use std::io::Write;
+    async fn release(mut self, byte: u8) -> io::Result<Child> {
         // A one-byte write to an empty pipe never blocks.
         let written = self.gate.write_all(&[byte]);
         drop(self.gate);
@@ -139,14 +149,8 @@ impl Gated {
     }
 }
 
-#[expect(unsafe_code, reason = "a pre_exec hook runs in the child between fork and exec")]
-fn install_gate(
-    cmd: &mut tokio::process::Command,
-    pid_r: std::os::fd::RawFd,
-    pid_w: std::os::fd::RawFd,
-    gate_r: std::os::fd::RawFd,
-    gate_w: std::os::fd::RawFd,
-) {
+#[expect(unsafe_code, reason = "starting a process: see the module docs")]
+fn install_gate(cmd: &mut Command, pid_r: RawFd, pid_w: RawFd, gate_r: RawFd, gate_w: RawFd) {
     // SAFETY: getpid cannot fail.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the closure runs in the forked child before exec and calls
@@ -198,9 +202,47 @@ pub fn kill_group(pgid: u32, signal: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// Whether any process of the group `pgid` still exists.
+/// Whether any process of the group `pgid` still runs. A zombie (ended,
+/// waiting to be reaped by whoever its parent is now) does not count.
 pub fn group_alive(pgid: u32) -> bool {
-    crate::sys::group_exists(pgid)
+    if !crate::sys::group_exists(pgid) {
+        return false;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // The group exists: is any of its processes more than a zombie?
+        let Ok(entries) = std::fs::read_dir("/proc") else { return true };
+        entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(proc_stat)
+            .any(|stat| stat.pgrp == pgid && stat.state != 'Z')
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        true
+    }
+}
+
+/// The fields of `/proc/<pid>/stat` the daemon looks at.
+#[cfg(target_os = "linux")]
+struct ProcStat {
+    state: char,
+    pgrp: u32,
+    start_time: u64,
+}
+
+#[cfg(target_os = "linux")]
+fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name (which may contain
+    // anything) start at field 3: state, ppid, pgrp, … starttime (22).
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(ProcStat {
+        state: fields.first()?.chars().next()?,
+        pgrp: fields.get(2)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
 }
 
 /// When the process `pid` started, in clock ticks since boot (Linux), so
@@ -209,14 +251,37 @@ pub fn group_alive(pgid: u32) -> bool {
 pub fn process_start_time(pid: u32) -> Option<u64> {
     #[cfg(target_os = "linux")]
     {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Field 22; fields after the parenthesised command name start at 3.
-        let (_, rest) = stat.rsplit_once(')')?;
-        rest.split_whitespace().nth(19)?.parse().ok()
+        proc_stat(pid).map(|stat| stat.start_time)
     }
     #[cfg(not(target_os = "linux"))]
     {
         crate::daemon::fsutil::pid_alive(pid).then_some(0)
+    }
+}
+
+/// Whether the process group a record names (its leader `pid`, started at
+/// `recorded_start`) still has processes: its leader with the recorded start
+/// time (so a reused pid is never taken for it), or, with the leader gone,
+/// any process of the group (the kernel does not reuse an id a group still
+/// uses).
+pub fn recorded_group_alive(pid: u32, recorded_start: Option<u64>) -> bool {
+    match (process_start_time(pid), recorded_start) {
+        (Some(now), Some(then)) if now == then => crate::daemon::fsutil::pid_alive(pid) || group_alive(pid),
+        (Some(_), _) => false,
+        (None, _) => group_alive(pid),
+    }
+}
+
+/// This boot's id (Linux), so that records of processes from before a
+/// reboot are known for what they are.
+pub fn boot_id() -> Option<String> {
+    #[cfg(target_os = "linux")]
+    {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|id| id.trim().to_owned())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
     }
 }
 
@@ -238,6 +303,23 @@ mod tests {
         let removed: Vec<_> = cmd.as_std().get_envs().filter(|(_, v)| v.is_none()).map(|(k, _)| k.to_owned()).collect();
         for var in SERVICE_MANAGER_VARS {
             assert!(removed.iter().any(|k| k == var), "{var} is not removed");
+        }
+    }
+
+    #[test]
+    fn children_start_with_no_signal_blocked() {
+        // As in the daemon: the thread that starts the child has the stop signals blocked.
+        let held = crate::sys::BlockedSignals::block(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let out = runtime.block_on(async {
+            // grep itself reads its own mask (a shell would change its own).
+            let mut cmd = command("grep", &["SigBlk", "/proc/self/status"]);
+            cmd.stdout(std::process::Stdio::piped()).output().await.unwrap()
+        });
+        held.restore();
+        let text = String::from_utf8_lossy(&out.stdout);
+        if cfg!(target_os = "linux") {
+            assert_eq!(text.split_whitespace().nth(1), Some("0000000000000000"), "{text}");
         }
     }
 

@@ -56,6 +56,8 @@ pub struct Config {
     pub blob: BlobConfig,
     /// The sync channel's documents.
     pub sync: SyncConfig,
+    /// Supervised processes, and those defined in this file.
+    pub process: super::process::settings::ProcessSettings,
 }
 
 /// Connection handling and its limits.
@@ -394,6 +396,7 @@ impl Config {
             }
         }
         self.pool.validate()?;
+        self.process.validate()?;
         self.blob.validate()?;
         self.sync.validate(s.max_frame.0)?;
         self.validate_queue()

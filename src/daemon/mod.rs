@@ -14,7 +14,7 @@
 //! - `services.rs`: the `Service` trait every channel's service
 //!   implements, the registry, and the slots (running, disabled, failed)
 //!   that the router, `status`, health, idle exit and shutdown iterate.
-//! - One folder (or file) per service: `status.rs`, `pool/`, `queue/`, `blob/`.
+//! - One folder (or file) per service: `status.rs`, `pool/`, `queue/`, `blob/`, `process/`.
 //! - Shared helpers: `config.rs` (settings), `fsutil.rs` (atomic writes,
 //!   private directories), `child.rs` (how every child process is started
 //!   and killed), `random.rs` (ids). The system calls are in [`crate::sys`].
@@ -81,6 +81,7 @@ mod events;
 pub mod fsutil;
 pub mod lifecycle;
 pub mod pool;
+pub mod process;
 pub mod queue;
 pub mod random;
 pub(crate) mod services;

@@ -49,6 +49,7 @@ pub(crate) const REGISTRY: &[Registration] = &[
     Registration::of::<super::queue::QueueService>(),
     Registration::of::<super::blob::BlobService>(),
     Registration::of::<super::sync::SyncService>(),
+    Registration::of::<super::process::ProcessService>(),
 ];
 
 /// What a service needs to start.

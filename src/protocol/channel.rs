@@ -98,6 +98,8 @@ channels! {
     Blob = "blob" => super::blob::BlobChannel, summary blob: super::blob::Usage;
     /// Live Automerge documents shared by every window.
     Sync = "sync" => super::sync::SyncChannel, summary sync: super::sync::SyncSummary;
+    /// Supervised long-running processes.
+    Process = "process" => super::process::ProcessChannel, summary process: super::process::ProcessSummary;
 }
 
 impl Channel {
@@ -139,6 +141,6 @@ mod tests {
             let json = serde_json::to_string(&channel).unwrap();
             assert_eq!(json, format!("\"{channel}\""));
         }
-        assert_eq!(Channel::names(), "status, pool, queue, blob, sync");
+        assert_eq!(Channel::names(), "status, pool, queue, blob, sync, process");
     }
 }

@@ -49,10 +49,10 @@ stable_codes! {
         TakeTimeout => "take_timeout",
         /// The build a take waited for failed; the message carries its error.
         BuildFailed => "build_failed",
-        /// A pool definition is invalid; the message names the field.
+        /// A pool or process definition is invalid; the message names the field.
         InvalidDefinition => "invalid_definition",
-        /// The pool's definition comes from config.toml or is built in, so it
-        /// cannot be removed at run time.
+        /// The pool's or process's definition comes from config.toml (or is
+        /// built in), so it cannot be removed at run time.
         NotRuntimeDefined => "not_runtime_defined",
         /// The daemon already has its maximum number of pools.
         TooManyPools => "too_many_pools",
@@ -119,6 +119,19 @@ stable_codes! {
         RoomClosed => "room_closed",
         /// The peer did not take what it was sent within `sync.peer_write_timeout`; it was disconnected.
         PeerTooSlow => "peer_too_slow",
+        // The process channel.
+        /// No process of that name (or with that label) is defined.
+        UnknownProcess => "unknown_process",
+        /// The daemon already supervises its maximum number of processes.
+        TooManyProcesses => "too_many_processes",
+        /// The process could not be started (its program or working directory
+        /// is missing), or it failed before it was ready and is not restarted.
+        StartFailed => "start_failed",
+        /// The process was restarted too often within its window and is now
+        /// `failed`; `start` tries again.
+        RestartStorm => "restart_storm",
+        /// The process did not become ready in time; a rolling restart stops there.
+        NotReady => "not_ready",
     }
 }
 

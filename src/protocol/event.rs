@@ -102,6 +102,19 @@ pub enum EventData {
         /// How many bytes they held.
         bytes: u64,
     },
+    /// A supervised process changed state (`from: null`: it was just
+    /// defined; `to: null`: it was removed).
+    ProcessState {
+        /// The process.
+        name: String,
+        /// The state it left.
+        from: Option<super::process::ProcessState>,
+        /// The state it entered.
+        to: Option<super::process::ProcessState>,
+        /// Its pid, while it runs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pid: Option<u32>,
+    },
     /// The daemon's health changed state.
     HealthChanged {
         /// The state before.
@@ -128,13 +141,15 @@ impl EventData {
             EventData::BlobPut { .. } => EventKind::BlobPut,
             EventData::BlobDelete { .. } => EventKind::BlobDelete,
             EventData::BlobGc { .. } => EventKind::BlobGc,
+            EventData::ProcessState { .. } => EventKind::ProcessState,
             EventData::HealthChanged { .. } => EventKind::HealthChanged,
             EventData::Unknown => EventKind::Other("unknown".into()),
         }
     }
 
     /// What the event is about, for `ids` filters: the job id, the pool's
-    /// name, the blob's hash; `None` for events about the whole service.
+    /// name, the blob's hash, the process's name; `None` for events about
+    /// the whole service.
     pub fn subject(&self) -> Option<String> {
         match self {
             EventData::JobState { id, .. } => Some(id.to_string()),
@@ -143,6 +158,7 @@ impl EventData {
             | EventData::PoolTake { pool, .. }
             | EventData::PoolRelease { pool, .. } => Some(pool.clone()),
             EventData::BlobPut { hash, .. } | EventData::BlobDelete { hash, .. } => Some(hash.clone()),
+            EventData::ProcessState { name, .. } => Some(name.clone()),
             EventData::BlobGc { .. } | EventData::HealthChanged { .. } | EventData::Unknown => None,
         }
     }
@@ -167,6 +183,8 @@ stable_codes! {
         BlobDelete => "blob_delete",
         /// A collection removed blobs.
         BlobGc => "blob_gc",
+        /// A supervised process changed state.
+        ProcessState => "process_state",
         /// The daemon's health changed state.
         HealthChanged => "health_changed",
     }
@@ -183,7 +201,7 @@ pub struct EventFilter {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kinds: Vec<EventKind>,
     /// Only events about these subjects (job ids as strings, pool names,
-    /// blob hashes; see [`EventData::subject`]).
+    /// blob hashes, process names; see [`EventData::subject`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ids: Vec<String>,
 }

@@ -76,6 +76,7 @@ pub mod frame;
 pub mod handshake;
 pub mod info;
 pub mod pool;
+pub mod process;
 pub mod queue;
 pub mod status;
 pub mod sync;

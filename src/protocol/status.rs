@@ -303,6 +303,8 @@ health_codes! {
     SyncSettingsEditRefused => "sync_settings_edit_refused", Degraded,
     /// The settings document has a schema this daemon cannot migrate.
     SyncSettingsSchema => "sync_settings_schema", Degraded,
+    /// A supervised process is `failed`: restarted too often, or it cannot start.
+    ProcessFailing => "process_failing", Degraded,
 }
 
 impl std::fmt::Display for HealthCode {

@@ -21,8 +21,9 @@ use crate::{Ctx, output};
 const DOCTOR_HELP: &str = "\
 Reason codes: state_dir_not_writable, state_dir_insecure, socket_dir_insecure, socket_stale,
 socket_path_too_long, lock_held_by_other_process, info_file_stale,
-version_mismatch, daemon_not_responding, heartbeat_stale, service_file_missing,
-service_points_to_missing_executable, profile_not_supported_on_host.
+version_mismatch, daemon_not_responding, heartbeat_stale, process_failing,
+process_untracked, service_file_missing, service_points_to_missing_executable,
+profile_not_supported_on_host.
 
 Exit status: 0 when nothing worse than `info` was found, 1 otherwise.";
 
@@ -97,6 +98,41 @@ async fn check_state(ctx: &Ctx, problems: &mut Vec<Problem>) {
     match probe_lock(paths).unwrap_or(LockState::Free) {
         LockState::Held { pid } => check_holder(paths, pid, answered, problems),
         LockState::Free => check_leftovers(paths, answered, problems),
+    }
+    check_processes(paths, answered, problems).await;
+}
+
+/// Supervised processes: failed ones (asking the daemon), or, with no
+/// daemon, processes a daemon that stopped unexpectedly left running.
+async fn check_processes(paths: &Paths, answered: bool, problems: &mut Vec<Problem>) {
+    if answered {
+        let options = ConnectOptions::new(paths.socket()).timeout(Duration::from_secs(2));
+        let status = async { StatusClient::connect_with(&options).await?.status().await };
+        let Ok(report) = status.await else { return };
+        let Some(procs) = report.services.process else { return };
+        for (name, p) in procs.processes.iter().filter(|(_, p)| p.error.is_some()) {
+            problems.push(problem(
+                "process_failing",
+                Severity::Warning,
+                format!("the supervised process {name} is failed: {}", p.error.as_deref().unwrap_or("")),
+                format!("`hearth proc logs {name}` shows its output; fix it, then `hearth proc start {name}`"),
+            ));
+        }
+        return;
+    }
+    if probe_lock(paths).is_ok_and(|l| matches!(l, LockState::Free)) {
+        for left in hearth::daemon::process::store::untracked(paths.state_dir()) {
+            problems.push(problem(
+                "process_untracked",
+                Severity::Warning,
+                format!(
+                    "the supervised process {} (pid {}) still runs, left by a daemon that stopped unexpectedly; \
+                     nothing supervises it now",
+                    left.name, left.pid
+                ),
+                "`hearth daemon start`: the daemon ends it and starts it again under supervision",
+            ));
+        }
     }
 }
 

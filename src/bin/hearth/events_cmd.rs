@@ -87,6 +87,11 @@ fn describe(event: &Event) -> String {
         }
         EventData::BlobDelete { hash, size } => format!("deleted {hash} ({})", output::bytes(*size)),
         EventData::BlobGc { removed, bytes } => format!("collected {removed} blobs ({})", output::bytes(*bytes)),
+        EventData::ProcessState { name, from, to, pid } => {
+            let state = |s: &Option<hearth::protocol::process::ProcessState>| s.map_or("-", |s| s.as_str());
+            let pid = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+            format!("{name}: {} → {}{pid}", state(from), state(to))
+        }
         EventData::HealthChanged { from, to, codes } => {
             let codes: Vec<String> = codes.iter().map(ToString::to_string).collect();
             format!("{} → {} {}", from.as_str(), to.as_str(), codes.join(", "))

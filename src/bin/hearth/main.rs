@@ -26,6 +26,7 @@ mod error;
 mod events_cmd;
 mod install_cmd;
 mod pool_cmd;
+mod proc_cmd;
 mod progress;
 mod queue_cmd;
 mod shell_cmd;
@@ -54,7 +55,7 @@ Exit status:
 /// script over one Unix socket.
 ///
 /// `ping`, `status` and `shutdown` never start a daemon. The pool, queue,
-/// blob, sync and settings commands start one when none runs, unless --no-spawn.
+/// blob, sync, settings and proc commands start one when none runs, unless --no-spawn.
 #[derive(Debug, clap::Parser)]
 #[command(name = "hearth", version, max_term_width = 100, after_help = EXIT_STATUS_HELP)]
 pub(crate) struct Cli {
@@ -122,6 +123,9 @@ enum Command {
     /// The shared settings document (`hearth sync … settings`): get, set, watch
     #[command(subcommand)]
     Settings(sync_cmd::SettingsCommand),
+    /// Supervised processes: add, start, stop, restart (rolling), logs; kept alive by policy and checks
+    #[command(subcommand)]
+    Proc(proc_cmd::ProcCommand),
     /// Print a shell's tab-completion script (e.g. `hearth completions bash > ~/.local/share/bash-completion/completions/hearth`)
     Completions(shell_cmd::CompletionsArgs),
 }
@@ -216,6 +220,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<u8, CliError> {
             Command::Blob(command) => blob_cmd::run(ctx, command).await,
             Command::Sync(command) => sync_cmd::run(ctx, command).await,
             Command::Settings(command) => sync_cmd::settings(ctx, command).await,
+            Command::Proc(command) => proc_cmd::run(ctx, command).await,
             Command::Completions(args) => shell_cmd::completions(&args),
         }
     })

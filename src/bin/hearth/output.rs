@@ -150,6 +150,20 @@ pub(crate) fn fields(rows: &[(&str, String)]) {
     }
 }
 
+/// Prints rows as aligned columns (the first row is the header).
+pub(crate) fn table<const N: usize>(rows: &[[String; N]]) {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in rows {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:w$}")).collect();
+        outln!("{}", line.join("  ").trim_end());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -466,7 +466,7 @@ async fn undefine(ctx: &Ctx, client: &mut PoolClient, name: &str) -> Result<u8, 
 
 /// Splits a command line into words the way a POSIX shell does for quotes
 /// and backslashes (no expansions, no operators).
-fn split_words(s: &str) -> Result<Vec<String>, String> {
+pub(crate) fn split_words(s: &str) -> Result<Vec<String>, String> {
     let mut words = Vec::new();
     let mut word = String::new();
     let mut in_word = false;
@@ -530,7 +530,7 @@ fn split_words(s: &str) -> Result<Vec<String>, String> {
 }
 
 /// The inverse of `split_words`, for display.
-fn shell_words(argv: &[String]) -> String {
+pub(crate) fn shell_words(argv: &[String]) -> String {
     argv.iter()
         .map(|a| {
             if !a.is_empty() && a.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./{}=:,+@%".contains(&b)) {

@@ -133,6 +133,19 @@ pub(crate) fn service_rows(r: &StatusReport) -> Vec<(&'static str, String)> {
             ),
         ));
     }
+    if let Some(procs) = &r.services.process {
+        let listed: Vec<String> = procs
+            .processes
+            .iter()
+            .map(|(name, p)| {
+                let pid = p.pid.map(|pid| format!(" pid {pid}")).unwrap_or_default();
+                let restarts = if p.restarts > 0 { format!(", {} restarts", p.restarts) } else { String::new() };
+                format!("{name} {}{pid}{restarts}", p.state)
+            })
+            .collect();
+        let shown = if listed.is_empty() { "none defined".to_owned() } else { listed.join("; ") };
+        rows.push(("processes", shown));
+    }
     rows
 }
 

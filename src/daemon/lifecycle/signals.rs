@@ -6,8 +6,8 @@
 /// action killing a daemon that already shows its socket. Threads started
 /// meanwhile inherit the mask, which leaves the calling thread to receive
 /// these signals once [`HeldSignals::release`] unblocks them; child
-/// processes start with an empty mask (std's spawn and the job spawner both
-/// reset it).
+/// processes start with an empty mask (`child::command` and the job
+/// spawner reset it: std's spawn does not).
 #[derive(Debug)]
 pub struct HeldSignals(crate::sys::BlockedSignals);
 

@@ -55,7 +55,7 @@ impl RunningDir {
     /// Creates `dir` (0700) if needed; refuses one that is a symlink.
     pub(crate) fn open(dir: PathBuf) -> io::Result<RunningDir> {
         fsutil::private_subdir(&dir)?;
-        Ok(RunningDir { dir, boot_id: boot_id() })
+        Ok(RunningDir { dir, boot_id: crate::daemon::child::boot_id() })
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -135,18 +135,6 @@ fn read_record(path: &Path) -> Result<Record, String> {
         .and_then(|mut f| io::Read::read_to_string(&mut f, &mut text))
         .map_err(|e| format!("cannot read it: {e}"))?;
     serde_json::from_str(text.trim_end()).map_err(|e| format!("not a record ({e}): {text:?}"))
-}
-
-/// This boot's id (Linux), so that records from before a reboot are known.
-fn boot_id() -> Option<String> {
-    #[cfg(target_os = "linux")]
-    {
-        std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|id| id.trim().to_owned())
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        None
-    }
 }
 
 #[cfg(test)]

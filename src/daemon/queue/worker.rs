@@ -634,15 +634,7 @@ pub(super) async fn recover(service: &Arc<QueueService>, orphans: rusqlite::Resu
 }
 
 async fn kill_leftover(pid: u32, recorded_start: Option<u64>) -> String {
-    let now_start = child::process_start_time(pid);
-    let ours = match (now_start, recorded_start) {
-        (Some(now), Some(then)) => now == then,
-        // The leader is gone; a live group with its id can only be its
-        // group (the kernel does not reuse an id a group still uses).
-        (None, _) => child::group_alive(pid),
-        (Some(_), None) => false,
-    };
-    if !ours {
+    if !child::recorded_group_alive(pid, recorded_start) {
         return format!("its process {pid} was already gone");
     }
     let _ = child::kill_group(pid, libc::SIGKILL);
