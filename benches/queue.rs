@@ -194,12 +194,33 @@ fn main() {
         Command::new("true").stdin(Stdio::null()).status().unwrap();
     }
     let direct_total = direct_start.elapsed();
+    // The like-for-like baseline for two workers: the same spawns, two at a
+    // time (two threads, each spawning and waiting for its half in turn).
+    let pair_start = Instant::now();
+    std::thread::scope(|scope| {
+        for half in [jobs / 2, jobs - jobs / 2] {
+            scope.spawn(move || {
+                for _ in 0..half {
+                    Command::new("true").stdin(Stdio::null()).status().unwrap();
+                }
+            });
+        }
+    });
+    let pair_total = pair_start.elapsed();
     let per_job_queue = queue_total * 2 / jobs as u32;
     let per_job_direct = direct_total / jobs as u32;
     line("through the queue, wall time", format!("{:>9.2} s", queue_total.as_secs_f64()));
     line(
         "  baseline: spawn+wait `true` directly, one process, sequential",
         format!("{:>9.2} s", direct_total.as_secs_f64()),
+    );
+    line(
+        "  baseline: spawn+wait `true` directly, two at a time",
+        format!(
+            "{:>9.2} s  (queue at {:.2}x of it; target <= 1.2x)",
+            pair_total.as_secs_f64(),
+            queue_total.as_secs_f64() / pair_total.as_secs_f64()
+        ),
     );
     line("per job, per worker (wall time x 2 workers / jobs)", ms(per_job_queue));
     line("  baseline: one direct spawn", ms(per_job_direct));

@@ -178,6 +178,14 @@ async fn poll_until(connect: &ConnectOptions, until: Instant) -> Option<DaemonId
 }
 
 /// Runs `hearthd --detach` and reads its launch report.
+///
+/// The report is the line the detaching parent prints once the daemon is
+/// ready (or could not start); it is taken as soon as it arrives. The
+/// parent exits right after printing it, but its exit (the teardown of a
+/// large process, then the end of its pipes and `SIGCHLD`) would otherwise
+/// add to every cold start: it is not waited for, and tokio reaps it in the
+/// background. Only without a report are its stderr and exit status
+/// collected, for the error.
 async fn launch(options: &EnsureOptions, deadline: Instant) -> Result<LaunchReport, ClientError> {
     let bin = find_daemon_binary(options.daemon_bin.as_deref())?;
     let remaining = deadline.saturating_duration_since(Instant::now());
@@ -193,27 +201,47 @@ async fn launch(options: &EnsureOptions, deadline: Instant) -> Result<LaunchRepo
         .args(&options.daemon_args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let child = command.spawn().map_err(|source| ClientError::Spawn { bin: bin.clone(), source })?;
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().map_err(|source| ClientError::Spawn { bin: bin.clone(), source })?;
+    let timeout = || ClientError::Timeout { what: "hearthd to start", after: options.timeout };
+    if let Some(stdout) = child.stdout.take() {
+        match tokio::time::timeout(remaining, read_report(stdout)).await {
+            Ok(Some(report)) => return Ok(report),
+            Ok(None) => {}
+            Err(_) => {
+                let _ = child.start_kill();
+                return Err(timeout());
+            }
+        }
+    }
+    let remaining = deadline.saturating_duration_since(Instant::now());
     let output = match tokio::time::timeout(remaining, child.wait_with_output()).await {
         Ok(output) => output.map_err(|source| ClientError::Spawn { bin: bin.clone(), source })?,
-        Err(_) => return Err(ClientError::Timeout { what: "hearthd to start", after: options.timeout }),
+        // Dropped with the future: tokio reaps it once it exits.
+        Err(_) => return Err(timeout()),
     };
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let report = stdout.lines().rev().find_map(|line| serde_json::from_str::<LaunchReport>(line).ok());
-    Ok(report.unwrap_or_else(|| {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        LaunchReport::Failed {
-            code: LaunchCode::LaunchFailed,
-            message: format!(
-                "{} --detach exited with {} without a launch report: {}",
-                bin.display(),
-                output.status,
-                stderr.trim()
-            ),
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    Ok(LaunchReport::Failed {
+        code: LaunchCode::LaunchFailed,
+        message: format!(
+            "{} --detach exited with {} without a launch report: {}",
+            bin.display(),
+            output.status,
+            stderr.trim()
+        ),
+    })
+}
+
+/// The first line of `stdout` that is a launch report; `None` at its end.
+async fn read_report(stdout: tokio::process::ChildStdout) -> Option<LaunchReport> {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Ok(report) = serde_json::from_str::<LaunchReport>(&line) {
+            return Some(report);
         }
-    }))
+    }
+    None
 }
 
 /// Finds `hearthd`: `explicit`, else `HEARTH_DAEMON_BIN`, else next to the

@@ -62,7 +62,7 @@ class ClientTests(unittest.TestCase):
         self.assertEqual(report["protocol"], 1)
         self.assertEqual(report["socket"], self.fixture.socket)
         self.assertIn(report["health"]["state"], ("healthy", "degraded"))
-        self.assertEqual(set(report["channels"]), {"status", "pool", "queue", "blob", "sync"})
+        self.assertEqual(set(report["channels"]), {"status", "pool", "queue", "blob", "sync", "process"})
 
     def test_not_running(self) -> None:
         missing = os.path.join(os.path.dirname(self.fixture.socket), "nothing.sock")

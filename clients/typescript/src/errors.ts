@@ -70,6 +70,11 @@ export type ErrorCode =
   | "blob_pinned"
   | "range_not_satisfiable"
   | "storage_full"
+  | "unknown_process"
+  | "too_many_processes"
+  | "start_failed"
+  | "restart_storm"
+  | "not_ready"
   | "invalid_doc_name"
   | "too_many_docs"
   | "room_full"
@@ -364,6 +369,16 @@ export class BlobPinned extends RequestError {}
 export class RangeNotSatisfiable extends RequestError {}
 /** `storage_full`: the store's filesystem is full or over quota; nothing was stored. */
 export class StorageFull extends RequestError {}
+/** `unknown_process`: No process of that name (or with that label) is defined. */
+export class UnknownProcess extends RequestError {}
+/** `too_many_processes`: The daemon already supervises `process.max_processes` processes. */
+export class TooManyProcesses extends RequestError {}
+/** `start_failed`: A supervised process could not be started, or failed before it was ready; the message says how. */
+export class ProcessStartFailed extends RequestError {}
+/** `restart_storm`: The process was restarted `max_restarts` times within its window and is now `failed`. */
+export class RestartStorm extends RequestError {}
+/** `not_ready`: A process did not become ready within its start timeout; a rolling restart stops there. */
+export class NotReady extends RequestError {}
 /** `invalid_doc_name`: a document name breaks the rules of proto-docs/sync.md (lowercase segments, no `..`, no leading `.`). Matches a Refused or a RequestError of this code. */
 export class InvalidDocName extends RequestError {
   static override [Symbol.hasInstance](value: unknown): boolean {
@@ -449,6 +464,11 @@ export const ERROR_CODES: { readonly [code in ErrorCode]: ErrorCodeEntry } = {
   blob_pinned: { sent: "request", connection: "usable", error: BlobPinned },
   range_not_satisfiable: { sent: "request", connection: "usable", error: RangeNotSatisfiable },
   storage_full: { sent: "request", connection: "usable", error: StorageFull },
+  unknown_process: { sent: "request", connection: "usable", error: UnknownProcess },
+  too_many_processes: { sent: "request", connection: "usable", error: TooManyProcesses },
+  start_failed: { sent: "request", connection: "usable", error: ProcessStartFailed },
+  restart_storm: { sent: "request", connection: "usable", error: RestartStorm },
+  not_ready: { sent: "request", connection: "usable", error: NotReady },
   invalid_doc_name: { sent: "both", connection: "usable", error: InvalidDocName },
   too_many_docs: { sent: "handshake", connection: "closed", error: TooManyDocs },
   room_full: { sent: "handshake", connection: "closed", error: RoomFull },

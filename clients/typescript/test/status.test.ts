@@ -36,7 +36,7 @@ describe("the status channel", () => {
       assert.equal(report.protocol, 1);
       assert.equal(report.state_dir, state.stateDir);
       assert.equal(report.socket, state.socket);
-      assert.deepEqual([...report.channels].sort(), ["blob", "pool", "queue", "status", "sync"]);
+      assert.deepEqual([...report.channels].sort(), ["blob", "pool", "process", "queue", "status", "sync"]);
       assert.ok(["healthy", "degraded", "unhealthy"].includes(report.health.state));
       assert.equal(report.limits.max_frame, client.maxFrame);
       assert.ok(report.connections.active >= 1);

@@ -173,9 +173,7 @@ impl QueueService {
         bus: Arc<EventBus>,
     ) -> Result<Arc<QueueService>, StartError> {
         let dirs = QueueDirs::prepare(state_dir)?;
-        let opened = open_store(&dirs.root, clock.now_ms()).await?;
-        let initial = store::counts(&opened.conn)
-            .map_err(|e| StartError::Store { what: "the queue store", source: Box::new(e) })?;
+        let (opened, initial, orphans) = open_store(&dirs.root, clock.now_ms()).await?;
         let counts = Arc::new(Mutex::new(initial));
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let wake = Arc::new(Notify::new());
@@ -211,7 +209,7 @@ impl QueueService {
             draining: std::sync::atomic::AtomicBool::new(false),
             tasks: TaskTracker::new(),
         });
-        worker::recover(&service).await;
+        worker::recover(&service, orphans).await;
         service.start_dispatcher()?;
         service.tasks.spawn(prune_loop(service.clone()));
         if service.adopts_orphans {
@@ -466,12 +464,26 @@ impl QueueDirs {
 }
 
 /// Opens (or creates, or moves aside and recreates) the store, off the async workers.
-async fn open_store(dir: &Path, now_ms: u64) -> Result<store::Opened, StartError> {
+/// What start-up reads from the store: the per-queue counts, and the
+/// attempts a previous daemon left running (a failed read of those is
+/// logged by recovery; the store still serves).
+type Opening = (store::Opened, BTreeMap<String, StateCounts>, rusqlite::Result<Vec<store::Orphan>>);
+
+/// Opens the store and reads what start-up needs on the writer's own
+/// connection, in one trip off the async workers: each new connection
+/// parses the schema again, and the daemon is not ready until this is done.
+async fn open_store(dir: &Path, now_ms: u64) -> Result<Opening, StartError> {
     let dir = dir.to_owned();
-    tokio::task::spawn_blocking(move || store::open_store(&dir, now_ms))
-        .await
-        .map_err(|e| StartError::join("the queue store's opening", &e))?
-        .map_err(|e| StartError::Store { what: "the queue store", source: Box::new(e) })
+    let store_error =
+        |e: Box<dyn std::error::Error + Send + Sync>| StartError::Store { what: "the queue store", source: e };
+    tokio::task::spawn_blocking(move || {
+        let opened = store::open_store(&dir, now_ms).map_err(|e| store_error(Box::new(e)))?;
+        let counts = store::counts(&opened.conn).map_err(|e| store_error(Box::new(e)))?;
+        let orphans = store::orphans(&opened.conn);
+        Ok((opened, counts, orphans))
+    })
+    .await
+    .map_err(|e| StartError::join("the queue store's opening", &e))?
 }
 
 /// What the writer thread does after each commit: keep the per-queue

@@ -240,18 +240,20 @@ async fn attempt(
     let grace = service.config.kill_grace.0;
     let timeout = job.timeout_ms.filter(|t| *t > 0).map(Duration::from_millis);
     let watched = Watched { pid, deadline: timeout.map(|t| begun + t), grace };
-    let (status, verdict, ended_by) = supervise(&mut child, &watched, start, &confirm, kill).await;
-    // The attempt is its main process: whatever it left in its group goes
-    // too, and so does what left the group (handed to the daemon as the
+    let ended = || {
+        // The attempt is its main process: whatever it left in its group goes too.
+        let _ = child::kill_group(pid, libc::SIGKILL);
+        service.free_slot(job.id);
+    };
+    let (status, verdict, ended_by) = supervise(&mut child, &watched, start, &confirm, kill, ended).await;
+    // And so does what left the group (handed to the daemon as the
     // processes that started it ended).
-    let _ = child::kill_group(pid, libc::SIGKILL);
     if service.adopts_orphans {
         let killed = child::kill_marked(&mark_entry(&service.mark, job.id)).await;
         if killed > 0 {
             tracing::debug!(job = job.id, attempt = n, killed, "killed processes that had left the attempt's group");
         }
     }
-    service.free_slot(job.id);
     let ((stdout_bytes, out_cut), (stderr_bytes, err_cut)) = join_copies(copies, grace).await;
     if let Err(why) = verdict {
         tracing::debug!(job = job.id, attempt = n, pid, "attempt not started, its group was killed: {why}");
@@ -358,14 +360,25 @@ struct Watched {
 
 /// Waits for the attempt's process to end, while its start is committed
 /// (a refused start kills its group at once), its deadline passes, or a
-/// cancel or shutdown asks for it to stop. Returns its exit status, whether
-/// its start was committed, and what stopped it (if not itself).
+/// cancel or shutdown asks for it to stop. Runs `ended` as soon as the
+/// process has ended, then waits for the start's commit if it is not in
+/// yet. Returns its exit status, whether its start was committed, and what
+/// stopped it (if not itself).
+///
+/// `ended` frees the worker: a short job often ends before its start is
+/// durable, and holding its worker through that fsync would let each
+/// worker run one job per commit. Freed at once, the next job starts
+/// meanwhile, and its start shares a group commit with this one's end.
+/// What reaches the disk, and in what order, is unchanged: the end is only
+/// sent to the writer after the start is in (see `run_attempt`), and the
+/// job stays in flight, out of the dispatcher's picks, until then.
 async fn supervise(
     child: &mut Process,
     watched: &Watched,
     start: impl Future<Output = Result<(), WireError>>,
     confirm: &watch::Sender<Option<bool>>,
     mut kill: watch::Receiver<Option<KillReason>>,
+    ended: impl FnOnce(),
 ) -> (std::io::Result<ExitStatus>, Result<(), String>, Option<Outcome>) {
     let mut start = std::pin::pin!(start);
     let mut verdict: Option<Result<(), String>> = None;
@@ -392,6 +405,7 @@ async fn supervise(
             }
         }
     };
+    ended();
     let verdict = match verdict {
         Some(v) => v,
         None => {
@@ -586,8 +600,8 @@ async fn join_copies(copies: (CopyTask, CopyTask), grace: Duration) -> ((u64, bo
 /// the retry policy. An attempt recorded under `running/` whose start never
 /// reached the store leaves no trace: its group is killed, and its job,
 /// still runnable in the store, runs again.
-pub(super) async fn recover(service: &Arc<QueueService>) {
-    let orphans = match service.read(store::orphans).await {
+pub(super) async fn recover(service: &Arc<QueueService>, orphans: rusqlite::Result<Vec<store::Orphan>>) {
+    let orphans = match orphans {
         Ok(orphans) => orphans,
         Err(e) => {
             tracing::error!("cannot look for attempts left by a previous daemon: {e}");

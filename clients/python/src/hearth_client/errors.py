@@ -71,6 +71,11 @@ __all__ = [
     "BlobPinned",
     "RangeNotSatisfiable",
     "StorageFull",
+    "UnknownProcess",
+    "TooManyProcesses",
+    "ProcessStartFailed",
+    "RestartStorm",
+    "NotReady",
     "InvalidDocName",
     "TooManyDocs",
     "RoomFull",
@@ -397,6 +402,34 @@ class StorageFull(RequestError):
     wire_code = "storage_full"
 
 
+class UnknownProcess(RequestError):
+    """``unknown_process``: No process of that name (or with that label) is defined."""
+
+    wire_code = "unknown_process"
+
+
+class TooManyProcesses(RequestError):
+    """``too_many_processes``: The daemon already supervises ``process.max_processes`` processes."""
+
+    wire_code = "too_many_processes"
+
+
+class ProcessStartFailed(RequestError):
+    """``start_failed``: A supervised process could not be started, or failed before it was ready."""
+
+    wire_code = "start_failed"
+
+
+class RestartStorm(RequestError):
+    """``restart_storm``: The process was restarted ``max_restarts`` times within its window and is now ``failed``."""
+
+    wire_code = "restart_storm"
+
+
+class NotReady(RequestError):
+    """``not_ready``: A process did not become ready within its start timeout; a rolling restart stops there."""
+
+    wire_code = "not_ready"
 class InvalidDocName(HearthError):
     """``invalid_doc_name``: A document name breaks the rules of proto-docs/sync.md
     (lowercase segments, no ``..``, no leading ``.``).
@@ -539,6 +572,11 @@ ERROR_CLASSES: Dict[str, Type[HearthError]] = {
     BlobPinned.wire_code: BlobPinned,
     RangeNotSatisfiable.wire_code: RangeNotSatisfiable,
     StorageFull.wire_code: StorageFull,
+    UnknownProcess.wire_code: UnknownProcess,
+    TooManyProcesses.wire_code: TooManyProcesses,
+    ProcessStartFailed.wire_code: ProcessStartFailed,
+    RestartStorm.wire_code: RestartStorm,
+    NotReady.wire_code: NotReady,
     InvalidDocName.wire_code: InvalidDocName,
     TooManyDocs.wire_code: TooManyDocs,
     RoomFull.wire_code: RoomFull,
