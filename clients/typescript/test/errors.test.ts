@@ -50,7 +50,10 @@ test("every code has its own class, of the family of where the daemon sends it",
   const names = new Set<string>();
   for (const [code, entry] of Object.entries(ERROR_CODES)) {
     const camel = code.replace(/(^|_)([a-z])/g, (_, __, c: string) => c.toUpperCase());
-    assert.equal(entry.error.name, camel, `the class of ${code}`);
+    // `StartFailed` is the launch failure of ensureDaemonRunning; the
+    // process channel's `start_failed` takes its channel's name first.
+    const expected = code === "start_failed" ? "ProcessStartFailed" : camel;
+    assert.equal(entry.error.name, expected, `the class of ${code}`);
     assert.ok(!names.has(entry.error.name));
     names.add(entry.error.name);
     if (entry.sent !== "request") {

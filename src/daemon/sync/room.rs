@@ -331,6 +331,10 @@ impl Room {
         }
         match (from, to) {
             (Some(from), Some(to)) if !patches.is_empty() => Ok(Update::Patches { from, to, patches, upto: last }),
+            // A change that shows nothing (a concurrent put that lost) still
+            // moves the revision; a watcher of the whole document hears it,
+            // or its revision would lag behind the document's for good.
+            (Some(from), Some(to)) if path.is_empty() => Ok(Update::Patches { from, to, patches, upto: last }),
             _ => Ok(Update::Nothing { upto: last }),
         }
     }

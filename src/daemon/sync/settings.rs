@@ -248,9 +248,11 @@ impl Mirror {
     fn write(&self, value: &Value) -> std::io::Result<bool> {
         let mut text = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
         text.push(b'\n');
-        if self.last.lock().unwrap_or_else(PoisonError::into_inner).as_ref() == Some(value)
-            && fsutil::read_small(&self.file, MAX_MIRROR_BYTES).is_ok_and(|b| b == text)
-        {
+        // The file already says what the document says (the daemon wrote it,
+        // or merged it from there): nothing to write. Bytes other than the
+        // daemon's text are then a person's (the edit it merged, or a newer
+        // one on its way to the watcher), never to be written over.
+        if self.last.lock().unwrap_or_else(PoisonError::into_inner).as_ref() == Some(value) && self.file.exists() {
             return Ok(false);
         }
         {
@@ -526,5 +528,9 @@ mod tests {
         // A restart recognises the last write through the record.
         let again = Mirror::new(dir.path(), &store, Arc::new(EventBus::new(16)));
         assert_eq!(*again.last.lock().unwrap(), Some(json!({"a": 1})));
+        // A person's newer edit is never written over with what the file said before it.
+        std::fs::write(&mirror.file, b"{\"a\": ").unwrap();
+        assert!(!mirror.write(&json!({"a": 1})).unwrap());
+        assert_eq!(std::fs::read(&mirror.file).unwrap(), b"{\"a\": ");
     }
 }

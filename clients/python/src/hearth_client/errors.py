@@ -430,6 +430,8 @@ class NotReady(RequestError):
     """``not_ready``: A process did not become ready within its start timeout; a rolling restart stops there."""
 
     wire_code = "not_ready"
+
+
 class InvalidDocName(HearthError):
     """``invalid_doc_name``: A document name breaks the rules of proto-docs/sync.md
     (lowercase segments, no ``..``, no leading ``.``).
