@@ -167,6 +167,24 @@ fn is_zombie(_pid: u32) -> bool {
     false
 }
 
+/// Whether `name` (a `what`: a pool name, a process name…) can name a
+/// plain, non-hidden directory: 1 to `max` ASCII letters, digits, `_` or
+/// `-`, starting with a letter or digit.
+pub(crate) fn validate_dir_name(what: &str, name: &str, max: usize) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= max
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid {what} {:?}: use 1 to {max} ASCII letters, digits, '_' or '-', starting with a letter or digit",
+            name.chars().take(80).collect::<String>()
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,18 +31,7 @@ const MAX_ENV: usize = 64;
 /// or `-`, starting with a letter or digit (so it is always a plain,
 /// non-hidden directory name).
 pub(crate) fn validate_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid pool name {:?}: use 1 to {MAX_NAME} ASCII letters, digits, '_' or '-', starting with a letter or digit",
-            name.chars().take(80).collect::<String>()
-        ))
-    }
+    crate::daemon::fsutil::validate_dir_name("pool name", name, MAX_NAME)
 }
 
 /// The built-in `venv` pool: an environment with no packages, none kept ready.

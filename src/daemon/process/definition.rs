@@ -50,18 +50,7 @@ const STOP_SIGNALS: [(&str, libc::c_int); 7] = [
 /// digits, `_` or `-`, starting with a letter or digit (so it is always a
 /// plain, non-hidden directory name).
 pub(crate) fn validate_name(what: &str, name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid {what} {:?}: use 1 to {MAX_NAME} ASCII letters, digits, '_' or '-', starting with a letter or digit",
-            name.chars().take(80).collect::<String>()
-        ))
-    }
+    crate::daemon::fsutil::validate_dir_name(what, name, MAX_NAME)
 }
 
 /// The signal number of a stop signal's name (`TERM`, `SIGTERM`, `sigterm`).
